@@ -1,0 +1,684 @@
+"""Findings and the recommended k, computed from statistics alone (no torch, no numpy needed).
+
+Two outputs:
+
+- `diagnose` turns weight and per-k probe statistics into `Finding`s with stable codes
+  (documented in docs/findings.md; never renumber a code, only add new ones).
+- `recommend` proposes the divisor k for the MLM-head projection under one of three rules:
+  "bands" (smallest k whose statistics fall inside every healthy band), "paper" (k = 16 for a
+  large head, else 1) and "reference" (the k whose statistics best match a reference
+  checkpoint's unscaled statistics on the same probe).
+
+Reminder that shapes the bands (DESIGN.md §5): dividing every logit by k never changes which
+terms are active; only an output bias left undivided can. So the active-terms band is a health
+check that k usually cannot repair, and the bands that choose k are the magnitude ones: start
+loss, score scale, term weights, saturation and the cosine between unrelated texts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from headscope.errors import InputError
+from headscope.stats import KStats, WeightStats
+
+SEVERITIES = ("info", "warning", "error")
+RULES = ("bands", "paper", "reference")
+
+# Per-k statistics a band may bound: every KStats field except k itself.
+METRICS: tuple[str, ...] = tuple(f.name for f in fields(KStats) if f.name != "k")
+
+
+# --------------------------------------------------------------------------------------------
+# Bands
+
+
+@dataclass(frozen=True)
+class Band:
+    """A healthy range for one per-k statistic; `None` leaves that side open."""
+
+    metric: str  # a KStats field name
+    low: float | None
+    high: float | None
+    provenance: str  # one line: where the numbers come from, and whether they are provisional
+
+    def margin(self, value: float) -> float:
+        """Signed relative distance to the nearest bound: > 0 inside, < 0 outside.
+
+        Relative to the bound's magnitude so that margins of different metrics add up.
+        A value that is not finite (NaN: not measurable) is infinitely outside.
+        """
+        if not math.isfinite(value):
+            return -math.inf
+        sides = []
+        if self.high is not None:
+            sides.append((self.high - value) / max(abs(self.high), 1e-12))
+        if self.low is not None:
+            sides.append((value - self.low) / max(abs(self.low), 1e-12))
+        return min(sides) if sides else math.inf
+
+    def contains(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and value < self.low:
+            return False
+        return not (self.high is not None and value > self.high)
+
+    def describe(self) -> str:
+        """The band in words, e.g. 'at most 44' or 'between 0.05 and 2.5'."""
+        if self.low is not None and self.high is not None:
+            return f"between {_num(self.low)} and {_num(self.high)}"
+        if self.high is not None:
+            return f"at most {_num(self.high)}"
+        if self.low is not None:
+            return f"at least {_num(self.low)}"
+        return "unbounded"
+
+
+# Mean decoder row norm above which the paper's k = 16 applies. Between the largest BERT-style
+# head we measured (ALBERT 1.333; BERT-tiny 0.682) and ModernBERT-base (2.553, the paper's
+# case). Provisional: only three heads are known.
+LARGE_HEAD_ROW_NORM = 1.5
+PAPER_K = 16.0
+
+BAND_ACTIVE_PASSAGE_SHARE = Band(
+    "active_passage_share",
+    None,
+    0.10,
+    "Trained SPLADE keeps 150-250 terms per document (<1% of a 30k vocabulary, DESIGN §1); a "
+    "dense head's step 0 has ~75% of V active. 10% separates the two; provisional.",
+)
+BAND_COSINE_UNRELATED = Band(
+    "cosine_unrelated",
+    None,
+    0.90,
+    "sentence-transformers issue 3431: unrelated texts have cosine ~0.8 on healthy bases and "
+    "1.0 on a broken (fully dense) one.",
+)
+BAND_SHARE_ABOVE_5 = Band(
+    "share_above_5",
+    None,
+    0.01,
+    "Term weights above 5 exceed pyserini's quantisation ceiling and sit where log1p "
+    "saturates; at most 1% of active passage weights may; provisional.",
+)
+BAND_START_LOSS = Band(
+    "start_loss",
+    None,
+    44.0,
+    "In-batch InfoNCE starts near ln B (2.8 at B = 16) when scores are small; measured: the "
+    "dense BERT-tiny simulation trains well at start loss 7 (k = 16) and badly at 279 (k = 1); "
+    "44 is their geometric mean; provisional.",
+)
+BAND_TERM_WEIGHT_MEAN = Band(
+    "term_weight_mean",
+    0.05,
+    2.5,
+    "sentence-transformers issue 3431: a broken untrained SPLADE had mean term weight ~3.7; "
+    "trained SPLADE weights mostly lie in 0-3; below 0.05 the representation carries almost no "
+    "magnitude; provisional.",
+)
+BAND_SCORE_POS = Band(
+    "score_pos",
+    None,
+    100.0,
+    "Trained SPLADE gives relevant pairs dot products of roughly 10-40; in-batch InfoNCE at "
+    "scale 1 saturates long before 100; provisional.",
+)
+
+DEFAULT_BANDS: tuple[Band, ...] = (
+    BAND_ACTIVE_PASSAGE_SHARE,
+    BAND_COSINE_UNRELATED,
+    BAND_SHARE_ABOVE_5,
+    BAND_START_LOSS,
+    BAND_TERM_WEIGHT_MEAN,
+    BAND_SCORE_POS,
+)
+
+
+def override_bands(
+    overrides: Mapping[str, tuple[float | None, float | None]],
+    bands: Sequence[Band] = DEFAULT_BANDS,
+) -> tuple[Band, ...]:
+    """Replace the (low, high) of bands by metric name; a metric not yet banded is added.
+
+    `override_bands({"start_loss": (None, 20.0)})` keeps every other default band.
+    """
+    result = list(check_bands(bands))
+    for metric, bounds in overrides.items():
+        if metric not in METRICS:
+            raise InputError(
+                f"Cannot override band {metric!r}: it is not a per-k statistic; use one of: "
+                f"{', '.join(METRICS)}."
+            )
+        if not (isinstance(bounds, tuple | list) and len(bounds) == 2):
+            raise InputError(
+                f"Band override for {metric!r} must be a (low, high) pair, got {bounds!r}; use "
+                "None for an open side."
+            )
+        low, high = bounds
+        existing = [i for i, b in enumerate(result) if b.metric == metric]
+        if existing:
+            old = result[existing[0]]
+            provenance = f"Overridden by the user (default {old.describe()}: {old.provenance})"
+            result[existing[0]] = Band(metric, low, high, provenance)
+        else:
+            result.append(Band(metric, low, high, "Added by the user."))
+    return check_bands(result)
+
+
+def check_bands(bands: Sequence[Band]) -> tuple[Band, ...]:
+    """Validate bands: known metrics, one band per metric, numeric bounds with low <= high."""
+    seen: set[str] = set()
+    for band in bands:
+        if band.metric not in METRICS:
+            raise InputError(
+                f"Band metric {band.metric!r} is not a per-k statistic; use one of: "
+                f"{', '.join(METRICS)}."
+            )
+        if band.metric in seen:
+            raise InputError(
+                f"Two bands bound {band.metric!r}; keep one (override_bands replaces a band)."
+            )
+        seen.add(band.metric)
+        for side in (band.low, band.high):
+            if side is not None and (
+                isinstance(side, bool)
+                or not isinstance(side, int | float)
+                or not math.isfinite(side)
+            ):
+                raise InputError(
+                    f"Band {band.metric!r} has bound {side!r}; bounds must be finite numbers or "
+                    "None."
+                )
+        if band.low is not None and band.high is not None and band.low > band.high:
+            raise InputError(
+                f"Band {band.metric!r} has low {band.low} above high {band.high}; swap them."
+            )
+    return tuple(bands)
+
+
+# --------------------------------------------------------------------------------------------
+# Recommendation
+
+
+@dataclass(frozen=True)
+class KVerdict:
+    """Which bands one candidate k fails (empty: it passes them all)."""
+
+    k: float
+    failed: tuple[str, ...]  # band metrics, in band order
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    k: float
+    rule: str  # the rule actually applied: "bands" | "paper" | "reference"
+    reasons: tuple[str, ...]  # checkable sentences with numbers
+    passing: tuple[float, ...]  # candidate ks inside every band, ascending
+    verdicts: tuple[KVerdict, ...] = ()  # one per candidate k, ascending; () without a probe
+    bands: tuple[Band, ...] = ()  # the bands the verdicts used
+
+
+# Statistics compared by the reference rule: the three that scale with the logits and drive
+# the first training steps (loss, weight size, score size).
+REFERENCE_METRICS = ("start_loss", "term_weight_mean", "score_pos")
+
+
+def recommend(
+    per_k: Sequence[KStats],
+    *,
+    rule: str = "bands",
+    bands: Sequence[Band] = DEFAULT_BANDS,
+    weights: WeightStats | None = None,
+    reference: Sequence[KStats] | None = None,
+) -> Recommendation:
+    """Recommend the divisor k for the MLM-head projection.
+
+    Without probe statistics (`per_k` empty) the paper rule is applied whatever `rule` says,
+    and the first reason says so; this is how a weights-only report gets its recommendation.
+    """
+    if rule not in RULES:
+        raise InputError(f"Unknown recommendation rule {rule!r}; use one of: {', '.join(RULES)}.")
+    bands = check_bands(bands)
+    per_k = _sorted_candidates(per_k)
+    verdicts = tuple(KVerdict(s.k, _failed(s, bands)) for s in per_k)
+    passing = tuple(v.k for v in verdicts if v.passed)
+
+    if not per_k:
+        if weights is None:
+            raise InputError(
+                "Cannot recommend k without statistics: pass probe statistics (per_k) or the "
+                "head's weight statistics (weights)."
+            )
+        k, reasons = _paper(weights)
+        if rule != "paper":
+            reasons = (
+                f"No probe statistics were measured, so the paper rule was applied instead of "
+                f"the {rule} rule.",
+            ) + reasons
+        return Recommendation(k, "paper", reasons, passing, verdicts, bands)
+
+    if rule == "paper":
+        if weights is None:
+            raise InputError(
+                "The paper rule needs the head's weight statistics; pass weights=WeightStats "
+                "or use rule='bands'."
+            )
+        k, reasons = _paper(weights)
+        verdict = next((v for v in verdicts if v.k == k), None)
+        if verdict is not None:
+            reasons += (_verdict_sentence(verdict, per_k, bands),)
+        return Recommendation(k, "paper", reasons, passing, verdicts, bands)
+
+    if rule == "reference":
+        if not reference:
+            raise InputError(
+                "The reference rule needs the reference checkpoint's statistics on the same "
+                "probe; pass reference=(KStats, ...) including k = 1."
+            )
+        k, reasons = _reference(per_k, reference)
+        return Recommendation(k, "reference", reasons, passing, verdicts, bands)
+
+    k, reasons = _bands(per_k, verdicts, bands)
+    return Recommendation(k, "bands", reasons, passing, verdicts, bands)
+
+
+def _sorted_candidates(per_k: Sequence[KStats]) -> tuple[KStats, ...]:
+    ordered = tuple(sorted(per_k, key=lambda s: s.k))
+    ks = [s.k for s in ordered]
+    for a, b in zip(ks, ks[1:], strict=False):
+        if a == b:
+            raise InputError(f"k = {_k(a)} appears twice in the per-k statistics; pass each once.")
+    return ordered
+
+
+def _failed(stats: KStats, bands: Sequence[Band]) -> tuple[str, ...]:
+    return tuple(b.metric for b in bands if not b.contains(getattr(stats, b.metric)))
+
+
+def _bands(
+    per_k: tuple[KStats, ...], verdicts: tuple[KVerdict, ...], bands: tuple[Band, ...]
+) -> tuple[float, tuple[str, ...]]:
+    candidates = ", ".join(_k(s.k) for s in per_k)
+    by_k = {s.k: s for s in per_k}
+    passing = [v for v in verdicts if v.passed]
+    if passing:
+        chosen = passing[0]
+        reasons = [
+            f"k = {_k(chosen.k)} is the smallest candidate whose statistics fall inside every "
+            f"band (candidates: {candidates}; passing: "
+            f"{', '.join(_k(v.k) for v in passing)})."
+        ]
+        reasons.append(_inside_sentence(by_k[chosen.k], bands))
+        for v in verdicts:
+            if v.k < chosen.k:
+                reasons.append(_verdict_sentence(v, per_k, bands))
+        return chosen.k, tuple(reasons)
+
+    # No k passes: take the one failing fewest bands; among those, the one closest to passing
+    # (smallest total relative shortfall over its failed bands), then the smaller k.
+    def shortfall(v: KVerdict) -> float:
+        stats = by_k[v.k]
+        return -sum(b.margin(getattr(stats, b.metric)) for b in bands if b.metric in v.failed)
+
+    chosen = min(verdicts, key=lambda v: (len(v.failed), shortfall(v), v.k))
+    reasons = [
+        f"No candidate k falls inside every band (candidates: {candidates}); k = "
+        f"{_k(chosen.k)} fails the fewest ({len(chosen.failed)} of {len(bands)}: "
+        f"{', '.join(chosen.failed)}), and among those it is closest to passing."
+    ]
+    reasons.append(_verdict_sentence(chosen, per_k, bands))
+    always = [b for b in bands if all(b.metric in v.failed for v in verdicts)]
+    for band in always:
+        sentence = f"{band.metric} is outside its band ({band.describe()}) at every candidate k"
+        if band.metric in (
+            "active_passage_share",
+            "active_query_share",
+            "active_passage",
+            "active_query",
+            "frac_positive",
+        ):
+            sentence += (
+                ": dividing the logits by k does not change which terms are active (only an "
+                "output bias left undivided can), so rescaling alone cannot fix it."
+            )
+        else:
+            sentence += "."
+        reasons.append(sentence)
+    return chosen.k, tuple(reasons)
+
+
+def _inside_sentence(stats: KStats, bands: Sequence[Band]) -> str:
+    parts = [f"{b.metric} {_num(getattr(stats, b.metric))} ({b.describe()})" for b in bands]
+    return f"At k = {_k(stats.k)}: " + "; ".join(parts) + "."
+
+
+def _verdict_sentence(verdict: KVerdict, per_k: Sequence[KStats], bands: Sequence[Band]) -> str:
+    stats = next(s for s in per_k if s.k == verdict.k)
+    if verdict.passed:
+        return f"k = {_k(verdict.k)} falls inside every band."
+    by_metric = {b.metric: b for b in bands}
+    parts = []
+    for metric in verdict.failed:
+        band = by_metric[metric]
+        parts.append(f"{metric} {_num(getattr(stats, metric))} is not {band.describe()}")
+    return f"k = {_k(verdict.k)} fails: " + "; ".join(parts) + "."
+
+
+def _paper(weights: WeightStats) -> tuple[float, tuple[str, ...]]:
+    norm = weights.row_norm_all.mean
+    rows = f"{weights.row_norm_all.count:,} rows"
+    if norm > LARGE_HEAD_ROW_NORM:
+        return PAPER_K, (
+            f"Mean decoder row norm over all {rows} is {_num(norm)}, above "
+            f"{_num(LARGE_HEAD_ROW_NORM)}, so the paper's setting k = {_k(PAPER_K)} applies "
+            f"(arXiv 2606.18811: ModernBERT-base has 2.553 and trains well at k = 16).",
+        )
+    return 1.0, (
+        f"Mean decoder row norm over all {rows} is {_num(norm)}, at most "
+        f"{_num(LARGE_HEAD_ROW_NORM)} (BERT-tiny 0.682, ALBERT 1.333), so the paper's rule leaves "
+        "the head unscaled: k = 1.",
+    )
+
+
+def reference_distance(stats: KStats, ref: KStats) -> float:
+    """Mean |ln(stats / ref)| over REFERENCE_METRICS; metrics not positive on both sides are
+    skipped, and inf when none is comparable. 0 means identical; 0.69 a factor 2 on average."""
+    terms = []
+    for metric in REFERENCE_METRICS:
+        a, b = getattr(stats, metric), getattr(ref, metric)
+        if math.isfinite(a) and math.isfinite(b) and a > 0 and b > 0:
+            terms.append(abs(math.log(a / b)))
+    return sum(terms) / len(terms) if terms else math.inf
+
+
+def _reference(
+    per_k: tuple[KStats, ...], reference: Sequence[KStats]
+) -> tuple[float, tuple[str, ...]]:
+    ref = next((s for s in reference if s.k == 1), None)
+    if ref is None:
+        raise InputError(
+            "The reference statistics have no k = 1 entry; measure the reference checkpoint "
+            "with k = 1 among its candidates."
+        )
+    distances = [(reference_distance(s, ref), s.k) for s in per_k]
+    ranked = sorted(distances)
+    best_d, best_k = ranked[0]
+    if not math.isfinite(best_d):
+        raise InputError(
+            "No candidate k can be compared with the reference: start_loss, term_weight_mean "
+            "and score_pos must be positive and finite on both sides."
+        )
+    stats = next(s for s in per_k if s.k == best_k)
+    reasons = [
+        f"k = {_k(best_k)} best matches the reference checkpoint's k = 1 statistics: mean "
+        f"|log ratio| {_num(best_d)} over {', '.join(REFERENCE_METRICS)}"
+        + (f" (next: k = {_k(ranked[1][1])} at {_num(ranked[1][0])})." if len(ranked) > 1 else "."),
+        "At k = "
+        + _k(best_k)
+        + ": "
+        + "; ".join(
+            f"{m} {_num(getattr(stats, m))} vs reference {_num(getattr(ref, m))}"
+            for m in REFERENCE_METRICS
+        )
+        + ".",
+    ]
+    return best_k, tuple(reasons)
+
+
+# --------------------------------------------------------------------------------------------
+# Findings
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str  # stable, e.g. "HS101"; see FINDING_CODES and docs/findings.md
+    name: str  # stable slug, e.g. "large-head-scale"
+    severity: str  # "info" | "warning" | "error"
+    message: str
+    value: float | None
+    threshold: float | None
+
+
+# code -> (name, severity). Codes are never renumbered or reused.
+FINDING_CODES: dict[str, tuple[str, str]] = {
+    "HS101": ("large-head-scale", "warning"),
+    "HS102": ("rows-beyond-tokenizer", "info"),
+    "HS103": ("tied-decoder", "info"),
+    "HS104": ("head-not-loaded", "error"),
+    "HS201": ("dense-at-k1", "warning"),
+    "HS202": ("saturating-weights", "warning"),
+    "HS203": ("unrelated-texts-similar", "warning"),
+    "HS204": ("high-start-loss", "warning"),
+    "HS205": ("dense-at-every-k", "warning"),
+    "HS206": ("no-active-terms", "error"),
+    "HS207": ("non-finite-statistics", "error"),
+}
+
+VOCAB_KEYS = ("n_rows", "n_tokenizer", "n_real_rows", "tied", "head_loaded")
+
+
+def _finding(code: str, message: str, value: float | None, threshold: float | None) -> Finding:
+    name, severity = FINDING_CODES[code]
+    return Finding(code, name, severity, message, value, threshold)
+
+
+def diagnose(
+    weights: WeightStats,
+    per_k: Sequence[KStats] = (),
+    vocab: Mapping[str, Any] | None = None,
+) -> tuple[Finding, ...]:
+    """Findings about the head as shipped (k = 1), ordered by code.
+
+    `vocab` may hold n_rows (decoder rows), n_tokenizer (len(tokenizer) or None), n_real_rows
+    (accepted for the caller's convenience; WeightStats already carries it), tied (bool) and
+    head_loaded (bool); absent keys skip the findings that need them, an unknown key raises.
+    Probe findings use the k = 1 statistics, or the smallest measured k when k = 1 was not
+    measured.
+    """
+    vocab = dict(vocab or {})
+    unknown = sorted(set(vocab) - set(VOCAB_KEYS))
+    if unknown:
+        raise InputError(
+            f"diagnose got unknown vocab key(s) {', '.join(unknown)}; valid keys: "
+            f"{', '.join(VOCAB_KEYS)}."
+        )
+    found: list[Finding] = []
+
+    norm = weights.row_norm_all.mean
+    if norm > LARGE_HEAD_ROW_NORM:
+        found.append(
+            _finding(
+                "HS101",
+                f"Mean decoder row norm is {_num(norm)}, above {_num(LARGE_HEAD_ROW_NORM)}: a "
+                "large head scale inflates SPLADE term weights and scores; rescale the projection "
+                "(the paper uses k = 16).",
+                norm,
+                LARGE_HEAD_ROW_NORM,
+            )
+        )
+    n_rows = vocab.get("n_rows", weights.n_rows)
+    n_tok = vocab.get("n_tokenizer")
+    if n_tok is not None and n_rows > n_tok:
+        extra = n_rows - n_tok
+        found.append(
+            _finding(
+                "HS102",
+                f"The decoder has {n_rows:,} rows but the tokenizer only {n_tok:,} tokens: "
+                f"{extra:,} rows were never trained; real-token statistics (row_norm_real) "
+                "exclude them.",
+                float(extra),
+                float(n_tok),
+            )
+        )
+    if vocab.get("tied") is True:
+        found.append(
+            _finding(
+                "HS103",
+                "The decoder is tied to the input embeddings: dividing it in place also divides "
+                "the embeddings; use the untie or fold strategy to change only the projection.",
+                None,
+                None,
+            )
+        )
+    if vocab.get("head_loaded") is False:
+        found.append(
+            _finding(
+                "HS104",
+                "The MLM head was not loaded from the checkpoint (newly initialised): its "
+                "statistics describe random weights; use a checkpoint that ships a trained MLM "
+                "head.",
+                None,
+                None,
+            )
+        )
+
+    per_k = _sorted_candidates(per_k)
+    if per_k:
+        found.extend(_probe_findings(per_k))
+    return tuple(sorted(found, key=lambda f: f.code))
+
+
+def _probe_findings(per_k: tuple[KStats, ...]) -> list[Finding]:
+    found: list[Finding] = []
+    base = next((s for s in per_k if s.k == 1), per_k[0])
+    at = "at k = 1" if base.k == 1 else f"at k = {_k(base.k)} (k = 1 was not measured)"
+
+    bad = [
+        f"{f.name} at k = {_k(s.k)}"
+        for s in per_k
+        for f in fields(KStats)
+        if not math.isfinite(getattr(s, f.name))
+        # With no active passage term the weight mean/max are undefined; HS206 reports that.
+        and not (f.name in ("term_weight_mean", "term_weight_max") and s.active_passage == 0)
+    ]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        found.append(
+            _finding(
+                "HS207",
+                f"Probe statistics are not finite ({shown}): the forward pass overflowed or "
+                "produced NaN; re-run in float32.",
+                float(len(bad)),
+                0.0,
+            )
+        )
+
+    dense = BAND_ACTIVE_PASSAGE_SHARE.high
+    assert dense is not None
+    if base.active_passage_share > dense:
+        found.append(
+            _finding(
+                "HS201",
+                f"{_pct(base.active_passage_share)} of the vocabulary is active per passage "
+                f"{at} (above {_pct(dense)}; trained SPLADE keeps 150-250 terms): the head "
+                "starts dense.",
+                base.active_passage_share,
+                dense,
+            )
+        )
+    if base.active_passage == 0:
+        found.append(
+            _finding(
+                "HS206",
+                f"No vocabulary term is active on any probe passage {at}: every logit is <= 0, so "
+                "SPLADE gets no gradient through relu; check the head and the output bias.",
+                0.0,
+                0.0,
+            )
+        )
+    largest = per_k[-1]
+    if len(per_k) > 1 and largest.active_passage_share > dense:
+        found.append(
+            _finding(
+                "HS205",
+                f"{_pct(largest.active_passage_share)} of the vocabulary is still active per "
+                f"passage at the largest candidate k = {_k(largest.k)}: dividing by k does not "
+                "change which terms are active (only an undivided output bias can), so "
+                "rescaling alone will not make this head sparse.",
+                largest.active_passage_share,
+                dense,
+            )
+        )
+    checks = (
+        (
+            "HS202",
+            BAND_SHARE_ABOVE_5,
+            "of active passage weights exceed 5 (pyserini's quantisation ceiling; log1p saturates)",
+        ),
+        (
+            "HS203",
+            BAND_COSINE_UNRELATED,
+            "is the mean cosine between unrelated passages (healthy bases ~0.8, broken ones 1.0)",
+        ),
+        ("HS204", BAND_START_LOSS, "is the in-batch contrastive loss training would start with"),
+    )
+    for code, band, what in checks:
+        value = getattr(base, band.metric)
+        assert band.high is not None
+        if math.isfinite(value) and value > band.high:
+            shown = _pct(value) if band.metric == "share_above_5" else _num(value)
+            limit = _pct(band.high) if band.metric == "share_above_5" else _num(band.high)
+            found.append(
+                _finding(
+                    code,
+                    f"{shown} {what} {at}, above {limit}; a larger k can reduce it.",
+                    value,
+                    band.high,
+                )
+            )
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# Number formatting for sentences
+
+
+def _num(x: float) -> str:
+    """4 significant digits, no exponent for ordinary magnitudes: 0.682, 279, 2.553, 1.2e+04."""
+    if not math.isfinite(x):
+        return str(x)
+    return f"{x:.4g}"
+
+
+def _k(k: float) -> str:
+    return f"{k:g}"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.3g}%"
+
+
+__all__ = [
+    "BAND_ACTIVE_PASSAGE_SHARE",
+    "BAND_COSINE_UNRELATED",
+    "BAND_SCORE_POS",
+    "BAND_SHARE_ABOVE_5",
+    "BAND_START_LOSS",
+    "BAND_TERM_WEIGHT_MEAN",
+    "DEFAULT_BANDS",
+    "FINDING_CODES",
+    "LARGE_HEAD_ROW_NORM",
+    "METRICS",
+    "PAPER_K",
+    "REFERENCE_METRICS",
+    "RULES",
+    "SEVERITIES",
+    "Band",
+    "Finding",
+    "KVerdict",
+    "Recommendation",
+    "check_bands",
+    "diagnose",
+    "override_bands",
+    "recommend",
+    "reference_distance",
+]

@@ -1,0 +1,397 @@
+"""recommend: bands, the three rules, findings. Hand-made statistics, hand-checked answers."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields, replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from headscope.errors import InputError
+from headscope.recommend import (
+    DEFAULT_BANDS,
+    FINDING_CODES,
+    METRICS,
+    Band,
+    KVerdict,
+    diagnose,
+    override_bands,
+    recommend,
+    reference_distance,
+)
+from headscope.stats import KStats, Summary, WeightStats
+
+
+def kstats(k, *, start, score, twm, s5, cos, active=0.004, **kw) -> KStats:
+    """A KStats whose banded fields are given; the rest are plausible fillers."""
+    base = dict(
+        k=float(k),
+        logit_p01=-20.0 / k,
+        logit_p50=-5.0 / k,
+        logit_p99=8.0 / k,
+        frac_positive=0.002,
+        term_weight_mean=twm,
+        term_weight_max=2 * twm + 1,
+        share_above_5=s5,
+        active_query=60.0,
+        active_passage=active * 30522,
+        active_query_share=60.0 / 30522,
+        active_passage_share=active,
+        cosine_unrelated=cos,
+        score_pos=score,
+        score_neg=score / 3,
+        start_loss=start,
+    )
+    base.update(kw)
+    return KStats(**base)
+
+
+def weights(mean_norm: float, n_rows: int = 50368, n_real: int = 50285) -> WeightStats:
+    s = Summary(mean_norm, mean_norm, mean_norm * 1.5, mean_norm * 2, mean_norm / 4, n_rows)
+    r = Summary(mean_norm, mean_norm, mean_norm * 1.5, mean_norm * 2, mean_norm / 4, n_real)
+    return WeightStats(s, r, n_rows, n_real, 768, -0.5, 0.3, 27.7, None, 12.0)
+
+
+# A large head, sparse activity: k shrinks loss, scores, weights, saturation and cosine.
+TABLE = (
+    kstats(1, start=279.0, score=900.0, twm=3.7, s5=0.2, cos=0.97),
+    kstats(2, start=120.0, score=400.0, twm=3.0, s5=0.08, cos=0.95),
+    kstats(4, start=50.0, score=150.0, twm=2.3, s5=0.02, cos=0.92),
+    kstats(8, start=20.0, score=60.0, twm=1.6, s5=0.005, cos=0.85),
+    kstats(16, start=7.0, score=20.0, twm=0.9, s5=0.0, cos=0.80),
+    kstats(32, start=3.0, score=6.0, twm=0.5, s5=0.0, cos=0.78),
+)
+
+
+def test_default_bands_cover_distinct_known_metrics_with_provenance():
+    metrics = [b.metric for b in DEFAULT_BANDS]
+    assert len(set(metrics)) == len(metrics)
+    assert set(metrics) <= set(METRICS)
+    assert "k" not in METRICS and len(METRICS) == len(fields(KStats)) - 1
+    for band in DEFAULT_BANDS:
+        assert band.provenance and "\n" not in band.provenance
+        assert band.low is not None or band.high is not None
+
+
+def test_band_contains_margin_and_describe():
+    band = Band("start_loss", None, 44.0, "p")
+    assert band.contains(44.0) and not band.contains(44.1)
+    assert band.margin(22.0) == pytest.approx(0.5)
+    assert band.margin(88.0) == pytest.approx(-1.0)
+    assert not band.contains(math.nan) and band.margin(math.nan) == -math.inf
+    both = Band("term_weight_mean", 0.05, 2.5, "p")
+    assert both.describe() == "between 0.05 and 2.5"
+    assert band.describe() == "at most 44"
+    assert Band("score_pos", 1.0, None, "p").describe() == "at least 1"
+    assert both.margin(0.04) == pytest.approx(-0.2)  # (0.04 - 0.05) / 0.05
+    assert not both.contains(0.04) and both.contains(0.05)
+
+
+def test_bands_rule_picks_smallest_passing_k_with_reasons():
+    rec = recommend(TABLE)
+    assert rec.k == 8.0 and rec.rule == "bands"
+    assert rec.passing == (8.0, 16.0, 32.0)
+    assert rec.verdicts[2] == KVerdict(
+        4.0, ("cosine_unrelated", "share_above_5", "start_loss", "score_pos")
+    )
+    assert rec.verdicts[0].failed == (
+        "cosine_unrelated",
+        "share_above_5",
+        "start_loss",
+        "term_weight_mean",
+        "score_pos",
+    )
+    assert rec.reasons[0] == (
+        "k = 8 is the smallest candidate whose statistics fall inside every band "
+        "(candidates: 1, 2, 4, 8, 16, 32; passing: 8, 16, 32)."
+    )
+    assert rec.reasons[1] == (
+        "At k = 8: active_passage_share 0.004 (at most 0.1); cosine_unrelated 0.85 (at most "
+        "0.9); share_above_5 0.005 (at most 0.01); start_loss 20 (at most 44); term_weight_mean "
+        "1.6 (between 0.05 and 2.5); score_pos 60 (at most 100)."
+    )
+    assert rec.reasons[4] == (
+        "k = 4 fails: cosine_unrelated 0.92 is not at most 0.9; share_above_5 0.02 is not at "
+        "most 0.01; start_loss 50 is not at most 44; score_pos 150 is not at most 100."
+    )
+    assert len(rec.reasons) == 5  # chosen, its values, one line per smaller k
+    assert rec.bands == DEFAULT_BANDS
+
+
+def test_bands_rule_is_order_independent():
+    assert recommend(tuple(reversed(TABLE))) == recommend(TABLE)
+
+
+def test_no_k_passes_dense_head_says_rescaling_cannot_fix_activity():
+    dense = tuple(replace(s, active_passage_share=0.75) for s in TABLE)
+    rec = recommend(dense)
+    assert rec.passing == ()
+    # 8, 16 and 32 each fail only the active band by the same amount: the smallest wins.
+    assert rec.k == 8.0
+    assert rec.reasons[0] == (
+        "No candidate k falls inside every band (candidates: 1, 2, 4, 8, 16, 32); k = 8 fails "
+        "the fewest (1 of 6: active_passage_share), and among those it is closest to passing."
+    )
+    assert rec.reasons[-1] == (
+        "active_passage_share is outside its band (at most 0.1) at every candidate k: dividing "
+        "the logits by k does not change which terms are active (only an output bias left "
+        "undivided can), so rescaling alone cannot fix it."
+    )
+
+
+def test_no_k_passes_tie_broken_by_smallest_shortfall():
+    # Both fail one band; k=1 overshoots start_loss by 100% (88 vs 44), k=2 score_pos by 10%.
+    table = (
+        kstats(1, start=88.0, score=50.0, twm=1.0, s5=0.0, cos=0.8),
+        kstats(2, start=10.0, score=110.0, twm=1.0, s5=0.0, cos=0.8),
+    )
+    rec = recommend(table)
+    assert rec.k == 2.0 and rec.passing == ()
+    assert rec.reasons[1] == "k = 2 fails: score_pos 110 is not at most 100."
+
+
+def test_paper_rule_threshold_and_reasons():
+    large = recommend(TABLE, rule="paper", weights=weights(2.553))
+    assert large.k == 16.0 and large.rule == "paper"
+    assert large.reasons == (
+        "Mean decoder row norm over all 50,368 rows is 2.553, above 1.5, so the paper's setting "
+        "k = 16 applies (arXiv 2606.18811: ModernBERT-base has 2.553 and trains well at k = 16).",
+        "k = 16 falls inside every band.",
+    )
+    assert large.passing == (8.0, 16.0, 32.0)  # the table is still judged
+    small = recommend(TABLE, rule="paper", weights=weights(0.682, 30522, 30522))
+    assert small.k == 1.0
+    assert small.reasons[0] == (
+        "Mean decoder row norm over all 30,522 rows is 0.682, at most 1.5 (BERT-tiny 0.682, "
+        "ALBERT 1.333), so the paper's rule leaves the head unscaled: k = 1."
+    )
+    assert small.reasons[1].startswith("k = 1 fails: cosine_unrelated 0.97")
+    assert recommend((), rule="paper", weights=weights(1.5)).k == 1.0  # "above" is strict
+    assert recommend((), rule="paper", weights=weights(1.5001)).k == 16.0
+
+
+def test_weights_only_falls_back_to_paper_rule_and_says_so():
+    rec = recommend((), weights=weights(1.333, 591, 591))
+    assert rec.rule == "paper" and rec.k == 1.0
+    assert rec.reasons[0] == (
+        "No probe statistics were measured, so the paper rule was applied instead of the bands "
+        "rule."
+    )
+    assert rec.verdicts == () and rec.passing == ()
+
+
+def test_reference_rule_distance_hand_computed():
+    ref = (kstats(1, start=7.0, score=20.0, twm=0.9, s5=0.0, cos=0.8),)
+    expected_k8 = (abs(math.log(20 / 7)) + abs(math.log(1.6 / 0.9)) + abs(math.log(60 / 20))) / 3
+    assert reference_distance(TABLE[3], ref[0]) == pytest.approx(expected_k8)
+    assert reference_distance(TABLE[4], ref[0]) == 0.0
+    rec = recommend(TABLE, rule="reference", reference=ref)
+    assert rec.k == 16.0 and rec.rule == "reference"
+    k32 = (abs(math.log(3 / 7)) + abs(math.log(0.5 / 0.9)) + abs(math.log(6 / 20))) / 3
+    assert rec.reasons[0] == (
+        "k = 16 best matches the reference checkpoint's k = 1 statistics: mean |log ratio| 0 "
+        f"over start_loss, term_weight_mean, score_pos (next: k = 32 at {k32:.4g})."
+    )
+    assert rec.reasons[1] == (
+        "At k = 16: start_loss 7 vs reference 7; term_weight_mean 0.9 vs reference 0.9; "
+        "score_pos 20 vs reference 20."
+    )
+
+
+def test_reference_distance_skips_non_positive_metrics():
+    a = kstats(1, start=7.0, score=0.0, twm=0.9, s5=0.0, cos=0.8)
+    b = kstats(1, start=14.0, score=20.0, twm=0.9, s5=0.0, cos=0.8)
+    assert reference_distance(a, b) == pytest.approx(math.log(2) / 2)
+
+
+def test_override_bands_by_metric_name():
+    bands = override_bands({"start_loss": (None, 10.0)})
+    assert [b.metric for b in bands] == [b.metric for b in DEFAULT_BANDS]
+    changed = next(b for b in bands if b.metric == "start_loss")
+    assert (changed.low, changed.high) == (None, 10.0)
+    assert changed.provenance.startswith("Overridden by the user (default at most 44: ")
+    assert recommend(TABLE, bands=bands).k == 16.0
+    added = override_bands({"logit_p99": (None, 1.0)})
+    assert added[-1] == Band("logit_p99", None, 1.0, "Added by the user.")
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda: override_bands({"loss": (None, 1.0)}),
+            "Cannot override band 'loss': it is not a per-k statistic; use one of: "
+            + ", ".join(METRICS)
+            + ".",
+        ),
+        (
+            lambda: override_bands({"start_loss": (50.0, 10.0)}),
+            "Band 'start_loss' has low 50.0 above high 10.0; swap them.",
+        ),
+        (
+            lambda: recommend(TABLE, rule="best"),
+            "Unknown recommendation rule 'best'; use one of: bands, paper, reference.",
+        ),
+        (
+            lambda: recommend(TABLE, rule="paper"),
+            "The paper rule needs the head's weight statistics; pass weights=WeightStats or use "
+            "rule='bands'.",
+        ),
+        (
+            lambda: recommend(()),
+            "Cannot recommend k without statistics: pass probe statistics (per_k) or the head's "
+            "weight statistics (weights).",
+        ),
+        (
+            lambda: recommend(TABLE, rule="reference", reference=(TABLE[1],)),
+            "The reference statistics have no k = 1 entry; measure the reference checkpoint with "
+            "k = 1 among its candidates.",
+        ),
+        (
+            lambda: recommend(TABLE + (TABLE[0],)),
+            "k = 1 appears twice in the per-k statistics; pass each once.",
+        ),
+        (
+            lambda: recommend(TABLE, bands=DEFAULT_BANDS + (Band("start_loss", None, 1, "x"),)),
+            "Two bands bound 'start_loss'; keep one (override_bands replaces a band).",
+        ),
+    ],
+)
+def test_errors_word_for_word(call, message):
+    with pytest.raises(InputError) as err:
+        call()
+    assert str(err.value) == message
+
+
+# --------------------------------------------------------------------------------------------
+# diagnose
+
+
+def test_diagnose_weight_findings_modernbert_like():
+    found = diagnose(weights(2.553), (), {"n_rows": 50368, "n_tokenizer": 50285, "tied": True})
+    assert [f.code for f in found] == ["HS101", "HS102", "HS103"]
+    hs101, hs102, hs103 = found
+    assert (hs101.name, hs101.severity, hs101.value, hs101.threshold) == (
+        "large-head-scale",
+        "warning",
+        2.553,
+        1.5,
+    )
+    assert hs101.message == (
+        "Mean decoder row norm is 2.553, above 1.5: a large head scale inflates SPLADE term "
+        "weights and scores; rescale the projection (the paper uses k = 16)."
+    )
+    assert (hs102.value, hs102.threshold, hs102.severity) == (83.0, 50285.0, "info")
+    assert hs102.message == (
+        "The decoder has 50,368 rows but the tokenizer only 50,285 tokens: 83 rows were never "
+        "trained; real-token statistics (row_norm_real) exclude them."
+    )
+    assert hs103.name == "tied-decoder" and hs103.severity == "info"
+
+
+def test_diagnose_healthy_small_head_has_no_findings():
+    healthy = tuple(TABLE[4:])  # k = 16, 32 only: smallest measured k stands in for k = 1
+    found = diagnose(
+        weights(0.682, 30522, 30522),
+        healthy,
+        {"n_rows": 30522, "n_tokenizer": 30522, "tied": False, "head_loaded": True},
+    )
+    assert found == ()
+
+
+def test_diagnose_probe_findings_at_k1():
+    found = {f.code: f for f in diagnose(weights(0.682), TABLE)}
+    assert sorted(found) == ["HS202", "HS203", "HS204"]
+    assert found["HS204"].message == (
+        "279 is the in-batch contrastive loss training would start with at k = 1, above 44; a "
+        "larger k can reduce it."
+    )
+    assert found["HS202"].message == (
+        "20% of active passage weights exceed 5 (pyserini's quantisation ceiling; log1p "
+        "saturates) at k = 1, above 1%; a larger k can reduce it."
+    )
+    assert (found["HS203"].value, found["HS203"].threshold) == (0.97, 0.9)
+
+
+def test_diagnose_dense_head_and_smallest_k_wording():
+    dense = tuple(replace(s, active_passage_share=0.75) for s in TABLE[1:])
+    found = {f.code: f for f in diagnose(weights(0.682), dense)}
+    assert {"HS201", "HS205"} <= set(found)
+    assert found["HS201"].message == (
+        "75% of the vocabulary is active per passage at k = 2 (k = 1 was not measured) (above "
+        "10%; trained SPLADE keeps 150-250 terms): the head starts dense."
+    )
+    assert found["HS205"].message.startswith(
+        "75% of the vocabulary is still active per passage at the largest candidate k = 32:"
+    )
+
+
+def test_diagnose_errors_no_active_terms_nan_and_missing_head():
+    empty = replace(
+        TABLE[0],
+        active_passage=0.0,
+        active_passage_share=0.0,
+        term_weight_mean=math.nan,
+        term_weight_max=math.nan,
+    )
+    found = {f.code: f for f in diagnose(weights(0.682), (empty,), {"head_loaded": False})}
+    assert "HS206" in found and "HS207" not in found  # NaN weights are explained by HS206
+    assert found["HS206"].severity == "error"
+    assert found["HS104"].severity == "error"
+    broken = replace(TABLE[0], start_loss=math.inf, score_pos=math.nan)
+    hs207 = next(f for f in diagnose(weights(0.682), (broken,)) if f.code == "HS207")
+    assert hs207.message == (
+        "Probe statistics are not finite (score_pos at k = 1, start_loss at k = 1): the forward "
+        "pass overflowed or produced NaN; re-run in float32."
+    )
+
+
+def test_diagnose_rejects_unknown_vocab_key():
+    with pytest.raises(InputError) as err:
+        diagnose(weights(1.0), (), {"n_tokeniser": 5})
+    assert str(err.value) == (
+        "diagnose got unknown vocab key(s) n_tokeniser; valid keys: n_rows, n_tokenizer, "
+        "n_real_rows, tied, head_loaded."
+    )
+
+
+def test_finding_codes_table_is_consistent_with_docs():
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "findings.md").read_text()
+    for code, (name, severity) in FINDING_CODES.items():
+        assert f"| {code} | `{name}` | {severity} |" in doc
+    for band in DEFAULT_BANDS:
+        assert f"`{band.metric}`" in doc
+
+
+# --------------------------------------------------------------------------------------------
+# Properties
+
+
+_value = st.floats(min_value=0.0, max_value=500.0, allow_nan=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(_value, _value, st.floats(0.0, 5.0), st.floats(0.0, 0.3), st.floats(0.0, 1.0)),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_bands_rule_properties(rows):
+    table = tuple(
+        kstats(2**i, start=a, score=b, twm=c, s5=d, cos=e) for i, (a, b, c, d, e) in enumerate(rows)
+    )
+    rec = recommend(table)
+    inside = [s.k for s in table if all(b.contains(getattr(s, b.metric)) for b in DEFAULT_BANDS)]
+    assert rec.passing == tuple(inside)
+    if inside:
+        assert rec.k == inside[0]  # the smallest passing k, never a larger one
+    else:
+        fewest = min(len(v.failed) for v in rec.verdicts)
+        assert len(next(v for v in rec.verdicts if v.k == rec.k).failed) == fewest
+    assert [v.k for v in rec.verdicts] == [s.k for s in table]
