@@ -23,3 +23,20 @@ def albert_dir() -> Path:
     from headscope import assets
 
     return assets.fetch("albert-rxn")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """Factory: `tiny_checkpoint(family)` -> folder of a tiny checkpoint of that family (with its
+    100-token tokenizer), written once per session. Families: tests/tiny_models.py FAMILIES."""
+    import tiny_models
+
+    made: dict[str, Path] = {}
+
+    def make(family: str) -> Path:
+        if family not in made:
+            folder = tmp_path_factory.mktemp(f"tiny-{family}")
+            made[family] = tiny_models.save_tiny(family, folder)
+        return made[family]
+
+    return make

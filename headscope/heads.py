@@ -1,0 +1,529 @@
+"""Where each encoder family keeps its MLM head, and finding it in a model or a checkpoint.
+
+For the BERT-like heads, logits = W_dec · LN(act(dense(h))) + b_dec (DESIGN.md §3). A `HeadLayout`
+names the modules of one family; `find_head` returns live handles into a loaded model (so that
+rescaling them changes the model), `checkpoint_head_tensors` reads the same tensors straight from
+the files without building the model. Both refuse a head that the checkpoint does not store:
+statistics of a randomly initialised head would look real and mean nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from headscope.errors import NoMLMHeadError, UnsupportedModelError
+
+if TYPE_CHECKING:
+    import torch
+
+    from headscope.checkpoint import Checkpoint, LoadedModel
+
+ROLES = (
+    "decoder_weight",
+    "bias",
+    "dense_weight",
+    "dense_bias",
+    "norm_weight",
+    "norm_bias",
+    "embeddings",
+)
+
+
+@dataclass(frozen=True)
+class HeadLayout:
+    family: str  # "bert", "roberta", ..., "generic"
+    model_types: tuple[str, ...]
+    decoder: str | None  # module path of the projection (nn.Linear); None: deberta-v2
+    # non-legacy, whose projection is the input embedding matrix
+    bias: str | None  # parameter path of the output bias
+    dense: str | None  # module path of the head's dense layer
+    norm: str | None  # module path of the head's LayerNorm
+    embeddings: str  # parameter path of the input word embeddings
+    norm_has_bias: bool
+
+
+LAYOUTS: tuple[HeadLayout, ...] = (
+    HeadLayout(
+        family="bert",
+        model_types=("bert",),
+        decoder="cls.predictions.decoder",
+        bias="cls.predictions.bias",
+        dense="cls.predictions.transform.dense",
+        norm="cls.predictions.transform.LayerNorm",
+        embeddings="bert.embeddings.word_embeddings.weight",
+        norm_has_bias=True,
+    ),
+    HeadLayout(
+        family="roberta",
+        model_types=("roberta", "xlm-roberta", "camembert"),
+        decoder="lm_head.decoder",
+        bias="lm_head.bias",
+        dense="lm_head.dense",
+        norm="lm_head.layer_norm",
+        embeddings="roberta.embeddings.word_embeddings.weight",
+        norm_has_bias=True,
+    ),
+    HeadLayout(
+        family="distilbert",
+        model_types=("distilbert",),
+        decoder="vocab_projector",
+        bias="vocab_projector.bias",
+        dense="vocab_transform",
+        norm="vocab_layer_norm",
+        embeddings="distilbert.embeddings.word_embeddings.weight",
+        norm_has_bias=True,
+    ),
+    HeadLayout(
+        family="albert",
+        model_types=("albert",),
+        decoder="predictions.decoder",
+        bias="predictions.bias",
+        dense="predictions.dense",  # hidden -> embedding_size
+        norm="predictions.LayerNorm",
+        embeddings="albert.embeddings.word_embeddings.weight",
+        norm_has_bias=True,
+    ),
+    HeadLayout(
+        family="electra",  # the generator; discriminators ship no MLM head
+        model_types=("electra",),
+        decoder="generator_lm_head",
+        bias="generator_lm_head.bias",
+        dense="generator_predictions.dense",
+        norm="generator_predictions.LayerNorm",
+        embeddings="electra.embeddings.word_embeddings.weight",
+        norm_has_bias=True,
+    ),
+    HeadLayout(
+        family="mpnet",
+        model_types=("mpnet",),
+        decoder="lm_head.decoder",
+        bias="lm_head.bias",
+        dense="lm_head.dense",
+        norm="lm_head.layer_norm",
+        embeddings="mpnet.embeddings.word_embeddings.weight",
+        norm_has_bias=True,
+    ),
+    HeadLayout(
+        family="deberta-v2-legacy",  # config.legacy true (transformers' default)
+        model_types=("deberta-v2",),
+        decoder="cls.predictions.decoder",
+        bias="cls.predictions.bias",
+        dense="cls.predictions.transform.dense",
+        norm="cls.predictions.transform.LayerNorm",
+        embeddings="deberta.embeddings.word_embeddings.weight",
+        norm_has_bias=True,
+    ),
+    HeadLayout(
+        family="deberta-v2",  # config.legacy false: logits = LN(...) @ E^T + b, no decoder
+        model_types=("deberta-v2",),
+        decoder=None,
+        bias="lm_predictions.lm_head.bias",
+        dense="lm_predictions.lm_head.dense",
+        norm="lm_predictions.lm_head.LayerNorm",
+        embeddings="deberta.embeddings.word_embeddings.weight",
+        norm_has_bias=True,
+    ),
+    HeadLayout(
+        family="modernbert",  # ModernBERT, Ettin, mmBERT
+        model_types=("modernbert",),
+        decoder="decoder",
+        bias="decoder.bias",
+        dense="head.dense",
+        norm="head.norm",
+        embeddings="model.embeddings.tok_embeddings.weight",
+        norm_has_bias=False,
+    ),
+)
+
+# Placeholder for model types the registry does not know: `find_head` fills the module names in
+# from `get_output_embeddings()` / `get_input_embeddings()`.
+GENERIC = HeadLayout(
+    family="generic",
+    model_types=(),
+    decoder=None,
+    bias=None,
+    dense=None,
+    norm=None,
+    embeddings="",
+    norm_has_bias=False,
+)
+
+_BY_FAMILY = {layout.family: layout for layout in LAYOUTS}
+
+
+def layout_for(model_type: str, config: Any = None) -> HeadLayout:
+    """The head layout of `model_type`; GENERIC for types the registry does not know.
+
+    DeBERTa-v2 has two layouts, chosen by the config's `legacy` flag (a dict or a transformers
+    config; transformers defaults it to true, and so does this function without a config).
+    """
+    if model_type == "deberta-v2":
+        if isinstance(config, dict):
+            legacy = config.get("legacy", True)
+        else:
+            legacy = getattr(config, "legacy", True)
+        return _BY_FAMILY["deberta-v2-legacy" if legacy else "deberta-v2"]
+    for layout in LAYOUTS:
+        if model_type in layout.model_types:
+            return layout
+    return GENERIC
+
+
+# --------------------------------------------------------------------------------------------
+# live model
+
+
+@dataclass
+class Head:
+    """Live handles into a loaded model's MLM head."""
+
+    layout: HeadLayout
+    decoder_weight: torch.Tensor  # (V, E) projection actually used for logits
+    bias: torch.Tensor | None  # (V,)
+    dense_weight: torch.Tensor | None  # (E, H)
+    norm_weight: torch.Tensor | None  # (E,)
+    norm_bias: torch.Tensor | None  # (E,)
+    tied: bool  # decoder weight is the input embedding matrix (same storage)
+    names: dict[str, str]  # role -> state_dict name (roles in ROLES; absent roles left out)
+
+
+def _submodule(model, path: str | None):
+    if path is None:
+        return None
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def _parameter(model, path: str | None):
+    if not path:
+        return None
+    try:
+        return model.get_parameter(path)
+    except AttributeError:
+        return None
+
+
+def _same_storage(a, b) -> bool:
+    return a is not None and b is not None and a.shape == b.shape and a.data_ptr() == b.data_ptr()
+
+
+def _layout_present(model, layout: HeadLayout) -> bool:
+    modules = [layout.decoder, layout.dense, layout.norm]
+    return all(_submodule(model, m) is not None for m in modules if m is not None) and (
+        _parameter(model, layout.embeddings) is not None
+    )
+
+
+def _head_from_layout(model, layout: HeadLayout) -> Head:
+    emb = model.get_parameter(layout.embeddings)  # (V, E)
+    names = {"embeddings": layout.embeddings}
+    if layout.decoder is not None:
+        decoder = model.get_submodule(layout.decoder)
+        decoder_weight = decoder.weight
+        names["decoder_weight"] = f"{layout.decoder}.weight"
+        # The decoder's own bias is the one added to the logits; transformers ties it to the
+        # layout's bias parameter, whose name is the one checkpoints store.
+        bias = decoder.bias
+        named_bias = _parameter(model, layout.bias)
+        if bias is None:
+            bias = named_bias
+            bias_name = layout.bias if named_bias is not None else None
+        elif _same_storage(bias, named_bias):
+            bias_name = layout.bias
+        else:
+            bias_name = f"{layout.decoder}.bias"
+    else:
+        decoder_weight = emb
+        names["decoder_weight"] = layout.embeddings
+        bias = _parameter(model, layout.bias)
+        bias_name = layout.bias if bias is not None else None
+    if bias_name is not None:
+        names["bias"] = bias_name
+
+    dense = _submodule(model, layout.dense)
+    norm = _submodule(model, layout.norm)
+    dense_weight = dense.weight if dense is not None else None
+    norm_weight = getattr(norm, "weight", None) if norm is not None else None
+    norm_bias = getattr(norm, "bias", None) if norm is not None else None
+    if dense is not None:
+        names["dense_weight"] = f"{layout.dense}.weight"
+        if dense.bias is not None:
+            names["dense_bias"] = f"{layout.dense}.bias"
+    if norm_weight is not None:
+        names["norm_weight"] = f"{layout.norm}.weight"
+    if norm_bias is not None:
+        names["norm_bias"] = f"{layout.norm}.bias"
+    return Head(
+        layout=layout,
+        decoder_weight=decoder_weight,
+        bias=bias,
+        dense_weight=dense_weight,
+        norm_weight=norm_weight,
+        norm_bias=norm_bias,
+        tied=_same_storage(decoder_weight, emb),
+        names=names,
+    )
+
+
+def _module_name(model, module) -> str | None:
+    for name, candidate in model.named_modules():
+        if candidate is module:
+            return name
+    return None
+
+
+def _generic_head(model, source: str, model_type: str) -> Head:
+    out = model.get_output_embeddings()
+    if out is None or getattr(out, "weight", None) is None:
+        raise NoMLMHeadError(
+            source,
+            f"{type(model).__name__} has no output embeddings (get_output_embeddings() returned "
+            "None); load it with its masked-LM class",
+        )
+    inp = model.get_input_embeddings()
+    decoder_name = _module_name(model, out)
+    emb_name = _module_name(model, inp) if inp is not None else None
+    if decoder_name is None:
+        raise NoMLMHeadError(
+            source, f"the output embeddings of {type(model).__name__} are not a submodule of it"
+        )
+    names = {"decoder_weight": f"{decoder_name}.weight"}
+    bias = getattr(out, "bias", None)
+    if bias is not None:
+        names["bias"] = f"{decoder_name}.bias"
+    if emb_name is not None:
+        names["embeddings"] = f"{emb_name}.weight"
+    layout = HeadLayout(
+        family="generic",
+        model_types=(model_type,),
+        decoder=decoder_name,
+        bias=names.get("bias"),
+        dense=None,
+        norm=None,
+        embeddings=names.get("embeddings", ""),
+        norm_has_bias=False,
+    )
+    emb = inp.weight if inp is not None else None
+    return Head(
+        layout=layout,
+        decoder_weight=out.weight,
+        bias=bias,
+        dense_weight=None,
+        norm_weight=None,
+        norm_bias=None,
+        tied=_same_storage(out.weight, emb),
+        names=names,
+    )
+
+
+def _listing(names: list[str], limit: int = 3) -> str:
+    more = len(names) - limit
+    return ", ".join(names[:limit]) + (f" and {more} more" if more > 0 else "")
+
+
+def _check_trained(head: Head, missing: frozenset[str], source: str) -> None:
+    """Refuse a head whose tensors transformers reports as newly initialised."""
+    # A tied decoder is legitimately absent from the file: it is the embeddings.
+    skip = {"embeddings", "decoder_weight"} if head.tied else {"embeddings"}
+    own = [head.names[r] for r in ROLES if r in head.names and r not in skip]
+    new = [n for n in own if n in missing]
+    if head.tied and head.names.get("embeddings") in missing:
+        new.append(head.names["embeddings"])
+    if not new:
+        return
+    if own and all(n in missing for n in own):
+        reason = (
+            f"the checkpoint stores none of its {head.layout.family} head tensors "
+            f"({_listing(own)}), so transformers initialised them at random; pass a checkpoint "
+            "saved with its masked-LM head"
+        )
+    else:
+        reason = (
+            f"transformers newly initialised head tensor(s) {_listing(new)}, so the head is "
+            "partly random; pass a checkpoint whose whole head was trained"
+        )
+    raise NoMLMHeadError(source, reason)
+
+
+def find_head(loaded: LoadedModel) -> Head:
+    """Live handles to the MLM head of `loaded.model`; NoMLMHeadError when absent or new."""
+    model = loaded.model
+    source = loaded.checkpoint.source
+    layout = layout_for(loaded.checkpoint.model_type, model.config)
+    if layout.family != "generic" and _layout_present(model, layout):
+        head = _head_from_layout(model, layout)
+    else:
+        head = _generic_head(model, source, loaded.checkpoint.model_type)
+    _check_trained(head, loaded.missing_keys, source)
+    return head
+
+
+# --------------------------------------------------------------------------------------------
+# weights only
+
+
+def _candidates(name: str, role: str, base_prefix: str) -> list[str]:
+    """Names a tensor may be stored under: as is, legacy gamma/beta, without the base prefix."""
+    out = [name]
+    if role in ("norm_weight", "norm_bias"):
+        out.append(re.sub(r"\.weight$", ".gamma", re.sub(r"\.bias$", ".beta", name)))
+    if base_prefix and name.startswith(base_prefix):
+        # Bare encoders saved by transformers 4.x omit the base-model prefix ("bert.").
+        out += [c[len(base_prefix) :] for c in list(out)]
+    return out
+
+
+def checkpoint_head_tensors(
+    ckpt: Checkpoint,
+) -> tuple[HeadLayout, dict[str, torch.Tensor], bool]:
+    """Read the head tensors from the checkpoint's files without building the model.
+
+    Returns the layout, role -> tensor (roles of ROLES the checkpoint has; a tied decoder that is
+    not stored is the embeddings tensor), and whether the decoder is tied to the embeddings.
+    """
+    import torch
+
+    from headscope.checkpoint import read_tensors, tensor_names
+
+    layout = layout_for(ckpt.model_type, ckpt.config)
+    if layout.family == "generic":
+        known = sorted({t for lay in LAYOUTS for t in lay.model_types})
+        raise UnsupportedModelError(
+            f"Reading the head from the files needs a known layout; model_type "
+            f"{ckpt.model_type!r} of {ckpt.source} is not one of {', '.join(known)}; load the "
+            "full model instead."
+        )
+    base_prefix = layout.embeddings.split(".", 1)[0] + "."
+    wanted: dict[str, str] = {"embeddings": layout.embeddings}
+    if layout.decoder is not None:
+        wanted["decoder_weight"] = f"{layout.decoder}.weight"
+    if layout.bias is not None:
+        wanted["bias"] = layout.bias
+    if layout.dense is not None:
+        wanted["dense_weight"] = f"{layout.dense}.weight"
+        wanted["dense_bias"] = f"{layout.dense}.bias"
+    if layout.norm is not None:
+        wanted["norm_weight"] = f"{layout.norm}.weight"
+        wanted["norm_bias"] = f"{layout.norm}.bias"
+
+    stored = set(tensor_names(ckpt))
+    found: dict[str, str] = {}  # role -> stored name
+    for role, name in wanted.items():
+        for candidate in _candidates(name, role, base_prefix):
+            if candidate in stored:
+                found[role] = candidate
+                break
+    tie_flag = bool(ckpt.config.get("tie_word_embeddings", True))
+    if layout.decoder is not None:
+        decoder_bias = f"{layout.decoder}.bias"
+        if decoder_bias != layout.bias and not tie_flag:
+            # With tie_word_embeddings false transformers also unties the decoder bias from the
+            # layout's bias parameter (bert, roberta, albert, ...): the decoder's own bias then
+            # makes the logits.
+            wanted["bias"] = decoder_bias
+            found.pop("bias", None)
+            if decoder_bias in stored:
+                found["bias"] = decoder_bias
+        elif "bias" not in found and decoder_bias in stored:
+            found["bias"] = decoder_bias  # stored only under the decoder
+
+    source = ckpt.source
+    if "embeddings" not in found:
+        raise NoMLMHeadError(
+            source,
+            f"the checkpoint stores no input embeddings {layout.embeddings}, so it is not a "
+            f"{layout.family} checkpoint; check model_type in config.json",
+        )
+    head_roles = [r for r in wanted if r not in ("embeddings", "decoder_weight")]
+    if not any(r in found for r in head_roles):
+        raise NoMLMHeadError(
+            source,
+            f"the checkpoint stores none of its {layout.family} head tensors "
+            f"({_listing([wanted[r] for r in head_roles])}), so transformers would initialise "
+            "them at random; pass a checkpoint saved with its masked-LM head",
+        )
+    if layout.decoder is not None and "decoder_weight" not in found and not tie_flag:
+        raise NoMLMHeadError(
+            source,
+            f"the checkpoint stores no decoder {wanted['decoder_weight']} and config.json sets "
+            "tie_word_embeddings false, so transformers would initialise it at random; set it "
+            "true if the decoder is meant to be the input embeddings",
+        )
+    # Biases are optional only where the family's config can switch them off (ModernBERT).
+    required = ["dense_weight", "norm_weight"]
+    if layout.family != "modernbert":
+        required += ["bias", "dense_bias"] + (["norm_bias"] if layout.norm_has_bias else [])
+    absent = [wanted[r] for r in required if r not in found]
+    if absent:
+        raise NoMLMHeadError(
+            source,
+            f"the checkpoint lacks head tensor(s) {_listing(absent)}, which transformers would "
+            "initialise at random; pass a checkpoint whose whole head was trained",
+        )
+
+    tensors = read_tensors(ckpt, list(found.values()))
+    out = {role: tensors[name] for role, name in found.items()}
+    emb = out["embeddings"]  # (V, E)
+    if layout.decoder is None:
+        out["decoder_weight"] = emb
+        tied = True
+    elif "decoder_weight" not in out:
+        out["decoder_weight"] = emb
+        tied = True
+    else:
+        dec = out["decoder_weight"]
+        tied = tie_flag and dec.shape == emb.shape and bool(torch.equal(dec, emb))
+    return layout, out, tied
+
+
+# --------------------------------------------------------------------------------------------
+# vocabulary
+
+# "[unused12]" (BERT), "<unused12>" (Gemma-style), "[UNUSED_TOKEN_3]", "<|unused_3|>".
+_PLACEHOLDER = re.compile(r"^[\[<]\|?unused(?:[_ -]?token)?[_ -]?\d*\|?[\]>]$", re.IGNORECASE)
+
+
+def is_placeholder(token: str | None) -> bool:
+    return token is None or bool(_PLACEHOLDER.match(token))
+
+
+@dataclass(frozen=True)
+class VocabInfo:
+    n_rows: int  # decoder rows (config vocab_size)
+    n_tokenizer: int | None  # len(tokenizer), None without tokenizer
+    real_rows: np.ndarray  # bool (V,): rows of real tokens (id < len(tokenizer), not a
+    # "[unused*]"-style placeholder)
+    special_ids: tuple[int, ...]
+    special_tokens: tuple[str, ...]
+
+
+def vocab_info(n_rows: int, tokenizer) -> VocabInfo:
+    """Which of the `n_rows` decoder rows belong to real tokens of `tokenizer` (or all, without)."""
+    if tokenizer is None:
+        return VocabInfo(
+            n_rows=n_rows,
+            n_tokenizer=None,
+            real_rows=np.ones(n_rows, dtype=bool),
+            special_ids=(),
+            special_tokens=(),
+        )
+    n_tok = len(tokenizer)
+    n_ids = min(n_rows, n_tok)
+    tokens = tokenizer.convert_ids_to_tokens(list(range(n_ids)))
+    real = np.zeros(n_rows, dtype=bool)  # (V,) rows past the tokenizer stay False
+    real[:n_ids] = [not is_placeholder(t) for t in tokens]
+    special_ids = tuple(sorted({int(i) for i in tokenizer.all_special_ids if i is not None}))
+    special_tokens = tuple(str(t) for t in tokenizer.convert_ids_to_tokens(list(special_ids)))
+    return VocabInfo(
+        n_rows=n_rows,
+        n_tokenizer=n_tok,
+        real_rows=real,
+        special_ids=special_ids,
+        special_tokens=special_tokens,
+    )
