@@ -1,0 +1,398 @@
+"""The public verbs. Each composes the layers below it and holds no maths of its own.
+
+    from headscope import api
+    report = api.inspect("answerdotai/ModernBERT-base")
+    outcome = api.fix("answerdotai/ModernBERT-base", out="./fixed")   # k from the recommendation
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from headscope import __version__
+from headscope.errors import InputError
+from headscope.recommend import DEFAULT_BANDS, Band, diagnose, recommend
+from headscope.report import ModelInfo, ProbeSummary, Report, to_dict
+from headscope.stats import KStats, WeightStats
+
+if TYPE_CHECKING:
+    from headscope.guard import CheckResult
+    from headscope.save import FixResult
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+@dataclass(frozen=True)
+class InspectOptions:
+    """What `inspect` measures. The CLI reads its defaults from here."""
+
+    weights_only: bool = False
+    probe_file: str | None = None
+    rule: str = "bands"  # "bands" | "paper" | "reference"
+    reference: str | None = None  # checkpoint whose k=1 statistics the model should match
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _probe_set(probe_file: str | None, n_pairs: int):
+    from headscope import probe
+
+    if probe_file:
+        return probe.load_probe_file(probe_file)
+    return probe.builtin_probe(n_pairs)
+
+
+def _weight_stats(head, vocab) -> WeightStats:
+    from headscope import stats
+
+    def np32(t):
+        return None if t is None else t.detach().float().cpu().numpy()
+
+    return stats.weight_stats(
+        np32(head.decoder_weight),
+        vocab.real_rows,
+        bias=np32(head.bias),
+        norm_weight=np32(head.norm_weight),
+        norm_bias=np32(head.norm_bias),
+        dense_weight=np32(head.dense_weight),
+    )
+
+
+def _model_info(ckpt, layout, vocab, weights: WeightStats, *, tied: bool, dtype: str,
+                device: str, weights_only: bool, source: str | None = None) -> ModelInfo:
+    arch = (ckpt.config.get("architectures") or [None])[0]
+    return ModelInfo(
+        source=source or ckpt.source,
+        revision=ckpt.revision,
+        model_type=ckpt.model_type,
+        family=layout.family,
+        architecture=arch,
+        dtype=dtype,
+        device=device,
+        n_rows=vocab.n_rows,
+        n_tokenizer=vocab.n_tokenizer,
+        hidden_size=weights.hidden_size,
+        tied=tied,
+        head_loaded=True,
+        special_tokens=tuple(vocab.special_tokens),
+        weights_only=weights_only,
+    )
+
+
+def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = InspectOptions(),
+                   bands: Sequence[Band] = DEFAULT_BANDS, reference_per_k=None,
+                   source: str | None = None, progress: Progress | None = None) -> Report:
+    """Inspect a model already in memory (a `checkpoint.LoadedModel`)."""
+    from headscope import heads, probe
+
+    probe_config = probe_config or probe.ProbeConfig()
+    head = heads.find_head(loaded)
+    vocab = heads.vocab_info(head.decoder_weight.shape[0], loaded.tokenizer)
+    weights = _weight_stats(head, vocab)
+    if loaded.tokenizer is None:
+        raise InputError(
+            f"{loaded.checkpoint.source} has no tokenizer files, so probe statistics cannot be "
+            "computed; add the tokenizer to the folder or pass --weights-only."
+        )
+    pset = _probe_set(options.probe_file, probe_config.n_pairs)
+    cb = (lambda done, total: progress("probe", done, total)) if progress else None
+    result = probe.run_probe(loaded.model, loaded.tokenizer, head.bias, pset, probe_config, cb)
+    per_k = result.per_k
+    findings = diagnose(weights, per_k, vocab_fields(vocab, tied=head.tied))
+    rec = recommend(per_k, rule=options.rule, bands=bands, weights=weights,
+                    reference=reference_per_k)
+    info = _model_info(loaded.checkpoint, head.layout, vocab, weights, tied=head.tied,
+                       dtype=loaded.options.dtype, device=loaded.options.device,
+                       weights_only=False, source=source)
+    return Report(
+        schema_version=_schema_version(),
+        headscope_version=__version__,
+        created=_now(),
+        model=info,
+        weights=weights,
+        probe=ProbeSummary.from_result(result),
+        per_k=per_k,
+        findings=findings,
+        recommendation=rec,
+    )
+
+
+def _schema_version() -> int:
+    from headscope.report import SCHEMA_VERSION
+
+    return SCHEMA_VERSION
+
+
+def vocab_fields(vocab, *, tied: bool, head_loaded: bool = True) -> dict:
+    """The vocabulary and head facts `diagnose` needs, as plain values."""
+    return {
+        "n_rows": vocab.n_rows,
+        "n_tokenizer": vocab.n_tokenizer,
+        "n_real_rows": int(vocab.real_rows.sum()),
+        "tied": tied,
+        "head_loaded": head_loaded,
+    }
+
+
+def inspect(source: str, *, load_options=None, probe_config=None,
+            options: InspectOptions = InspectOptions(), bands: Sequence[Band] = DEFAULT_BANDS,
+            progress: Progress | None = None, remember: bool = False) -> Report:
+    """Load a masked-LM checkpoint, measure its head, recommend k.
+
+    `remember=True` records the result so that a following `fix` without a model acts on it.
+    """
+    from headscope import checkpoint
+
+    load_options = load_options or checkpoint.LoadOptions()
+    ckpt = checkpoint.resolve(source, load_options.revision)
+    if options.weights_only:
+        report = _inspect_weights_only(ckpt, load_options)
+    else:
+        reference_per_k = None
+        if options.rule == "reference" or options.reference:
+            if not options.reference:
+                raise InputError("--rule reference needs --reference CKPT (the checkpoint to match).")
+            ref = inspect(options.reference, load_options=replace(load_options, revision=None),
+                          probe_config=probe_config, options=InspectOptions(
+                              probe_file=options.probe_file), bands=bands, progress=progress)
+            reference_per_k = ref.per_k
+            options = replace(options, rule="reference")
+        if progress:
+            progress("load", 0, 1)
+        loaded = checkpoint.load(ckpt, load_options)
+        if progress:
+            progress("load", 1, 1)
+        report = inspect_loaded(loaded, probe_config=probe_config, options=options, bands=bands,
+                                reference_per_k=reference_per_k, progress=progress)
+    if remember:
+        remember_inspection(report)
+    return report
+
+
+def _inspect_weights_only(ckpt, load_options) -> Report:
+    """Head tensors straight from the files: no model is instantiated, no probe is run."""
+    from headscope import heads, stats
+
+    layout, tensors, tied = heads.checkpoint_head_tensors(ckpt)
+    tokenizer = _try_tokenizer(ckpt.path)
+    decoder = tensors["decoder_weight"]
+    vocab = heads.vocab_info(decoder.shape[0], tokenizer)
+
+    def np32(role):
+        t = tensors.get(role)
+        return None if t is None else t.float().numpy()
+
+    weights = stats.weight_stats(np32("decoder_weight"), vocab.real_rows, bias=np32("bias"),
+                                 norm_weight=np32("norm_weight"), norm_bias=np32("norm_bias"),
+                                 dense_weight=np32("dense_weight"))
+    findings = diagnose(weights, (), vocab_fields(vocab, tied=tied))
+    rec = recommend((), rule="paper", weights=weights)
+    dtype = str(decoder.dtype).replace("torch.", "")
+    info = _model_info(ckpt, layout, vocab, weights, tied=tied, dtype=dtype, device="cpu",
+                       weights_only=True)
+    return Report(schema_version=_schema_version(), headscope_version=__version__,
+                  created=_now(), model=info, weights=weights, probe=None, per_k=(),
+                  findings=findings, recommendation=rec)
+
+
+def _try_tokenizer(path: Path):
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+@dataclass(frozen=True)
+class FixOptions:
+    """How `fix` rescales. The CLI reads its defaults from here.
+
+    `untie` is the default: the paper's "rescale the projection", exact at step 0 and leaving
+    the input embeddings alone. It stays the default until `confirm` measurements say otherwise.
+    """
+
+    k: float | None = None  # None: the recommended k
+    strategy: str = "untie"  # "untie" | "tied" | "fold"
+    scale_bias: bool = False  # divide the output bias too
+    dry_run: bool = False
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class FixOutcome:
+    source: str
+    k: float
+    k_from: str  # "--k" | "recommendation" | "last inspection"
+    followed_last_inspection: bool  # MODEL was omitted: acted on the last `inspect`
+    report: Report  # the original model's inspection (statistics before)
+    result: "FixResult"
+
+    @property
+    def note(self) -> str:
+        if self.followed_last_inspection:
+            return (f"No MODEL given: acting on {self.source}, the model of the last "
+                    f"`headscope inspect`, with k = {self.k:g} ({self.k_from}).")
+        return f"Fixing {self.source} with k = {self.k:g} ({self.k_from})."
+
+
+def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), load_options=None,
+        probe_config=None, progress: Progress | None = None) -> FixOutcome:
+    """Write a corrected checkpoint of `source` to `out`, verified by reloading.
+
+    `source=None` acts on the model of the last `inspect` (see `last_inspection`), with its
+    recommended k unless `options.k` is given.
+    """
+    from headscope import checkpoint, probe, save
+    from headscope.rescale import RescaleSpec
+
+    load_options = load_options or checkpoint.LoadOptions()
+    followed = source is None
+    k, k_from = options.k, "--k"
+    if followed:
+        last = last_inspection()
+        source = last.source
+        load_options = replace(load_options, revision=load_options.revision or last.revision)
+        if k is None and last.k is not None:
+            k, k_from = last.k, "last inspection's recommendation"
+    assert source is not None
+    probe_config = probe_config or probe.ProbeConfig()
+    if k is not None:
+        RescaleSpec(k, options.strategy, options.scale_bias)  # validate before the slow part
+        probe_config = replace(probe_config, ks=tuple(sorted({1.0, float(k)})),
+                               scale_bias=options.scale_bias)
+    else:
+        probe_config = replace(probe_config, scale_bias=options.scale_bias)
+    ckpt = checkpoint.resolve(source, load_options.revision)
+    loaded = checkpoint.load(ckpt, load_options)
+    before = inspect_loaded(loaded, probe_config=probe_config, progress=progress)
+    if k is None:
+        assert before.recommendation is not None
+        k, k_from = before.recommendation.k, f"recommended by the {before.recommendation.rule} rule"
+    spec = RescaleSpec(float(k), options.strategy, options.scale_bias)
+    stats_before = next(s for s in before.per_k if s.k == 1.0)
+    stats_after = next(s for s in before.per_k if s.k == spec.k)
+    pset = _probe_set(None, 8)
+    texts = [p.passage for p in pset.pairs]
+    result = save.save_fixed(loaded, spec, out, overwrite=options.overwrite,
+                             dry_run=options.dry_run, verify_texts=texts,
+                             stats_before=to_dict({"weights": before.weights, "probe_at_k1": stats_before}),
+                             stats_after=to_dict({"probe_predicted": stats_after}),
+                             progress=progress)
+    return FixOutcome(source=source, k=spec.k, k_from=k_from, followed_last_inspection=followed,
+                      report=before, result=result)
+
+
+def fix_summary(outcome: FixOutcome) -> dict:
+    """The JSON form of a fix: what was written, with which k and why, and how it verified."""
+    from dataclasses import asdict
+
+    r = outcome.result
+    return {
+        "source": outcome.source,
+        "k": outcome.k,
+        "k_from": outcome.k_from,
+        "followed_last_inspection": outcome.followed_last_inspection,
+        "strategy": r.spec.strategy,
+        "scale_bias": r.spec.scale_bias,
+        "out": str(r.out),
+        "dry_run": r.dry_run,
+        "files": list(r.files),
+        "tied": r.tied,
+        "verification": {k: (list(v) if isinstance(v, tuple) else v)
+                         for k, v in asdict(r.verification).items()},
+    }
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    report: Report
+    result: "CheckResult"
+
+
+def check(source: str | None = None, *, report_path: str | None = None,
+          policy_path: str | None = None, overrides: dict | None = None,
+          search_dir: str | None = None, load_options=None, probe_config=None,
+          options: InspectOptions = InspectOptions(),
+          progress: Progress | None = None) -> CheckOutcome:
+    """Evaluate a policy against a fresh inspection of `source`, or a saved report.
+
+    With `report_path` nothing imports torch, so CI can re-check saved reports anywhere.
+    """
+    from headscope import guard
+    from headscope import report as report_mod
+
+    if (source is None) == (report_path is None):
+        raise InputError("Pass either MODEL or --report R.json to check, not both or neither.")
+    policy = guard.load_policy(policy_path, overrides, search_dir)
+    if report_path is not None:
+        rep = report_mod.read_json(report_path)
+    else:
+        rep = inspect(source, load_options=load_options, probe_config=probe_config,
+                      options=options, progress=progress)
+    return CheckOutcome(rep, guard.evaluate(rep, policy))
+
+
+# --- the "last inspected" memory, so that `headscope fix --out DIR` follows an `inspect` -------
+
+def _state_file() -> Path:
+    from headscope.assets import cache_root
+
+    return cache_root() / "last-inspect.json"
+
+
+@dataclass(frozen=True)
+class LastInspection:
+    source: str
+    revision: str | None
+    k: float | None
+    rule: str | None
+    created: str
+    cwd: str
+
+
+def remember_inspection(report: Report) -> None:
+    rec = report.recommendation
+    state = LastInspection(source=report.model.source, revision=report.model.revision,
+                           k=rec.k if rec else None, rule=rec.rule if rec else None,
+                           created=report.created, cwd=os.getcwd())
+    path = _state_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state.__dict__, indent=2))
+    tmp.replace(path)
+
+
+def last_inspection() -> LastInspection:
+    path = _state_file()
+    if not path.exists():
+        raise InputError(
+            "No model given and no earlier inspection to follow; pass MODEL, or run "
+            "`headscope inspect MODEL` first."
+        )
+    try:
+        return LastInspection(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise InputError(
+            f"The record of the last inspection ({path}) is unreadable ({exc}); pass MODEL "
+            "explicitly or run `headscope inspect MODEL` again."
+        ) from exc
+
+
+__all__ = [
+    "InspectOptions",
+    "LastInspection",
+    "inspect",
+    "inspect_loaded",
+    "last_inspection",
+    "remember_inspection",
+    "KStats",
+]

@@ -1,0 +1,274 @@
+"""Command line. Each command parses flags, calls one library verb, renders, exits.
+
+Exit codes: 0 ok, 1 check failed, 2 usage or input error, 3 internal error, 130 interrupted.
+Data goes to stdout; progress and messages go to stderr. `HEADSCOPE_DEBUG=1` shows tracebacks.
+This is the only module that imports click; torch is imported only by the commands that need it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import fields
+from typing import Any
+
+import click
+from rich.console import Console
+
+from headscope import __version__
+from headscope.api import FixOptions
+from headscope.errors import EXIT_INTERNAL, HeadscopeError
+
+stdout = Console(soft_wrap=False)
+stderr = Console(stderr=True)
+
+
+def _default(cls: type, name: str) -> Any:
+    """CLI defaults come from the option dataclasses, so --help and the API never disagree."""
+    return next(f.default for f in fields(cls) if f.name == name)
+
+
+def _ks(value: str) -> tuple[float, ...]:
+    try:
+        ks = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
+    if not ks or any(k <= 0 for k in ks):
+        raise click.BadParameter(f"{value!r}: every k must be a positive number")
+    return ks
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Map library errors to one `Error:` line and the documented exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except HeadscopeError as exc:
+            if os.environ.get("HEADSCOPE_DEBUG"):
+                traceback.print_exc()
+            stderr.print(f"Error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            stderr.print("Interrupted; nothing was left half-written.", markup=False)
+            sys.exit(130)
+        except click.exceptions.ClickException:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if os.environ.get("HEADSCOPE_DEBUG"):
+                traceback.print_exc()
+            stderr.print(f"Internal error: {type(exc).__name__}: {exc} (set HEADSCOPE_DEBUG=1 for "
+                      "the traceback, and please report it)", markup=False, soft_wrap=True)
+            sys.exit(EXIT_INTERNAL)
+
+    return wrapper
+
+
+@contextmanager
+def progress_bar():
+    """A rich progress bar on stderr, fed by the library's (phase, done, total) callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=stderr, transient=True, disable=not stderr.is_terminal)
+    tasks: dict[str, Any] = {}
+
+    def update(phase: str, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(phase, total=total)
+        bar.update(tasks[phase], completed=done, total=total)
+
+    with bar:
+        yield update
+
+
+def _emit_json(payload: str, dest: str | None) -> None:
+    if dest == "-":
+        click.echo(payload)
+    elif dest:
+        from pathlib import Path
+
+        Path(dest).write_text(payload + "\n")
+        stderr.print(f"JSON written to {dest}", markup=False)
+
+
+def load_options(f: Callable) -> Callable:
+    """--revision/--dtype/--device/--trust-remote-code, shared by every command that loads."""
+    f = click.option("--trust-remote-code", is_flag=True,
+                     help="Allow the checkpoint's own Python code (never implied).")(f)
+    f = click.option("--device", default="cpu", show_default=True,
+                     help="cpu, cuda, cuda:N or mps.")(f)
+    f = click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
+                     default="float32", show_default=True)(f)
+    f = click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")(f)
+    return f
+
+
+def probe_options(f: Callable) -> Callable:
+    from headscope.probe import ProbeConfig
+
+    ks = ",".join(f"{k:g}" for k in _default(ProbeConfig, "ks"))
+    f = click.option("--scale-bias/--no-scale-bias", default=_default(ProbeConfig, "scale_bias"),
+                     show_default=True, help="Whether k divides the output bias too.")(f)
+    f = click.option("--batch-size", type=int, default=_default(ProbeConfig, "batch_size"),
+                     show_default=True, help="Probe batch (also the in-batch size of the "
+                     "start loss).")(f)
+    f = click.option("--n-pairs", type=int, default=_default(ProbeConfig, "n_pairs"),
+                     show_default=True, help="Built-in probe size (query/passage pairs).")(f)
+    f = click.option("--ks", default=ks, show_default=True, callback=lambda c, p, v: _ks(v),
+                     help="Candidate divisors k, comma-separated.")(f)
+    f = click.option("--probe", "probe_file", type=click.Path(dir_okay=False), default=None,
+                     help="Your own probe texts: one per line, or JSONL with text or "
+                     "query/passage.")(f)
+    return f
+
+
+def _load_opts(revision, dtype, device, trust_remote_code):
+    from headscope.checkpoint import LoadOptions
+
+    return LoadOptions(revision=revision, dtype=dtype, device=device,
+                       trust_remote_code=trust_remote_code)
+
+
+def _probe_config(ks, n_pairs, batch_size, scale_bias):
+    from headscope.probe import ProbeConfig
+
+    return ProbeConfig(ks=ks, n_pairs=n_pairs, batch_size=batch_size, scale_bias=scale_bias)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="headscope")
+def main() -> None:
+    """Diagnose and calibrate the MLM head of a pretrained encoder before SPLADE training."""
+
+
+@main.command()
+@click.argument("model")
+@load_options
+@probe_options
+@click.option("--weights-only", is_flag=True,
+              help="Read only the head tensors from the files: fast, no probe statistics.")
+@click.option("--rule", type=click.Choice(["bands", "paper", "reference"]), default="bands",
+              show_default=True, help="How k is chosen.")
+@click.option("--reference", default=None, help="Checkpoint whose k=1 statistics to match.")
+@click.option("--json", "json_dest", default=None, metavar="PATH|-",
+              help="Write the JSON report to PATH, or to stdout with '-' (then stdout is JSON "
+              "only).")
+@handle_errors
+def inspect(model, revision, dtype, device, trust_remote_code, probe_file, ks, n_pairs,
+            batch_size, scale_bias, weights_only, rule, reference, json_dest):
+    """Measure MODEL's MLM head and recommend a rescale factor k.
+
+    MODEL is a local folder or a Hugging Face Hub id in the local cache.
+    """
+    from headscope import api, render, report
+
+    options = api.InspectOptions(weights_only=weights_only, probe_file=probe_file, rule=rule,
+                                 reference=reference)
+    with progress_bar() as progress:
+        rep = api.inspect(model, load_options=_load_opts(revision, dtype, device,
+                                                         trust_remote_code),
+                          probe_config=_probe_config(ks, n_pairs, batch_size, scale_bias),
+                          options=options, progress=progress, remember=True)
+    if json_dest != "-":
+        stdout.print(render.report_view(rep))
+    _emit_json(report.dumps(rep), json_dest)
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output folder (must be new or empty; see --overwrite).")
+@click.option("--k", "k", type=float, default=None,
+              help="Divisor of the head projection. Default: the recommended k.")
+@click.option("--strategy", type=click.Choice(["untie", "tied", "fold"]),
+              default=_default(FixOptions, "strategy"), show_default=True,
+              help="Which parameters carry the factor (docs/rescale.md).")
+@click.option("--scale-bias/--no-scale-bias", default=_default(FixOptions, "scale_bias"),
+              show_default=True, help="Divide the output bias by k too.")
+@click.option("--dry-run", is_flag=True, help="Rescale and verify in memory; write nothing.")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out (after verifying).")
+@load_options
+@click.option("--json", "json_dest", default=None, metavar="PATH|-",
+              help="Write the fix summary as JSON to PATH, or stdout with '-'.")
+@handle_errors
+def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, revision, dtype, device,
+        trust_remote_code, json_dest):
+    """Write a corrected safetensors checkpoint of MODEL to --out, verified by reloading.
+
+    Without MODEL, acts on the model of the last `headscope inspect`, with its recommended k.
+    """
+    from headscope import api, render
+
+    options = api.FixOptions(k=k, strategy=strategy, scale_bias=scale_bias, dry_run=dry_run,
+                             overwrite=overwrite)
+    if model is None:
+        last = api.last_inspection()
+        stderr.print(f"No MODEL given: using {last.source} from the last `headscope inspect`",
+                  markup=False)
+    with progress_bar() as progress:
+        outcome = api.fix(model, out, options=options,
+                          load_options=_load_opts(revision, dtype, device, trust_remote_code),
+                          progress=progress)
+    stderr.print(outcome.note, markup=False)
+    if json_dest != "-":
+        stdout.print(render.fix_view(outcome))
+    _emit_json(json.dumps(api.fix_summary(outcome), indent=2), json_dest)
+
+
+def policy_flags(f: Callable) -> Callable:
+    """One flag per policy key (guard.Policy), so the CLI never lags the policy."""
+    from headscope.guard import POLICY_KEYS, Policy
+
+    hints = {fl.name: fl for fl in fields(Policy)}
+    for key in reversed(POLICY_KEYS):
+        flag = "--" + key.replace("_", "-")
+        default = hints[key].default
+        if isinstance(default, bool):
+            f = click.option(f"{flag}/--no-{flag[2:]}", key, default=None,
+                             help=f"Policy {key} (default {str(default).lower()}).")(f)
+        elif isinstance(default, tuple):
+            f = click.option(flag, key, multiple=True, default=None, metavar="CODE|SEVERITY",
+                             help=f"Policy {key}, repeatable (default: "
+                             f"{', '.join(default) or 'none'}).")(f)
+        else:
+            f = click.option(flag, key, type=float, default=None,
+                             help=f"Policy {key} (default: off).")(f)
+    return f
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="Check a saved JSON report instead of a model (works without torch).")
+@click.option("--policy", "policy_path", type=click.Path(dir_okay=False), default=None,
+              help="Policy TOML file, or a pyproject.toml with [tool.headscope]. Default: the "
+              "nearest pyproject.toml's [tool.headscope], if any.")
+@policy_flags
+@click.option("--json", "json_dest", default=None, metavar="PATH|-",
+              help="Write the check result as JSON to PATH, or stdout with '-'.")
+@handle_errors
+def check(model, report_path, policy_path, json_dest, **policy):
+    """CI guard: exit 0 when MODEL (or --report) meets the policy, 1 when it does not."""
+    from headscope import api, render
+
+    overrides = {k: (tuple(v) if isinstance(v, tuple) else v) for k, v in policy.items()
+                 if v is not None and v != ()}
+    with progress_bar() as progress:
+        outcome = api.check(model, report_path=report_path, policy_path=policy_path,
+                            overrides=overrides, progress=progress)
+    if json_dest != "-":
+        stdout.print(render.check_view(outcome.result, outcome.report))
+    payload = {"source": outcome.report.model.source, **outcome.result.to_dict()}
+    _emit_json(json.dumps(payload, indent=2), json_dest)
+    sys.exit(0 if outcome.result.passed else 1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
