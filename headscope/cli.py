@@ -25,7 +25,9 @@ from headscope.api import FixOptions
 from headscope.errors import EXIT_INTERNAL, HeadscopeError
 
 stdout = Console(soft_wrap=False)
-stderr = Console(stderr=True)
+# Messages are whole lines: never wrapped (a path cut in two cannot be copied), never
+# highlighted.
+stderr = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 def _default(cls: type, name: str) -> Any:
@@ -132,14 +134,30 @@ def probe_options(f: Callable) -> Callable:
 def _load_opts(revision, dtype, device, trust_remote_code):
     from headscope.checkpoint import LoadOptions
 
+    _quiet_transformers()
     return LoadOptions(revision=revision, dtype=dtype, device=device,
                        trust_remote_code=trust_remote_code)
 
 
 def _probe_config(ks, n_pairs, batch_size, scale_bias):
+    """A ProbeConfig from the flags given (None: the dataclass default)."""
     from headscope.probe import ProbeConfig
 
-    return ProbeConfig(ks=ks, n_pairs=n_pairs, batch_size=batch_size, scale_bias=scale_bias)
+    given = {"ks": ks, "n_pairs": n_pairs, "batch_size": batch_size, "scale_bias": scale_bias}
+    return ProbeConfig(**{k: v for k, v in given.items() if v is not None})
+
+
+def _quiet_transformers() -> None:
+    """The CLI owns the terminal: keep transformers' load reports and bars off it (only in
+    commands that load a model: `check --report` must not import transformers)."""
+    if os.environ.get("HEADSCOPE_DEBUG"):
+        return
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # check --report runs without torch/transformers
+        return
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -194,11 +212,13 @@ def inspect(model, revision, dtype, device, trust_remote_code, probe_file, ks, n
               show_default=True, help="Divide the output bias by k too.")
 @click.option("--dry-run", is_flag=True, help="Rescale and verify in memory; write nothing.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out (after verifying).")
+@click.option("--n-pairs", type=int, default=None,
+              help="Built-in probe size for the before/after statistics (default: as inspect).")
 @load_options
 @click.option("--json", "json_dest", default=None, metavar="PATH|-",
               help="Write the fix summary as JSON to PATH, or stdout with '-'.")
 @handle_errors
-def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, revision, dtype, device,
+def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, n_pairs, revision, dtype, device,
         trust_remote_code, json_dest):
     """Write a corrected safetensors checkpoint of MODEL to --out, verified by reloading.
 
@@ -215,11 +235,29 @@ def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, revision, dtype
     with progress_bar() as progress:
         outcome = api.fix(model, out, options=options,
                           load_options=_load_opts(revision, dtype, device, trust_remote_code),
+                          probe_config=_probe_config(None, n_pairs, None, None),
                           progress=progress)
     stderr.print(outcome.note, markup=False)
     if json_dest != "-":
         stdout.print(render.fix_view(outcome))
     _emit_json(json.dumps(api.fix_summary(outcome), indent=2), json_dest)
+
+
+@main.command()
+@click.option("--where", type=click.Choice(["bias", "projection", "scale-only"]), default="bias",
+              show_default=True, help="Where the simulated variant carries its density.")
+@click.option("--n-pairs", type=int, default=64, show_default=True,
+              help="Built-in probe size (query/passage pairs).")
+@handle_errors
+def demo(where, n_pairs):
+    """Real BERT-tiny vs its SIMULATED large-head variant, side by side (no model hub needed)."""
+    from headscope import api, render
+
+    _quiet_transformers()
+    with progress_bar() as progress:
+        outcome = api.demo(probe_config=_probe_config(None, n_pairs, None, None), where=where,
+                           progress=progress)
+    stdout.print(render.demo_view(outcome))
 
 
 def policy_flags(f: Callable) -> Callable:
@@ -251,18 +289,25 @@ def policy_flags(f: Callable) -> Callable:
               help="Policy TOML file, or a pyproject.toml with [tool.headscope]. Default: the "
               "nearest pyproject.toml's [tool.headscope], if any.")
 @policy_flags
+@probe_options
 @click.option("--json", "json_dest", default=None, metavar="PATH|-",
               help="Write the check result as JSON to PATH, or stdout with '-'.")
 @handle_errors
-def check(model, report_path, policy_path, json_dest, **policy):
+def check(model, report_path, policy_path, probe_file, ks, n_pairs, batch_size, scale_bias,
+          json_dest, **policy):
     """CI guard: exit 0 when MODEL (or --report) meets the policy, 1 when it does not."""
     from headscope import api, render
 
     overrides = {k: (tuple(v) if isinstance(v, tuple) else v) for k, v in policy.items()
                  if v is not None and v != ()}
+    if model is not None:
+        _quiet_transformers()
     with progress_bar() as progress:
         outcome = api.check(model, report_path=report_path, policy_path=policy_path,
-                            overrides=overrides, progress=progress)
+                            overrides=overrides, progress=progress,
+                            probe_config=None if model is None else _probe_config(
+                                ks, n_pairs, batch_size, scale_bias),
+                            options=api.InspectOptions(probe_file=probe_file))
     if json_dest != "-":
         stdout.print(render.check_view(outcome.result, outcome.report))
     payload = {"source": outcome.report.model.source, **outcome.result.to_dict()}

@@ -14,6 +14,9 @@ from rich.text import Text
 from headscope.recommend import Recommendation
 from headscope.report import Report
 
+# Short band names for the per-k table's last column (the reasons spell them out).
+_SHORT = {"active_passage_share": "active", "cosine_unrelated": "cos", "share_above_5": ">5",
+          "start_loss": "loss", "term_weight_mean": "weight", "score_pos": "score"}
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
@@ -81,7 +84,7 @@ def per_k_table(report: Report) -> Table:
     for s in report.per_k:
         fails = failed.get(s.k, ())
         verdict = Text("ok", style="green") if not fails else Text(
-            "fails " + ", ".join(fails), style="red")
+            "x " + ",".join(_SHORT.get(f, f) for f in fails), style="red")
         style = "bold" if rec and s.k == rec.k else None
         t.add_row(k_label(s.k), num(s.logit_p50), f"{s.frac_positive:.1%}",
                   num(s.active_query), num(s.active_passage), num(s.term_weight_mean),
@@ -216,4 +219,22 @@ def fix_view(outcome) -> Group:
                             ("start loss", "start_loss")):
             c.add_row(label, num(getattr(before, attr)), num(getattr(after, attr)))
         parts.append(c)
+    return Group(*parts)
+
+
+def demo_view(outcome) -> Group:
+    """The demo: the simulation's label, the two models side by side, both recommendations."""
+    sim = outcome.simulation
+    note = Text(
+        f"{sim.label}\nShift {num(sim.shift)}: median token logit {num(sim.median_before)} -> "
+        f"{num(sim.median_after)}; positive logits {sim.frac_positive_before:.1%} -> "
+        f"{sim.frac_positive_after:.1%}; active terms per text {num(sim.active_before)} -> "
+        f"{num(sim.active_after)} of {sim.vocab_size:,}.", style="yellow")
+    parts: list = [Panel(note, title="Simulated large-head regime (not a real checkpoint)",
+                         title_align="left"),
+                   compare_table(outcome.reports, outcome.labels)]
+    for label, rep in zip(outcome.labels, outcome.reports, strict=True):
+        parts.append(Text(label, style="bold"))
+        parts.append(per_k_table(rep))
+        parts.append(recommendation_view(rep.recommendation))
     return Group(*parts)
