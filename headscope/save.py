@@ -1,0 +1,872 @@
+"""Write a fixed checkpoint: temporary sibling folder, verify by reload, atomic rename, provenance.
+
+The weights are written from the source checkpoint's *files*, not from the model in memory: every
+tensor the rescale does not change is copied byte for byte (safetensors sources are copied as raw
+byte ranges, one tensor at a time, so memory stays near one tensor), and only the head tensors the
+strategy changes are recomputed, in the dtype they are stored in. The output is always
+safetensors, sharded like the source when the source was sharded, else split by `max_shard_size`.
+
+Tied-weight traps handled here (DESIGN.md §3):
+- An untied decoder is written under its own name with ``tie_word_embeddings: false`` explicit in
+  config.json, so that transformers 4.x does not re-tie it on load.
+- Every name of the model's state dict is written explicitly (BERT's
+  ``cls.predictions.decoder.bias`` included, which transformers 5 drops from an untied
+  BertForMaskedLM and then initialises to zeros on reload). Only a decoder weight that stays tied
+  is left out: every loader re-ties it to the input embeddings.
+
+Verification reloads the written folder with plain ``AutoModelForMaskedLM.from_pretrained`` and
+checks: no missing keys; the tie state; every tensor the rescale should not change is bit-identical
+to the loaded source model, every changed one equals the planned value; the logits on the
+verification texts equal `expected_logits` of the original's within dtype tolerance (for ``tied``:
+equal the in-memory rescaled model's, with the departure from `expected_logits` reported); last
+hidden states unchanged for untie and fold (drift reported for tied). A failure deletes the
+temporary folder and raises VerificationError; nothing is left behind on any exception,
+KeyboardInterrupt included.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, is_dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from headscope import __version__
+from headscope.errors import InputError, OutputExistsError, VerificationError
+from headscope.rescale import (
+    RescaleSpec,
+    check_applicable,
+    expected_logits,
+    find_head_of,
+    rescale_model,
+    rescaled_roles,
+)
+
+if TYPE_CHECKING:
+
+    from headscope.checkpoint import LoadedModel
+    from headscope.heads import Head
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+PROVENANCE_FILE = "headscope.json"
+DEFAULT_MAX_SHARD_SIZE = 5_000_000_000  # bytes; transformers 4.x's default "5GB"
+_COPY_CHUNK = 1 << 24  # 16 MiB per read when copying raw tensor bytes
+
+# Files never copied from the source: weights in any format (they would ship the unfixed model
+# beside the fixed one) and their indexes. config.json and headscope.json are rewritten.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx",
+                    ".onnx_data", ".gguf", ".ot", ".tflite")
+_WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json",
+                   "tf_model.h5.index.json", "flax_model.msgpack.index.json")
+
+# safetensors dtype names <-> torch dtype attribute names
+_ST_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+    "BOOL": "bool", "U16": "uint16", "U32": "uint32", "U64": "uint64",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What was checked after writing (or, in a dry run, on the rescaled model in memory)."""
+
+    against: str  # "reload" (AutoModelForMaskedLM.from_pretrained of the output) | "memory"
+    n_texts: int
+    max_abs_logit_error: float  # vs expected_logits(original logits)
+    logit_tolerance: float
+    hidden_drift: float  # max abs change of the last hidden states vs the original
+    reload_error: float | None  # tied: reloaded logits vs the in-memory rescaled model's
+    tensors_identical: int  # tensors checked bit-identical to the loaded source model
+    tensors_changed: tuple[str, ...]  # state_dict names that changed, each equal to its plan
+    tied: bool  # decoder shares storage with the input embeddings after reload
+
+
+@dataclass(frozen=True)
+class FixResult:
+    out: Path
+    spec: RescaleSpec
+    dry_run: bool  # True: nothing was written; `files` lists what would have been
+    files: tuple[str, ...]  # paths relative to `out`
+    weight_files: tuple[str, ...]
+    skipped: tuple[str, ...]  # source files not copied (weights in other formats)
+    verification: Verification
+    tied: bool  # tie state of the written checkpoint
+    source_weight_bytes: int
+    weight_bytes: int
+    largest_shard_bytes: int
+    sharded: bool
+
+
+# --------------------------------------------------------------------------------------------
+# reading the source
+
+
+@dataclass
+class _Stored:
+    """One tensor of the source checkpoint."""
+
+    key: str  # name in the file
+    file: Path
+    dtype: str  # safetensors dtype name
+    shape: tuple[int, ...]
+    begin: int = 0  # absolute byte range in `file` (safetensors)
+    end: int = 0
+    tensor: Any = None  # the tensor itself (.bin sources)
+
+    @property
+    def nbytes(self) -> int:
+        if self.tensor is not None:
+            return self.tensor.numel() * self.tensor.element_size()
+        return self.end - self.begin
+
+    def load(self):
+        """The tensor, read from the file (safetensors) or as loaded (.bin)."""
+        import torch
+
+        if self.tensor is not None:
+            return self.tensor
+        dtype = getattr(torch, _ST_DTYPES[self.dtype])
+        raw = bytearray(self.end - self.begin)
+        with self.file.open("rb") as fh:
+            fh.seek(self.begin)
+            if fh.readinto(raw) != len(raw):
+                raise InputError(f"{self.file} ended inside tensor {self.key}; re-download the "
+                                 "checkpoint.")
+        if not raw:
+            return torch.empty(self.shape, dtype=dtype)
+        # The tensor owns `raw` (a writable bytearray): no second copy.
+        return torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(self.shape)
+
+
+def _read_header(path: Path) -> tuple[dict, int]:
+    """(header dict, absolute offset of the data section) of a safetensors file."""
+    with path.open("rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise InputError(f"{path} is not a safetensors file (too short); re-download it.")
+        (size,) = struct.unpack("<Q", head)
+        try:
+            header = json.loads(fh.read(size))
+        except ValueError as err:
+            raise InputError(f"{path} has a damaged safetensors header ({err}); re-download "
+                             "it.") from err
+    return header, 8 + size
+
+
+def _torch_st_dtype(dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    for st, torch_name in _ST_DTYPES.items():
+        if torch_name == name:
+            return st
+    raise InputError(f"Tensors of dtype {name} cannot be written to safetensors by headscope; "
+                     "convert the checkpoint to float32 first.")
+
+
+def _read_source(ckpt) -> list[list[_Stored]]:
+    """Every stored tensor, grouped by source file (in index order), in file order."""
+    import torch
+
+    files: list[list[_Stored]] = []
+    for path in ckpt.weight_files:
+        stored: list[_Stored] = []
+        if ckpt.weight_format == "safetensors":
+            header, start = _read_header(path)
+            items = [(k, v) for k, v in header.items() if k != "__metadata__"]
+            items.sort(key=lambda kv: kv[1]["data_offsets"][0])
+            for key, info in items:
+                b, e = info["data_offsets"]
+                stored.append(_Stored(key, path, info["dtype"], tuple(info["shape"]),
+                                      start + b, start + e))
+        else:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # written before torch 1.6's zip format: no mmap
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            for key, tensor in state.items():
+                stored.append(_Stored(key, path, _torch_st_dtype(tensor.dtype),
+                                      tuple(tensor.shape), tensor=tensor))
+        files.append(stored)
+    return files
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_COPY_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# the plan: which tensor goes where
+
+
+@dataclass
+class _Entry:
+    name: str  # name written
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    stored: _Stored | None = None  # copy these bytes unchanged
+    tensor: Any = None  # or write this tensor
+
+
+@dataclass
+class _Plan:
+    shards: list[tuple[str, list[_Entry]]]  # (file name, entries)
+    sharded: bool
+    changed: dict[str, Any]  # model state_dict name -> planned value (source dtype)
+    tied_out: bool
+    source_bytes: int
+    file_of: dict[str, str] = field(default_factory=dict)  # stored key -> output file
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(e.nbytes for _, entries in self.shards for e in entries)
+
+
+def _model_name_for(key: str, model_names: set[str], prefix: str) -> str | None:
+    """The model state_dict name a stored key loads into (legacy gamma/beta, base prefix)."""
+    candidates = [key]
+    if key.endswith(".gamma"):
+        candidates.append(key[: -len(".gamma")] + ".weight")
+    elif key.endswith(".beta"):
+        candidates.append(key[: -len(".beta")] + ".bias")
+    if prefix:
+        candidates += [prefix + c for c in list(candidates)]
+    for c in candidates:
+        if c in model_names:
+            return c
+    return None
+
+
+def _alias_groups(model) -> dict[str, list[str]]:
+    """state_dict name -> every name sharing its tensor object (itself included)."""
+    by_obj: dict[int, list[str]] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        by_obj.setdefault(id(t), []).append(name)
+    return {n: names for names in by_obj.values() for n in names}
+
+
+def _shard_name(source: Path, i: int, n: int, sharded_source: bool) -> str:
+    if sharded_source and source.suffix == ".safetensors":
+        return source.name
+    return f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+
+
+def _plan(loaded: LoadedModel, head: Head, spec: RescaleSpec, max_shard_size: int) -> _Plan:
+    ckpt = loaded.checkpoint
+    model = loaded.model
+    files = _read_source(ckpt)
+    aliases = _alias_groups(model)
+    model_names = set(aliases)
+    prefix = (getattr(model, "base_model_prefix", "") or "")
+    prefix = prefix + "." if prefix else ""
+
+    key_to_name: dict[str, str] = {}  # stored key -> model name
+    stored_of: dict[str, _Stored] = {}  # model name -> a stored tensor holding its value
+    for stored_list in files:
+        for s in stored_list:
+            name = _model_name_for(s.key, model_names, prefix)
+            if name is not None:
+                key_to_name[s.key] = name
+                for alias in aliases[name]:
+                    stored_of.setdefault(alias, s)
+
+    # New head tensors, computed from the stored values (so in the dtype they are stored in).
+    # Only the roles the strategy reads are loaded, each stored tensor once.
+    needed = {"untie": ("decoder_weight",), "tied": ("embeddings",),
+              "fold": ("norm_weight", "norm_bias")}[spec.strategy]
+    needed += ("bias",) if spec.scale_bias else ()
+    roles: dict[str, Any] = {}
+    keys: list[str] = []
+    for role in needed:
+        name = head.names.get(role)
+        if name is not None and name in stored_of:
+            roles[role] = stored_of[name].load()
+            keys.append(stored_of[name].key)
+    # The loaded values are private copies: divide them in place (no second copy of a V x E
+    # matrix), unless two roles were read from the same stored tensor (then from .bin, shared).
+    private = len(set(keys)) == len(keys) and ckpt.weight_format == "safetensors"
+    new = rescaled_roles(spec, roles, inplace=private)
+    del roles
+    changed: dict[str, Any] = {}
+    for role, value in new.items():
+        name = head.names[role]
+        targets = [name] if (spec.strategy == "untie" and role == "decoder_weight") \
+            else aliases.get(name, [name])
+        for target in targets:
+            changed[target] = value
+
+    tied_out = head.tied and spec.strategy != "untie"
+    skip = set()
+    dec_name = head.names.get("decoder_weight")
+    if tied_out and dec_name and dec_name != head.names.get("embeddings"):
+        skip.add(dec_name)  # every loader re-ties it to the input embeddings
+
+    def entry(out_name: str, model_name: str | None, s: _Stored | None) -> _Entry:
+        if model_name in changed:
+            t = changed[model_name]
+            return _Entry(out_name, _torch_st_dtype(t.dtype), tuple(t.shape),
+                          t.numel() * t.element_size(), tensor=t)
+        if s is not None:
+            return _Entry(out_name, s.dtype, s.shape, s.nbytes, stored=s)
+        assert model_name is not None  # a stored key that maps to no model name has `s`
+        t = model.state_dict()[model_name].detach().cpu()
+        return _Entry(out_name, _torch_st_dtype(t.dtype), tuple(t.shape),
+                      t.numel() * t.element_size(), tensor=t)
+
+    groups: list[list[_Entry]] = []
+    covered: set[str] = set()
+    home: dict[str, int] = {}  # model name -> index of the group its stored value lives in
+    for gi, stored_list in enumerate(files):
+        entries = []
+        for s in stored_list:
+            name = key_to_name.get(s.key)
+            if name is not None:
+                covered.add(name)
+                for alias in aliases[name]:
+                    home.setdefault(alias, gi)
+            if name in skip:
+                continue
+            entries.append(entry(s.key, name, s))
+        groups.append(entries)
+    # Names the files do not store (a tied decoder, BERT's decoder bias): written explicitly,
+    # next to the stored tensor they alias.
+    fallback = home.get(head.names.get("embeddings", ""), len(groups) - 1)
+    for name in sorted(model_names - covered - skip):
+        groups[home.get(name, fallback)].append(entry(name, name, stored_of.get(name)))
+
+    sharded_source = len(files) > 1 or (ckpt.path / (
+        "model.safetensors.index.json" if ckpt.weight_format == "safetensors"
+        else "pytorch_model.bin.index.json")).is_file()
+    if sharded_source:
+        n = len(groups)
+        shards = [(_shard_name(ckpt.weight_files[i], i, n, True), g) for i, g in enumerate(groups)]
+    else:
+        flat = [e for g in groups for e in g]
+        chunks: list[list[_Entry]] = [[]]
+        size = 0
+        for e in flat:
+            if chunks[-1] and size + e.nbytes > max_shard_size:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(e)
+            size += e.nbytes
+        if len(chunks) == 1:
+            shards = [("model.safetensors", chunks[0])]
+        else:
+            n = len(chunks)
+            shards = [(f"model-{i + 1:05d}-of-{n:05d}.safetensors", c)
+                      for i, c in enumerate(chunks)]
+    source_bytes = sum(p.stat().st_size for p in ckpt.weight_files)
+    return _Plan(shards=shards, sharded=len(shards) > 1 or sharded_source, changed=changed,
+                 tied_out=tied_out, source_bytes=source_bytes)
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+def _tensor_bytes(t) -> memoryview:
+    import torch
+
+    flat = t.detach().cpu().contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def _copy_range(stored: _Stored, out, buf: bytearray | None,
+                on_bytes: Callable[[int], None]) -> None:
+    """Append the stored bytes of one tensor to `out`: in the kernel (copy_file_range) where
+    the platform has it, else through `buf`."""
+    left = stored.nbytes
+    with stored.file.open("rb") as src:
+        if buf is None:
+            out.flush()
+            offset = stored.begin
+            while left:
+                try:
+                    got = os.copy_file_range(src.fileno(), out.fileno(), min(left, 1 << 30),
+                                             offset)
+                except OSError:  # e.g. across file systems on old kernels
+                    buf = bytearray(_COPY_CHUNK)
+                    break
+                if not got:
+                    raise InputError(f"{stored.file} ended inside tensor {stored.key}; "
+                                     "re-download the checkpoint.")
+                offset += got
+                left -= got
+                on_bytes(got)
+            out.seek(0, os.SEEK_END)
+            if not left:
+                return
+            src.seek(offset)
+        else:
+            src.seek(stored.begin)
+        chunk = buf if buf is not None else bytearray(_COPY_CHUNK)
+        while left:
+            view = memoryview(chunk)[: min(left, _COPY_CHUNK)]
+            got = src.readinto(view)
+            if not got:
+                raise InputError(f"{stored.file} ended inside tensor {stored.key}; "
+                                 "re-download the checkpoint.")
+            out.write(view[:got])
+            left -= got
+            on_bytes(got)
+
+
+def _write_safetensors(path: Path, entries: list[_Entry], metadata: dict[str, str],
+                       on_bytes: Callable[[int], None]) -> int:
+    """Stream `entries` into a safetensors file; returns the file size. Tensors are ordered by
+    element size, largest first, then by name (as safetensors itself does), so that every data
+    offset is aligned to its element size."""
+    def itemsize(e: _Entry) -> int:
+        return {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
+                "I16": 2, "U16": 2}.get(e.dtype, 1)
+
+    ordered = sorted(entries, key=lambda e: (-itemsize(e), e.name))
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for e in ordered:
+        header[e.name] = {"dtype": e.dtype, "shape": list(e.shape),
+                          "data_offsets": [offset, offset + e.nbytes]}
+        offset += e.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+    buf: bytearray | None = None if hasattr(os, "copy_file_range") else bytearray(_COPY_CHUNK)
+    with path.open("wb") as out:
+        out.write(struct.pack("<Q", len(raw)))
+        out.write(raw)
+        for e in ordered:
+            if e.stored is not None and e.stored.tensor is None:
+                _copy_range(e.stored, out, buf, on_bytes)
+            else:
+                t = e.tensor if e.tensor is not None else e.stored.tensor  # type: ignore[union-attr]
+                out.write(_tensor_bytes(t))
+                on_bytes(e.nbytes)
+    return 8 + len(raw) + offset
+
+
+def _other_files(src: Path, replaced: set[str]) -> tuple[list[str], list[str]]:
+    """(files to copy unchanged, weight files in other formats left out): every file of `src`,
+    recursively, except dotfiles, config.json and headscope.json (both rewritten) and the
+    `replaced` weight files and indexes."""
+    copied, skipped = [], []
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        name = rel.as_posix()
+        if name in ("config.json", PROVENANCE_FILE) or name in replaced:
+            continue
+        if path.name in _WEIGHT_INDEXES or path.suffix in _WEIGHT_SUFFIXES:
+            skipped.append(name)
+            continue
+        copied.append(name)
+    return copied, skipped
+
+
+def _jsonable(value: Any, what: str) -> Any:
+    if value is None:
+        return None
+    if is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{what} must be JSON-serialisable (a dict of numbers and strings, or "
+                         f"a dataclass of them): {err}.") from err
+
+
+# --------------------------------------------------------------------------------------------
+# verification
+
+
+@dataclass
+class _Probe:
+    inputs: dict[str, Any]
+    logits: Any  # (B, T, V) float32
+    hidden: Any  # (B, T, H) float32
+    mask: Any  # (B, T) bool
+
+
+def _encode(loaded: LoadedModel, texts: Sequence[str]) -> dict[str, Any]:
+    import torch
+
+    tok = loaded.tokenizer
+    if tok is not None:
+        enc = tok(list(texts), padding=True, truncation=True, max_length=128,
+                  return_tensors="pt")
+        return dict(enc)
+    # Without a tokenizer: fixed pseudo-random ids, one row per text.
+    gen = torch.Generator().manual_seed(0)
+    vocab = int(loaded.model.config.vocab_size)
+    ids = torch.randint(0, vocab, (len(texts), 32), generator=gen)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _forward(model, inputs: dict[str, Any]) -> _Probe:
+    import torch
+
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        out = model(**{k: v.to(device) for k, v in inputs.items()}, output_hidden_states=True)
+    mask = inputs["attention_mask"].bool()
+    return _Probe(inputs, out.logits.float().cpu(), out.hidden_states[-1].float().cpu(), mask)
+
+
+def _max_abs(a, b, mask) -> float:
+    diff = (a - b).abs()[mask]  # (N, ...) non-padding positions only
+    return float(diff.max()) if diff.numel() else 0.0
+
+
+def _tolerance(dtype, expected, mask) -> float:
+    import torch
+
+    scale = max(1.0, float(expected.abs()[mask].max())) if mask.any() else 1.0
+    if dtype in (torch.float16, torch.bfloat16):
+        return 8 * torch.finfo(dtype).eps * scale
+    return 1e-5 * scale
+
+
+def _verify(candidate, loaded: LoadedModel, head: Head, spec: RescaleSpec, plan: _Plan,
+            reference: _Probe, memory_ref: _Probe | None, against: str,
+            where: str) -> Verification:
+    import torch
+
+    model = loaded.model
+    orig = model.state_dict()
+    cand = candidate.state_dict()
+    changed_seen, identical = [], 0
+    for name, t in cand.items():
+        if name not in orig:
+            continue
+        if name in plan.changed:
+            want = plan.changed[name].to(device=t.device, dtype=t.dtype)
+            # In memory the rescale ran on the loaded dtype, the plan on the stored one: a
+            # float32 checkpoint loaded as bfloat16 may differ by one rounding step.
+            same = torch.equal(t, want) if against == "reload" or t.dtype == plan.changed[
+                name].dtype else torch.allclose(t.float(), want.float(),
+                                                rtol=2 * torch.finfo(t.dtype).eps, atol=0)
+            if not same:
+                raise VerificationError(
+                    f"Tensor {name} of {where} does not hold the rescaled value planned for it; "
+                    "nothing was kept. Report this with the checkpoint's config.json."
+                )
+            changed_seen.append(name)
+        else:
+            if not torch.equal(t, orig[name].to(t.device)):
+                raise VerificationError(
+                    f"Tensor {name} of {where} differs from the loaded source model although "
+                    "the rescale does not change it; nothing was kept. If the model was changed "
+                    "in memory after loading, save from the checkpoint as loaded."
+                )
+            identical += 1
+    after = find_head_of(candidate)
+    if after.tied != plan.tied_out:
+        state = "tied to" if after.tied else "separate from"
+        raise VerificationError(
+            f"After reloading {where} its decoder is {state} the input embeddings, but the "
+            f"'{spec.strategy}' strategy should leave it {'tied' if plan.tied_out else 'untied'}; "
+            "nothing was kept."
+        )
+
+    fixed = _forward(candidate, reference.inputs)
+    bias = head.bias.detach().float().cpu() if head.bias is not None else None
+    want = expected_logits(reference.logits, bias, spec)  # (B, T, V)
+    dtype = next(candidate.parameters()).dtype
+    mask = reference.mask
+    tol = _tolerance(dtype, want, mask)
+    err = _max_abs(fixed.logits, want, mask)
+    drift = _max_abs(fixed.hidden, reference.hidden, mask)
+    reload_error = None
+    if spec.strategy == "tied":
+        assert memory_ref is not None
+        reload_error = _max_abs(fixed.logits, memory_ref.logits, mask)
+        if reload_error > tol:
+            raise VerificationError(
+                f"The logits of {where} differ from the in-memory tied rescale by up to "
+                f"{reload_error:.3g} (tolerance {tol:.3g}); nothing was kept."
+            )
+    else:
+        if err > tol:
+            raise VerificationError(
+                f"The logits of {where} differ from the expected (x - b) / k + b by up to "
+                f"{err:.3g} (tolerance {tol:.3g}); nothing was kept."
+            )
+        hidden_tol = _tolerance(dtype, reference.hidden, mask)
+        if drift > hidden_tol:
+            raise VerificationError(
+                f"The last hidden states of {where} moved by up to {drift:.3g} although the "
+                f"'{spec.strategy}' strategy leaves the encoder untouched; nothing was kept."
+            )
+    return Verification(
+        against=against,
+        n_texts=int(mask.shape[0]),
+        max_abs_logit_error=err,
+        logit_tolerance=tol,
+        hidden_drift=drift,
+        reload_error=reload_error,
+        tensors_identical=identical,
+        tensors_changed=tuple(sorted(changed_seen)),
+        tied=after.tied,
+    )
+
+
+def _reload(path: Path, loaded: LoadedModel):
+    from transformers import AutoModelForMaskedLM
+
+    try:
+        model, info = AutoModelForMaskedLM.from_pretrained(
+            str(path), output_loading_info=True, dtype=loaded.model.dtype,
+            trust_remote_code=loaded.options.trust_remote_code,
+        )
+    except Exception as err:
+        raise VerificationError(
+            f"AutoModelForMaskedLM could not reload the written checkpoint ({err}); nothing "
+            "was kept."
+        ) from err
+    missing = sorted(info.get("missing_keys") or ())
+    mismatched = sorted(str(m) for m in info.get("mismatched_keys") or ())
+    if missing or mismatched:
+        listed = ", ".join(missing + mismatched)
+        raise VerificationError(
+            f"Reloading the written checkpoint left {listed} missing or mismatched (transformers "
+            "would initialise them at random); nothing was kept."
+        )
+    return model.to(loaded.options.device).eval()
+
+
+# --------------------------------------------------------------------------------------------
+# output folder
+
+
+def _check_out(source: Path, out: Path, overwrite: bool) -> None:
+    src = source.resolve()
+    if out == src or src in out.parents:
+        raise InputError(
+            f"Output directory {out} is the source checkpoint folder {src} or inside it; "
+            "choose an --out outside the source."
+        )
+    if out in src.parents:
+        raise InputError(
+            f"Output directory {out} contains the source checkpoint {src}; replacing it would "
+            "delete the source; choose another --out."
+        )
+    if out.exists() and not out.is_dir():
+        raise InputError(f"Output path {out} is a file; choose a directory for --out.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OutputExistsError(str(out))
+
+
+def _install(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Move the verified `tmp` to `out`; an old `out` is removed only once `tmp` is in place."""
+    if not out.exists():
+        tmp.rename(out)
+        return
+    if not any(out.iterdir()):
+        out.rmdir()
+        tmp.rename(out)
+        return
+    if not overwrite:
+        raise OutputExistsError(str(out))
+    backup = out.with_name(f".{out.name}.headscope-old-{uuid.uuid4().hex[:8]}")
+    out.rename(backup)
+    try:
+        tmp.rename(out)
+    except BaseException:
+        backup.rename(out)
+        raise
+    finally:
+        if out.exists() and backup.exists() and not tmp.exists():
+            shutil.rmtree(backup, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# the verb
+
+
+def save_fixed(
+    loaded: LoadedModel,
+    spec: RescaleSpec,
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    verify_texts: Sequence[str],
+    stats_before: Any = None,
+    stats_after: Any = None,
+    progress: Progress | None = None,
+    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+) -> FixResult:
+    """Write `loaded`'s checkpoint rescaled by `spec` to `out` and verify it by reloading.
+
+    `loaded.model` is not modified. With `dry_run` the rescale is applied to a copy in memory and
+    verified there; nothing is written. `stats_before`/`stats_after` (dicts or dataclasses of
+    JSON values) are stored in headscope.json.
+    """
+    from headscope.heads import find_head
+    from headscope.simulate import is_simulation
+
+    if not isinstance(spec, RescaleSpec):
+        raise InputError(f"spec must be a RescaleSpec, got {type(spec).__name__}.")
+    if isinstance(verify_texts, str) or not verify_texts:
+        raise InputError("verify_texts must be a non-empty sequence of strings; the written "
+                         "model is checked on them.")
+    if max_shard_size < 1:
+        raise InputError(f"max_shard_size must be >= 1 byte, got {max_shard_size!r}.")
+    if is_simulation(loaded.model):
+        raise InputError(
+            "The loaded model is an in-memory headscope simulation; save_fixed writes from the "
+            f"checkpoint files of {loaded.checkpoint.source}, which do not hold it."
+        )
+    ckpt = loaded.checkpoint
+    out = Path(out).expanduser().resolve()
+    _check_out(ckpt.path, out, overwrite)
+    before = _jsonable(stats_before, "stats_before")
+    after = _jsonable(stats_after, "stats_after")
+    report = progress or (lambda phase, done, total: None)
+
+    head = find_head(loaded)
+    check_applicable(spec, family=head.layout.family, has_decoder=head.layout.decoder is not None,
+                     tied=head.tied, has_norm=head.norm_weight is not None)
+    plan = _plan(loaded, head, spec, max_shard_size)
+    inputs = _encode(loaded, verify_texts)
+    replaced = {p.name for p in ckpt.weight_files} | {"model.safetensors.index.json",
+                                                      "pytorch_model.bin.index.json"}
+    copied, skipped = _other_files(ckpt.path, replaced)
+    weight_names = tuple(name for name, _ in plan.shards)
+    index_name = "model.safetensors.index.json"
+    files = sorted({*weight_names, *( [index_name] if plan.sharded else []), "config.json",
+                    PROVENANCE_FILE, *copied})
+    largest = max(sum(e.nbytes for e in entries) for _, entries in plan.shards)
+
+    def references() -> tuple[_Probe, _Probe | None, Any]:
+        """The original's outputs on the texts, and the in-memory rescaled model's (dry run,
+        tied) with that model."""
+        reference = _forward(loaded.model, inputs)
+        if not (dry_run or spec.strategy == "tied"):
+            return reference, None, None
+        memory_model = copy.deepcopy(loaded.model)
+        rescale_model(memory_model, spec)
+        return reference, _forward(memory_model, inputs), memory_model
+
+    def result(verification: Verification) -> FixResult:
+        return FixResult(out=out, spec=spec, dry_run=dry_run, files=tuple(files),
+                         weight_files=weight_names, skipped=tuple(skipped),
+                         verification=verification, tied=plan.tied_out,
+                         source_weight_bytes=plan.source_bytes, weight_bytes=plan.weight_bytes,
+                         largest_shard_bytes=largest, sharded=plan.sharded)
+
+    if dry_run:
+        report("verify", 0, 1)
+        reference, memory_ref, memory_model = references()
+        verification = _verify(memory_model, loaded, head, spec, plan, reference, memory_ref,
+                               "memory", "the rescaled model in memory")
+        report("verify", 1, 1)
+        return result(verification)
+
+    metadata = {
+        "format": "pt",
+        "headscope_version": __version__,
+        "headscope_source": ckpt.source,
+        "headscope_k": repr(spec.k),
+        "headscope_strategy": spec.strategy,
+        "headscope_scale_bias": "true" if spec.scale_bias else "false",
+        "headscope_tie_word_embeddings": "true" if plan.tied_out else "false",
+    }
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
+    installed = False
+    tmp: Path | None = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.headscope-", dir=out.parent))
+        total = plan.weight_bytes
+        done = 0
+
+        def on_bytes(n: int) -> None:
+            nonlocal done
+            done += n
+            report("write", done, total)
+
+        weight_map: dict[str, str] = {}
+        for name, entries in plan.shards:
+            _write_safetensors(tmp / name, entries, metadata, on_bytes)
+            weight_map.update({e.name: name for e in entries})
+        if plan.sharded:
+            index = {"metadata": {"total_size": total, **metadata},
+                     "weight_map": dict(sorted(weight_map.items()))}
+            (tmp / index_name).write_text(json.dumps(index, indent=2) + "\n")
+        config = dict(ckpt.config)
+        config["tie_word_embeddings"] = plan.tied_out
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for name in copied:
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ckpt.path / name, tmp / name)
+
+        report("verify", 0, 1)
+        reference, memory_ref, memory_model = references()
+        del memory_model
+        reloaded = _reload(tmp, loaded)
+        verification = _verify(reloaded, loaded, head, spec, plan, reference, memory_ref,
+                               "reload", f"the checkpoint written to {tmp}")
+        del reloaded
+        report("verify", 1, 1)
+
+        previous = None
+        if (ckpt.path / PROVENANCE_FILE).is_file():
+            try:
+                previous = json.loads((ckpt.path / PROVENANCE_FILE).read_text())
+            except ValueError:
+                previous = None
+        provenance = {
+            "headscope_version": __version__,
+            "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+            "source": ckpt.source,
+            "source_path": str(ckpt.path),
+            "source_revision": ckpt.revision,
+            # A Hub snapshot is named by its commit; a local folder by its files' hashes.
+            "source_files": None if ckpt.revision else {p.name: _sha256(p)
+                                                        for p in ckpt.weight_files},
+            "model_type": ckpt.model_type,
+            "k": spec.k,
+            "strategy": spec.strategy,
+            "scale_bias": spec.scale_bias,
+            "tie_word_embeddings": plan.tied_out,
+            "changed_tensors": list(verification.tensors_changed),
+            "verification": asdict(verification),
+            "stats_before": before,
+            "stats_after": after,
+            "previous": previous,
+        }
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+        _install(tmp, out, overwrite)
+        installed = True
+    finally:
+        if not installed:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            for folder in created:  # parents this call created, if still empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+    return result(verification)

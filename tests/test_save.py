@@ -1,0 +1,412 @@
+"""save: written checkpoints reloaded independently here and compared with the source, tensor by
+tensor and logit by logit; refusals word for word; nothing left behind on failure."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from headscope import checkpoint, save
+from headscope.errors import InputError, OutputExistsError, VerificationError
+from headscope.rescale import RescaleSpec, expected_logits
+from headscope.save import FixResult, save_fixed
+from tests.tiny_models import save_tiny
+
+TEXTS = ["What is a sparse retriever?", "The head projects hidden states onto the vocabulary."]
+
+
+def _load(path) -> checkpoint.LoadedModel:
+    return checkpoint.load(checkpoint.resolve(str(path)))
+
+
+@pytest.fixture(scope="module")
+def bert_tiny(bert_tiny_dir):
+    return _load(bert_tiny_dir)
+
+
+def _stored(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint folder's safetensors files, by stored name."""
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as fh:
+            out.update({k: fh.get_tensor(k) for k in fh.keys()})
+    return out
+
+
+def _logits(model, tokenizer, texts=TEXTS):
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(**enc, output_hidden_states=True)
+    mask = enc["attention_mask"].bool()
+    return out.logits[mask], out.hidden_states[-1][mask]  # (N, V), (N, H)
+
+
+def _reload(path):
+    from transformers import AutoModelForMaskedLM
+
+    model, info = AutoModelForMaskedLM.from_pretrained(str(path), output_loading_info=True)
+    assert info["missing_keys"] == set()
+    return model.eval()
+
+
+def _siblings(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.iterdir())
+
+
+# ------------------------------------------------------------------- real BERT-tiny, 3 ways
+
+
+@pytest.mark.parametrize("strategy", ["untie", "fold", "tied"])
+def test_real_bert_tiny_roundtrip(bert_tiny, bert_tiny_dir, tmp_path, strategy):
+    spec = RescaleSpec(16, strategy)
+    out = tmp_path / "fixed"
+    result = save_fixed(bert_tiny, spec, out, verify_texts=TEXTS,
+                        stats_before={"row_norm_mean": 0.682}, stats_after={"row_norm_mean": 0.04})
+    assert isinstance(result, FixResult) and not result.dry_run
+    assert _siblings(out) == ["fixed"]  # no temporary folder left
+    assert set(result.files) == {p.name for p in out.iterdir()}
+    assert result.files == ("config.json", "headscope.json", "model.safetensors",
+                            "tokenizer.json", "tokenizer_config.json")
+
+    # Tensors: unchanged ones byte-identical to the source file, changed ones as planned.
+    src, dst = _stored(bert_tiny_dir), _stored(out)
+    emb_name = "bert.embeddings.word_embeddings.weight"
+    changed = {
+        "untie": {"cls.predictions.decoder.weight"},
+        "fold": {"cls.predictions.transform.LayerNorm.gamma",
+                 "cls.predictions.transform.LayerNorm.beta"},
+        "tied": {emb_name},
+    }[strategy]
+    for name, tensor in src.items():
+        if name in changed:
+            assert torch.equal(dst[name], tensor / 16), name
+        else:
+            assert torch.equal(dst[name], tensor), name
+    # the trap: the decoder bias is written explicitly, equal to the head bias
+    assert torch.equal(dst["cls.predictions.decoder.bias"], src["cls.predictions.bias"])
+    if strategy == "untie":
+        assert torch.equal(dst["cls.predictions.decoder.weight"], src[emb_name] / 16)
+    else:
+        assert "cls.predictions.decoder.weight" not in dst
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["tie_word_embeddings"] is (strategy != "untie")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (out / name).read_bytes() == (bert_tiny_dir / name).read_bytes()
+
+    prov = json.loads((out / "headscope.json").read_text())
+    digest = hashlib.sha256((bert_tiny_dir / "model.safetensors").read_bytes()).hexdigest()
+    assert prov["source_files"] == {"model.safetensors": digest}
+    assert (prov["k"], prov["strategy"], prov["scale_bias"]) == (16.0, strategy, False)
+    assert prov["stats_before"] == {"row_norm_mean": 0.682}
+    assert prov["headscope_version"] == "0.1.0"
+    with safe_open(str(out / "model.safetensors"), "pt") as fh:
+        meta = fh.metadata()
+    assert meta["format"] == "pt" and meta["headscope_k"] == "16.0"
+    assert meta["headscope_strategy"] == strategy and meta["headscope_scale_bias"] == "false"
+
+    # Logits of an independent reload against the original's transformed.
+    fixed = _reload(out)
+    logits, hidden = _logits(bert_tiny.model, bert_tiny.tokenizer)
+    new_logits, new_hidden = _logits(fixed, bert_tiny.tokenizer)
+    want = expected_logits(logits, bert_tiny.model.cls.predictions.bias, spec)
+    v = result.verification
+    if strategy == "tied":
+        assert result.tied and fixed.cls.predictions.decoder.weight is \
+            fixed.bert.embeddings.word_embeddings.weight
+        assert v.hidden_drift > 0.1  # BERT's embedding LayerNorm sees smaller inputs
+        assert v.hidden_drift == pytest.approx(float((new_hidden - hidden).abs().max()), rel=1e-4)
+        assert v.reload_error == 0.0
+    else:
+        torch.testing.assert_close(new_logits, want, rtol=0, atol=1e-4)
+        assert torch.equal(new_hidden, hidden)
+        assert v.hidden_drift == 0.0 and v.max_abs_logit_error <= v.logit_tolerance
+    assert v.tied is (strategy != "untie")
+    assert set(v.tensors_changed) >= {n.replace("gamma", "weight").replace("beta", "bias")
+                                      for n in changed}
+
+
+def test_scale_bias_divides_both_bias_names(bert_tiny, bert_tiny_dir, tmp_path):
+    spec = RescaleSpec(4, "untie", scale_bias=True)
+    save_fixed(bert_tiny, spec, tmp_path / "o", verify_texts=TEXTS)
+    src, dst = _stored(bert_tiny_dir), _stored(tmp_path / "o")
+    for name in ("cls.predictions.bias", "cls.predictions.decoder.bias"):
+        assert torch.equal(dst[name], src["cls.predictions.bias"] / 4)
+    logits, _ = _logits(bert_tiny.model, bert_tiny.tokenizer)
+    new, _ = _logits(_reload(tmp_path / "o"), bert_tiny.tokenizer)
+    torch.testing.assert_close(new, logits / 4, rtol=0, atol=1e-5)
+
+
+# ------------------------------------------------------------------------- refusals
+
+
+def test_refuses_non_empty_out(bert_tiny, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError) as err:
+        save_fixed(bert_tiny, RescaleSpec(8), out, verify_texts=TEXTS)
+    assert str(err.value) == (
+        f"Output directory {out} is not empty; pass --overwrite or choose another --out."
+    )
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_overwrite_replaces_after_verification(bert_tiny, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    save_fixed(bert_tiny, RescaleSpec(8), out, verify_texts=TEXTS, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert _siblings(out) == ["taken"]
+
+
+def test_empty_existing_out_is_used(bert_tiny, tmp_path):
+    (tmp_path / "empty").mkdir()
+    save_fixed(bert_tiny, RescaleSpec(8, "fold"), tmp_path / "empty", verify_texts=TEXTS)
+    assert (tmp_path / "empty" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("where", [".", "sub/dir"])
+def test_refuses_out_inside_source(tmp_path, where):
+    src = save_tiny("bert", tmp_path / "src")
+    loaded = _load(src)
+    out = (src / where).resolve()
+    with pytest.raises(InputError) as err:
+        save_fixed(loaded, RescaleSpec(2), out, verify_texts=TEXTS, overwrite=True)
+    assert str(err.value) == (
+        f"Output directory {out} is the source checkpoint folder {src.resolve()} or inside it; "
+        "choose an --out outside the source."
+    )
+
+
+def test_refuses_out_containing_source(tmp_path):
+    src = save_tiny("bert", tmp_path / "a" / "src")
+    with pytest.raises(InputError) as err:
+        save_fixed(_load(src), RescaleSpec(2), tmp_path / "a", verify_texts=TEXTS,
+                   overwrite=True)
+    assert str(err.value) == (
+        f"Output directory {(tmp_path / 'a').resolve()} contains the source checkpoint "
+        f"{src.resolve()}; replacing it would delete the source; choose another --out."
+    )
+
+
+def test_refuses_empty_texts(bert_tiny, tmp_path):
+    with pytest.raises(InputError) as err:
+        save_fixed(bert_tiny, RescaleSpec(2), tmp_path / "o", verify_texts=[])
+    assert str(err.value) == (
+        "verify_texts must be a non-empty sequence of strings; the written model is checked on "
+        "them."
+    )
+
+
+def test_refuses_non_json_stats(bert_tiny, tmp_path):
+    with pytest.raises(InputError, match="stats_before must be JSON-serialisable"):
+        save_fixed(bert_tiny, RescaleSpec(2), tmp_path / "o", verify_texts=TEXTS,
+                   stats_before={"x": object()})
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------- failures leave nothing
+
+
+def test_model_changed_in_memory_fails_verification(tmp_path):
+    src = save_tiny("bert", tmp_path / "src")
+    loaded = _load(src)
+    with torch.no_grad():
+        loaded.model.bert.encoder.layer[0].output.LayerNorm.weight.add_(1.0)
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    with pytest.raises(VerificationError) as err:
+        save_fixed(loaded, RescaleSpec(2), out, verify_texts=TEXTS, overwrite=True)
+    msg = str(err.value)
+    assert msg.startswith("Tensor bert.encoder.layer.0.output.LayerNorm.weight of the checkpoint "
+                          f"written to {tmp_path}")
+    assert msg.endswith(
+        "differs from the loaded source model although the rescale does not change it; nothing "
+        "was kept. If the model was changed in memory after loading, save from the checkpoint "
+        "as loaded."
+    )
+    assert (out / "keep.txt").read_text() == "old"  # the old folder survives
+    assert _siblings(out) == ["src", "taken"]
+
+
+def test_wrong_logits_fail_verification(bert_tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(save, "expected_logits", lambda x, b, spec: x)  # forgets the rescale
+    with pytest.raises(VerificationError, match=r"differ from the expected \(x - b\) / k \+ b"):
+        save_fixed(bert_tiny, RescaleSpec(8), tmp_path / "o", verify_texts=TEXTS)
+    assert _siblings(tmp_path / "o") == []
+
+
+def test_keyboard_interrupt_leaves_nothing(bert_tiny, tmp_path, monkeypatch):
+    def interrupted(path, loaded):
+        assert (path / "model.safetensors").is_file()  # interrupted after writing
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(save, "_reload", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_fixed(bert_tiny, RescaleSpec(8), tmp_path / "deep" / "er" / "o", verify_texts=TEXTS)
+    assert list(tmp_path.iterdir()) == []  # the parents it created are gone too
+
+
+def test_dry_run_writes_nothing(bert_tiny, tmp_path):
+    before = bert_tiny.model.cls.predictions.decoder.weight.detach().clone()
+    result = save_fixed(bert_tiny, RescaleSpec(8), tmp_path / "o", verify_texts=TEXTS,
+                        dry_run=True)
+    assert result.dry_run and result.verification.against == "memory"
+    assert "model.safetensors" in result.files
+    assert result.verification.max_abs_logit_error <= result.verification.logit_tolerance
+    assert list(tmp_path.iterdir()) == []
+    assert torch.equal(bert_tiny.model.cls.predictions.decoder.weight, before)  # untouched
+
+
+# ------------------------------------------------------------------ layouts and families
+
+
+def test_sharded_source_keeps_its_shards(tmp_path):
+    src = save_tiny("bert", tmp_path / "src", max_shard_size="20KB")
+    index = json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]
+    assert len(set(index.values())) > 2
+    loaded = _load(src)
+    result = save_fixed(loaded, RescaleSpec(4), tmp_path / "out", verify_texts=TEXTS)
+    out_index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    assert result.sharded and set(result.weight_files) == set(index.values())
+    for name, shard in index.items():
+        assert out_index["weight_map"][name] == shard  # every tensor stays in its shard
+    assert "cls.predictions.decoder.weight" in out_index["weight_map"]
+    assert out_index["metadata"]["headscope_strategy"] == "untie"
+    _reload(tmp_path / "out")
+
+
+def test_single_source_split_by_max_shard_size(tmp_path):
+    src = save_tiny("bert", tmp_path / "src")
+    loaded = _load(src)
+    result = save_fixed(loaded, RescaleSpec(4, "fold"), tmp_path / "out", verify_texts=TEXTS,
+                        max_shard_size=10_000)
+    assert result.sharded and len(result.weight_files) > 2
+    assert result.largest_shard_bytes <= 10_000 or len(result.weight_files) > 1
+    assert (tmp_path / "out" / "model.safetensors.index.json").is_file()
+    src_t, dst_t = _stored(src), _stored(tmp_path / "out")
+    changed = {"cls.predictions.transform.LayerNorm.weight",
+               "cls.predictions.transform.LayerNorm.bias"}
+    for name, tensor in src_t.items():
+        want = tensor / 4 if name in changed else tensor
+        assert torch.equal(dst_t[name], want), name
+
+
+def test_other_files_copied_weights_in_other_formats_skipped(tmp_path):
+    src = save_tiny("bert", tmp_path / "src")
+    (src / "README.md").write_text("# model card\n")
+    (src / "1_Pooling").mkdir()
+    (src / "1_Pooling" / "config.json").write_text("{}")
+    (src / "onnx").mkdir()
+    (src / "onnx" / "model.onnx").write_bytes(b"old weights")
+    (src / ".gitattributes").write_text("*.bin lfs\n")
+    result = save_fixed(_load(src), RescaleSpec(2), tmp_path / "out", verify_texts=TEXTS)
+    out = tmp_path / "out"
+    assert (out / "README.md").read_text() == "# model card\n"
+    assert (out / "1_Pooling" / "config.json").read_text() == "{}"
+    assert not (out / "onnx").exists() and not (out / ".gitattributes").exists()
+    assert result.skipped == ("onnx/model.onnx",)
+
+
+def test_legacy_bin_source(tmp_path):
+    """A pytorch_model.bin checkpoint (shared decoder/embedding storage in the file)."""
+    from tests.tiny_models import build_tiny, write_tokenizer
+
+    src = tmp_path / "src"
+    model = build_tiny("bert")
+    model.config.save_pretrained(str(src))
+    torch.save(model.state_dict(), src / "pytorch_model.bin")
+    write_tokenizer(src)
+    loaded = _load(src)
+    assert loaded.checkpoint.weight_format == "bin"
+    for strategy in ("untie", "tied"):
+        out = tmp_path / strategy
+        save_fixed(loaded, RescaleSpec(2, strategy), out, verify_texts=TEXTS)
+        assert [p.name for p in out.glob("*.bin")] == []
+        logits, _ = _logits(loaded.model, loaded.tokenizer)
+        new, _ = _logits(_reload(out), loaded.tokenizer)
+        if strategy == "untie":
+            want = expected_logits(logits, loaded.model.cls.predictions.bias, RescaleSpec(2))
+            torch.testing.assert_close(new, want, rtol=0, atol=1e-5)
+
+
+def test_real_albert_bin(albert_dir, tmp_path):
+    loaded = _load(albert_dir)
+    result = save_fixed(loaded, RescaleSpec(8, "fold"), tmp_path / "o",
+                        verify_texts=["CCO.O=C=O>>CC(=O)O"])
+    assert result.verification.max_abs_logit_error <= result.verification.logit_tolerance
+    assert "vocab.txt" in result.files
+
+
+@pytest.mark.parametrize("strategy", ["untie", "fold", "tied"])
+def test_tiny_modernbert(tmp_path, strategy):
+    src = save_tiny("modernbert", tmp_path / "src")
+    loaded = _load(src)
+    result = save_fixed(loaded, RescaleSpec(8, strategy), tmp_path / "out", verify_texts=TEXTS)
+    dst = _stored(tmp_path / "out")
+    if strategy == "fold":
+        assert result.verification.tensors_changed == ("head.norm.weight",)
+        assert "head.norm.bias" not in dst
+    logits, _ = _logits(loaded.model, loaded.tokenizer)
+    new, _ = _logits(_reload(tmp_path / "out"), loaded.tokenizer)
+    if strategy != "tied":
+        want = expected_logits(logits, loaded.model.decoder.bias, RescaleSpec(8))
+        torch.testing.assert_close(new, want, rtol=0, atol=1e-5)
+
+
+def test_stats_dataclass_is_stored(tmp_path):
+    @dataclass(frozen=True)
+    class Stats:
+        mean: float
+
+    src = save_tiny("bert", tmp_path / "src")
+    save_fixed(_load(src), RescaleSpec(2), tmp_path / "o", verify_texts=TEXTS,
+               stats_before=Stats(1.5))
+    assert json.loads((tmp_path / "o" / "headscope.json").read_text())["stats_before"] == {
+        "mean": 1.5
+    }
+
+
+def test_progress_reports_bytes(tmp_path):
+    src = save_tiny("bert", tmp_path / "src")
+    seen = []
+    result = save_fixed(_load(src), RescaleSpec(2), tmp_path / "o", verify_texts=TEXTS,
+                        progress=lambda phase, done, total: seen.append((phase, done, total)))
+    writes = [s for s in seen if s[0] == "write"]
+    assert writes[-1][1] == writes[-1][2] == result.weight_bytes
+    assert ("verify", 1, 1) in seen
+    shutil.rmtree(tmp_path / "o")
+
+
+def test_copy_without_copy_file_range_is_identical(tmp_path, monkeypatch):
+    import os
+
+    src = save_tiny("bert", tmp_path / "src")
+    loaded = _load(src)
+    save_fixed(loaded, RescaleSpec(4), tmp_path / "kernel", verify_texts=TEXTS)
+    monkeypatch.delattr(os, "copy_file_range", raising=False)
+    save_fixed(loaded, RescaleSpec(4), tmp_path / "buffered", verify_texts=TEXTS)
+    assert (tmp_path / "kernel" / "model.safetensors").read_bytes() == (
+        tmp_path / "buffered" / "model.safetensors").read_bytes()
+
+
+def test_bfloat16_load_keeps_float32_files(tmp_path):
+    src = save_tiny("bert", tmp_path / "src")
+    loaded = checkpoint.load(checkpoint.resolve(str(src)), checkpoint.LoadOptions(dtype="bfloat16"))
+    result = save_fixed(loaded, RescaleSpec(3), tmp_path / "o", verify_texts=TEXTS)
+    dst, src_t = _stored(tmp_path / "o"), _stored(src)
+    assert dst["cls.predictions.decoder.weight"].dtype == torch.float32
+    assert torch.equal(dst["cls.predictions.decoder.weight"],
+                       src_t["bert.embeddings.word_embeddings.weight"] / 3)
+    v = result.verification
+    assert 0 < v.logit_tolerance and v.max_abs_logit_error <= v.logit_tolerance
