@@ -24,7 +24,10 @@ from headscope import __version__
 from headscope.api import FixOptions
 from headscope.errors import EXIT_INTERNAL, HeadscopeError
 
-stdout = Console(soft_wrap=False)
+# Piped or redirected, rich would fall back to 80 columns and cut table cells ("-6.…"); give
+# data a fixed, wide width unless a terminal or COLUMNS says otherwise.
+stdout = Console(soft_wrap=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS")
+                 else 160)
 # Messages are whole lines: never wrapped (a path cut in two cannot be copied), never
 # highlighted.
 stderr = Console(stderr=True, soft_wrap=True, highlight=False)

@@ -1,0 +1,139 @@
+"""The documentation cannot drift: docs/cli.md is regenerated and compared, every command is
+documented, and the examples run against the real BERT-tiny."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from headscope import report
+from headscope.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+def _gen_cli_docs():
+    spec = importlib.util.spec_from_file_location("gen_cli_docs", ROOT / "scripts" /
+                                                  "gen_cli_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _env(tmp_path: Path, bert_tiny_dir: Path) -> dict[str, str]:
+    """Subprocess environment: this checkout first on the path, a private HEADSCOPE_CACHE that
+    still sees the real assets, the model for the examples, no hub."""
+    cache = tmp_path / "headscope-cache"
+    cache.mkdir(exist_ok=True)
+    if not (cache / "assets").exists():
+        (cache / "assets").symlink_to(bert_tiny_dir.parent, target_is_directory=True)
+    return {**os.environ, "PYTHONPATH": str(ROOT), "HEADSCOPE_CACHE": str(cache),
+            "HEADSCOPE_EXAMPLE_MODEL": str(bert_tiny_dir), "HF_HUB_OFFLINE": "1"}
+
+
+def test_cli_reference_is_up_to_date(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "57")  # the generator must not depend on the terminal
+    fresh = _gen_cli_docs().render()
+    committed = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert committed == fresh, "docs/cli.md is stale: run python scripts/gen_cli_docs.py"
+
+
+def test_cli_reference_covers_every_command_and_option():
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    for name, command in main.commands.items():
+        assert f"## headscope {name}\n" in text
+        for param in command.params:
+            for opt in param.opts:
+                if opt.startswith("--"):
+                    assert opt in text, f"{opt} of {name} is missing from docs/cli.md"
+    assert max(len(line) for line in text.splitlines()) <= 100
+
+
+@pytest.mark.parametrize("command", sorted(main.commands))
+def test_every_command_is_documented_beyond_the_reference(command):
+    """Each command appears, as `headscope COMMAND`, in the README or a hand-written doc."""
+    texts = [(ROOT / "README.md").read_text(encoding="utf-8")]
+    texts += [p.read_text(encoding="utf-8") for p in sorted((ROOT / "docs").glob("*.md"))
+              if p.name != "cli.md"]
+    assert any(re.search(rf"headscope {command}\b", t) for t in texts), (
+        f"`headscope {command}` is in neither README.md nor docs/*.md")
+
+
+def test_examples_exist():
+    names = {p.name for p in EXAMPLES.iterdir()}
+    assert {"github-actions-headscope.yml", "pre-merge-check.sh", "inspect_and_fix.py",
+            "in_process_rescale.py"} <= names
+
+
+def test_github_actions_workflow_is_valid_yaml_and_uses_check():
+    text = (EXAMPLES / "github-actions-headscope.yml").read_text(encoding="utf-8")
+    workflow = yaml.safe_load(text)
+    steps = workflow["jobs"]["check-head"]["steps"]
+    assert workflow["name"] == "headscope" and True in workflow  # YAML reads `on:` as True
+    run = "\n".join(s.get("run", "") for s in steps)
+    assert "pip install headscope" in run
+    assert re.search(r"headscope check --report \S+ --policy \S+", run)
+    assert "headscope inspect" in run
+    # every flag the workflow passes exists
+    for command, flags in (("inspect", re.findall(r"headscope inspect .*", run)),
+                           ("check", re.findall(r"headscope check .*", run))):
+        known = {o for p in main.commands[command].params for o in p.opts}
+        for line in flags:
+            for flag in re.findall(r"(--[a-z-]+)", line):
+                assert flag in known, f"{flag} is not an option of headscope {command}"
+
+
+def test_example_python_files_compile():
+    for path in EXAMPLES.glob("*.py"):
+        compile(path.read_text(encoding="utf-8"), str(path), "exec")
+
+
+def test_in_process_rescale_example_runs(bert_tiny_dir, tmp_path):
+    result = subprocess.run([sys.executable, str(EXAMPLES / "in_process_rescale.py"), "--k", "4"],
+                            env=_env(tmp_path, bert_tiny_dir), cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == ("k = 4, strategy untie: changed cls.predictions.decoder.weight; decoder "
+                        "untied from the input embeddings")
+    error = float(lines[1].rsplit("= ", 1)[1])
+    assert error < 1e-4
+
+
+def test_inspect_and_fix_example_runs(bert_tiny_dir, tmp_path):
+    out = tmp_path / "fixed"
+    result = subprocess.run([sys.executable, str(EXAMPLES / "inspect_and_fix.py"), str(out),
+                             "--k", "4", "--n-pairs", "4"], env=_env(tmp_path, bert_tiny_dir),
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{bert_tiny_dir}: bert, mean decoder row norm 0.682 over "
+                                    "30,522 rows\n")
+    assert f"Fixing {bert_tiny_dir} with k = 4 (--k)." in result.stdout.splitlines()
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+    assert (out / "model.safetensors").is_file()
+
+
+def test_pre_merge_script_saves_reports_and_fails_on_policy(bert_tiny_dir, tmp_path):
+    policy = tmp_path / "policy.toml"
+    policy.write_text("max_row_norm = 0.5\n")
+    reports = tmp_path / "reports"
+    env = {**_env(tmp_path, bert_tiny_dir), "HEADSCOPE": f"{sys.executable} -m headscope",
+           "INSPECT_ARGS": "--weights-only"}
+    result = subprocess.run(["bash", str(EXAMPLES / "pre-merge-check.sh"), "-p", str(policy),
+                             "-o", str(reports), str(bert_tiny_dir)], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    saved = reports / "bert-tiny-splade.json"
+    jsonschema.Draft202012Validator(report.schema()).validate(json.loads(saved.read_text()))
+    assert f"!! {bert_tiny_dir} fails the policy (report: {saved})" in result.stderr
+    assert "The mean decoder row norm is 0.6819, above the limit 0.5." in result.stdout
