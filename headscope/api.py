@@ -11,14 +11,13 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from headscope import __version__
 from headscope.errors import InputError
 from headscope.recommend import DEFAULT_BANDS, Band, diagnose, recommend
-from headscope.report import ModelInfo, ProbeSummary, Report, to_dict
+from headscope.report import ModelInfo, ProbeSummary, Report, to_dict, utc_now
 from headscope.stats import KStats, WeightStats
 
 if TYPE_CHECKING:
@@ -37,10 +36,6 @@ class InspectOptions:
     probe_file: str | None = None
     rule: str = "bands"  # "bands" | "paper" | "reference"
     reference: str | None = None  # checkpoint whose k=1 statistics the model should match
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
 def _probe_set(probe_file: str | None, n_pairs: int):
@@ -116,7 +111,7 @@ def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = Inspe
     return Report(
         schema_version=_schema_version(),
         headscope_version=__version__,
-        created=_now(),
+        created=utc_now(),
         model=info,
         weights=weights,
         probe=ProbeSummary.from_result(result),
@@ -200,7 +195,7 @@ def _inspect_weights_only(ckpt, load_options) -> Report:
     info = _model_info(ckpt, layout, vocab, weights, tied=tied, dtype=dtype, device="cpu",
                        weights_only=True)
     return Report(schema_version=_schema_version(), headscope_version=__version__,
-                  created=_now(), model=info, weights=weights, probe=None, per_k=(),
+                  created=utc_now(), model=info, weights=weights, probe=None, per_k=(),
                   findings=findings, recommendation=rec)
 
 
@@ -273,6 +268,7 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
     else:
         probe_config = replace(probe_config, scale_bias=options.scale_bias)
     ckpt = checkpoint.resolve(source, load_options.revision)
+    save.check_out(ckpt.path, Path(out).resolve(), options.overwrite)  # before the slow part
     loaded = checkpoint.load(ckpt, load_options)
     before = inspect_loaded(loaded, probe_config=probe_config, progress=progress)
     if k is None:

@@ -659,7 +659,9 @@ def _reload(path: Path, loaded: LoadedModel):
 # output folder
 
 
-def _check_out(source: Path, out: Path, overwrite: bool) -> None:
+def check_out(source: Path, out: Path, overwrite: bool) -> None:
+    """Refuse an `out` (resolved) that is, holds or sits inside the source, is a file, or is a
+    non-empty folder without `overwrite`. `api.fix` calls it before loading anything."""
     src = source.resolve()
     if out == src or src in out.parents:
         raise InputError(
@@ -740,7 +742,7 @@ def save_fixed(
         )
     ckpt = loaded.checkpoint
     out = Path(out).expanduser().resolve()
-    _check_out(ckpt.path, out, overwrite)
+    check_out(ckpt.path, out, overwrite)
     before = _jsonable(stats_before, "stats_before")
     after = _jsonable(stats_after, "stats_after")
     report = progress or (lambda phase, done, total: None)
