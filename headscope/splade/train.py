@@ -1,0 +1,368 @@
+"""Short, instrumented SPLADE training, written out in the open and observed through a callback.
+
+One step: tokenize a batch, zero_grad, forward queries and passages, pool, loss (in-batch InfoNCE
++ warmed-up FLOPS on queries and passages), backward, clip, optimizer step, scheduler step. Each
+step produces a frozen `StepRecord`; `train` hands it to `callback` (which may return True to stop)
+and keeps all of them in `TrainResult`. `train_arms` trains several models on exactly the same
+batches with the same seed and evaluates each on the held-out split.
+
+Optimiser and schedule follow sentence-transformers' SparseEncoderTrainer (Hugging Face Trainer
+defaults): AdamW (betas 0.9/0.999, eps 1e-8, no weight decay), linear warm-up over
+ceil(warmup_ratio * steps) steps then linear decay to 0, gradient clipping at norm 1.0. A step
+whose loss or gradient is not finite is recorded and its update skipped, so one bad batch cannot
+poison the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from headscope.errors import InputError
+from headscope.splade.data import EvalSplit, Pair
+from headscope.splade.evaluate import EvalConfig, RetrievalMetrics, evaluate
+from headscope.splade.losses import (
+    DEFAULT_LAMBDA_D,
+    DEFAULT_LAMBDA_Q,
+    DEFAULT_LR,
+    DEFAULT_WARMUP_RATIO,
+    REGULARIZER_WARMUP_RATIO,
+    flops,
+    in_batch_scores,
+    info_nce,
+    positive_negative_means,
+    regularizer_weight,
+)
+from headscope.splade.pooling import active_terms, splade_pool
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 150
+    batch_size: int = 16
+    lr: float = DEFAULT_LR
+    warmup_ratio: float = DEFAULT_WARMUP_RATIO  # of the learning rate
+    lambda_q: float = DEFAULT_LAMBDA_Q
+    lambda_d: float = DEFAULT_LAMBDA_D
+    regularizer_warmup_ratio: float = REGULARIZER_WARMUP_RATIO  # quadratic ramp of lambda_q/d
+    max_query_length: int = 32
+    max_passage_length: int = 128
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "max_query_length", "max_passage_length"):
+            if getattr(self, name) < 1:
+                raise InputError(
+                    f"TrainConfig.{name} must be at least 1, got {getattr(self, name)}."
+                )
+        if self.batch_size < 2:
+            raise InputError(
+                "TrainConfig.batch_size must be at least 2: the contrastive loss "
+                "needs in-batch negatives."
+            )
+        if not 0 <= self.warmup_ratio < 1:
+            raise InputError(
+                f"TrainConfig.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}."
+            )
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    step: int  # 0-based optimisation step
+    loss: float  # ranking_loss + weight_q * flops_q + weight_d * flops_d
+    ranking_loss: float
+    flops_q: float  # unweighted FLOPS of the query batch
+    flops_d: float  # unweighted FLOPS of the passages (positives and negatives)
+    weight_q: float  # regulariser weights at this step (quadratic warm-up)
+    weight_d: float
+    active_query: float  # mean non-zero terms per query
+    active_passage: float  # mean non-zero terms per passage
+    score_pos: float  # mean q_i . d_i
+    score_neg: float  # mean over every other candidate column
+    grad_norm: float  # total gradient L2 norm before clipping
+    lr: float  # learning rate used by this step
+    loss_finite: bool
+    grad_finite: bool
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    config: TrainConfig
+    records: tuple[StepRecord, ...]
+    vocab_size: int
+    n_pairs: int
+    wall_s: float
+    stopped_early: bool = False
+
+
+Callback = Callable[[StepRecord], "bool | None"]
+
+
+# ---------------------------------------------------------------- parts of a step
+
+
+def batch_indices(n_pairs: int, steps: int, batch_size: int, seed: int) -> list[list[int]]:
+    """Pair indices of every step: shuffled epochs (numpy, seeded), incomplete tails dropped."""
+    if n_pairs < batch_size:
+        raise InputError(
+            f"{n_pairs} training pairs are fewer than one batch of {batch_size}; "
+            "lower batch_size or provide more pairs."
+        )
+    rng = np.random.default_rng(seed)
+    per_epoch = n_pairs // batch_size
+    batches: list[list[int]] = []
+    while len(batches) < steps:
+        order = rng.permutation(n_pairs)
+        for b in range(per_epoch):
+            batches.append(order[b * batch_size : (b + 1) * batch_size].tolist())
+    return batches[:steps]
+
+
+def tokenize_batch(tokenizer, pairs: Sequence[Pair], config: TrainConfig) -> dict:
+    """Tokenized queries and passages; passages are the positives, then each pair's negatives
+    (every pair must carry the same number of them)."""
+    n_neg = {len(p.negatives) for p in pairs}
+    if len(n_neg) != 1:
+        raise InputError(
+            "Pairs in a batch carry different numbers of hard negatives "
+            f"({sorted(n_neg)}); give every pair the same number."
+        )
+    negatives = [p.negatives[i] for i in range(n_neg.pop()) for p in pairs]  # negative-major
+    queries = tokenizer(
+        [p.query for p in pairs],
+        padding=True,
+        truncation=True,
+        max_length=config.max_query_length,
+        return_tensors="pt",
+    )
+    passages = tokenizer(
+        [p.positive for p in pairs] + negatives,
+        padding=True,
+        truncation=True,
+        max_length=config.max_passage_length,
+        return_tensors="pt",
+    )
+    return {"queries": queries, "passages": passages}
+
+
+def _weights(model, encoded, device: str) -> torch.Tensor:
+    mask = encoded["attention_mask"].to(device)
+    logits = model(input_ids=encoded["input_ids"].to(device), attention_mask=mask).logits
+    return splade_pool(logits, mask)  # (B, V)
+
+
+def lr_factor(step: int, total: int, warmup_ratio: float) -> float:
+    """Linear warm-up over ceil(warmup_ratio * total) steps, then linear decay to 0 (HF)."""
+    warmup = math.ceil(total * warmup_ratio)
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def train(
+    model,
+    tokenizer,
+    pairs: Sequence[Pair],
+    config: TrainConfig = TrainConfig(),
+    callback: Callback | None = None,
+) -> TrainResult:
+    """Train `model` (a *ForMaskedLM, in place) on `pairs` for `config.steps` steps."""
+    batches = batch_indices(len(pairs), config.steps, config.batch_size, config.seed)
+    _seed_everything(config.seed)  # dropout masks
+    model.to(config.device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, config.steps, config.warmup_ratio)
+    )
+    records: list[StepRecord] = []
+    vocab_size = 0
+    stopped = False
+    start = time.perf_counter()
+    for step, indices in enumerate(batches):
+        batch = tokenize_batch(tokenizer, [pairs[i] for i in indices], config)
+        weight_q = regularizer_weight(
+            step, config.steps, config.lambda_q, config.regularizer_warmup_ratio
+        )
+        weight_d = regularizer_weight(
+            step, config.steps, config.lambda_d, config.regularizer_warmup_ratio
+        )
+        lr = optimizer.param_groups[0]["lr"]
+
+        optimizer.zero_grad(set_to_none=True)
+        q = _weights(model, batch["queries"], config.device)  # (B, V)
+        d = _weights(model, batch["passages"], config.device)  # (B * (1 + N), V)
+        b, vocab_size = q.shape
+        # passages are [positives (B), first negatives (B), ...]: (N * B, V) -> (B, N, V)
+        negatives = d[b:].view(-1, b, vocab_size).transpose(0, 1) if d.shape[0] > b else None
+        scores = in_batch_scores(q, d[:b], negatives)  # (B, B * (1 + N))
+        ranking = info_nce(scores)
+        flops_q, flops_d = flops(q), flops(d)
+        loss = ranking + weight_q * flops_q + weight_d * flops_d
+        loss_finite = bool(torch.isfinite(loss))
+        if loss_finite:
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))
+        else:
+            grad_norm = float("nan")
+        grad_finite = math.isfinite(grad_norm)
+        if loss_finite and grad_finite:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():
+            # A skipped update still advances the schedule; torch warns about that order.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            scheduler.step()
+
+        score_pos, score_neg = positive_negative_means(scores)
+        record = StepRecord(
+            step=step,
+            loss=loss.item(),
+            ranking_loss=ranking.item(),
+            flops_q=flops_q.item(),
+            flops_d=flops_d.item(),
+            weight_q=weight_q,
+            weight_d=weight_d,
+            active_query=active_terms(q).mean().item(),
+            active_passage=active_terms(d).mean().item(),
+            score_pos=score_pos,
+            score_neg=score_neg,
+            grad_norm=grad_norm,
+            lr=lr,
+            loss_finite=loss_finite,
+            grad_finite=grad_finite,
+        )
+        records.append(record)
+        if callback is not None and callback(record):
+            stopped = True
+            break
+    model.eval()
+    return TrainResult(
+        config, tuple(records), vocab_size, len(pairs), time.perf_counter() - start, stopped
+    )
+
+
+@dataclass(frozen=True)
+class ArmResult:
+    name: str
+    train: TrainResult
+    metrics: RetrievalMetrics | None  # None when no eval split was given
+    metrics_before: RetrievalMetrics | None = field(default=None)
+
+
+def train_arms(
+    arms: Mapping[str, tuple[object, object]],
+    pairs: Sequence[Pair],
+    eval_split: EvalSplit | None,
+    config: TrainConfig = TrainConfig(),
+    *,
+    eval_config: EvalConfig | None = None,
+    eval_before: bool = False,
+    callback: Callable[[str, StepRecord], bool | None] | None = None,
+) -> dict[str, ArmResult]:
+    """Train every arm {name: (model, tokenizer)} on the same batches with the same seed (each
+    arm reseeds, so dropout masks match too), then evaluate it on `eval_split`."""
+    if not arms:
+        raise InputError("train_arms needs at least one arm {name: (model, tokenizer)}.")
+    eval_config = eval_config or EvalConfig(
+        max_query_length=config.max_query_length,
+        max_passage_length=config.max_passage_length,
+        device=config.device,
+    )
+    results = {}
+    for name, (model, tokenizer) in arms.items():
+        before = (
+            evaluate(model, tokenizer, eval_split, eval_config)
+            if eval_before and eval_split is not None
+            else None
+        )
+        arm_callback = (lambda rec, _n=name: callback(_n, rec)) if callback else None
+        result = train(model, tokenizer, pairs, config, arm_callback)
+        metrics = evaluate(model, tokenizer, eval_split, eval_config) if eval_split else None
+        results[name] = ArmResult(name, result, metrics, before)
+    return results
+
+
+# ---------------------------------------------------------------- telemetry
+
+
+def _json_float(value):
+    # JSON has no NaN or Infinity: write them as the strings Python's float() reads back.
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan", "inf", "-inf"
+    return value
+
+
+class TelemetryWriter:
+    """A callback that appends each StepRecord as one JSON object per line. Extra fields (e.g.
+    {"arm": "fixed"}) are written into every line. Use as a context manager, or call close()."""
+
+    def __init__(self, target: str | Path | IO[str], **extra) -> None:
+        self._own = isinstance(target, (str, Path))
+        self._fh: IO[str] = (
+            open(target, "w", encoding="utf-8") if isinstance(target, (str, Path)) else target
+        )
+        self._extra = extra
+
+    def __call__(self, record: StepRecord) -> None:
+        row = {**self._extra, **{k: _json_float(v) for k, v in asdict(record).items()}}
+        self._fh.write(json.dumps(row, allow_nan=False) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._own:
+            self._fh.close()
+
+    def __enter__(self) -> TelemetryWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_telemetry(path: str | Path) -> list[StepRecord]:
+    """StepRecords back from a telemetry JSONL file (extra keys are ignored)."""
+    names = {f.name: f.type for f in fields(StepRecord)}
+    records = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                values: dict[str, Any] = {}
+                for name, kind in names.items():
+                    value = row[name]
+                    values[name] = float(value) if kind == "float" else value
+                records.append(StepRecord(**values))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+                raise InputError(
+                    f"{path}, line {number}: not a headscope telemetry record "
+                    f"({err}); the file must come from TelemetryWriter."
+                ) from err
+    return records
