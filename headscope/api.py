@@ -371,6 +371,225 @@ def demo(*, probe_config=None, where: str = "bias", progress: Progress | None = 
                        simulation=info)
 
 
+# --- confirm and sweep: short SPLADE trainings side by side ---------------------------------
+
+@dataclass(frozen=True)
+class ConfirmOptions:
+    """What `confirm` and `sweep` train on and how. The CLI reads its defaults from here.
+
+    The defaults keep a two-arm run of BERT-tiny to a few minutes on 2 CPU cores: 100 steps of
+    batch 16 with passages cut to 64 tokens, evaluated on the zero-download `stdlib-ict` split.
+    """
+
+    data: str = "stdlib-ict"  # built-in name ("stdlib-ict", "boolq"), BEIR folder, JSONL or TSV
+    steps: int = 100
+    batch_size: int = 16
+    lr: float = 2e-5
+    max_query_length: int = 32
+    max_passage_length: int = 64
+    seed: int = 0
+    device: str = "cpu"
+    max_eval_queries: int | None = 300
+    strategy: str = "untie"
+    scale_bias: bool = False
+    simulate: str | None = None  # derive a dense-regime variant of MODEL first (labelled)
+    log: str | None = None  # telemetry JSONL (one object per step and arm)
+    figure: str | None = None  # PNG/SVG of the training curves
+
+    def train_config(self):
+        from headscope.splade.train import TrainConfig
+
+        return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                           max_query_length=self.max_query_length,
+                           max_passage_length=self.max_passage_length, seed=self.seed,
+                           device=self.device)
+
+
+@dataclass(frozen=True)
+class ArmOutcome:
+    name: str  # "original", "fixed", "k=8", ...
+    description: str  # what the arm's model is
+    k: float
+    status: str  # "stable" | "degraded" | "collapsed"
+    evidence: tuple[str, ...]  # the detectors' messages
+    start_loss: float
+    end_loss: float  # median of the last 10 steps
+    max_grad_norm: float
+    active_query_end: float
+    active_passage_end: float
+    ndcg_at_10: float | None
+    mrr_at_10: float | None
+    recall_at_100: float | None
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    source: str
+    simulation: str | None  # the simulation's label when MODEL was turned into a dense variant
+    data: str
+    config: ConfirmOptions
+    arms: tuple[ArmOutcome, ...]
+    log: str | None
+    figure: str | None
+    records: dict  # arm name -> tuple[StepRecord, ...] (for plots; not serialised)
+
+
+def _base_model(source: str, options: ConfirmOptions, load_options, progress):
+    """Load MODEL and, when asked, turn it into its labelled dense-regime simulation."""
+    from headscope import checkpoint, probe, simulate
+
+    load_options = load_options or checkpoint.LoadOptions(device=options.device)
+    loaded = checkpoint.load(checkpoint.resolve(source, load_options.revision), load_options)
+    if loaded.tokenizer is None:
+        raise InputError(f"{source} has no tokenizer files; training needs one.")
+    label = None
+    if options.simulate:
+        texts = [p.passage for p in probe.builtin_probe(64).pairs]
+        label = simulate.make_dense_variant(loaded.model, loaded.tokenizer, texts,
+                                            where=options.simulate).label
+    return loaded, label
+
+
+def _rescaled_copy(model, k: float, options: ConfirmOptions):
+    import copy
+
+    from headscope.rescale import RescaleSpec, rescale_model
+
+    clone = copy.deepcopy(model)
+    if k != 1.0 or options.scale_bias:
+        rescale_model(clone, RescaleSpec(k, options.strategy, options.scale_bias))
+    return clone
+
+
+def _summarise_arm(name, description, k, result, vocab_size) -> ArmOutcome:
+    import statistics
+
+    from headscope.splade.detectors import verdict
+
+    records = result.train.records
+    v = verdict(records, vocab_size, result.metrics)
+    tail = records[-10:]
+    m = result.metrics
+    return ArmOutcome(
+        name=name, description=description, k=k, status=v.status,
+        evidence=tuple(e.message for e in v.evidence),
+        start_loss=records[0].loss, end_loss=statistics.median(r.loss for r in tail),
+        max_grad_norm=max(r.grad_norm for r in records),
+        active_query_end=statistics.mean(r.active_query for r in tail),
+        active_passage_end=statistics.mean(r.active_passage for r in tail),
+        ndcg_at_10=m.ndcg_at_10 if m else None, mrr_at_10=m.mrr_at_10 if m else None,
+        recall_at_100=m.recall_at_100 if m else None)
+
+
+def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
+                        options: ConfirmOptions, progress) -> TrainingOutcome:
+    """Train every arm on the same batches, log telemetry, judge each, draw the curves."""
+    from contextlib import ExitStack
+
+    from headscope.splade import data as splade_data
+    from headscope.splade.train import TelemetryWriter, train_arms
+
+    dataset = splade_data.load_dataset(options.data, max_eval_queries=options.max_eval_queries)
+    config = options.train_config()
+    total = config.steps * len(arms)
+    done = [0]
+    with ExitStack() as stack:
+        writers = {}
+        if options.log:
+            Path(options.log).parent.mkdir(parents=True, exist_ok=True)
+            fh = stack.enter_context(open(options.log, "w", encoding="utf-8"))
+            writers = {name: TelemetryWriter(fh, arm=name, k=ks[name]) for name in arms}
+
+        def on_step(arm: str, record) -> None:
+            if arm in writers:
+                writers[arm](record)
+            done[0] += 1
+            if progress:
+                progress(f"training ({len(arms)} arms)", done[0], total)
+
+        results = train_arms(arms, dataset.train, dataset.eval, config, callback=on_step)
+    vocab = {name: model.config.vocab_size for name, (model, _tok) in arms.items()}
+    outcomes = tuple(_summarise_arm(name, descriptions[name], ks[name], results[name],
+                                    vocab[name]) for name in arms)
+    records = {name: tuple(results[name].train.records) for name in arms}
+    figure = None
+    if options.figure:
+        from headscope import plots
+
+        title = f"{source}" + (" (simulated dense regime)" if label else "")
+        plots.save_figure(plots.training_figure(records, title), options.figure)
+        figure = options.figure
+    return TrainingOutcome(source=source, simulation=label, data=dataset.name, config=options,
+                           arms=outcomes, log=options.log, figure=figure, records=records)
+
+
+def confirm(source: str, *, k: float | None = None, fixed: str | None = None,
+            options: ConfirmOptions = ConfirmOptions(), load_options=None,
+            progress: Progress | None = None) -> TrainingOutcome:
+    """Train the original and the fixed model side by side on the same batches.
+
+    The fixed arm is `fixed` (a folder written by `fix`), or MODEL rescaled in memory by `k`
+    (default: the recommended k of a quick inspection).
+    """
+    from headscope import checkpoint
+
+    if fixed is not None and k is not None:
+        raise InputError("Pass either --fixed DIR or --k K to confirm, not both.")
+    loaded, label = _base_model(source, options, load_options, progress)
+    base = loaded.model
+    if fixed is not None:
+        fixed_loaded = checkpoint.load(checkpoint.resolve(fixed), checkpoint.LoadOptions(
+            device=options.device))
+        fixed_model, k_used, fixed_desc = fixed_loaded.model, float("nan"), f"{fixed} (fixed)"
+    else:
+        if k is None:
+            from headscope import probe
+
+            rep = inspect_loaded(loaded, probe_config=probe.ProbeConfig(
+                n_pairs=64, scale_bias=options.scale_bias), progress=progress)
+            assert rep.recommendation is not None
+            k = rep.recommendation.k
+        fixed_model = _rescaled_copy(base, k, options)
+        k_used = k
+        fixed_desc = (f"projection / {k:g} ({options.strategy}, bias "
+                      f"{'divided' if options.scale_bias else 'kept'})")
+    arms = {"original": (base, loaded.tokenizer), "fixed": (fixed_model, loaded.tokenizer)}
+    return _train_side_by_side(source, label, arms,
+                               {"original": label or "as loaded", "fixed": fixed_desc},
+                               {"original": 1.0, "fixed": k_used}, options, progress)
+
+
+def sweep(source: str, ks: Sequence[float], *, options: ConfirmOptions = ConfirmOptions(),
+          load_options=None, progress: Progress | None = None) -> TrainingOutcome:
+    """The same short training for each k (the shape of the paper's loss-curve figure)."""
+    if not ks or any(not (k > 0) for k in ks):
+        raise InputError(f"sweep needs positive k values, got {list(ks)!r}.")
+    loaded, label = _base_model(source, options, load_options, progress)
+    arms, desc, kmap = {}, {}, {}
+    for k in ks:
+        name = f"k={k:g}"
+        arms[name] = (_rescaled_copy(loaded.model, float(k), options), loaded.tokenizer)
+        desc[name] = (f"projection / {k:g} ({options.strategy}, bias "
+                      f"{'divided' if options.scale_bias else 'kept'})")
+        kmap[name] = float(k)
+    return _train_side_by_side(source, label, arms, desc, kmap, options, progress)
+
+
+def training_summary(outcome: TrainingOutcome) -> dict:
+    """The JSON form of a confirm or sweep run (telemetry stays in the JSONL log)."""
+    from dataclasses import asdict
+
+    return {
+        "source": outcome.source,
+        "simulation": outcome.simulation,
+        "data": outcome.data,
+        "options": asdict(outcome.config),
+        "log": outcome.log,
+        "figure": outcome.figure,
+        "arms": [to_dict(a) for a in outcome.arms],
+    }
+
+
 # --- the "last inspected" memory, so that `headscope fix --out DIR` follows an `inspect` -------
 
 def _state_file() -> Path:

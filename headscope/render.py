@@ -238,3 +238,33 @@ def demo_view(outcome) -> Group:
         parts.append(per_k_table(rep))
         parts.append(recommendation_view(rep.recommendation))
     return Group(*parts)
+
+
+_STATUS_STYLE = {"stable": "green", "degraded": "yellow", "collapsed": "bold red"}
+
+
+def training_view(outcome) -> Group:
+    """confirm / sweep: one row per arm with its verdict, then the evidence."""
+    o = outcome.config
+    title = (f"{outcome.source}: {o.steps} steps x batch {o.batch_size} on {outcome.data} "
+             f"(seed {o.seed})")
+    t = Table(title=title, title_justify="left")
+    for c in ("arm", "model", "start loss", "end loss", "max grad", "active q", "active p",
+              "nDCG@10", "MRR@10", "R@100", "verdict"):
+        t.add_column(c, justify="left" if c in ("arm", "model") else "right")
+    for a in outcome.arms:
+        t.add_row(a.name, a.description, num(a.start_loss), num(a.end_loss),
+                  num(a.max_grad_norm), num(a.active_query_end), num(a.active_passage_end),
+                  num(a.ndcg_at_10), num(a.mrr_at_10), num(a.recall_at_100),
+                  Text(a.status, style=_STATUS_STYLE.get(a.status, "")))
+    parts: list = []
+    if outcome.simulation:
+        parts.append(Text(outcome.simulation, style="yellow"))
+    parts.append(t)
+    for a in outcome.arms:
+        for e in a.evidence:
+            parts.append(Text(f"- {a.name}: {e}"))
+    for label, path in (("telemetry", outcome.log), ("figure", outcome.figure)):
+        if path:
+            parts.append(Text(f"{label}: {path}", style="dim"))
+    return Group(*parts)
