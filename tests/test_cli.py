@@ -27,7 +27,7 @@ from headscope.cli import main
 N_PAIRS = "16"  # probe size for BERT-tiny runs whose statistics are checked
 FEW = "4"  # probe size where only the control flow matters
 
-COMMANDS = ("inspect", "fix", "check", "demo")
+COMMANDS = ("inspect", "fix", "check", "demo", "confirm", "sweep")
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,505 @@
+"""Probe texts and the streaming forward passes that turn them into per-k statistics.
+
+A probe set is a tuple of (query, passage) pairs. The built-in one is cut from the Python
+reference manual shipped with the standard library (`pydoc_data.topics`), so it needs no download;
+its text changes between Python versions, which is why every probe set records the sha256 of its
+content. `run_probe` streams the pairs through a masked LM batch by batch: one forward pass for
+the queries and one for the passages, then everything the statistics need (pooled logits, exact
+positive counts per k, a small sample of token logits) is reduced on the model's device before
+the batch's logits are dropped. `headscope.stats.ProbeAccumulator` does the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import re
+import textwrap
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from headscope.errors import InputError
+from headscope.stats import KStats, ProbeAccumulator, positive_threshold
+
+PROBE_SET_VERSION = "stdlib-v1"
+FILE_PROBE_VERSION = "file-v1"  # how queries are derived from the texts of a probe file
+
+# Query derivation (inverse cloze): the query is the first sentence of a text, cut to at most
+# this many words, and that sentence is removed from the passage.
+QUERY_MAX_WORDS = 16
+# Built-in set: passages of consecutive prose sentences; packing stops once a passage reaches
+# _PASSAGE_TARGET words and never exceeds _PASSAGE_MAX; shorter than _PASSAGE_MIN is dropped.
+_PASSAGE_MIN = 40
+_PASSAGE_TARGET = 50
+_PASSAGE_MAX = 150
+_QUERY_MIN_WORDS = 4  # a shorter first sentence is a label, not a query ("Changed in 3.8.")
+_QUERY_SENTENCE_MAX = 40  # longer "sentences" are run-on lists, not a query
+
+# A sentence ends at . ! or ? followed by space and an upper-case letter, a quote or a bracket.
+# "e.g. the" and "i.e. a" do not split (lower-case follows).
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(\u201c\u2018])")
+_PLAIN_WORD = re.compile(r"[A-Za-z][a-z'\u2019-]*[,.;:]?")
+_CODE_SYMBOLS = frozenset("=(){}[]<>_*#@%\\|")
+_RULE_LINE = re.compile(r"[*=\-~^+#]+")  # section underlines
+_LIST_OR_CODE_START = re.compile(r"(\* |- |\d+\. |\.\.\.)")
+
+
+@dataclass(frozen=True)
+class ProbePair:
+    query: str
+    passage: str
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    name: str
+    version: str
+    pairs: tuple[ProbePair, ...]
+    sha256: str  # content_sha256(pairs)
+
+
+def content_sha256(pairs: Sequence[ProbePair]) -> str:
+    """sha256 of the pairs written as JSONL, one {"passage", "query"} object per line (sorted
+    keys, UTF-8, "\\n" after each line). Loading that JSONL with `load_probe_file` gives the same
+    hash."""
+    h = hashlib.sha256()
+    for p in pairs:
+        line = json.dumps(
+            {"query": p.query, "passage": p.passage}, ensure_ascii=False, sort_keys=True
+        )
+        h.update(line.encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of one text (whitespace collapsed)."""
+    flat = " ".join(text.split())
+    return [s for s in _SENTENCE_BREAK.split(flat) if s]
+
+
+def derive_pair(text: str) -> ProbePair | None:
+    """Inverse-cloze pair from one text: the query is its first sentence cut to QUERY_MAX_WORDS
+    words, the passage is the rest of the text (the query sentence is removed, so a match must
+    come from related terms rather than copied ones). None when the text has a single sentence."""
+    sentences = split_sentences(text)
+    if len(sentences) < 2:
+        return None
+    query = " ".join(sentences[0].split()[:QUERY_MAX_WORDS])
+    return ProbePair(query=query, passage=" ".join(sentences[1:]))
+
+
+# --------------------------------------------------------------------------------------------
+# Built-in probe set
+
+
+def _prose(block: str) -> str | None:
+    """The paragraph as one line of prose, or None when it looks like code, grammar, a heading
+    or a list (any such line disqualifies the whole paragraph, so no text is spliced)."""
+    lines = textwrap.dedent(block).strip("\n").split("\n")
+    for line in lines:
+        if (
+            line[:1].isspace()  # indented relative to the paragraph: a code or grammar block
+            or ">>>" in line
+            or "::=" in line
+            or _RULE_LINE.fullmatch(line.strip())
+            or _LIST_OR_CODE_START.match(line)
+        ):
+            return None
+    text = " ".join(" ".join(lines).split())
+    tokens = text.split()
+    if sum(ch in _CODE_SYMBOLS for ch in text) > 0.08 * len(text):
+        return None
+    if sum(bool(_PLAIN_WORD.fullmatch(t)) for t in tokens) < 0.5 * len(tokens):
+        return None
+    if not text.endswith((".", "!", "?", ":")):
+        return None
+    return text
+
+
+def _topic_pairs(doc: str) -> list[ProbePair]:
+    """Pairs from one topic: runs of consecutive prose paragraphs are split into sentences and
+    packed greedily into query + passage windows."""
+    runs: list[list[str]] = [[]]
+    for block in re.split(r"\n[ \t]*\n", doc):
+        if not block.strip():
+            continue
+        text = _prose(block)
+        if text is None:
+            if runs[-1]:
+                runs.append([])
+        else:
+            runs[-1].extend(split_sentences(text))
+    pairs = []
+    for sentences in runs:
+        i = 0
+        while i < len(sentences):
+            q_words = sentences[i].split()
+            if not _QUERY_MIN_WORDS <= len(q_words) <= _QUERY_SENTENCE_MAX:
+                i += 1
+                continue
+            j, words = i + 1, 0
+            while (
+                j < len(sentences)
+                and words < _PASSAGE_TARGET
+                and words + len(sentences[j].split()) <= _PASSAGE_MAX
+            ):
+                words += len(sentences[j].split())
+                j += 1
+            if words >= _PASSAGE_MIN:
+                pairs.append(
+                    ProbePair(
+                        query=" ".join(q_words[:QUERY_MAX_WORDS]),
+                        passage=" ".join(sentences[i + 1 : j]),
+                    )
+                )
+                i = j
+            else:
+                i += 1
+    return pairs
+
+
+def _pair_key(pair: ProbePair) -> str:
+    return hashlib.sha256(f"{pair.query}\n{pair.passage}".encode()).hexdigest()
+
+
+def builtin_candidates() -> tuple[ProbePair, ...]:
+    """Every pair the built-in recipe yields on this Python, deduplicated, in hash order.
+
+    Ordering by the sha256 of each pair interleaves topics (a batch holds unrelated texts) and
+    makes builtin_probe(n) a prefix of builtin_probe(m) for n < m.
+    """
+    from pydoc_data.topics import topics  # reference-manual prose, part of the stdlib
+
+    seen: dict[str, ProbePair] = {}
+    for name in sorted(topics):
+        for pair in _topic_pairs(topics[name]):
+            seen.setdefault(_pair_key(pair), pair)
+    return tuple(seen[key] for key in sorted(seen))
+
+
+def builtin_probe(n_pairs: int = 256) -> ProbeSet:
+    """The built-in probe set "stdlib-v1": n_pairs inverse-cloze pairs from Python's reference
+    manual (pydoc_data.topics), deterministic for a given Python version.
+
+    Recipe: each topic is split into paragraphs; paragraphs that look like code, grammar,
+    headings or lists are skipped; consecutive prose paragraphs are split into sentences; a
+    sentence of 4-40 words becomes the query (cut to 16 words) and the following sentences, packed
+    until 50 words (never over 150, at least 40), the passage. The query sentence is not part of
+    the passage. Pairs are ordered by their sha256 and the first n_pairs are taken.
+    """
+    if int(n_pairs) < 1:
+        raise InputError(f"n_pairs = {n_pairs!r} must be at least 1; pass e.g. 256.")
+    candidates = builtin_candidates()
+    if n_pairs > len(candidates):
+        raise InputError(
+            f"The built-in probe set has {len(candidates)} pairs on this Python, fewer than the "
+            f"{n_pairs} requested; ask for at most {len(candidates)} or pass a probe file."
+        )
+    pairs = candidates[:n_pairs]
+    return ProbeSet(
+        name="builtin", version=PROBE_SET_VERSION, pairs=pairs, sha256=content_sha256(pairs)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Probe files
+
+
+def _file_error(path: Path, line_no: int, problem: str) -> InputError:
+    return InputError(f"Probe file {path}, line {line_no}: {problem}.")
+
+
+def _pair_from_text(path: Path, line_no: int, text: str) -> ProbePair:
+    pair = derive_pair(text)
+    if pair is None:
+        raise _file_error(
+            path,
+            line_no,
+            "the text has a single sentence, so no query can be cut from it; give at least two "
+            'sentences per text, or use JSONL with {"query": ..., "passage": ...}',
+        )
+    return pair
+
+
+def _pair_from_json(path: Path, line_no: int, line: str) -> ProbePair:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise _file_error(path, line_no, f"not valid JSON ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise _file_error(
+            path, line_no, 'expected a JSON object with "text" or "query" and "passage"'
+        )
+    if "query" in obj or "passage" in obj:
+        query, passage = obj.get("query"), obj.get("passage")
+        if not (isinstance(query, str) and query.strip()) or not (
+            isinstance(passage, str) and passage.strip()
+        ):
+            raise _file_error(path, line_no, '"query" and "passage" must both be non-empty strings')
+        return ProbePair(query=" ".join(query.split()), passage=" ".join(passage.split()))
+    text = obj.get("text")
+    if not (isinstance(text, str) and text.strip()):
+        raise _file_error(
+            path, line_no, 'expected a non-empty string under "text", or "query" and "passage"'
+        )
+    return _pair_from_text(path, line_no, text)
+
+
+def load_probe_file(path: str | Path) -> ProbeSet:
+    """A probe set from a file: JSONL when the name ends in .jsonl or the first non-blank line
+    starts with "{", otherwise plain text with one text per line. JSONL lines hold {"text": ...}
+    (the pair is derived as for plain text) or {"query": ..., "passage": ...}. Blank lines are
+    ignored. Plain texts become inverse-cloze pairs (`derive_pair`); a text with one sentence is
+    an error. The set is named after the path, versioned "file-v1", hashed with content_sha256.
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"Probe file {p} does not exist; pass an existing file.") from None
+    except OSError as exc:
+        raise InputError(f"Probe file {p} cannot be read ({exc.strerror}).") from None
+    try:
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_no = raw[: exc.start].count(b"\n") + 1
+        raise _file_error(p, line_no, "not valid UTF-8; save the file as UTF-8") from None
+    lines = [(i + 1, line) for i, line in enumerate(content.splitlines()) if line.strip()]
+    if not lines:
+        raise InputError(
+            f'Probe file {p} is empty; put one text per line, or JSONL with "text" or '
+            '"query" and "passage".'
+        )
+    jsonl = p.suffix.lower() == ".jsonl" or lines[0][1].lstrip().startswith("{")
+    if jsonl:
+        pairs = tuple(_pair_from_json(p, n, line) for n, line in lines)
+    else:
+        pairs = tuple(_pair_from_text(p, n, line) for n, line in lines)
+    return ProbeSet(
+        name=str(p), version=FILE_PROBE_VERSION, pairs=pairs, sha256=content_sha256(pairs)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming probe
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    ks: tuple[float, ...] = (1, 2, 4, 8, 16, 32)
+    n_pairs: int = 256  # pairs probed: the first n_pairs of the probe set (all when fewer)
+    batch_size: int = 16
+    max_query_length: int = 32
+    max_passage_length: int = 128
+    scale_bias: bool = False  # whether the output bias is divided by k too
+    sample_size: int = 65536  # token logits kept for the percentiles
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    probe_name: str
+    probe_version: str
+    probe_sha256: str  # content_sha256 of the pairs actually probed
+    n_pairs: int  # pairs actually probed
+    config: ProbeConfig
+    per_k: tuple[KStats, ...]
+
+
+def _validate(config: ProbeConfig, probe: ProbeSet) -> None:
+    if not probe.pairs:
+        raise InputError(f"Probe set {probe.name!r} has no pairs; pass a non-empty probe set.")
+    for name in ("n_pairs", "batch_size", "max_query_length", "max_passage_length"):
+        if int(getattr(config, name)) < 1:
+            raise InputError(f"ProbeConfig.{name} = {getattr(config, name)!r} must be >= 1.")
+    if not config.ks or any(not (math.isfinite(float(k)) and float(k) > 0) for k in config.ks):
+        raise InputError(f"ProbeConfig.ks = {config.ks!r} must be positive finite numbers.")
+
+
+def samples_per_token(config: ProbeConfig, n_pairs: int, vocab_size: int) -> int:
+    """Vocabulary entries sampled (uniformly, with replacement) per token under the mask.
+
+    A constant rate per token makes the stream a uniform sample of all token x vocab logits
+    whatever the batch sizes; it is sized so that texts filling half their maximum length yield
+    about sample_size values, which the accumulator's reservoir trims to sample_size.
+    """
+    if config.sample_size == 0:
+        return 0
+    capacity = n_pairs * (config.max_query_length + config.max_passage_length)  # tokens, at most
+    return int(min(vocab_size, max(1, math.ceil(2 * config.sample_size / capacity))))
+
+
+@dataclass
+class _TokenReduction:
+    pooled: torch.Tensor  # (B, V) raw logits max-pooled over tokens under the mask
+    positive: torch.Tensor  # (K,) int64, token logits above each k's threshold
+    total: int  # tokens under the mask x V
+    sample_values: torch.Tensor  # (N * s,)
+    sample_ids: torch.Tensor  # (N * s,)
+
+
+class _Reducer:
+    """Reduces one batch of logits, on their device, to what the statistics need.
+
+    thresholds: (U, V) distinct per-k thresholds; unique_rows: (K,) row of `thresholds` for each
+    k. A boolean buffer for the comparisons is kept across batches: allocating a fresh (B*T, V)
+    mask per threshold costs as much as the comparison itself on CPU.
+    """
+
+    def __init__(
+        self,
+        thresholds: torch.Tensor,
+        unique_rows: torch.Tensor,
+        n_samples: int,
+        generator: torch.Generator,
+    ) -> None:
+        self.thresholds = thresholds
+        self.unique_rows = unique_rows
+        self.n_samples = n_samples
+        self.generator = generator
+        self._buffer: torch.Tensor | None = None
+
+    def _mask_buffer(self, n: int, device: torch.device) -> torch.Tensor:
+        if self._buffer is None or self._buffer.numel() < n or self._buffer.device != device:
+            self._buffer = torch.empty(n, dtype=torch.bool, device=device)
+        return self._buffer[:n]
+
+    def __call__(self, logits: torch.Tensor, mask: torch.Tensor) -> _TokenReduction:
+        """logits: (B, T, V), overwritten in place (padding positions become -inf); mask: (B, T)."""
+        vocab_size = logits.shape[-1]
+        valid = mask.bool()  # (B, T)
+        # Padding rows become -inf: never the max, never above a finite threshold. Indexing by
+        # position writes only the padded rows.
+        logits[(~valid).nonzero(as_tuple=True)] = float("-inf")
+        pooled = logits.amax(dim=1)  # (B, T, V) -> (B, V)
+        flat = logits.view(-1, vocab_size)  # (B*T, V)
+        # Exact positive counts per distinct threshold, over the whole tensor: the -inf rows add
+        # nothing, so this counts exactly the tokens under the mask.
+        above = self._mask_buffer(flat.numel(), flat.device).view(flat.shape)  # (B*T, V) bool
+        counts = []
+        for u in range(self.thresholds.shape[0]):
+            torch.gt(flat, self.thresholds[u], out=above)
+            counts.append(torch.count_nonzero(above))  # () per threshold
+        positive = torch.stack(counts)[self.unique_rows]  # (U,) -> (K,)
+        n_valid = int(valid.sum())
+        # Uniform sample of token logits: n_samples vocabulary ids per token under the mask,
+        # drawn on the CPU generator so that the sample does not depend on the device.
+        token_rows = valid.view(-1).nonzero().squeeze(1)  # (N,) rows of `flat`
+        vocab_ids = torch.randint(
+            vocab_size, (n_valid * self.n_samples,), generator=self.generator
+        ).to(flat.device)  # (N * s,)
+        rows = token_rows.repeat_interleave(self.n_samples)  # (N * s,)
+        sample = flat[rows, vocab_ids]  # (N * s,)
+        return _TokenReduction(pooled, positive, n_valid * vocab_size, sample, vocab_ids)
+
+
+def _forward(model, tokenizer, texts: list[str], max_length: int, device: torch.device):
+    enc = tokenizer(
+        texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    # Only what the model's forward accepts: a BERT tokenizer's token_type_ids would break a
+    # ModernBERT forward.
+    accepted = inspect.signature(model.forward).parameters
+    inputs = {
+        key: enc[key].to(device)
+        for key in ("input_ids", "attention_mask", "token_type_ids")
+        if key in enc and key in accepted
+    }
+    logits = model(**inputs).logits  # (B, T, V)
+    if logits.dtype != torch.float32:
+        logits = logits.float()  # thresholds and pooling in float32 for half-precision models
+    return logits, enc["attention_mask"].to(device)  # (B, T, V), (B, T)
+
+
+def run_probe(
+    model,
+    tokenizer,
+    bias: torch.Tensor | None,
+    probe: ProbeSet,
+    config: ProbeConfig,
+    progress: Callable[[int, int], None] | None = None,
+) -> ProbeResult:
+    """Per-k statistics of `model` on the probe set, from one forward pass per batch.
+
+    model: a transformers *ForMaskedLM (put in eval mode for the run, its mode restored after);
+    bias: the head's output bias (V,) or None, which decides how each k moves the logits (see
+    stats.transform_logits); progress(done_pairs, total_pairs) is called after each batch.
+    Queries and passages are tokenised separately (max_query_length, max_passage_length);
+    everything is reduced on the model's device and only (B, V) arrays and small samples reach
+    numpy, so memory does not grow with the number of pairs.
+    """
+    _validate(config, probe)
+    pairs = probe.pairs[: config.n_pairs]
+    n_total = len(pairs)
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        raise InputError("The model has no parameters; pass a loaded masked LM.") from None
+    out_emb = model.get_output_embeddings()
+    vocab_size = int(out_emb.weight.shape[0] if out_emb is not None else model.config.vocab_size)
+    bias_np = None
+    if bias is not None:
+        bias_np = bias.detach().to("cpu", torch.float64).numpy()  # (V,)
+        if bias_np.shape != (vocab_size,):
+            raise InputError(
+                f"The output bias has shape {tuple(bias_np.shape)} but the model has {vocab_size} "
+                "vocabulary rows; pass the bias of this model's MLM head."
+            )
+    thresholds_np = np.stack(
+        [positive_threshold(k, bias_np, config.scale_bias, vocab_size) for k in config.ks]
+    )  # (K, V)
+    # Thresholds equal across k (no bias, or a bias divided too) are compared once.
+    unique_np, unique_rows_np = np.unique(thresholds_np, axis=0, return_inverse=True)  # (U, V)
+    thresholds = torch.from_numpy(unique_np).to(device, torch.float32)  # (U, V)
+    unique_rows = torch.from_numpy(unique_rows_np.reshape(-1)).to(device)  # (K,)
+    n_samples = samples_per_token(config, n_total, vocab_size)
+    reduce = _Reducer(
+        thresholds, unique_rows, n_samples, torch.Generator().manual_seed(config.seed)
+    )
+    acc = ProbeAccumulator(
+        config.ks, bias_np, config.scale_bias, vocab_size, config.sample_size, config.seed
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, n_total, config.batch_size):
+                batch = pairs[start : start + config.batch_size]
+                pooled = []
+                for texts, max_len in (
+                    ([p.query for p in batch], config.max_query_length),
+                    ([p.passage for p in batch], config.max_passage_length),
+                ):
+                    logits, mask = _forward(model, tokenizer, texts, max_len, device)
+                    if logits.shape[-1] != vocab_size:
+                        raise InputError(
+                            f"The model returned {logits.shape[-1]} logits per token but its "
+                            f"output embedding has {vocab_size} rows; pass a standard masked LM."
+                        )
+                    red = reduce(logits, mask)
+                    del logits  # the batch's (B, T, V) logits are not kept
+                    acc.add_token_counts(red.positive.cpu().numpy(), red.total)
+                    acc.add_token_sample(
+                        red.sample_values.cpu().numpy(), red.sample_ids.cpu().numpy()
+                    )
+                    pooled.append(red.pooled.cpu().numpy())  # (B, V)
+                acc.add_batch(pooled[0], pooled[1])
+                if progress is not None:
+                    progress(start + len(batch), n_total)
+    finally:
+        model.train(was_training)
+    used_sha = probe.sha256 if n_total == len(probe.pairs) else content_sha256(pairs)
+    return ProbeResult(
+        probe_name=probe.name,
+        probe_version=probe.version,
+        probe_sha256=used_sha,
+        n_pairs=n_total,
+        config=config,
+        per_k=acc.result(),
+    )

@@ -1,0 +1,465 @@
+"""Pure statistics of an MLM head and of its SPLADE representations (numpy only, no torch).
+
+Two facts from DESIGN.md §5 shape the probe statistics here:
+
+- Dividing the head's projection by k maps a raw logit x to x_k = (x - b) / k + b (bias left
+  undivided, the default) or to x / k (bias divided too). Both maps are monotone increasing in x
+  for each vocabulary column, and so is log(1 + relu(.)). Max-pooling over tokens therefore
+  commutes with them: pooling the raw logits once, (B, T, V) -> (B, V), and transforming the
+  pooled values gives exactly the SPLADE representation the rescaled model would produce. One
+  forward pass serves every candidate k.
+- Per-token quantities (the share of positive logits, logit percentiles) do not pool. The caller
+  counts positives per k exactly, using `positive_threshold`, and hands over a uniform sample of
+  raw token logits with their vocabulary ids so that percentiles can be taken after the transform.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from headscope.errors import InputError
+
+# Rows of the decoder processed at once when computing row norms in float64: bounds the temporary
+# copy to about 4096 x E x 8 bytes (25 MB at E = 768) whatever the vocabulary size.
+_ROW_CHUNK = 4096
+
+# pyserini quantises SPLADE weights with a ceiling at 5; weights above it are clipped.
+PYSERINI_CEILING = 5.0
+
+
+@dataclass(frozen=True)
+class Summary:
+    mean: float
+    median: float
+    p99: float
+    max: float
+    min: float
+    count: int
+
+
+@dataclass(frozen=True)
+class WeightStats:
+    row_norm_all: Summary  # L2 norm of every decoder row; .mean is the paper's statistic
+    row_norm_real: Summary  # over real-token rows only
+    n_rows: int
+    n_real_rows: int
+    hidden_size: int  # decoder input width E
+    bias_mean: float | None
+    bias_std: float | None
+    norm_weight_l2: float | None  # head LayerNorm weight L2 norm
+    norm_bias_l2: float | None  # None when the LayerNorm has no bias (ModernBERT)
+    dense_spectral_norm: float | None  # largest singular value of the head dense weight
+
+
+@dataclass(frozen=True)
+class KStats:
+    k: float
+    logit_p01: float  # token logits after the rescale (reservoir sample)
+    logit_p50: float
+    logit_p99: float
+    frac_positive: float  # exact share of token x vocab logits > 0
+    term_weight_mean: float  # mean SPLADE weight over active passage terms
+    term_weight_max: float
+    share_above_5: float  # share of active passage weights > 5 (pyserini's ceiling)
+    active_query: float  # mean active terms per query
+    active_passage: float  # mean active terms per passage
+    active_query_share: float  # active_query / V
+    active_passage_share: float
+    cosine_unrelated: float  # mean cosine between different passages of one batch
+    score_pos: float  # mean q_i . d_i
+    score_neg: float  # mean q_i . d_j, i != j
+    start_loss: float  # mean in-batch InfoNCE on raw dot products, scale 1
+
+
+# --------------------------------------------------------------------------------------------
+# Weight statistics
+
+
+def summarize(values: np.ndarray) -> Summary:
+    """Mean, median, 99th percentile (linear interpolation), max, min and count of `values`.
+
+    Any shape is accepted and flattened. An empty array gives NaN statistics with count 0 (a
+    checkpoint may have no rows of some kind); NaN values propagate.
+    """
+    flat = np.asarray(values, dtype=np.float64).ravel()  # (N,)
+    if flat.size == 0:
+        nan = float("nan")
+        return Summary(mean=nan, median=nan, p99=nan, max=nan, min=nan, count=0)
+    return Summary(
+        mean=float(flat.mean()),
+        median=float(np.median(flat)),
+        p99=float(np.percentile(flat, 99.0)),
+        max=float(flat.max()),
+        min=float(flat.min()),
+        count=int(flat.size),
+    )
+
+
+def row_norms(matrix: np.ndarray) -> np.ndarray:
+    """L2 norm of every row of a (V, E) matrix, accumulated in float64, chunked over rows."""
+    m = np.asarray(matrix)
+    if m.ndim != 2:
+        raise InputError(
+            f"row_norms() expects a 2-D (V, E) matrix, got shape {m.shape}; pass the decoder "
+            "weight as rows = vocabulary."
+        )
+    out = np.empty(m.shape[0], dtype=np.float64)  # (V,)
+    for start in range(0, m.shape[0], _ROW_CHUNK):
+        block = m[start : start + _ROW_CHUNK].astype(np.float64)  # (C, E)
+        out[start : start + block.shape[0]] = np.sqrt(np.einsum("ve,ve->v", block, block))  # (C,)
+    return out
+
+
+def _vector(name: str, value, length: int | None) -> np.ndarray | None:
+    if value is None:
+        return None
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim != 1 or (length is not None and arr.shape[0] != length):
+        want = f"({length},)" if length is not None else "1-D"
+        raise InputError(
+            f"{name} has shape {arr.shape}, expected {want}; pass the tensor of the same head."
+        )
+    return arr
+
+
+def weight_stats(
+    decoder_weight: np.ndarray,
+    real_rows: np.ndarray,
+    bias: np.ndarray | None = None,
+    norm_weight: np.ndarray | None = None,
+    norm_bias: np.ndarray | None = None,
+    dense_weight: np.ndarray | None = None,
+) -> WeightStats:
+    """Statistics of an MLM head's weights.
+
+    decoder_weight: (V, E) projection; real_rows: bool (V,), rows of real tokens; bias: (V,)
+    output bias; norm_weight, norm_bias: (E,) head LayerNorm; dense_weight: (E, H) head dense
+    layer. Every input is anything `np.asarray` accepts; computations run in float64.
+    """
+    w = np.asarray(decoder_weight)
+    if w.ndim != 2:
+        raise InputError(
+            f"decoder_weight has shape {w.shape}, expected (V, E); pass the head's projection "
+            "matrix with one row per vocabulary entry."
+        )
+    n_rows, hidden = w.shape
+    real = np.asarray(real_rows)
+    if real.dtype != np.bool_ or real.shape != (n_rows,):
+        raise InputError(
+            f"real_rows must be a bool array of shape ({n_rows},), got {real.dtype} "
+            f"{real.shape}; build it with heads.vocab_info for this decoder."
+        )
+    norms = row_norms(w)  # (V,)
+    b = _vector("bias", bias, n_rows)
+    nw = _vector("norm_weight", norm_weight, hidden)
+    nb = _vector("norm_bias", norm_bias, hidden)
+    spectral = None
+    if dense_weight is not None:
+        d = np.asarray(dense_weight, dtype=np.float64)
+        if d.ndim != 2 or d.shape[0] != hidden:
+            raise InputError(
+                f"dense_weight has shape {d.shape}, expected ({hidden}, H); pass the weight of "
+                "the head's dense layer (out_features = decoder width)."
+            )
+        spectral = float(np.linalg.norm(d, ord=2))  # largest singular value
+    return WeightStats(
+        row_norm_all=summarize(norms),
+        row_norm_real=summarize(norms[real]),
+        n_rows=int(n_rows),
+        n_real_rows=int(real.sum()),
+        hidden_size=int(hidden),
+        bias_mean=None if b is None else float(b.mean()),
+        bias_std=None if b is None else float(b.std()),
+        norm_weight_l2=None if nw is None else float(np.linalg.norm(nw)),
+        norm_bias_l2=None if nb is None else float(np.linalg.norm(nb)),
+        dense_spectral_norm=spectral,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Logit transforms
+
+
+def _check_k(k: float) -> float:
+    kf = float(k)
+    if not math.isfinite(kf) or kf <= 0:
+        raise InputError(f"k = {k!r} is not a positive finite number; pass k > 0 (e.g. 8).")
+    return kf
+
+
+def transform_logits(
+    x: np.ndarray, k: float, bias: np.ndarray | None, scale_bias: bool
+) -> np.ndarray:
+    """The logits after dividing the head's projection by k.
+
+    (x - b) / k + b when the bias stays undivided (scale_bias False, the default), x / k when
+    the bias is divided too or there is none. `bias` broadcasts against `x`: (V,) for (..., V)
+    logits, or the bias gathered at the vocabulary ids of sampled values.
+    """
+    kf = _check_k(k)
+    arr = np.asarray(x)
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float64)
+    if bias is None or scale_bias:
+        return arr / kf
+    b = np.asarray(bias, dtype=arr.dtype)
+    return (arr - b) / kf + b
+
+
+def positive_threshold(
+    k: float, bias: np.ndarray | None, scale_bias: bool, vocab_size: int
+) -> np.ndarray:
+    """(V,) thresholds t with transform_logits(x, k) > 0 exactly when x > t (real arithmetic).
+
+    x / k > 0 iff x > 0; (x - b) / k + b > 0 iff x > b * (1 - k). Only an undivided bias makes
+    the threshold, and so the set of active terms, depend on k.
+    """
+    kf = _check_k(k)
+    if bias is None or scale_bias:
+        return np.zeros(vocab_size, dtype=np.float64)
+    b = _vector("bias", bias, vocab_size)
+    assert b is not None
+    return b * (1.0 - kf)  # (V,)
+
+
+def splade_weights(pooled_logits: np.ndarray) -> np.ndarray:
+    """SPLADE term weights log(1 + relu(x)), elementwise."""
+    arr = np.asarray(pooled_logits)
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float64)
+    return np.log1p(np.maximum(arr, 0.0))
+
+
+def _logsumexp_rows(s: np.ndarray) -> np.ndarray:
+    """Numerically stable log(sum(exp(s), axis=1)) of a (B, B) matrix -> (B,)."""
+    m = s.max(axis=1, keepdims=True)  # (B, 1)
+    return (m + np.log(np.exp(s - m).sum(axis=1, keepdims=True)))[:, 0]  # (B,)
+
+
+def _unit_rows(w: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm; an all-zero row stays zero, so its cosine with anything is 0.
+
+    Each row is first divided by its largest magnitude so that squaring tiny weights cannot
+    underflow (which would push a cosine above 1).
+    """
+    peak = np.abs(w).max(axis=1, keepdims=True)  # (B, 1)
+    scaled = np.divide(w, peak, out=np.zeros_like(w), where=peak > 0)  # (B, V), max |.| = 1
+    norms = np.sqrt(np.einsum("bv,bv->b", scaled, scaled))[:, None]  # (B, 1)
+    return np.divide(scaled, norms, out=np.zeros_like(w), where=norms > 0)  # (B, V)
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming probe statistics
+
+
+class ProbeAccumulator:
+    """Per-k probe statistics, accumulated batch by batch in memory independent of the stream.
+
+    Feed it, per batch of B query-passage pairs, the RAW pooled logits (max over the tokens under
+    the attention mask, no k applied) with `add_batch`; exact per-k positive counts of token logits
+    with `add_token_counts`; and uniform samples of raw token logits with their vocabulary ids with
+    `add_token_sample`. `result()` gives one `KStats` per k, in the order of `ks`.
+
+    Definitions (all over the whole stream; sums and counts are kept, never the arrays):
+    - term weights: over active passage entries (weight > 0); 0.0 when no entry is active.
+    - active terms: entries with weight > 0, averaged over queries / passages.
+    - cosine_unrelated: mean over every ordered pair (i, j), i != j, of passages in the same batch
+      (pair-weighted across batches). The cosine of an all-zero vector with anything is 0.
+    - score_pos: mean of q_i . d_i over all pairs; score_neg: mean of q_i . d_j, i != j, over all
+      such pairs of a batch (pair-weighted across batches).
+    - start_loss: per batch, the mean over i of the cross-entropy of softmax_j(q_i . d_j) against
+      target j = i (scale 1, stable logsumexp); averaged over batches.
+    - Batches of one pair have no off-diagonal pairs: they count towards the term weights, active
+      terms and score_pos, and are skipped for cosine_unrelated, score_neg and start_loss (whose
+      cross-entropy would be identically 0). If no batch has two pairs, those three are NaN.
+    - Percentiles come from a bottom-k reservoir (each sampled value gets a uniform random key, the
+      `sample_size` smallest keys are kept): a uniform sample without replacement of everything
+      passed to `add_token_sample`. NaN when nothing was sampled. frac_positive is NaN when
+      `add_token_counts` was never called.
+    """
+
+    def __init__(
+        self,
+        ks: Sequence[float],
+        bias: np.ndarray | None,
+        scale_bias: bool,
+        vocab_size: int,
+        sample_size: int = 65536,
+        seed: int = 0,
+    ) -> None:
+        if len(ks) == 0:
+            raise InputError("ProbeAccumulator got no candidate k; pass at least one, e.g. (1,).")
+        if int(vocab_size) <= 0:
+            raise InputError(f"vocab_size = {vocab_size!r} must be a positive integer.")
+        if int(sample_size) < 0:
+            raise InputError(f"sample_size = {sample_size!r} must be >= 0 (0 disables it).")
+        self.ks = tuple(_check_k(k) for k in ks)
+        self.vocab_size = int(vocab_size)
+        self.bias = _vector("bias", bias, self.vocab_size)
+        self.scale_bias = bool(scale_bias)
+        self.sample_size = int(sample_size)
+        self._rng = np.random.default_rng(seed)
+        n_k = len(self.ks)
+        # Token level.
+        self._positive = np.zeros(n_k, dtype=np.int64)  # (K,)
+        self._token_total = 0
+        self._sample_values = np.empty(0, dtype=np.float64)  # (S,) S <= sample_size
+        self._sample_ids = np.empty(0, dtype=np.int64)  # (S,)
+        self._sample_keys = np.empty(0, dtype=np.float64)  # (S,)
+        # Pooled level; one slot per k.
+        self._n_queries = 0
+        self._n_passages = 0
+        self._n_batches = 0
+        self._n_neg_batches = 0  # batches with B >= 2
+        self._n_offdiag = 0  # sum over those batches of B * (B - 1)
+        self._active_q = np.zeros(n_k)  # sum of active terms over queries
+        self._active_d = np.zeros(n_k)
+        self._weight_sum = np.zeros(n_k)  # sum of active passage weights
+        self._weight_max = np.zeros(n_k)
+        self._above_5 = np.zeros(n_k)  # count of active passage weights > 5
+        self._cos_sum = np.zeros(n_k)
+        self._pos_sum = np.zeros(n_k)
+        self._neg_sum = np.zeros(n_k)
+        self._loss_sum = np.zeros(n_k)  # sum over batches of the per-batch mean loss
+
+    # -- token level ---------------------------------------------------------------------------
+
+    def add_token_counts(self, positive: np.ndarray, total: int) -> None:
+        """positive: (K,) number of token logits > 0 after the rescale, per k; total: number of
+        token x vocabulary logits they were counted over (tokens under the attention mask x V)."""
+        pos = np.asarray(positive)
+        if pos.shape != (len(self.ks),):
+            raise InputError(
+                f"positive counts have shape {pos.shape}, expected ({len(self.ks)},): one per k."
+            )
+        if int(total) < 0 or np.any(pos < 0) or np.any(pos > int(total)):
+            raise InputError(
+                f"positive counts {pos.tolist()} are not within [0, total = {total}]; count "
+                "logits over the same tokens as total."
+            )
+        self._positive += pos.astype(np.int64)
+        self._token_total += int(total)
+
+    def add_token_sample(self, values: np.ndarray, vocab_ids: np.ndarray) -> None:
+        """values: (N,) raw token logits; vocab_ids: (N,) their vocabulary columns."""
+        vals = np.asarray(values, dtype=np.float64).ravel()  # (N,)
+        ids = np.asarray(vocab_ids).ravel()  # (N,)
+        if vals.shape != ids.shape:
+            raise InputError(
+                f"token sample has {vals.size} values but {ids.size} vocab ids; pass one id per "
+                "value."
+            )
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise InputError(
+                f"token sample vocab ids must lie in [0, {self.vocab_size}); got "
+                f"[{ids.min()}, {ids.max()}]."
+            )
+        if self.sample_size == 0 or vals.size == 0:
+            return
+        keys = self._rng.random(vals.size)  # (N,) uniform keys for bottom-k sampling
+        all_keys = np.concatenate([self._sample_keys, keys])  # (S + N,)
+        all_vals = np.concatenate([self._sample_values, vals])
+        all_ids = np.concatenate([self._sample_ids, ids.astype(np.int64)])
+        if all_keys.size > self.sample_size:
+            keep = np.argpartition(all_keys, self.sample_size - 1)[: self.sample_size]  # (S,)
+            all_keys, all_vals, all_ids = all_keys[keep], all_vals[keep], all_ids[keep]
+        self._sample_keys, self._sample_values, self._sample_ids = all_keys, all_vals, all_ids
+
+    # -- pooled level --------------------------------------------------------------------------
+
+    def add_batch(self, pooled_q: np.ndarray, pooled_d: np.ndarray) -> None:
+        """pooled_q, pooled_d: (B, V) raw pooled logits of B queries and their B passages."""
+        q_raw = np.asarray(pooled_q, dtype=np.float64)
+        d_raw = np.asarray(pooled_d, dtype=np.float64)
+        if q_raw.ndim != 2 or q_raw.shape != d_raw.shape or q_raw.shape[1] != self.vocab_size:
+            raise InputError(
+                f"pooled logits have shapes {q_raw.shape} (queries) and {d_raw.shape} "
+                f"(passages), expected two equal (B, {self.vocab_size}) arrays; pool the raw "
+                "logits of B query-passage pairs over tokens first."
+            )
+        n = q_raw.shape[0]
+        if n == 0:
+            return
+        self._n_queries += n
+        self._n_passages += n
+        self._n_batches += 1
+        has_pairs = n >= 2
+        if has_pairs:
+            self._n_neg_batches += 1
+            self._n_offdiag += n * (n - 1)
+        offdiag = ~np.eye(n, dtype=bool)  # (B, B)
+        for i, k in enumerate(self.ks):
+            wq = splade_weights(transform_logits(q_raw, k, self.bias, self.scale_bias))  # (B, V)
+            wd = splade_weights(transform_logits(d_raw, k, self.bias, self.scale_bias))  # (B, V)
+            active_d = wd > 0  # (B, V)
+            self._active_q[i] += np.count_nonzero(wq > 0)
+            self._active_d[i] += np.count_nonzero(active_d)
+            active_w = wd[active_d]  # (A,)
+            if active_w.size:
+                self._weight_sum[i] += active_w.sum()
+                self._weight_max[i] = max(self._weight_max[i], float(active_w.max()))
+                self._above_5[i] += np.count_nonzero(active_w > PYSERINI_CEILING)
+            scores = wq @ wd.T  # (B, B): scores[i, j] = q_i . d_j
+            self._pos_sum[i] += np.trace(scores)
+            if not has_pairs:
+                continue
+            self._neg_sum[i] += scores[offdiag].sum()
+            unit = _unit_rows(wd)  # (B, V)
+            cos = unit @ unit.T  # (B, B)
+            self._cos_sum[i] += cos[offdiag].sum()
+            ce = _logsumexp_rows(scores) - np.diag(scores)  # (B,) cross-entropy, target i
+            self._loss_sum[i] += ce.mean()
+
+    # -- result --------------------------------------------------------------------------------
+
+    def _percentiles(self, k: float) -> tuple[float, float, float]:
+        if self._sample_values.size == 0:
+            nan = float("nan")
+            return nan, nan, nan
+        b = None if self.bias is None else self.bias[self._sample_ids]  # (S,)
+        x = transform_logits(self._sample_values, k, b, self.scale_bias)  # (S,)
+        p01, p50, p99 = np.percentile(x, [1.0, 50.0, 99.0])
+        return float(p01), float(p50), float(p99)
+
+    def result(self) -> tuple[KStats, ...]:
+        """One KStats per k, in the order given. Raises InputError before any batch was added."""
+        if self._n_batches == 0:
+            raise InputError(
+                "ProbeAccumulator.result() called before any add_batch(); feed at least one "
+                "batch of pooled query and passage logits."
+            )
+        nan = float("nan")
+        out = []
+        for i, k in enumerate(self.ks):
+            p01, p50, p99 = self._percentiles(k)
+            n_active = self._active_d[i]
+            aq = self._active_q[i] / self._n_queries
+            ad = n_active / self._n_passages
+            neg = self._n_neg_batches > 0
+            out.append(
+                KStats(
+                    k=k,
+                    logit_p01=p01,
+                    logit_p50=p50,
+                    logit_p99=p99,
+                    frac_positive=(
+                        float(self._positive[i] / self._token_total) if self._token_total else nan
+                    ),
+                    term_weight_mean=float(self._weight_sum[i] / n_active) if n_active else 0.0,
+                    term_weight_max=float(self._weight_max[i]),
+                    share_above_5=float(self._above_5[i] / n_active) if n_active else 0.0,
+                    active_query=float(aq),
+                    active_passage=float(ad),
+                    active_query_share=float(aq / self.vocab_size),
+                    active_passage_share=float(ad / self.vocab_size),
+                    cosine_unrelated=float(self._cos_sum[i] / self._n_offdiag) if neg else nan,
+                    score_pos=float(self._pos_sum[i] / self._n_queries),
+                    score_neg=float(self._neg_sum[i] / self._n_offdiag) if neg else nan,
+                    start_loss=float(self._loss_sum[i] / self._n_neg_batches) if neg else nan,
+                )
+            )
+        return tuple(out)

@@ -1,0 +1,95 @@
+"""confirm and sweep, end to end on the real BERT-tiny with a handful of steps.
+
+Short runs cannot show stability; these tests check the plumbing that the long runs of
+docs/demonstration.md rely on: both arms see the same batches, the fixed arm really is the
+rescaled model, telemetry lines carry their arm, and the summary JSON matches the telemetry.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from headscope import api
+from headscope.cli import main
+from headscope.errors import InputError
+
+FAST = api.ConfirmOptions(steps=3, batch_size=4, max_passage_length=32, max_eval_queries=8)
+
+
+def test_confirm_k1_arms_are_identical(bert_tiny_dir):
+    # k = 1 without bias scaling is the identity: the two arms must train identically.
+    outcome = api.confirm(str(bert_tiny_dir), k=1.0, options=FAST)
+    a, b = (outcome.records[n] for n in ("original", "fixed"))
+    assert [r.loss for r in a] == [r.loss for r in b]
+    assert outcome.arms[0].ndcg_at_10 == outcome.arms[1].ndcg_at_10
+
+
+def test_confirm_fixed_arm_starts_from_the_rescaled_scores(bert_tiny_dir, tmp_path):
+    log = tmp_path / "t.jsonl"
+    opts = api.ConfirmOptions(**{**FAST.__dict__, "log": str(log), "figure": str(tmp_path / "f.png")})
+    outcome = api.confirm(str(bert_tiny_dir), k=4.0, options=opts)
+    orig, fixed = outcome.records["original"][0], outcome.records["fixed"][0]
+    # Same batch at step 0: the divided projection shrinks every score.
+    assert fixed.score_pos < orig.score_pos
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert len(lines) == 2 * FAST.steps
+    assert {x["arm"] for x in lines} == {"original", "fixed"}
+    first_fixed = next(x for x in lines if x["arm"] == "fixed")
+    assert first_fixed["k"] == 4.0
+    assert first_fixed["loss"] == pytest.approx(fixed.loss)
+    assert outcome.arms[1].start_loss == pytest.approx(fixed.loss)
+    assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_confirm_with_a_fixed_folder(bert_tiny_dir, tmp_path):
+    out = tmp_path / "fixed"
+    api.fix(str(bert_tiny_dir), str(out), options=api.FixOptions(k=4.0),
+            probe_config=_tiny_probe())
+    by_folder = api.confirm(str(bert_tiny_dir), fixed=str(out), options=FAST)
+    in_memory = api.confirm(str(bert_tiny_dir), k=4.0, options=FAST)
+    a = [r.loss for r in by_folder.records["fixed"]]
+    b = [r.loss for r in in_memory.records["fixed"]]
+    assert a == pytest.approx(b, rel=1e-4)
+
+
+def _tiny_probe():
+    from headscope.probe import ProbeConfig
+
+    return ProbeConfig(n_pairs=8, batch_size=4)
+
+
+def test_confirm_refuses_k_and_fixed_together(bert_tiny_dir, tmp_path):
+    with pytest.raises(InputError) as exc:
+        api.confirm(str(bert_tiny_dir), k=2.0, fixed=str(tmp_path), options=FAST)
+    assert str(exc.value) == "Pass either --fixed DIR or --k K to confirm, not both."
+
+
+def test_sweep_cli_json_has_one_arm_per_k(bert_tiny_dir, tmp_path):
+    result = CliRunner().invoke(main, [
+        "sweep", str(bert_tiny_dir), "--k", "1,8", "--steps", "2", "--batch-size", "4",
+        "--max-passage-length", "32", "--max-eval-queries", "8", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert [a["name"] for a in payload["arms"]] == ["k=1", "k=8"]
+    assert [a["k"] for a in payload["arms"]] == [1.0, 8.0]
+    assert all(a["status"] in ("stable", "degraded", "collapsed") for a in payload["arms"])
+    assert payload["options"]["steps"] == 2
+
+
+def test_sweep_on_a_simulation_is_labelled(bert_tiny_dir):
+    outcome = api.sweep(str(bert_tiny_dir), [1.0], options=api.ConfirmOptions(
+        **{**FAST.__dict__, "simulate": "bias", "steps": 2}))
+    assert outcome.simulation is not None and outcome.simulation.startswith("SIMULATION")
+    # The bias variant is dense at step 0 (DESIGN.md §6: ~24.7k of 30.5k terms per passage).
+    assert outcome.records["k=1"][0].active_passage > 10_000
+
+
+def test_sweep_refuses_non_positive_k(bert_tiny_dir):
+    with pytest.raises(InputError) as exc:
+        api.sweep(str(bert_tiny_dir), [0.0], options=FAST)
+    assert str(exc.value) == "sweep needs positive k values, got [0.0]."
+    assert torch.get_num_threads() >= 1
