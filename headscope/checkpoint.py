@@ -550,3 +550,24 @@ def load(ckpt: Checkpoint, options: LoadOptions = LoadOptions()) -> LoadedModel:
         missing_keys=frozenset(info.get("missing_keys") or ()),
         options=options,
     )
+
+
+# Families whose position ids start after the padding index (RoBERTa's create_position_ids).
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "mpnet", "roberta-prelayernorm",
+                     "xlm-roberta-xl", "longformer"}
+
+
+def token_limit(model_or_config: Any, requested: int) -> int:
+    """`requested`, capped at the number of tokens the model's position table can embed.
+
+    Every tokeniser call passes an explicit max_length (which overrides the tokenizer's own
+    model_max_length), so the cap has to be applied here: a BERT with 64 positions would
+    otherwise crash on a 128-token probe passage.
+    """
+    config = getattr(model_or_config, "config", model_or_config)
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:
+        return requested
+    if getattr(config, "model_type", None) in _OFFSET_POSITIONS:
+        limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return max(1, min(requested, limit))

@@ -20,12 +20,16 @@ import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
+from headscope.checkpoint import token_limit
 from headscope.errors import InputError
 from headscope.stats import KStats, ProbeAccumulator, positive_threshold
+
+if TYPE_CHECKING:
+    import torch
 
 PROBE_SET_VERSION = "stdlib-v1"
 FILE_PROBE_VERSION = "file-v1"  # how queries are derived from the texts of a probe file
@@ -366,12 +370,16 @@ class _Reducer:
         self._buffer: torch.Tensor | None = None
 
     def _mask_buffer(self, n: int, device: torch.device) -> torch.Tensor:
+        import torch
+
         if self._buffer is None or self._buffer.numel() < n or self._buffer.device != device:
             self._buffer = torch.empty(n, dtype=torch.bool, device=device)
         return self._buffer[:n]
 
     def __call__(self, logits: torch.Tensor, mask: torch.Tensor) -> _TokenReduction:
         """logits: (B, T, V), overwritten in place (padding positions become -inf); mask: (B, T)."""
+        import torch
+
         vocab_size = logits.shape[-1]
         valid = mask.bool()  # (B, T)
         # Padding rows become -inf: never the max, never above a finite threshold. Indexing by
@@ -400,8 +408,11 @@ class _Reducer:
 
 
 def _forward(model, tokenizer, texts: list[str], max_length: int, device: torch.device):
+    import torch
+
     enc = tokenizer(
-        texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        texts, padding=True, truncation=True, max_length=token_limit(model, max_length),
+        return_tensors="pt"
     )
     # Only what the model's forward accepts: a BERT tokenizer's token_type_ids would break a
     # ModernBERT forward.
@@ -434,6 +445,8 @@ def run_probe(
     everything is reduced on the model's device and only (B, V) arrays and small samples reach
     numpy, so memory does not grow with the number of pairs.
     """
+    import torch
+
     _validate(config, probe)
     pairs = probe.pairs[: config.n_pairs]
     n_total = len(pairs)

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from headscope import __version__
+from headscope.checkpoint import token_limit
 from headscope.errors import InputError, OutputExistsError, VerificationError
 from headscope.rescale import (
     RescaleSpec,
@@ -513,7 +514,8 @@ def _encode(loaded: LoadedModel, texts: Sequence[str]) -> dict[str, Any]:
 
     tok = loaded.tokenizer
     if tok is not None:
-        enc = tok(list(texts), padding=True, truncation=True, max_length=128,
+        enc = tok(list(texts), padding=True, truncation=True,
+                  max_length=token_limit(loaded.model, 128),
                   return_tensors="pt")
         return dict(enc)
     # Without a tokenizer: fixed pseudo-random ids, one row per text.

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from headscope.checkpoint import token_limit
 from headscope.errors import InputError
 from headscope.rescale import RescaleSpec, find_head_of, rescale_model, unwrap_mlm
 
@@ -259,6 +260,7 @@ def make_dense_variant(model, tokenizer, texts: Sequence[str], where: str = "bia
         )
     source = getattr(config, "_name_or_path", "") or type(mlm).__name__
     head = find_head_of(mlm)
+    variant = replace(variant, max_length=token_limit(mlm, variant.max_length))
     batches = _encode_all(tokenizer, texts, variant)
     before, values, ids = _measure(mlm, batches, variant)
 

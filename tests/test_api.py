@@ -244,12 +244,17 @@ def test_fix_follows_the_last_inspection(tiny_long, tmp_path):
     assert outcome.k == 3 and outcome.k_from == "--k"
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "known bug: save._encode (max_length=128) and probe (max_passage_length=128) do not cap "
-    "the token count at the model's max_position_embeddings (64 for the stock tiny models)"))
-def test_fix_on_a_model_with_few_positions(tiny_checkpoint, tmp_path):
-    api.fix(str(tiny_checkpoint("bert")), str(tmp_path / "fixed"), options=api.FixOptions(k=2),
-            probe_config=ProbeConfig(n_pairs=4, max_passage_length=32))
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_fix_and_inspect_on_a_model_with_few_positions(tiny_checkpoint, tmp_path, family):
+    # The stock tiny models embed 64 positions (roberta: 64 - pad offset 2 = 62 tokens), fewer
+    # than the 128-token probe passages and verification texts: both must be cut to fit.
+    src = str(tiny_checkpoint(family))
+    report = api.inspect(src, probe_config=ProbeConfig(n_pairs=4, max_passage_length=128))
+    assert len(report.per_k) == 6
+    outcome = api.fix(src, str(tmp_path / "fixed"), options=api.FixOptions(k=2),
+                      probe_config=ProbeConfig(n_pairs=4, max_passage_length=128))
+    assert outcome.result.verification.max_abs_logit_error <= (
+        outcome.result.verification.logit_tolerance)
 
 
 # --------------------------------------------------------------------------------------------

@@ -453,3 +453,17 @@ def test_real_albert_legacy_bin(albert_dir):
     assert loaded.tokenizer.convert_ids_to_tokens([16, 17]) == ["C", "("]
     # SMILES are cased ("c" aromatic, "C" aliphatic): the fallback keeps case.
     assert loaded.tokenizer.tokenize("C ( c") == ["C", "(", "c"]
+
+
+def test_token_limit_caps_at_the_position_table():
+    from types import SimpleNamespace
+
+    from headscope.checkpoint import token_limit
+
+    bert = SimpleNamespace(model_type="bert", max_position_embeddings=64, pad_token_id=0)
+    assert token_limit(bert, 128) == 64
+    assert token_limit(bert, 32) == 32
+    # RoBERTa's positions start after the padding index: 514 - (1 + 1) = 512 usable tokens.
+    roberta = SimpleNamespace(model_type="roberta", max_position_embeddings=514, pad_token_id=1)
+    assert token_limit(roberta, 1024) == 512
+    assert token_limit(SimpleNamespace(model_type="x"), 77) == 77  # no table: unchanged

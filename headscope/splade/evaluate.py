@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from headscope.checkpoint import token_limit
 from headscope.errors import InputError
 from headscope.splade.data import EvalSplit
 from headscope.splade.pooling import splade_pool
@@ -90,7 +91,7 @@ def encode(
                 [texts[i] for i in ids],
                 padding=True,
                 truncation=True,
-                max_length=max_length,
+                max_length=token_limit(model, max_length),
                 return_tensors="pt",
             )
             mask = batch["attention_mask"].to(device)

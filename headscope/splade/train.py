@@ -21,13 +21,14 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import torch
 
+from headscope.checkpoint import token_limit
 from headscope.errors import InputError
 from headscope.splade.data import EvalSplit, Pair
 from headscope.splade.evaluate import EvalConfig, RetrievalMetrics, evaluate
@@ -203,9 +204,12 @@ def train(
     records: list[StepRecord] = []
     vocab_size = 0
     stopped = False
+    # Tokenise no longer than the model's position table allows.
+    lengths = replace(config, max_query_length=token_limit(model, config.max_query_length),
+                      max_passage_length=token_limit(model, config.max_passage_length))
     start = time.perf_counter()
     for step, indices in enumerate(batches):
-        batch = tokenize_batch(tokenizer, [pairs[i] for i in indices], config)
+        batch = tokenize_batch(tokenizer, [pairs[i] for i in indices], lengths)
         weight_q = regularizer_weight(
             step, config.steps, config.lambda_q, config.regularizer_warmup_ratio
         )
