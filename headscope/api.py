@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING
 
 from headscope import __version__
 from headscope.errors import InputError
-from headscope.recommend import DEFAULT_BANDS, Band, diagnose, recommend
+from headscope.recommend import (
+    DEFAULT_BANDS,
+    Band,
+    diagnose,
+    finding,
+    prefer_divided_bias,
+    recommend,
+    unreachable_bands,
+)
 from headscope.report import ModelInfo, ProbeSummary, Report, to_dict, utc_now
 from headscope.stats import KStats, WeightStats
 
@@ -36,6 +44,9 @@ class InspectOptions:
     probe_file: str | None = None
     rule: str = "bands"  # "bands" | "paper" | "reference"
     reference: str | None = None  # checkpoint whose k=1 statistics the model should match
+    # When some band is out of reach of every k with the output bias kept, also measure with
+    # the bias divided and recommend that (with --scale-bias) when k then reaches more bands.
+    bias_fallback: bool = True
 
 
 def _probe_set(probe_file: str | None, n_pairs: int):
@@ -101,10 +112,29 @@ def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = Inspe
     pset = _probe_set(options.probe_file, probe_config.n_pairs)
     cb = (lambda done, total: progress("probe", done, total)) if progress else None
     result = probe.run_probe(loaded.model, loaded.tokenizer, head.bias, pset, probe_config, cb)
-    per_k = result.per_k
-    findings = diagnose(weights, per_k, vocab_fields(vocab, tied=head.tied))
-    rec = recommend(per_k, rule=options.rule, bands=bands, weights=weights,
+    findings = diagnose(weights, result.per_k, vocab_fields(vocab, tied=head.tied))
+    rec = recommend(result.per_k, rule=options.rule, bands=bands, weights=weights,
                     reference=reference_per_k)
+    if (options.rule == "bands" and options.bias_fallback and not probe_config.scale_bias
+            and head.bias is not None
+            and unreachable_bands(rec.verdicts, rec.bands)):
+        # Some band is out of reach of every k with the bias kept. Every logit tends to its
+        # bias as k grows, so a head whose activity lives in the bias needs the bias divided
+        # too: measure that, and recommend it when k then reaches more bands.
+        cb2 = (lambda done, total: progress("probe (bias divided)", done, total)) if progress \
+            else None
+        scaled = probe.run_probe(loaded.model, loaded.tokenizer, head.bias, pset,
+                                 replace(probe_config, scale_bias=True), cb2)
+        rec2 = recommend(scaled.per_k, rule="bands", bands=bands, weights=weights)
+        if prefer_divided_bias(rec, rec2):
+            result = scaled
+            note = (f"With the output bias kept, no k brings "
+                    f"{', '.join(b.metric for b in unreachable_bands(rec.verdicts, rec.bands))} "
+                    f"into its band: the head's activity lives in its output bias. With the bias "
+                    f"divided by k too, k reaches more bands; fix with --scale-bias.")
+            rec = replace(rec2, reasons=(note,) + rec2.reasons, scale_bias=True)
+            findings = diagnose(weights, scaled.per_k, vocab_fields(vocab, tied=head.tied)) + (
+                finding("HS208", note, rec2.k, None),)
     info = _model_info(loaded.checkpoint, head.layout, vocab, weights, tied=head.tied,
                        dtype=loaded.options.dtype, device=loaded.options.device,
                        weights_only=False, source=source)
@@ -115,7 +145,7 @@ def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = Inspe
         model=info,
         weights=weights,
         probe=ProbeSummary.from_result(result),
-        per_k=per_k,
+        per_k=result.per_k,
         findings=findings,
         recommendation=rec,
     )
@@ -155,7 +185,8 @@ def inspect(source: str, *, load_options=None, probe_config=None,
         reference_per_k = None
         if options.rule == "reference" or options.reference:
             if not options.reference:
-                raise InputError("--rule reference needs --reference CKPT (the checkpoint to match).")
+                raise InputError(
+                    "--rule reference needs --reference CKPT (the checkpoint to match).")
             ref = inspect(options.reference, load_options=replace(load_options, revision=None),
                           probe_config=probe_config, options=InspectOptions(
                               probe_file=options.probe_file), bands=bands, progress=progress)
@@ -218,7 +249,7 @@ class FixOptions:
 
     k: float | None = None  # None: the recommended k
     strategy: str = "untie"  # "untie" | "tied" | "fold"
-    scale_bias: bool = False  # divide the output bias too
+    scale_bias: bool | None = None  # divide the output bias too; None: as recommended (else no)
     dry_run: bool = False
     overwrite: bool = False
 
@@ -230,7 +261,7 @@ class FixOutcome:
     k_from: str  # "--k" | "recommendation" | "last inspection"
     followed_last_inspection: bool  # MODEL was omitted: acted on the last `inspect`
     report: Report  # the original model's inspection (statistics before)
-    result: "FixResult"
+    result: FixResult
 
     @property
     def note(self) -> str:
@@ -252,36 +283,44 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
 
     load_options = load_options or checkpoint.LoadOptions()
     followed = source is None
-    k, k_from = options.k, "--k"
+    k, k_from, scale_bias = options.k, "--k", options.scale_bias
     if followed:
         last = last_inspection()
         source = last.source
         load_options = replace(load_options, revision=load_options.revision or last.revision)
         if k is None and last.k is not None:
             k, k_from = last.k, "last inspection's recommendation"
+            if scale_bias is None:
+                scale_bias = last.scale_bias
+    if k is not None and scale_bias is None:
+        scale_bias = False  # an explicit k without --scale-bias: the projection only
     assert source is not None
     probe_config = probe_config or probe.ProbeConfig()
     if k is not None:
-        RescaleSpec(k, options.strategy, options.scale_bias)  # validate before the slow part
-        probe_config = replace(probe_config, ks=tuple(sorted({1.0, float(k)})),
-                               scale_bias=options.scale_bias)
-    else:
-        probe_config = replace(probe_config, scale_bias=options.scale_bias)
+        RescaleSpec(k, options.strategy, bool(scale_bias))  # validate before the slow part
+        probe_config = replace(probe_config, ks=tuple(sorted({1.0, float(k)})))
+    probe_config = replace(probe_config, scale_bias=bool(scale_bias))
     ckpt = checkpoint.resolve(source, load_options.revision)
     save.check_out(ckpt.path, Path(out).resolve(), options.overwrite)  # before the slow part
     loaded = checkpoint.load(ckpt, load_options)
-    before = inspect_loaded(loaded, probe_config=probe_config, progress=progress)
+    # The bias-divided re-measurement may only replace the statistics when the bias switch is
+    # still open (scale_bias None: follow the recommendation).
+    before = inspect_loaded(loaded, probe_config=probe_config, progress=progress,
+                            options=InspectOptions(bias_fallback=scale_bias is None))
     if k is None:
         assert before.recommendation is not None
         k, k_from = before.recommendation.k, f"recommended by the {before.recommendation.rule} rule"
-    spec = RescaleSpec(float(k), options.strategy, options.scale_bias)
+        if scale_bias is None:
+            scale_bias = before.recommendation.scale_bias
+    spec = RescaleSpec(float(k), options.strategy, bool(scale_bias))
     stats_before = next(s for s in before.per_k if s.k == 1.0)
     stats_after = next(s for s in before.per_k if s.k == spec.k)
     pset = _probe_set(None, 8)
     texts = [p.passage for p in pset.pairs]
     result = save.save_fixed(loaded, spec, out, overwrite=options.overwrite,
                              dry_run=options.dry_run, verify_texts=texts,
-                             stats_before=to_dict({"weights": before.weights, "probe_at_k1": stats_before}),
+                             stats_before=to_dict({"weights": before.weights,
+                                                   "probe_at_k1": stats_before}),
                              stats_after=to_dict({"probe_predicted": stats_after}),
                              progress=progress)
     return FixOutcome(source=source, k=spec.k, k_from=k_from, followed_last_inspection=followed,
@@ -312,7 +351,7 @@ def fix_summary(outcome: FixOutcome) -> dict:
 @dataclass(frozen=True)
 class CheckOutcome:
     report: Report
-    result: "CheckResult"
+    result: CheckResult
 
 
 def check(source: str | None = None, *, report_path: str | None = None,
@@ -342,13 +381,14 @@ def check(source: str | None = None, *, report_path: str | None = None,
 class DemoOutcome:
     labels: tuple[str, ...]
     reports: tuple[Report, ...]  # real model first, then the simulation
-    simulation: "SimulationInfo"
+    simulation: SimulationInfo
 
 
 DEMO_ASSET = "bert-tiny-splade"
 
 
-def demo(*, probe_config=None, where: str = "bias", progress: Progress | None = None) -> DemoOutcome:
+def demo(*, probe_config=None, where: str = "bias",
+         progress: Progress | None = None) -> DemoOutcome:
     """The real BERT-tiny SPLADE (from a pinned PyPI wheel) against its simulated large-head
     ("dense regime") variant, inspected side by side. Needs no model hub."""
     import copy
@@ -604,6 +644,7 @@ class LastInspection:
     revision: str | None
     k: float | None
     rule: str | None
+    scale_bias: bool
     created: str
     cwd: str
 
@@ -612,6 +653,7 @@ def remember_inspection(report: Report) -> None:
     rec = report.recommendation
     state = LastInspection(source=report.model.source, revision=report.model.revision,
                            k=rec.k if rec else None, rule=rec.rule if rec else None,
+                           scale_bias=rec.scale_bias if rec else False,
                            created=report.created, cwd=os.getcwd())
     path = _state_file()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,8 @@ def progress_bar():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), console=stderr, transient=True, disable=not stderr.is_terminal)
+                   TimeElapsedColumn(), console=stderr, transient=True,
+                   disable=not stderr.is_terminal)
     tasks: dict[str, Any] = {}
 
     def update(phase: str, done: int, total: int) -> None:
@@ -211,8 +212,9 @@ def inspect(model, revision, dtype, device, trust_remote_code, probe_file, ks, n
 @click.option("--strategy", type=click.Choice(["untie", "tied", "fold"]),
               default=_default(FixOptions, "strategy"), show_default=True,
               help="Which parameters carry the factor (docs/rescale.md).")
-@click.option("--scale-bias/--no-scale-bias", default=_default(FixOptions, "scale_bias"),
-              show_default=True, help="Divide the output bias by k too.")
+@click.option("--scale-bias/--no-scale-bias", default=None,
+              help="Divide the output bias by k too. Default: as the recommendation says "
+              "(with --k: no).")
 @click.option("--dry-run", is_flag=True, help="Rescale and verify in memory; write nothing.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out (after verifying).")
 @click.option("--n-pairs", type=int, default=None,

@@ -225,6 +225,7 @@ class Recommendation:
     passing: tuple[float, ...]  # candidate ks inside every band, ascending
     verdicts: tuple[KVerdict, ...] = ()  # one per candidate k, ascending; () without a probe
     bands: tuple[Band, ...] = ()  # the bands the verdicts used
+    scale_bias: bool = False  # the statistics (and so the fix) divide the output bias by k too
 
 
 # Statistics compared by the reference rule: the three that scale with the logits and drive
@@ -304,27 +305,58 @@ def _failed(stats: KStats, bands: Sequence[Band]) -> tuple[str, ...]:
     return tuple(b.metric for b in bands if not b.contains(getattr(stats, b.metric)))
 
 
+ACTIVITY_METRICS = ("active_passage_share", "active_query_share", "active_passage",
+                    "active_query", "frac_positive")
+
+
+def unreachable_bands(verdicts: Sequence[KVerdict], bands: Sequence[Band]) -> tuple[Band, ...]:
+    """Bands that no candidate k brings its statistic into: k cannot be chosen by them."""
+    if not verdicts:
+        return ()
+    return tuple(b for b in bands if all(b.metric in v.failed for v in verdicts))
+
+
+def _unreachable_sentence(band: Band) -> str:
+    sentence = (f"{band.metric} is outside its band ({band.describe()}) at every candidate k, so "
+                "it does not choose k")
+    if band.metric in ACTIVITY_METRICS:
+        return sentence + (": dividing the logits by k does not change which terms are active "
+                           "(only an output bias left undivided can); training's FLOPS "
+                           "regulariser has to sparsify this head.")
+    return sentence + "."
+
+
 def _bands(
     per_k: tuple[KStats, ...], verdicts: tuple[KVerdict, ...], bands: tuple[Band, ...]
 ) -> tuple[float, tuple[str, ...]]:
+    """The smallest k inside every band that some candidate k can reach.
+
+    A band no candidate reaches (a dense head's active-term share, say, which k cannot change)
+    is reported but does not veto every k; otherwise such a head would always get k = 1.
+    """
     candidates = ", ".join(_k(s.k) for s in per_k)
     by_k = {s.k: s for s in per_k}
-    passing = [v for v in verdicts if v.passed]
+    unreachable = unreachable_bands(verdicts, bands)
+    skip = {b.metric for b in unreachable}
+    gate = tuple(b for b in bands if b.metric not in skip)
+    passing = [v for v in verdicts if not (set(v.failed) - skip)]
     if passing:
         chosen = passing[0]
+        every = "every band" if not unreachable else "every band that some candidate k reaches"
         reasons = [
-            f"k = {_k(chosen.k)} is the smallest candidate whose statistics fall inside every "
-            f"band (candidates: {candidates}; passing: "
-            f"{', '.join(_k(v.k) for v in passing)})."
+            f"k = {_k(chosen.k)} is the smallest candidate whose statistics fall inside {every} "
+            f"(candidates: {candidates}; passing: {', '.join(_k(v.k) for v in passing)})."
         ]
-        reasons.append(_inside_sentence(by_k[chosen.k], bands))
+        reasons.append(_inside_sentence(by_k[chosen.k], gate or bands))
         for v in verdicts:
             if v.k < chosen.k:
                 reasons.append(_verdict_sentence(v, per_k, bands))
+        reasons.extend(_unreachable_sentence(b) for b in unreachable)
         return chosen.k, tuple(reasons)
 
-    # No k passes: take the one failing fewest bands; among those, the one closest to passing
-    # (smallest total relative shortfall over its failed bands), then the smaller k.
+    # No k passes the reachable bands jointly: take the one failing fewest; among those, the one
+    # closest to passing (smallest total relative shortfall over its failed bands), then the
+    # smaller k.
     def shortfall(v: KVerdict) -> float:
         stats = by_k[v.k]
         return -sum(b.margin(getattr(stats, b.metric)) for b in bands if b.metric in v.failed)
@@ -336,24 +368,20 @@ def _bands(
         f"{', '.join(chosen.failed)}), and among those it is closest to passing."
     ]
     reasons.append(_verdict_sentence(chosen, per_k, bands))
-    always = [b for b in bands if all(b.metric in v.failed for v in verdicts)]
-    for band in always:
-        sentence = f"{band.metric} is outside its band ({band.describe()}) at every candidate k"
-        if band.metric in (
-            "active_passage_share",
-            "active_query_share",
-            "active_passage",
-            "active_query",
-            "frac_positive",
-        ):
-            sentence += (
-                ": dividing the logits by k does not change which terms are active (only an "
-                "output bias left undivided can), so rescaling alone cannot fix it."
-            )
-        else:
-            sentence += "."
-        reasons.append(sentence)
+    reasons.extend(_unreachable_sentence(b) for b in unreachable)
     return chosen.k, tuple(reasons)
+
+
+def prefer_divided_bias(kept: Recommendation, divided: Recommendation) -> bool:
+    """Whether dividing the output bias too lets k reach strictly more bands.
+
+    With the bias kept, every logit tends to its bias as k grows; a head whose activity lives
+    in the bias is then out of reach of any k, and the bias must be divided too.
+    """
+    def reachable(rec: Recommendation) -> int:
+        return len(rec.bands) - len(unreachable_bands(rec.verdicts, rec.bands))
+
+    return reachable(divided) > reachable(kept)
 
 
 def _inside_sentence(stats: KStats, bands: Sequence[Band]) -> str:
@@ -461,12 +489,13 @@ FINDING_CODES: dict[str, tuple[str, str]] = {
     "HS205": ("dense-at-every-k", "warning"),
     "HS206": ("no-active-terms", "error"),
     "HS207": ("non-finite-statistics", "error"),
+    "HS208": ("bias-dominates-activity", "warning"),
 }
 
 VOCAB_KEYS = ("n_rows", "n_tokenizer", "n_real_rows", "tied", "head_loaded")
 
 
-def _finding(code: str, message: str, value: float | None, threshold: float | None) -> Finding:
+def finding(code: str, message: str, value: float | None, threshold: float | None) -> Finding:
     name, severity = FINDING_CODES[code]
     return Finding(code, name, severity, message, value, threshold)
 
@@ -496,7 +525,7 @@ def diagnose(
     norm = weights.row_norm_all.mean
     if norm > LARGE_HEAD_ROW_NORM:
         found.append(
-            _finding(
+            finding(
                 "HS101",
                 f"Mean decoder row norm is {_num(norm)}, above {_num(LARGE_HEAD_ROW_NORM)}: a "
                 "large head scale inflates SPLADE term weights and scores; rescale the projection "
@@ -510,7 +539,7 @@ def diagnose(
     if n_tok is not None and n_rows > n_tok:
         extra = n_rows - n_tok
         found.append(
-            _finding(
+            finding(
                 "HS102",
                 f"The decoder has {n_rows:,} rows but the tokenizer only {n_tok:,} tokens: "
                 f"{extra:,} rows were never trained; real-token statistics (row_norm_real) "
@@ -521,7 +550,7 @@ def diagnose(
         )
     if vocab.get("tied") is True:
         found.append(
-            _finding(
+            finding(
                 "HS103",
                 "The decoder is tied to the input embeddings: dividing it in place also divides "
                 "the embeddings; use the untie or fold strategy to change only the projection.",
@@ -531,7 +560,7 @@ def diagnose(
         )
     if vocab.get("head_loaded") is False:
         found.append(
-            _finding(
+            finding(
                 "HS104",
                 "The MLM head was not loaded from the checkpoint (newly initialised): its "
                 "statistics describe random weights; use a checkpoint that ships a trained MLM "
@@ -563,7 +592,7 @@ def _probe_findings(per_k: tuple[KStats, ...]) -> list[Finding]:
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         found.append(
-            _finding(
+            finding(
                 "HS207",
                 f"Probe statistics are not finite ({shown}): the forward pass overflowed or "
                 "produced NaN; re-run in float32.",
@@ -576,7 +605,7 @@ def _probe_findings(per_k: tuple[KStats, ...]) -> list[Finding]:
     assert dense is not None
     if base.active_passage_share > dense:
         found.append(
-            _finding(
+            finding(
                 "HS201",
                 f"{_pct(base.active_passage_share)} of the vocabulary is active per passage "
                 f"{at} (above {_pct(dense)}; trained SPLADE keeps 150-250 terms): the head "
@@ -587,7 +616,7 @@ def _probe_findings(per_k: tuple[KStats, ...]) -> list[Finding]:
         )
     if base.active_passage == 0:
         found.append(
-            _finding(
+            finding(
                 "HS206",
                 f"No vocabulary term is active on any probe passage {at}: every logit is <= 0, so "
                 "SPLADE gets no gradient through relu; check the head and the output bias.",
@@ -598,7 +627,7 @@ def _probe_findings(per_k: tuple[KStats, ...]) -> list[Finding]:
     largest = per_k[-1]
     if len(per_k) > 1 and largest.active_passage_share > dense:
         found.append(
-            _finding(
+            finding(
                 "HS205",
                 f"{_pct(largest.active_passage_share)} of the vocabulary is still active per "
                 f"passage at the largest candidate k = {_k(largest.k)}: dividing by k does not "
@@ -628,7 +657,7 @@ def _probe_findings(per_k: tuple[KStats, ...]) -> list[Finding]:
             shown = _pct(value) if band.metric == "share_above_5" else _num(value)
             limit = _pct(band.high) if band.metric == "share_above_5" else _num(band.high)
             found.append(
-                _finding(
+                finding(
                     code,
                     f"{shown} {what} {at}, above {limit}; a larger k can reduce it.",
                     value,

@@ -30,7 +30,8 @@ def test_confirm_k1_arms_are_identical(bert_tiny_dir):
 
 def test_confirm_fixed_arm_starts_from_the_rescaled_scores(bert_tiny_dir, tmp_path):
     log = tmp_path / "t.jsonl"
-    opts = api.ConfirmOptions(**{**FAST.__dict__, "log": str(log), "figure": str(tmp_path / "f.png")})
+    opts = api.ConfirmOptions(**{**FAST.__dict__, "log": str(log),
+                                 "figure": str(tmp_path / "f.png")})
     outcome = api.confirm(str(bert_tiny_dir), k=4.0, options=opts)
     orig, fixed = outcome.records["original"][0], outcome.records["fixed"][0]
     # Same batch at step 0: the divided projection shrinks every score.

@@ -18,8 +18,10 @@ from headscope.recommend import (
     KVerdict,
     diagnose,
     override_bands,
+    prefer_divided_bias,
     recommend,
     reference_distance,
+    unreachable_bands,
 )
 from headscope.stats import KStats, Summary, WeightStats
 
@@ -124,21 +126,33 @@ def test_bands_rule_is_order_independent():
     assert recommend(tuple(reversed(TABLE))) == recommend(TABLE)
 
 
-def test_no_k_passes_dense_head_says_rescaling_cannot_fix_activity():
+def test_unreachable_band_does_not_veto_every_k():
+    # A dense head: the active share is out of band at every k (k cannot change which terms are
+    # active), so it must not choose k; the smallest k inside the other bands wins.
     dense = tuple(replace(s, active_passage_share=0.75) for s in TABLE)
     rec = recommend(dense)
-    assert rec.passing == ()
-    # 8, 16 and 32 each fail only the active band by the same amount: the smallest wins.
-    assert rec.k == 8.0
+    assert rec.passing == ()  # strictly, no k is inside every band
+    assert rec.k == 8.0  # 1, 2 and 4 fail a reachable band (see TABLE)
     assert rec.reasons[0] == (
-        "No candidate k falls inside every band (candidates: 1, 2, 4, 8, 16, 32); k = 8 fails "
-        "the fewest (1 of 6: active_passage_share), and among those it is closest to passing."
+        "k = 8 is the smallest candidate whose statistics fall inside every band that some "
+        "candidate k reaches (candidates: 1, 2, 4, 8, 16, 32; passing: 8, 16, 32)."
     )
     assert rec.reasons[-1] == (
-        "active_passage_share is outside its band (at most 0.1) at every candidate k: dividing "
-        "the logits by k does not change which terms are active (only an output bias left "
-        "undivided can), so rescaling alone cannot fix it."
+        "active_passage_share is outside its band (at most 0.1) at every candidate k, so it does "
+        "not choose k: dividing the logits by k does not change which terms are active (only an "
+        "output bias left undivided can); training's FLOPS regulariser has to sparsify this head."
     )
+    assert [b.metric for b in unreachable_bands(rec.verdicts, rec.bands)] == [
+        "active_passage_share"]
+
+
+def test_prefer_divided_bias_when_k_reaches_more_bands():
+    kept = recommend(tuple(replace(s, active_passage_share=0.75, start_loss=300.0)
+                           for s in TABLE))
+    divided = recommend(tuple(replace(s, active_passage_share=0.75) for s in TABLE))
+    assert prefer_divided_bias(kept, divided)  # start_loss reachable only with the bias divided
+    assert not prefer_divided_bias(divided, kept)
+    assert not prefer_divided_bias(divided, divided)
 
 
 def test_no_k_passes_tie_broken_by_smallest_shortfall():
