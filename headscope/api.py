@@ -411,6 +411,40 @@ def demo(*, probe_config=None, where: str = "bias",
                        simulation=info)
 
 
+def compare(sources: Sequence[str], *, load_options=None, probe_config=None,
+            progress: Progress | None = None) -> tuple[Report, ...]:
+    """Reports for several checkpoints or saved JSON reports, in the order given.
+
+    A source that is an existing `.json` file is read as a saved report (no torch needed for
+    it); anything else is inspected. Compare reports made with the same probe: each report
+    records its probe's sha256.
+    """
+    from headscope import report as report_mod
+
+    if not sources:
+        raise InputError("compare needs at least one MODEL or saved report.")
+    reports = []
+    for source in sources:
+        if source.endswith(".json") and Path(source).is_file():
+            reports.append(report_mod.read_json(source))
+        else:
+            reports.append(inspect(source, load_options=load_options,
+                                   probe_config=probe_config, progress=progress))
+    return tuple(reports)
+
+
+def write_report_documents(report_path: str, *, html: str | None = None, md: str | None = None,
+                           confirm_log: Sequence[str] = ()) -> tuple[Path, ...]:
+    """Render a saved JSON report as a self-contained HTML and/or Markdown document."""
+    from headscope import export
+    from headscope import report as report_mod
+
+    if not html and not md:
+        raise InputError("Pass --html OUT.html and/or --md OUT.md to say what to write.")
+    rep = report_mod.read_json(report_path)
+    return export.write_report(rep, html=html, md=md, confirm_log=list(confirm_log) or None)
+
+
 # --- confirm and sweep: short SPLADE trainings side by side ---------------------------------
 
 @dataclass(frozen=True)

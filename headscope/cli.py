@@ -265,6 +265,56 @@ def demo(where, n_pairs):
     stdout.print(render.demo_view(outcome))
 
 
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@load_options
+@probe_options
+@click.option("--json", "json_dest", default=None, metavar="PATH|-",
+              help="Write the key statistics as JSON to PATH, or stdout with '-'.")
+@handle_errors
+def compare(sources, revision, dtype, device, trust_remote_code, probe_file, ks, n_pairs,
+            batch_size, scale_bias, json_dest):
+    """Key statistics and recommendations of several checkpoints or saved reports side by side.
+
+    Each SOURCE is a model (folder or cached Hub id) or a report saved with `inspect --json`.
+    """
+    from headscope import api, render
+    from headscope.report import key_statistics
+
+    if any(not (s.endswith(".json") and os.path.isfile(s)) for s in sources):
+        _quiet_transformers()
+    with progress_bar() as progress:
+        reports = api.compare(list(sources),
+                              load_options=_load_opts(revision, dtype, device,
+                                                      trust_remote_code),
+                              probe_config=_probe_config(ks, n_pairs, batch_size, scale_bias),
+                              progress=progress)
+    if json_dest != "-":
+        labels = [os.path.basename(r.model.source.rstrip("/")) or r.model.source
+                  for r in reports]
+        stdout.print(render.compare_table(reports, labels))
+    _emit_json(json.dumps({"models": [key_statistics(r) for r in reports]}, indent=2),
+               json_dest)
+
+
+@main.command("report")
+@click.argument("report_path", type=click.Path(dir_okay=False))
+@click.option("--html", type=click.Path(dir_okay=False), default=None,
+              help="Write a self-contained HTML page (figures embedded).")
+@click.option("--md", type=click.Path(dir_okay=False), default=None,
+              help="Write Markdown, its figures in a folder beside it.")
+@click.option("--confirm-log", multiple=True, type=click.Path(dir_okay=False),
+              help="Telemetry JSONL from confirm/sweep --log: adds the training curves.")
+@handle_errors
+def report_cmd(report_path, html, md, confirm_log):
+    """Render a JSON report saved by `inspect --json` as HTML and/or Markdown."""
+    from headscope import api
+
+    for path in api.write_report_documents(report_path, html=html, md=md,
+                                           confirm_log=confirm_log):
+        stderr.print(f"wrote {path}", markup=False)
+
+
 def training_options(f: Callable) -> Callable:
     """Flags shared by confirm and sweep; defaults from api.ConfirmOptions."""
     from headscope.api import ConfirmOptions

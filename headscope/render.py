@@ -134,31 +134,39 @@ def report_view(report: Report) -> Group:
 
 def compare_table(reports: Sequence[Report], labels: Sequence[str], at_k: float = 1.0) -> Table:
     """Key statistics of several reports side by side, at k (default 1: as shipped)."""
+    from headscope.report import key_statistics
+
     t = Table(title=f"Side by side (probe statistics at k = {k_label(at_k)})",
               title_justify="left")
     t.add_column("statistic")
     for label in labels:
         t.add_column(label, justify="right")
+    rows = [key_statistics(r, at_k) for r in reports]
 
-    def at(r: Report):
-        return next((s for s in r.per_k if s.k == at_k), None)
+    def pct(x):
+        return "-" if x is None else f"{x:.1%}"
 
-    rows = [
-        ("decoder row norm (mean, all rows)", lambda r: num(r.weights.row_norm_all.mean)),
-        ("output bias mean", lambda r: num(r.weights.bias_mean)),
-        ("logit median", lambda r: num(at(r).logit_p50) if at(r) else "-"),
-        ("positive logits", lambda r: f"{at(r).frac_positive:.1%}" if at(r) else "-"),
-        ("active terms / query", lambda r: num(at(r).active_query) if at(r) else "-"),
-        ("active terms / passage", lambda r: num(at(r).active_passage) if at(r) else "-"),
-        ("cosine, unrelated passages", lambda r: num(at(r).cosine_unrelated) if at(r) else "-"),
-        ("q.d score (positive pair)", lambda r: num(at(r).score_pos) if at(r) else "-"),
-        ("start loss (in-batch)", lambda r: num(at(r).start_loss) if at(r) else "-"),
-        ("recommended k", lambda r: k_label(r.recommendation.k) if r.recommendation else "-"),
-        ("findings (warning+)", lambda r: ", ".join(
-            f.code for f in r.findings if f.severity != "info") or "none"),
+    def rec(row):
+        if row["recommended_k"] is None:
+            return "-"
+        bias = " (bias divided too)" if row["scale_bias"] else ""
+        return f"{k_label(row['recommended_k'])}{bias}"
+
+    lines = [
+        ("decoder row norm (mean, all rows)", lambda r: num(r["row_norm_mean"])),
+        ("output bias mean", lambda r: num(r["bias_mean"])),
+        ("logit median", lambda r: num(r["logit_p50"])),
+        ("positive logits", lambda r: pct(r["frac_positive"])),
+        ("active terms / query", lambda r: num(r["active_query"])),
+        ("active terms / passage", lambda r: num(r["active_passage"])),
+        ("cosine, unrelated passages", lambda r: num(r["cosine_unrelated"])),
+        ("q.d score (positive pair)", lambda r: num(r["score_pos"])),
+        ("start loss (in-batch)", lambda r: num(r["start_loss"])),
+        ("recommended k", rec),
+        ("findings (warning+)", lambda r: ", ".join(r["warnings"]) or "none"),
     ]
-    for label, get in rows:
-        t.add_row(label, *(get(r) for r in reports))
+    for label, get in lines:
+        t.add_row(label, *(get(r) for r in rows))
     return t
 
 

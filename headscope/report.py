@@ -349,3 +349,36 @@ __all__ = [
     "utc_now",
     "write_json",
 ]
+
+
+def key_statistics(report: Report, at_k: float = 1.0) -> dict[str, Any]:
+    """The few numbers that tell heads apart, for `compare`: weights, the probe at `at_k`
+    (default 1: the head as shipped), the recommendation and the warning findings."""
+    at = next((s for s in report.per_k if s.k == at_k), None)
+    rec = report.recommendation
+
+    def probe(name: str) -> float | None:
+        return None if at is None else _finite_or_none(getattr(at, name))
+
+    return {
+        "source": report.model.source,
+        "family": report.model.family,
+        "row_norm_mean": _finite_or_none(report.weights.row_norm_all.mean),
+        "bias_mean": _finite_or_none(report.weights.bias_mean),
+        "at_k": at_k,
+        "logit_p50": probe("logit_p50"),
+        "frac_positive": probe("frac_positive"),
+        "active_query": probe("active_query"),
+        "active_passage": probe("active_passage"),
+        "cosine_unrelated": probe("cosine_unrelated"),
+        "score_pos": probe("score_pos"),
+        "start_loss": probe("start_loss"),
+        "recommended_k": None if rec is None else rec.k,
+        "scale_bias": None if rec is None else rec.scale_bias,
+        "rule": None if rec is None else rec.rule,
+        "warnings": [f.code for f in report.findings if f.severity != "info"],
+    }
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)

@@ -27,7 +27,7 @@ from headscope.cli import main
 N_PAIRS = "16"  # probe size for BERT-tiny runs whose statistics are checked
 FEW = "4"  # probe size where only the control flow matters
 
-COMMANDS = ("inspect", "fix", "check", "demo", "confirm", "sweep")
+COMMANDS = ("inspect", "fix", "check", "demo", "confirm", "sweep", "compare", "report")
 
 
 @pytest.fixture(autouse=True)
@@ -509,3 +509,45 @@ def test_unknown_option_is_a_usage_error(runner):
     result = runner.invoke(main, ["inspect", "--no-such-flag", "x"])
     assert result.exit_code == 2
     assert "Error: No such option '--no-such-flag'." in result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# compare and report
+
+
+def test_compare_saved_report_and_model_json(runner, bert_report, bert_tiny_dir):
+    saved = json.loads(bert_report.read_text())
+    result = runner.invoke(main, ["compare", str(bert_report), str(bert_tiny_dir),
+                                  "--n-pairs", N_PAIRS, "--json", "-"])
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)["models"]
+    assert [r["source"] for r in rows] == [saved["model"]["source"], str(bert_tiny_dir)]
+    at1 = next(s for s in saved["per_k"] if s["k"] == 1.0)
+    assert rows[0]["start_loss"] == at1["start_loss"]
+    assert rows[0]["row_norm_mean"] == saved["weights"]["row_norm_all"]["mean"]
+    assert rows[0]["recommended_k"] == saved["recommendation"]["k"]
+    assert rows[1]["row_norm_mean"] == pytest.approx(0.682, abs=5e-4)
+
+
+def test_compare_needs_a_source(runner):
+    result = runner.invoke(main, ["compare"])
+    assert result.exit_code == 2
+    assert "Missing argument 'SOURCES...'" in result.stderr
+
+
+def test_report_writes_html_and_markdown(runner, bert_report, tmp_path):
+    html, md = tmp_path / "r.html", tmp_path / "r.md"
+    result = runner.invoke(main, ["report", str(bert_report), "--html", str(html),
+                                  "--md", str(md)])
+    assert result.exit_code == 0, result.stderr
+    saved = json.loads(bert_report.read_text())
+    page = html.read_text()
+    assert "k = " + format(saved["recommendation"]["k"], "g") in page
+    assert "http" not in page.replace("http-equiv", "")
+    assert md.read_text().count("\n| ") >= len(saved["per_k"])
+    assert f"wrote {html}" in result.stderr
+
+
+def test_report_needs_an_output(runner, bert_report):
+    result = runner.invoke(main, ["report", str(bert_report)])
+    assert_refused(result, "Pass --html OUT.html and/or --md OUT.md to say what to write.")
