@@ -453,3 +453,11 @@ def test_start_loss_finite_and_cosine_in_unit_interval(pair, ks, bias, scale_bia
         assert math.isfinite(r.start_loss) and r.start_loss >= -1e-9
         assert -1e-12 <= r.cosine_unrelated <= 1 + 1e-12
         assert r.score_neg >= 0 and r.score_pos >= 0  # non-negative weights
+
+
+@pytest.mark.parametrize("shape", [(5, 5), (7, 3), (3, 7)])
+def test_spectral_norm_matches_svd(shape):
+    from headscope.stats import spectral_norm
+
+    m = np.random.default_rng(1).standard_normal(shape)
+    assert spectral_norm(m) == pytest.approx(np.linalg.svd(m, compute_uv=False)[0], rel=1e-10)
