@@ -17,10 +17,24 @@ from headscope import api
 from headscope.cli import main
 from headscope.errors import InputError
 
-FAST = api.ConfirmOptions(steps=3, batch_size=4, max_passage_length=32, max_eval_queries=8)
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    """40 query/passage pairs from the built-in probe: a small train/eval split for fast runs."""
+    from headscope.probe import builtin_probe
+
+    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"query": p.query, "positive": p.passage}) + "\n"
+                            for p in builtin_probe(40).pairs))
+    return path
 
 
-def test_confirm_k1_arms_are_identical(bert_tiny_dir):
+@pytest.fixture(scope="module")
+def FAST(pairs_file):
+    return api.ConfirmOptions(data=str(pairs_file), steps=3, batch_size=4,
+                              max_passage_length=32, max_eval_queries=8)
+
+
+def test_confirm_k1_arms_are_identical(bert_tiny_dir, FAST):
     # k = 1 without bias scaling is the identity: the two arms must train identically.
     outcome = api.confirm(str(bert_tiny_dir), k=1.0, options=FAST)
     a, b = (outcome.records[n] for n in ("original", "fixed"))
@@ -28,7 +42,7 @@ def test_confirm_k1_arms_are_identical(bert_tiny_dir):
     assert outcome.arms[0].ndcg_at_10 == outcome.arms[1].ndcg_at_10
 
 
-def test_confirm_fixed_arm_starts_from_the_rescaled_scores(bert_tiny_dir, tmp_path):
+def test_confirm_fixed_arm_starts_from_the_rescaled_scores(bert_tiny_dir, tmp_path, FAST):
     log = tmp_path / "t.jsonl"
     opts = api.ConfirmOptions(**{**FAST.__dict__, "log": str(log),
                                  "figure": str(tmp_path / "f.png")})
@@ -46,7 +60,7 @@ def test_confirm_fixed_arm_starts_from_the_rescaled_scores(bert_tiny_dir, tmp_pa
     assert (tmp_path / "f.png").stat().st_size > 1000
 
 
-def test_confirm_with_a_fixed_folder(bert_tiny_dir, tmp_path):
+def test_confirm_with_a_fixed_folder(bert_tiny_dir, tmp_path, FAST):
     out = tmp_path / "fixed"
     api.fix(str(bert_tiny_dir), str(out), options=api.FixOptions(k=4.0),
             probe_config=_tiny_probe())
@@ -63,16 +77,16 @@ def _tiny_probe():
     return ProbeConfig(n_pairs=8, batch_size=4)
 
 
-def test_confirm_refuses_k_and_fixed_together(bert_tiny_dir, tmp_path):
+def test_confirm_refuses_k_and_fixed_together(bert_tiny_dir, tmp_path, FAST):
     with pytest.raises(InputError) as exc:
         api.confirm(str(bert_tiny_dir), k=2.0, fixed=str(tmp_path), options=FAST)
     assert str(exc.value) == "Pass either --fixed DIR or --k K to confirm, not both."
 
 
-def test_sweep_cli_json_has_one_arm_per_k(bert_tiny_dir, tmp_path):
+def test_sweep_cli_json_has_one_arm_per_k(bert_tiny_dir, pairs_file):
     result = CliRunner().invoke(main, [
         "sweep", str(bert_tiny_dir), "--k", "1,8", "--steps", "2", "--batch-size", "4",
-        "--max-passage-length", "32", "--max-eval-queries", "8", "--json", "-"])
+        "--max-passage-length", "32", "--data", str(pairs_file), "--json", "-"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert [a["name"] for a in payload["arms"]] == ["k=1", "k=8"]
@@ -81,7 +95,7 @@ def test_sweep_cli_json_has_one_arm_per_k(bert_tiny_dir, tmp_path):
     assert payload["options"]["steps"] == 2
 
 
-def test_sweep_on_a_simulation_is_labelled(bert_tiny_dir):
+def test_sweep_on_a_simulation_is_labelled(bert_tiny_dir, FAST):
     outcome = api.sweep(str(bert_tiny_dir), [1.0], options=api.ConfirmOptions(
         **{**FAST.__dict__, "simulate": "bias", "steps": 2}))
     assert outcome.simulation is not None and outcome.simulation.startswith("SIMULATION")
@@ -89,7 +103,7 @@ def test_sweep_on_a_simulation_is_labelled(bert_tiny_dir):
     assert outcome.records["k=1"][0].active_passage > 10_000
 
 
-def test_sweep_refuses_non_positive_k(bert_tiny_dir):
+def test_sweep_refuses_non_positive_k(bert_tiny_dir, FAST):
     with pytest.raises(InputError) as exc:
         api.sweep(str(bert_tiny_dir), [0.0], options=FAST)
     assert str(exc.value) == "sweep needs positive k values, got [0.0]."
