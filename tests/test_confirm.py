@@ -17,6 +17,7 @@ from headscope import api
 from headscope.cli import main
 from headscope.errors import InputError
 
+
 @pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory):
     """40 query/passage pairs from the built-in probe: a small train/eval split for fast runs."""
