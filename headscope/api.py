@@ -23,6 +23,7 @@ from headscope.recommend import (
     finding,
     prefer_divided_bias,
     recommend,
+    serving_findings,
     unreachable_bands,
 )
 from headscope.report import ModelInfo, ProbeSummary, Report, to_dict, utc_now
@@ -135,6 +136,7 @@ def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = Inspe
             rec = replace(rec2, reasons=(note,) + rec2.reasons, scale_bias=True)
             findings = diagnose(weights, scaled.per_k, vocab_fields(vocab, tied=head.tied)) + (
                 finding("HS208", note, rec2.k, None),)
+    findings = findings + serving_findings(result.per_k, rec.k)
     info = _model_info(loaded.checkpoint, head.layout, vocab, weights, tied=head.tied,
                        dtype=loaded.options.dtype, device=loaded.options.device,
                        weights_only=False, source=source)

@@ -490,6 +490,8 @@ FINDING_CODES: dict[str, tuple[str, str]] = {
     "HS206": ("no-active-terms", "error"),
     "HS207": ("non-finite-statistics", "error"),
     "HS208": ("bias-dominates-activity", "warning"),
+    "HS301": ("weights-clip-in-pyserini", "warning"),
+    "HS302": ("weights-coarse-in-anserini", "info"),
 }
 
 VOCAB_KEYS = ("n_rows", "n_tokenizer", "n_real_rows", "tied", "head_loaded")
@@ -711,3 +713,35 @@ __all__ = [
     "recommend",
     "reference_distance",
 ]
+
+
+# Serving ranges of index builders. pyserini quantises a SPLADE weight w to round(w / 5 * 256)
+# in 8 bits, so weights above 5 clip; Anserini's impact index stores round(w * 100), so a weight
+# below 0.005 is lost and a mean weight near 0.05 keeps only ~5 quantisation levels.
+PYSERINI_CEILING = 5.0
+ANSERINI_COARSE_MEAN = 0.05
+
+
+def serving_findings(per_k: Sequence[KStats], k: float) -> tuple[Finding, ...]:
+    """How the term weights at the chosen k fit the ranges index builders assume (HS3xx)."""
+    stats = next((s for s in per_k if s.k == k), None)
+    if stats is None:
+        return ()
+    found = []
+    if stats.term_weight_max > PYSERINI_CEILING:
+        found.append(finding(
+            "HS301",
+            f"At k = {_k(k)} the largest passage term weight is {_num(stats.term_weight_max)} "
+            f"({_pct(stats.share_above_5)} of active weights above {_num(PYSERINI_CEILING)}): "
+            "pyserini's 8-bit quantisation (w / 5 * 256) would clip them; use a larger k or "
+            "a wider quantisation range.",
+            stats.term_weight_max, PYSERINI_CEILING))
+    if 0 < stats.term_weight_mean < ANSERINI_COARSE_MEAN:
+        found.append(finding(
+            "HS302",
+            f"At k = {_k(k)} the mean passage term weight is {_num(stats.term_weight_mean)}: "
+            "Anserini's impact index (round(w * 100)) keeps few quantisation levels and drops "
+            "weights below 0.005; training will grow the weights, but an untrained index would "
+            "be coarse.",
+            stats.term_weight_mean, ANSERINI_COARSE_MEAN))
+    return tuple(found)

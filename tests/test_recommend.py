@@ -409,3 +409,18 @@ def test_bands_rule_properties(rows):
         fewest = min(len(v.failed) for v in rec.verdicts)
         assert len(next(v for v in rec.verdicts if v.k == rec.k).failed) == fewest
     assert [v.k for v in rec.verdicts] == [s.k for s in table]
+
+
+def test_serving_findings_at_the_chosen_k():
+    from headscope.recommend import serving_findings
+
+    table = (replace(TABLE[0], term_weight_max=7.5, share_above_5=0.02, term_weight_mean=1.0),
+             replace(TABLE[1], term_weight_max=2.0, share_above_5=0.0, term_weight_mean=0.01))
+    hot = serving_findings(table, table[0].k)
+    assert [f.code for f in hot] == ["HS301"]
+    assert hot[0].message == (
+        f"At k = {table[0].k:g} the largest passage term weight is 7.5 (2% of active weights "
+        "above 5): pyserini's 8-bit quantisation (w / 5 * 256) would clip them; use a larger k "
+        "or a wider quantisation range.")
+    assert [f.code for f in serving_findings(table, table[1].k)] == ["HS302"]
+    assert serving_findings(table, 999.0) == ()

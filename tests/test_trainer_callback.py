@@ -1,0 +1,350 @@
+"""HeadscopeCallback in real SparseEncoderTrainer runs on a tiny BERT (CPU, a few steps each),
+and its statistics against a naive loop over the same probe batch."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("sentence_transformers.sparse_encoder")
+pytest.importorskip("datasets")  # SparseEncoderTrainer needs datasets and accelerate
+pytest.importorskip("accelerate")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the Hub, whatever the library tries
+
+from tiny_models import VOCAB, save_tiny  # noqa: E402
+
+from headscope.errors import InputError  # noqa: E402
+from headscope.probe import builtin_probe  # noqa: E402
+from headscope.splade.detectors import COLLAPSED, Thresholds, verdict  # noqa: E402
+from headscope.splade.train import StepRecord, read_telemetry  # noqa: E402
+from headscope.trainer_callback import (  # noqa: E402
+    LOGGED_FIELDS,
+    CallbackConfig,
+    HeadscopeCallback,
+    ProbeRecord,
+    measure,
+    probe_stats,
+)
+
+PROBE = builtin_probe(8)
+QUERIES = [p.query for p in PROBE.pairs]
+PASSAGES = [p.passage for p in PROBE.pairs]
+KEYS = [f"headscope/{name}" for name in LOGGED_FIELDS]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny("bert", tmp_path_factory.mktemp("tiny-bert-sparse"))
+
+
+def _encoder(path):
+    try:
+        from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
+    except ImportError:  # sentence-transformers 5.x
+        from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
+    from sentence_transformers.sparse_encoder import SparseEncoder
+
+    return SparseEncoder(modules=[MLMTransformer(str(path)), SpladePooling("max")], device="cpu")
+
+
+def _train_data():
+    from datasets import Dataset
+
+    pairs = builtin_probe(24).pairs[8:]  # 16 pairs, none of them in the probe
+    return Dataset.from_dict({"query": [p.query for p in pairs],
+                              "positive": [p.passage for p in pairs]})
+
+
+class LogSpy:
+    """Stands where a reporting integration (wandb, tensorboard) stands: after our callback."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        spy = self
+
+        class _Spy(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                spy.logs.append((state.global_step, dict(logs)))
+
+        self.logs: list[tuple[int, dict]] = []
+        self.callback = _Spy()
+
+
+def _train(path, out, callback, *, steps=6, logging_steps=3, spy=None, seed=0):
+    from sentence_transformers.sparse_encoder import (
+        SparseEncoderTrainer,
+        SparseEncoderTrainingArguments,
+    )
+    from sentence_transformers.sparse_encoder.losses import (
+        SparseMultipleNegativesRankingLoss,
+        SpladeLoss,
+    )
+
+    encoder = _encoder(path)
+    loss = SpladeLoss(encoder, SparseMultipleNegativesRankingLoss(encoder),
+                      query_regularizer_weight=5e-5, document_regularizer_weight=3e-5)
+    args = SparseEncoderTrainingArguments(
+        output_dir=str(out), max_steps=steps, per_device_train_batch_size=4,
+        logging_steps=logging_steps, save_strategy="no", report_to="none", use_cpu=True,
+        seed=seed, data_seed=seed, disable_tqdm=True, learning_rate=1e-3,
+    )
+    trainer = SparseEncoderTrainer(model=encoder, args=args, train_dataset=_train_data(),
+                                   loss=loss, callbacks=[spy.callback] if spy else None)
+    if callback is not None:
+        callback.attach(trainer)
+    trainer.train()
+    return trainer, encoder
+
+
+@pytest.fixture(scope="module")
+def run(tiny_dir, tmp_path_factory):
+    """6 steps, probe every 2, the Trainer logging every 3 on its own."""
+    out = tmp_path_factory.mktemp("run")
+    callback = HeadscopeCallback(QUERIES, PASSAGES, every_n_steps=2, jsonl=out / "tel.jsonl")
+    spy = LogSpy()
+    trainer, encoder = _train(tiny_dir, out, callback, spy=spy)
+    return callback, trainer, spy, out / "tel.jsonl"
+
+
+# ------------------------------------------------------------------------------ a real run
+
+
+def test_records_at_probe_steps_with_sane_values(run):
+    callback, trainer, _, _ = run
+    assert trainer.state.global_step == 6
+    assert [r.step for r in callback.records] == [2, 4, 6]
+    assert callback.vocab_size == VOCAB
+    for r in callback.records:
+        assert isinstance(r, ProbeRecord) and isinstance(r, StepRecord)
+        assert 0 <= r.active_query <= VOCAB and 0 <= r.active_passage <= VOCAB
+        assert 0 < r.term_weight_mean <= r.term_weight_max
+        for value in (r.score_pos, r.score_neg, r.flops_q, r.flops_d, r.loss, r.ranking_loss,
+                      r.grad_norm, r.lr, r.weight_q, r.weight_d):
+            assert math.isfinite(value)
+        assert r.loss > 0 and r.loss_finite and r.grad_finite
+
+
+def test_records_carry_the_trainer_logs_of_their_step(run):
+    callback, trainer, _, _ = run
+    train_logs = {h["step"]: h for h in trainer.state.log_history if "loss" in h}
+    # Probe steps are logged (force_log) besides the Trainer's own logging_steps=3.
+    assert sorted(train_logs) == [2, 3, 4, 6]
+    for r in callback.records:
+        log = train_logs[r.step]
+        assert r.loss == log["loss"] and r.ranking_loss == log["base_loss"]
+        assert r.grad_norm == log["grad_norm"] and r.lr == log["learning_rate"]
+
+
+def test_logs_carry_headscope_keys_for_later_callbacks(run):
+    callback, trainer, spy, _ = run
+    order = trainer.callback_handler.callbacks
+    assert order.index(callback) < order.index(spy.callback)
+    seen = {step: logs for step, logs in spy.logs if "loss" in logs}
+    by_step = {r.step: r for r in callback.records}
+    for step, logs in seen.items():
+        if step in by_step:
+            assert {k: logs[k] for k in KEYS} == {
+                f"headscope/{n}": getattr(by_step[step], n) for n in LOGGED_FIELDS}
+        else:
+            assert not any(k in logs for k in KEYS)  # step 3: the Trainer's own log only
+    for h in trainer.state.log_history:  # the saved history gets them too
+        assert all(k in h for k in KEYS) == (h["step"] in by_step and "loss" in h)
+
+
+def test_jsonl_lines_parse_and_read_back(run):
+    callback, _, _, path = run
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert [row["step"] for row in rows] == [2, 4, 6]
+    assert {"term_weight_mean", "term_weight_max"} <= set(rows[0])
+    back = read_telemetry(path)
+    plain = [StepRecord(**{f: getattr(r, f) for f in StepRecord.__dataclass_fields__})
+             for r in callback.records]
+    assert back == plain
+
+
+def test_verdict_runs_the_detectors_and_does_not_stop_by_default(run):
+    callback, trainer, _, _ = run
+    assert callback.verdict() == verdict(callback.records, VOCAB)
+    assert callback.stopped_at is None and trainer.state.global_step == 6
+
+
+def test_stop_on_collapse_stops_at_the_first_probe(tiny_dir, tmp_path):
+    # Dead collapse fires when fewer than 1e9 terms are active: always.
+    callback = HeadscopeCallback(QUERIES, PASSAGES, every_n_steps=2, stop_on_collapse=True,
+                                 thresholds=Thresholds(dead_active=1e9))
+    trainer, _ = _train(tiny_dir, tmp_path, callback)
+    assert trainer.state.global_step == 2
+    assert [r.step for r in callback.records] == [2] and callback.stopped_at == 2
+    assert callback.verdict().status == COLLAPSED
+
+
+def test_force_log_off_keeps_logging_steps_and_leaves_losses_nan(tiny_dir, tmp_path):
+    # Nothing collapses with these thresholds, so stop_on_collapse lets the run finish.
+    never = Thresholds(dense_share=2.0, dead_active=0.0)
+    callback = HeadscopeCallback(QUERIES, PASSAGES, every_n_steps=2, force_log=False,
+                                 stop_on_collapse=True, thresholds=never,
+                                 jsonl=tmp_path / "tel.jsonl")
+    trainer, _ = _train(tiny_dir, tmp_path, callback, steps=4, logging_steps=4)
+    assert trainer.state.global_step == 4 and callback.stopped_at is None
+    first, second = callback.records
+    assert first.step == 2 and math.isnan(first.loss) and math.isnan(first.grad_norm)
+    assert first.loss_finite and first.grad_finite  # unknown is not non-finite
+    assert second.step == 4 and math.isfinite(second.loss)
+    train_logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert [h["step"] for h in train_logs] == [4]
+    back = read_telemetry(tmp_path / "tel.jsonl")  # NaN survives the JSON round trip
+    assert math.isnan(back[0].loss) and back[1].loss == second.loss
+
+
+def test_probing_does_not_change_training(tiny_dir, tmp_path):
+    callback = HeadscopeCallback(QUERIES, PASSAGES, every_n_steps=1)
+    _, with_probe = _train(tiny_dir, tmp_path / "a", callback, steps=3)
+    _, without = _train(tiny_dir, tmp_path / "b", None, steps=3)
+    a, b = with_probe.state_dict(), without.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------ statistics
+
+
+def _naive_weights(encoder, texts):
+    """SPLADE weights by hand: the masked LM's logits, then per text and term the max over its
+    real tokens of log(1 + relu(logit))."""
+    mlm = encoder[0].auto_model
+    enc = encoder.tokenizer(texts, padding=True, truncation=True,
+                            max_length=encoder.max_seq_length, return_tensors="pt")
+    with torch.no_grad():
+        logits = mlm(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    rows = []
+    for b in range(len(texts)):
+        keep = [t for t in range(logits.shape[1]) if enc["attention_mask"][b, t]]
+        rows.append([max(math.log1p(max(float(logits[b, t, j]), 0.0)) for t in keep)
+                     for j in range(logits.shape[2])])
+    return rows  # B lists of V floats
+
+
+def test_measure_matches_a_naive_loop(tiny_dir):
+    encoder = _encoder(tiny_dir)
+    encoder.train()
+    encoder.max_active_dims = 3
+    stats = measure(encoder, QUERIES, PASSAGES)
+    assert encoder.training and encoder[0].auto_model.training  # mode restored
+    assert encoder.max_active_dims == 3  # restored, and not applied (raw weights measured)
+
+    encoder.eval()  # no dropout in the reference either
+    q, d = _naive_weights(encoder, QUERIES), _naive_weights(encoder, PASSAGES)
+    n, v = len(q), len(q[0])
+    dot = [[sum(q[i][j] * d[k][j] for j in range(v)) for k in range(n)] for i in range(n)]
+    active_d = [w for row in d for w in row if w > 0]
+    want = {
+        "vocab_size": v,
+        "active_query": sum(sum(w > 0 for w in row) for row in q) / n,
+        "active_passage": len(active_d) / n,
+        "term_weight_mean": sum(active_d) / len(active_d),
+        "term_weight_max": max(active_d),
+        "score_pos": sum(dot[i][i] for i in range(n)) / n,
+        "score_neg": sum(dot[i][k] for i in range(n) for k in range(n) if i != k) / (n * n - n),
+        "flops_q": sum((sum(row[j] for row in q) / n) ** 2 for j in range(v)),
+        "flops_d": sum((sum(row[j] for row in d) / n) ** 2 for j in range(v)),
+    }
+    assert stats.active_passage > 3
+    for name, value in want.items():
+        assert getattr(stats, name) == pytest.approx(value, rel=1e-4, abs=1e-5), name
+
+
+def test_probe_stats_on_a_hand_example():
+    q = torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 0.0]])  # (2, 3)
+    d = torch.tensor([[3.0, 0.0, 0.0], [0.0, 1.0, 4.0]])  # (2, 3)
+    s = probe_stats(q, d)
+    assert (s.vocab_size, s.active_query, s.active_passage) == (3, 1.0, 1.5)
+    assert s.term_weight_mean == pytest.approx(8 / 3) and s.term_weight_max == 4.0
+    assert (s.score_pos, s.score_neg) == (1.5, 4.0)  # q0.d0 = 3, q1.d1 = 0; q0.d1 = 8, q1.d0 = 0
+    assert s.flops_q == pytest.approx(0.25 + 0 + 1) and s.flops_d == pytest.approx(2.25 + 0.25 + 4)
+    dead = probe_stats(torch.zeros(2, 3), torch.zeros(2, 3))
+    assert math.isnan(dead.term_weight_mean) and dead.active_passage == 0
+
+
+# ------------------------------------------------------------------------------ contract
+
+
+def test_only_the_main_process_writes(tiny_dir, tmp_path):
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    path = tmp_path / "tel.jsonl"
+    callback = HeadscopeCallback(QUERIES, PASSAGES, every_n_steps=2, jsonl=path)
+    state = TrainerState(global_step=2, is_world_process_zero=False)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    control = callback.on_step_end(args, state, TrainerControl(), model=_encoder(tiny_dir))
+    assert control.should_log
+    callback.on_log(args, state, control, logs={"loss": 1.0})
+    callback.on_train_end(args, state, control)
+    assert [r.step for r in callback.records] == [2] and callback.records[0].loss == 1.0
+    assert not path.exists()
+
+
+_BROADCAST = """
+import os, sys
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+def worker(rank, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    from headscope.trainer_callback import _main_process_says
+    got = _main_process_says(rank == 0)  # only the main process sees a collapse
+    with open(os.path.join(out, f"rank{rank}"), "w") as fh:
+        fh.write(str(got))
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.spawn(worker, args=(int(sys.argv[1]), sys.argv[2]), nprocs=2)
+"""
+
+
+def test_every_rank_follows_the_main_process_verdict(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:  # a free port for the two-process gloo group
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "broadcast.py"
+    script.write_text(_BROADCAST, encoding="utf-8")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    subprocess.run([sys.executable, str(script), str(port), str(tmp_path)], env=env,
+                   check=True, timeout=300)
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["True", "True"]
+
+
+def test_invalid_options_are_refused(tmp_path):
+    with pytest.raises(InputError, match="every_n_steps must be an integer >= 1"):
+        HeadscopeCallback(QUERIES, PASSAGES, every_n_steps=0)
+    with pytest.raises(InputError, match="Unknown HeadscopeCallback option"):
+        HeadscopeCallback(QUERIES, PASSAGES, every_n_step=2)
+    with pytest.raises(InputError, match="as many queries as passages"):
+        HeadscopeCallback(QUERIES, PASSAGES[:-1])
+    with pytest.raises(InputError, match="at least 2"):
+        HeadscopeCallback(QUERIES[:1], PASSAGES[:1])
+    existing = tmp_path / "tel.jsonl"
+    existing.write_text("{}\n", encoding="utf-8")
+    with pytest.raises(InputError) as err:
+        HeadscopeCallback(QUERIES, PASSAGES, jsonl=existing)
+    assert str(err.value) == (f"Telemetry file {existing} already exists; pass overwrite=True "
+                              "or choose another jsonl path.")
+    HeadscopeCallback(QUERIES, PASSAGES, jsonl=existing, overwrite=True)
+    config = CallbackConfig(every_n_steps=3)
+    assert HeadscopeCallback.from_probe(PROBE, config).config == config
+
+
+def test_measure_refuses_a_model_without_encode():
+    with pytest.raises(InputError, match="needs a sentence-transformers SparseEncoder"):
+        measure(torch.nn.Linear(2, 2), QUERIES, PASSAGES)
