@@ -374,6 +374,7 @@ def check(source: str | None = None, *, report_path: str | None = None,
     if report_path is not None:
         rep = report_mod.read_json(report_path)
     else:
+        assert source is not None
         rep = inspect(source, load_options=load_options, probe_config=probe_config,
                       options=options, progress=progress)
     return CheckOutcome(rep, guard.evaluate(rep, policy))

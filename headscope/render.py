@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -118,7 +118,7 @@ def recommendation_view(rec: Recommendation | None) -> Panel | Text:
 
 
 def report_view(report: Report) -> Group:
-    parts = [_model_lines(report), weights_table(report)]
+    parts: list[RenderableType] = [_model_lines(report), weights_table(report)]
     if report.per_k:
         parts.append(per_k_table(report))
         if report.probe:
