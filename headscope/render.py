@@ -76,7 +76,9 @@ def weights_table(report: Report) -> Table:
 def per_k_table(report: Report) -> Table:
     rec = report.recommendation
     failed = {v.k: v.failed for v in rec.verdicts} if rec else {}
-    t = Table(title="Probe statistics per k (projection divided by k)", title_justify="left")
+    divided = "projection and output bias" if report.probe and report.probe.scale_bias \
+        else "projection"
+    t = Table(title=f"Probe statistics per k ({divided} divided by k)", title_justify="left")
     cols = ("k", "logit p50", "pos. logits", "active q", "active p", "weight mean",
             "weight max", ">5", "cos unrel.", "score +", "start loss", "bands")
     for c in cols:

@@ -36,6 +36,16 @@ PASSAGES = [p.passage for p in PROBE.pairs]
 KEYS = [f"headscope/{name}" for name in LOGGED_FIELDS]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """A tiny model gains nothing from intra-op threads, and on a shared 2-core machine their
+    synchronisation costs seconds per backward pass."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     return save_tiny("bert", tmp_path_factory.mktemp("tiny-bert-sparse"))
@@ -319,7 +329,7 @@ def test_every_rank_follows_the_main_process_verdict(tmp_path):
     script = tmp_path / "broadcast.py"
     script.write_text(_BROADCAST, encoding="utf-8")
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, str(script), str(port), str(tmp_path)], env=env,
                    check=True, timeout=300)
     assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["True", "True"]
