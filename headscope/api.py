@@ -385,15 +385,20 @@ class DemoOutcome:
     labels: tuple[str, ...]
     reports: tuple[Report, ...]  # real model first, then the simulation
     simulation: SimulationInfo
+    training: TrainingOutcome | None = None  # the simulation trained as is vs fixed (--confirm)
 
 
 DEMO_ASSET = "bert-tiny-splade"
 
 
-def demo(*, probe_config=None, where: str = "bias",
+def demo(*, probe_config=None, where: str = "bias", confirm_options: ConfirmOptions | None = None,
          progress: Progress | None = None) -> DemoOutcome:
     """The real BERT-tiny SPLADE (from a pinned PyPI wheel) against its simulated large-head
-    ("dense regime") variant, inspected side by side. Needs no model hub."""
+    ("dense regime") variant, inspected side by side. Needs no model hub.
+
+    With `confirm_options`, the simulation is then trained as is and fixed as recommended (its
+    k, and the bias switch it recommends), side by side on the same batches.
+    """
     import copy
 
     from headscope import assets, checkpoint, probe, simulate
@@ -410,8 +415,14 @@ def demo(*, probe_config=None, where: str = "bias",
     info = simulate.make_dense_variant(variant.model, loaded.tokenizer, texts, where=where)
     label = f"{DEMO_ASSET} SIMULATED dense ({where})"
     dense = inspect_loaded(variant, probe_config=probe_config, source=label, progress=progress)
+    training = None
+    if confirm_options is not None:
+        rec = dense.recommendation
+        assert rec is not None
+        training = confirm(str(path), k=rec.k, progress=progress, options=replace(
+            confirm_options, simulate=where, scale_bias=rec.scale_bias))
     return DemoOutcome(labels=(f"{DEMO_ASSET} (real)", label), reports=(real, dense),
-                       simulation=info)
+                       simulation=info, training=training)
 
 
 def compare(sources: Sequence[str], *, load_options=None, probe_config=None,

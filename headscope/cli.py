@@ -253,15 +253,23 @@ def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, n_pairs, revisi
               show_default=True, help="Where the simulated variant carries its density.")
 @click.option("--n-pairs", type=int, default=64, show_default=True,
               help="Built-in probe size (query/passage pairs).")
+@click.option("--confirm", "run_confirm", is_flag=True,
+              help="Also train the simulation as is and fixed as recommended, side by side "
+              "(a few minutes on 2 CPU cores; see `confirm --help` for the defaults).")
+@click.option("--steps", type=int, default=None, help="Training steps for --confirm.")
 @handle_errors
-def demo(where, n_pairs):
+def demo(where, n_pairs, run_confirm, steps):
     """Real BERT-tiny vs its SIMULATED large-head variant, side by side (no model hub needed)."""
     from headscope import api, render
 
     _quiet_transformers()
+    confirm_options = None
+    if run_confirm:
+        confirm_options = api.ConfirmOptions() if steps is None else api.ConfirmOptions(
+            steps=steps)
     with progress_bar() as progress:
         outcome = api.demo(probe_config=_probe_config(None, n_pairs, None, None), where=where,
-                           progress=progress)
+                           confirm_options=confirm_options, progress=progress)
     stdout.print(render.demo_view(outcome))
 
 

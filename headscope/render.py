@@ -247,6 +247,10 @@ def demo_view(outcome) -> Group:
         parts.append(Text(label, style="bold"))
         parts.append(per_k_table(rep))
         parts.append(recommendation_view(rep.recommendation))
+    if outcome.training is not None:
+        parts.append(Text("Trained side by side: the simulation as is, and fixed as recommended",
+                          style="bold"))
+        parts.append(training_view(outcome.training))
     return Group(*parts)
 
 

@@ -109,3 +109,17 @@ def test_sweep_refuses_non_positive_k(bert_tiny_dir, FAST):
         api.sweep(str(bert_tiny_dir), [0.0], options=FAST)
     assert str(exc.value) == "sweep needs positive k values, got [0.0]."
     assert torch.get_num_threads() >= 1
+
+
+def test_demo_confirm_trains_the_simulation_as_is_and_as_recommended(FAST):
+    from headscope.probe import ProbeConfig
+
+    outcome = api.demo(probe_config=ProbeConfig(n_pairs=16), confirm_options=FAST)
+    rec = outcome.reports[1].recommendation
+    training = outcome.training
+    assert training is not None and training.simulation.startswith("SIMULATION")
+    assert [a.name for a in training.arms] == ["original", "fixed"]
+    assert training.arms[1].k == rec.k
+    assert training.config.scale_bias == rec.scale_bias
+    # The fixed arm starts from the much smaller loss the probe predicted.
+    assert training.arms[1].start_loss < training.arms[0].start_loss / 4
