@@ -1,0 +1,50 @@
+"""The recommendation on a real checkpoint and its labelled simulations (issue: recommend).
+
+The real BERT-tiny SPLADE must get k = 1. Its dense-regime simulations must get k >= 8: the
+"bias" variant (density in the output bias) with the bias divided too, the "projection" variant
+(density in the head LayerNorm's bias) with the projection alone. The "scale-only" variant (its
+projection x16) trained unharmed in our measurements and gets k = 1: its logits stay mostly
+negative, relu keeps it sparse, and its start loss is already inside the band.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from headscope import api, checkpoint, probe, simulate
+from headscope.probe import ProbeConfig
+
+PROBE = ProbeConfig(n_pairs=32)
+
+
+def _inspect(path, where):
+    loaded = checkpoint.load(checkpoint.resolve(str(path)))
+    if where is not None:
+        texts = [p.passage for p in probe.builtin_probe(32).pairs]
+        simulate.make_dense_variant(loaded.model, loaded.tokenizer, texts, where=where)
+    return api.inspect_loaded(loaded, probe_config=PROBE)
+
+
+@pytest.mark.parametrize(
+    ("where", "k", "scale_bias"),
+    [(None, 1.0, False), ("bias", 16.0, True), ("projection", 16.0, False),
+     ("scale-only", 1.0, False)],
+)
+def test_recommended_k(bert_tiny_dir, where, k, scale_bias):
+    report = _inspect(bert_tiny_dir, where)
+    rec = report.recommendation
+    assert (rec.k, rec.scale_bias) == (k, scale_bias)
+    assert report.probe.scale_bias == scale_bias  # the per-k table is the one recommended from
+    codes = {f.code for f in report.findings}
+    assert ("HS208" in codes) == (where == "bias")
+    if where in ("bias", "projection"):
+        assert rec.k >= 8
+        assert {"HS201", "HS204"} <= codes  # dense at k = 1, high start loss
+
+
+def test_paper_rule_on_real_checkpoints(bert_tiny_dir, albert_dir):
+    # Both heads are below the large-head threshold (0.682 and 1.332 < 1.5): k = 1.
+    for path in (bert_tiny_dir, albert_dir):
+        report = api.inspect(str(path), options=api.InspectOptions(weights_only=True))
+        assert report.recommendation.rule == "paper"
+        assert report.recommendation.k == 1.0
