@@ -544,8 +544,9 @@ def _rescaled_copy(model, k: float, options: ConfirmOptions):
     from headscope.rescale import RescaleSpec, rescale_model
 
     clone = copy.deepcopy(model)
-    if k != 1.0 or options.scale_bias:
-        rescale_model(clone, RescaleSpec(k, options.strategy, options.scale_bias))
+    # Even at k = 1: with `untie` every arm then has its own decoder, so a sweep's k = 1 arm
+    # trains the same parameterisation as the others (a tied k = 1 arm confounded the two).
+    rescale_model(clone, RescaleSpec(k, options.strategy, options.scale_bias))
     return clone
 
 

@@ -8,6 +8,7 @@ rescaled model, telemetry lines carry their arm, and the summary JSON matches th
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -36,8 +37,8 @@ def FAST(pairs_file):
 
 
 def test_confirm_k1_arms_are_identical(bert_tiny_dir, FAST):
-    # k = 1 without bias scaling is the identity: the two arms must train identically.
-    outcome = api.confirm(str(bert_tiny_dir), k=1.0, options=FAST)
+    # fold at k = 1 changes no parameter and keeps the tie: the arms must train identically.
+    outcome = api.confirm(str(bert_tiny_dir), k=1.0, options=replace(FAST, strategy="fold"))
     a, b = (outcome.records[n] for n in ("original", "fixed"))
     assert [r.loss for r in a] == [r.loss for r in b]
     assert outcome.arms[0].ndcg_at_10 == outcome.arms[1].ndcg_at_10
@@ -123,3 +124,17 @@ def test_demo_confirm_trains_the_simulation_as_is_and_as_recommended(FAST):
     assert training.config.scale_bias == rec.scale_bias
     # The fixed arm starts from the much smaller loss the probe predicted.
     assert training.arms[1].start_loss < training.arms[0].start_loss / 4
+
+
+def test_sweep_arms_share_one_parameterisation(bert_tiny_dir, FAST):
+    # Every sweep arm is rescaled with the same strategy, k = 1 included: with untie, each arm's
+    # decoder is its own parameter, not the input embeddings.
+    from transformers import AutoModelForMaskedLM
+
+    model = AutoModelForMaskedLM.from_pretrained(str(bert_tiny_dir))
+    for k in (1.0, 2.0):
+        clone = api._rescaled_copy(model, k, FAST)
+        dec = clone.get_output_embeddings().weight
+        emb = clone.get_input_embeddings().weight
+        assert dec.data_ptr() != emb.data_ptr()
+        torch.testing.assert_close(dec * k, emb)

@@ -26,6 +26,18 @@ from headscope.recommend import (
 from headscope.stats import KStats, Summary, WeightStats
 
 
+# The rule's mechanics are tested against a fixed six-band set (the provisional values shipped
+# before calibration), so that recalibrating DEFAULT_BANDS does not change what these
+# hand-computed cases mean.
+SIX_BANDS = (
+    Band("active_passage_share", None, 0.10, "test"),
+    Band("cosine_unrelated", None, 0.90, "test"),
+    Band("share_above_5", None, 0.01, "test"),
+    Band("start_loss", None, 44.0, "test"),
+    Band("term_weight_mean", 0.05, 2.5, "test"),
+    Band("score_pos", None, 100.0, "test"),
+)
+
 def kstats(k, *, start, score, twm, s5, cos, active=0.004, **kw) -> KStats:
     """A KStats whose banded fields are given; the rest are plausible fillers."""
     base = dict(
@@ -92,7 +104,7 @@ def test_band_contains_margin_and_describe():
 
 
 def test_bands_rule_picks_smallest_passing_k_with_reasons():
-    rec = recommend(TABLE)
+    rec = recommend(TABLE, bands=SIX_BANDS)
     assert rec.k == 8.0 and rec.rule == "bands"
     assert rec.passing == (8.0, 16.0, 32.0)
     assert rec.verdicts[2] == KVerdict(
@@ -119,18 +131,18 @@ def test_bands_rule_picks_smallest_passing_k_with_reasons():
         "most 0.01; start_loss 50 is not at most 44; score_pos 150 is not at most 100."
     )
     assert len(rec.reasons) == 5  # chosen, its values, one line per smaller k
-    assert rec.bands == DEFAULT_BANDS
+    assert rec.bands == SIX_BANDS
 
 
 def test_bands_rule_is_order_independent():
-    assert recommend(tuple(reversed(TABLE))) == recommend(TABLE)
+    assert recommend(tuple(reversed(TABLE)), bands=SIX_BANDS) == recommend(TABLE, bands=SIX_BANDS)
 
 
 def test_unreachable_band_does_not_veto_every_k():
     # A dense head: the active share is out of band at every k (k cannot change which terms are
     # active), so it must not choose k; the smallest k inside the other bands wins.
     dense = tuple(replace(s, active_passage_share=0.75) for s in TABLE)
-    rec = recommend(dense)
+    rec = recommend(dense, bands=SIX_BANDS)
     assert rec.passing == ()  # strictly, no k is inside every band
     assert rec.k == 8.0  # 1, 2 and 4 fail a reachable band (see TABLE)
     assert rec.reasons[0] == (
@@ -148,8 +160,9 @@ def test_unreachable_band_does_not_veto_every_k():
 
 def test_prefer_divided_bias_when_k_reaches_more_bands():
     kept = recommend(tuple(replace(s, active_passage_share=0.75, start_loss=300.0)
-                           for s in TABLE))
-    divided = recommend(tuple(replace(s, active_passage_share=0.75) for s in TABLE))
+                           for s in TABLE), bands=SIX_BANDS)
+    divided = recommend(tuple(replace(s, active_passage_share=0.75) for s in TABLE),
+                        bands=SIX_BANDS)
     assert prefer_divided_bias(kept, divided)  # start_loss reachable only with the bias divided
     assert not prefer_divided_bias(divided, kept)
     assert not prefer_divided_bias(divided, divided)
@@ -161,13 +174,13 @@ def test_no_k_passes_tie_broken_by_smallest_shortfall():
         kstats(1, start=88.0, score=50.0, twm=1.0, s5=0.0, cos=0.8),
         kstats(2, start=10.0, score=110.0, twm=1.0, s5=0.0, cos=0.8),
     )
-    rec = recommend(table)
+    rec = recommend(table, bands=SIX_BANDS)
     assert rec.k == 2.0 and rec.passing == ()
     assert rec.reasons[1] == "k = 2 fails: score_pos 110 is not at most 100."
 
 
 def test_paper_rule_threshold_and_reasons():
-    large = recommend(TABLE, rule="paper", weights=weights(2.553))
+    large = recommend(TABLE, rule="paper", weights=weights(2.553), bands=SIX_BANDS)
     assert large.k == 16.0 and large.rule == "paper"
     assert large.reasons == (
         "Mean decoder row norm over all 50,368 rows is 2.553, above 1.5, so the paper's setting "
@@ -175,7 +188,8 @@ def test_paper_rule_threshold_and_reasons():
         "k = 16 falls inside every band.",
     )
     assert large.passing == (8.0, 16.0, 32.0)  # the table is still judged
-    small = recommend(TABLE, rule="paper", weights=weights(0.682, 30522, 30522))
+    small = recommend(TABLE, rule="paper", weights=weights(0.682, 30522, 30522),
+                      bands=SIX_BANDS)
     assert small.k == 1.0
     assert small.reasons[0] == (
         "Mean decoder row norm over all 30,522 rows is 0.682, at most 1.5 (BERT-tiny 0.682, "
@@ -201,7 +215,7 @@ def test_reference_rule_distance_hand_computed():
     expected_k8 = (abs(math.log(20 / 7)) + abs(math.log(1.6 / 0.9)) + abs(math.log(60 / 20))) / 3
     assert reference_distance(TABLE[3], ref[0]) == pytest.approx(expected_k8)
     assert reference_distance(TABLE[4], ref[0]) == 0.0
-    rec = recommend(TABLE, rule="reference", reference=ref)
+    rec = recommend(TABLE, rule="reference", reference=ref, bands=SIX_BANDS)
     assert rec.k == 16.0 and rec.rule == "reference"
     k32 = (abs(math.log(3 / 7)) + abs(math.log(0.5 / 0.9)) + abs(math.log(6 / 20))) / 3
     assert rec.reasons[0] == (
@@ -225,7 +239,7 @@ def test_override_bands_by_metric_name():
     assert [b.metric for b in bands] == [b.metric for b in DEFAULT_BANDS]
     changed = next(b for b in bands if b.metric == "start_loss")
     assert (changed.low, changed.high) == (None, 10.0)
-    assert changed.provenance.startswith("Overridden by the user (default at most 44: ")
+    assert changed.provenance.startswith("Overridden by the user (default at most 150: ")
     assert recommend(TABLE, bands=bands).k == 16.0
     added = override_bands({"logit_p99": (None, 1.0)})
     assert added[-1] == Band("logit_p99", None, 1.0, "Added by the user.")
@@ -249,7 +263,7 @@ def test_override_bands_by_metric_name():
             "Unknown recommendation rule 'best'; use one of: bands, paper, reference.",
         ),
         (
-            lambda: recommend(TABLE, rule="paper"),
+            lambda: recommend(TABLE, rule="paper", bands=SIX_BANDS),
             "The paper rule needs the head's weight statistics; pass weights=WeightStats or use "
             "rule='bands'.",
         ),
@@ -319,7 +333,7 @@ def test_diagnose_probe_findings_at_k1():
     found = {f.code: f for f in diagnose(weights(0.682), TABLE)}
     assert sorted(found) == ["HS202", "HS203", "HS204"]
     assert found["HS204"].message == (
-        "279 is the in-batch contrastive loss training would start with at k = 1, above 44; a "
+        "279 is the in-batch contrastive loss training would start with at k = 1, above 150; a "
         "larger k can reduce it."
     )
     assert found["HS202"].message == (
@@ -400,7 +414,7 @@ def test_bands_rule_properties(rows):
     table = tuple(
         kstats(2**i, start=a, score=b, twm=c, s5=d, cos=e) for i, (a, b, c, d, e) in enumerate(rows)
     )
-    rec = recommend(table)
+    rec = recommend(table, bands=SIX_BANDS)
     inside = [s.k for s in table if all(b.contains(getattr(s, b.metric)) for b in DEFAULT_BANDS)]
     assert rec.passing == tuple(inside)
     if inside:

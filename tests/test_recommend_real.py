@@ -27,7 +27,7 @@ def _inspect(path, where):
 
 @pytest.mark.parametrize(
     ("where", "k", "scale_bias"),
-    [(None, 1.0, False), ("bias", 16.0, True), ("projection", 16.0, False),
+    [(None, 1.0, False), ("bias", 16.0, True), ("projection", 8.0, False),
      ("scale-only", 1.0, False)],
 )
 def test_recommended_k(bert_tiny_dir, where, k, scale_bias):
