@@ -16,7 +16,6 @@ from headscope import plots
 from headscope.errors import InputError
 from headscope.recommend import (
     BAND_TERM_WEIGHT_MEAN,
-    DEFAULT_BANDS,
     diagnose,
     override_bands,
     recommend,

@@ -25,7 +25,6 @@ from headscope.recommend import (
 )
 from headscope.stats import KStats, Summary, WeightStats
 
-
 # The rule's mechanics are tested against a fixed six-band set (the provisional values shipped
 # before calibration), so that recalibrating DEFAULT_BANDS does not change what these
 # hand-computed cases mean.
