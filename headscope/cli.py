@@ -48,6 +48,29 @@ def _ks(value: str) -> tuple[float, ...]:
     return ks
 
 
+def _bands(specs: tuple[str, ...]):
+    """--band METRIC=LOW:HIGH values -> the default bands with those overridden or added."""
+    from headscope.recommend import DEFAULT_BANDS, override_bands
+
+    if not specs:
+        return DEFAULT_BANDS
+    overrides = {}
+    for spec in specs:
+        metric, sep, bounds = spec.partition("=")
+        low, colon, high = bounds.partition(":")
+        if not sep or not colon or not metric.strip():
+            raise click.BadParameter(f"{spec!r} is not METRIC=LOW:HIGH (e.g. start_loss=:50)")
+        try:
+            overrides[metric.strip()] = tuple(float(x) if x.strip() else None
+                                              for x in (low, high))
+        except ValueError:
+            raise click.BadParameter(f"{spec!r}: LOW and HIGH must be numbers or empty") from None
+    try:
+        return override_bands(overrides)
+    except HeadscopeError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def handle_errors(fn: Callable) -> Callable:
     """Map library errors to one `Error:` line and the documented exit code."""
 
@@ -179,12 +202,17 @@ def main() -> None:
 @click.option("--rule", type=click.Choice(["bands", "paper", "reference"]), default="bands",
               show_default=True, help="How k is chosen.")
 @click.option("--reference", default=None, help="Checkpoint whose k=1 statistics to match.")
+@click.option("--band", "band_specs", multiple=True, metavar="METRIC=LOW:HIGH",
+              callback=lambda c, p, v: _bands(v),
+              help="Override or add a recommendation band, e.g. start_loss=:50 or "
+              "term_weight_mean=0.1:2 (an empty side is open); repeatable. See "
+              "docs/findings.md.")
 @click.option("--json", "json_dest", default=None, metavar="PATH|-",
               help="Write the JSON report to PATH, or to stdout with '-' (then stdout is JSON "
               "only).")
 @handle_errors
 def inspect(model, revision, dtype, device, trust_remote_code, probe_file, ks, n_pairs,
-            batch_size, scale_bias, weights_only, rule, reference, json_dest):
+            batch_size, scale_bias, weights_only, rule, reference, band_specs, json_dest):
     """Measure MODEL's MLM head and recommend a rescale factor k.
 
     MODEL is a local folder or a Hugging Face Hub id in the local cache.
@@ -197,7 +225,8 @@ def inspect(model, revision, dtype, device, trust_remote_code, probe_file, ks, n
         rep = api.inspect(model, load_options=_load_opts(revision, dtype, device,
                                                          trust_remote_code),
                           probe_config=_probe_config(ks, n_pairs, batch_size, scale_bias),
-                          options=options, progress=progress, remember=True)
+                          options=options, bands=band_specs, progress=progress,
+                          remember=True)
     if json_dest != "-":
         stdout.print(render.report_view(rep))
     _emit_json(report.dumps(rep), json_dest)

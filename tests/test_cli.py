@@ -551,3 +551,23 @@ def test_report_writes_html_and_markdown(runner, bert_report, tmp_path):
 def test_report_needs_an_output(runner, bert_report):
     result = runner.invoke(main, ["report", str(bert_report)])
     assert_refused(result, "Pass --html OUT.html and/or --md OUT.md to say what to write.")
+
+
+def test_inspect_band_override_changes_the_recommendation(runner, bert_tiny_dir):
+    # BERT-tiny's start loss on the probe is ~1.5 at every k; a band it cannot meet at k = 1
+    # but meets at larger k (term weights shrink with k) moves the recommendation.
+    result = runner.invoke(main, ["inspect", str(bert_tiny_dir), "--n-pairs", N_PAIRS,
+                                  "--band", "term_weight_mean=:0.3", "--json", "-"])
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    rec = payload["recommendation"]
+    band = next(b for b in rec["bands"] if b["metric"] == "term_weight_mean")
+    assert (band["low"], band["high"]) == (None, 0.3)
+    first_ok = min(s["k"] for s in payload["per_k"] if s["term_weight_mean"] <= 0.3)
+    assert rec["k"] == first_ok > 1
+
+
+def test_inspect_bad_band_is_a_usage_error(runner, bert_tiny_dir):
+    result = runner.invoke(main, ["inspect", str(bert_tiny_dir), "--band", "start_loss"])
+    assert result.exit_code == 2
+    assert "'start_loss' is not METRIC=LOW:HIGH (e.g. start_loss=:50)" in result.stderr
