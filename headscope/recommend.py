@@ -41,8 +41,8 @@ class Band:
     """A healthy range for one per-k statistic; `None` leaves that side open."""
 
     metric: str  # a KStats field name
-    low: float | None
-    high: float | None
+    low: float | None  # lower bound, inclusive; None: open
+    high: float | None  # upper bound, inclusive; None: open
     provenance: str  # one line: where the numbers come from, and whether they are provisional
 
     def margin(self, value: float) -> float:
@@ -216,7 +216,7 @@ def check_bands(bands: Sequence[Band]) -> tuple[Band, ...]:
 class KVerdict:
     """Which bands one candidate k fails (empty: it passes them all)."""
 
-    k: float
+    k: float  # a candidate divisor
     failed: tuple[str, ...]  # band metrics, in band order
 
     @property
@@ -226,7 +226,7 @@ class KVerdict:
 
 @dataclass(frozen=True)
 class Recommendation:
-    k: float
+    k: float  # the recommended divisor of the projection
     rule: str  # the rule actually applied: "bands" | "paper" | "reference"
     reasons: tuple[str, ...]  # checkable sentences with numbers
     passing: tuple[float, ...]  # candidate ks inside every band, ascending
@@ -478,9 +478,9 @@ class Finding:
     code: str  # stable, e.g. "HS101"; see FINDING_CODES and docs/findings.md
     name: str  # stable slug, e.g. "large-head-scale"
     severity: str  # "info" | "warning" | "error"
-    message: str
-    value: float | None
-    threshold: float | None
+    message: str  # one checkable sentence with the numbers and the remedy
+    value: float | None  # the measured value the finding is about
+    threshold: float | None  # the documented threshold it crossed
 
 
 # code -> (name, severity). Codes are never renumbered or reused.

@@ -43,13 +43,13 @@ class ModelInfo:
     family: str  # head layout family: "bert", "roberta", ..., "generic"
     architecture: str | None  # config "architectures"[0], e.g. "BertForMaskedLM"; None if absent
     dtype: str  # "float32" | "bfloat16" | "float16"
-    device: str
+    device: str  # where the forward passes ran
     n_rows: int  # decoder rows (vocabulary size of the head)
     n_tokenizer: int | None  # len(tokenizer); None without a tokenizer
     hidden_size: int  # decoder input width
     tied: bool  # decoder shares storage with the input embeddings
     head_loaded: bool  # every head tensor came from the checkpoint (none newly initialised)
-    special_tokens: tuple[str, ...]
+    special_tokens: tuple[str, ...]  # the tokenizer's special tokens
     weights_only: bool  # statistics read from the files without a forward pass (no probe)
 
 
@@ -58,11 +58,11 @@ class ProbeSummary:
     name: str  # probe set name, e.g. "stdlib"
     version: str  # e.g. "stdlib-v1"
     sha256: str  # of the probe texts, so two reports can tell whether they saw the same probe
-    n_pairs: int
+    n_pairs: int  # query/passage pairs probed
     ks: tuple[float, ...]  # candidate divisors measured
     batch_size: int  # also the in-batch size of start_loss (chance level ln batch_size)
-    max_query_length: int
-    max_passage_length: int
+    max_query_length: int  # tokens per query, at most
+    max_passage_length: int  # tokens per passage, at most
     scale_bias: bool  # whether k divided the output bias too
 
     @classmethod
@@ -84,15 +84,15 @@ class ProbeSummary:
 
 @dataclass(frozen=True)
 class Report:
-    schema_version: int
-    headscope_version: str
+    schema_version: int  # integer version of this record; readers refuse an unknown one
+    headscope_version: str  # the headscope that wrote the report
     created: str  # ISO 8601, UTC, e.g. "2026-07-01T12:00:00Z"
-    model: ModelInfo
-    weights: WeightStats
+    model: ModelInfo  # what was inspected
+    weights: WeightStats  # head weight statistics
     probe: ProbeSummary | None  # None for a weights-only report
     per_k: tuple[KStats, ...]  # ascending k; () without a probe
-    findings: tuple[Finding, ...]
-    recommendation: Recommendation | None
+    findings: tuple[Finding, ...]  # stable codes, docs/findings.md
+    recommendation: Recommendation | None  # the recommended k and its reasons; None: none
 
 
 def utc_now() -> str:

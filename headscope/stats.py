@@ -33,23 +33,23 @@ PYSERINI_CEILING = 5.0
 
 @dataclass(frozen=True)
 class Summary:
-    mean: float
-    median: float
-    p99: float
-    max: float
-    min: float
-    count: int
+    mean: float  # arithmetic mean
+    median: float  # 50th percentile
+    p99: float  # 99th percentile
+    max: float  # largest value
+    min: float  # smallest value
+    count: int  # number of values summarised
 
 
 @dataclass(frozen=True)
 class WeightStats:
     row_norm_all: Summary  # L2 norm of every decoder row; .mean is the paper's statistic
     row_norm_real: Summary  # over real-token rows only
-    n_rows: int
-    n_real_rows: int
+    n_rows: int  # decoder rows (the head vocabulary V)
+    n_real_rows: int  # rows of real tokens: id < len(tokenizer), not an [unused*] placeholder
     hidden_size: int  # decoder input width E
-    bias_mean: float | None
-    bias_std: float | None
+    bias_mean: float | None  # output bias mean; None without a bias
+    bias_std: float | None  # output bias standard deviation
     norm_weight_l2: float | None  # head LayerNorm weight L2 norm
     norm_bias_l2: float | None  # None when the LayerNorm has no bias (ModernBERT)
     dense_spectral_norm: float | None  # largest singular value of the head dense weight
@@ -57,18 +57,18 @@ class WeightStats:
 
 @dataclass(frozen=True)
 class KStats:
-    k: float
-    logit_p01: float  # token logits after the rescale (reservoir sample)
-    logit_p50: float
-    logit_p99: float
+    k: float  # the divisor of the projection
+    logit_p01: float  # 1st percentile token logit at this k (reservoir sample)
+    logit_p50: float  # median token logit at this k (reservoir sample)
+    logit_p99: float  # 99th percentile token logit at this k
     frac_positive: float  # exact share of token x vocab logits > 0
     term_weight_mean: float  # mean SPLADE weight over active passage terms
-    term_weight_max: float
+    term_weight_max: float  # largest SPLADE weight over passages
     share_above_5: float  # share of active passage weights > 5 (pyserini's ceiling)
     active_query: float  # mean active terms per query
     active_passage: float  # mean active terms per passage
     active_query_share: float  # active_query / V
-    active_passage_share: float
+    active_passage_share: float  # active_passage / V
     cosine_unrelated: float  # mean cosine between different passages of one batch
     score_pos: float  # mean q_i . d_i
     score_neg: float  # mean q_i . d_j, i != j

@@ -137,3 +137,21 @@ def test_pre_merge_script_saves_reports_and_fails_on_policy(bert_tiny_dir, tmp_p
     jsonschema.Draft202012Validator(report.schema()).validate(json.loads(saved.read_text()))
     assert f"!! {bert_tiny_dir} fails the policy (report: {saved})" in result.stderr
     assert "The mean decoder row norm is 0.6819, above the limit 0.5." in result.stdout
+
+
+def test_report_reference_is_up_to_date_and_complete():
+    """docs/report.md is generated from the dataclasses; every field has a description."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    check = subprocess.run([sys.executable, "scripts/gen_report_docs.py", "--check"], cwd=root,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    text = (root / "docs" / "report.md").read_text()
+    assert "|  |" not in text  # a field without a comment in the code
+    from headscope import report
+
+    for name in report.schema()["properties"]:
+        assert f"| `{name}` |" in text
