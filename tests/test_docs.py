@@ -72,7 +72,7 @@ def test_every_command_is_documented_beyond_the_reference(command):
 def test_examples_exist():
     names = {p.name for p in EXAMPLES.iterdir()}
     assert {"github-actions-headscope.yml", "pre-merge-check.sh", "inspect_and_fix.py",
-            "in_process_rescale.py"} <= names
+            "in_process_rescale.py", "confirm_short.py"} <= names
 
 
 def test_github_actions_workflow_is_valid_yaml_and_uses_check():
@@ -155,3 +155,17 @@ def test_report_reference_is_up_to_date_and_complete():
 
     for name in report.schema()["properties"]:
         assert f"| `{name}` |" in text
+
+
+def test_confirm_example_runs(bert_tiny_dir, tmp_path):
+    result = subprocess.run([sys.executable, str(EXAMPLES / "confirm_short.py"), "--k", "4",
+                             "--steps", "2"], env=_env(tmp_path, bert_tiny_dir), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("original: ") and lines[0].split(": ")[1].split(";")[0] in (
+        "stable", "degraded", "collapsed")
+    assert any(line.startswith("fixed: ") for line in lines)
+    records = (tmp_path / "confirm.jsonl").read_text().splitlines()
+    assert len(records) == 4  # 2 steps x 2 arms
+    assert lines[-1] == "telemetry: confirm.jsonl"
