@@ -54,17 +54,17 @@ def _bands(specs: tuple[str, ...]):
 
     if not specs:
         return DEFAULT_BANDS
-    overrides = {}
+    overrides: dict[str, tuple[float | None, float | None]] = {}
     for spec in specs:
         metric, sep, bounds = spec.partition("=")
         low, colon, high = bounds.partition(":")
         if not sep or not colon or not metric.strip():
             raise click.BadParameter(f"{spec!r} is not METRIC=LOW:HIGH (e.g. start_loss=:50)")
         try:
-            overrides[metric.strip()] = tuple(float(x) if x.strip() else None
-                                              for x in (low, high))
+            lo, hi = (float(x) if x.strip() else None for x in (low, high))
         except ValueError:
             raise click.BadParameter(f"{spec!r}: LOW and HIGH must be numbers or empty") from None
+        overrides[metric.strip()] = (lo, hi)
     try:
         return override_bands(overrides)
     except HeadscopeError as exc:

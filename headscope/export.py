@@ -30,6 +30,7 @@ from headscope.plots import (
     k_grid_figure,
     logit_figure,
     records_from_jsonl,
+    row_norm_histogram_figure,
     training_figure,
 )
 from headscope.report import Report
@@ -298,6 +299,9 @@ class _Figure:
 
 def _figures(report: Report, runs: Telemetry | None) -> list[_Figure]:
     figs = []
+    if report.weights.row_norm_histogram is not None:
+        figs.append(_Figure("row_norms", "Decoder row norms (real-token rows and the others)",
+                            lambda: row_norm_histogram_figure(report)))
     if report.per_k:
         figs.append(
             _Figure("k_grid", "Probe statistics per candidate k", lambda: k_grid_figure(report))

@@ -155,6 +155,31 @@ def logit_figure(report: Report) -> Figure:
     return fig
 
 
+def row_norm_histogram_figure(report: Report) -> Figure:
+    """The report's row-norm histogram (stored binned, so a saved report can draw it): real-token
+    rows and the others (beyond the tokenizer, placeholders) as stacked steps, log count axis,
+    with the all-rows mean (the paper's statistic) marked."""
+    h = report.weights.row_norm_histogram
+    if h is None:
+        raise InputError("This report has no row-norm histogram; re-create it with headscope "
+                         "inspect.")
+    fig = Figure(figsize=(8.0, 4.5), layout="constrained")
+    ax = fig.subplots()
+    ax.stairs(h.real, h.edges, fill=True, alpha=0.6, color="C0",
+              label=f"real-token rows ({sum(h.real):,})")
+    if any(h.other):
+        ax.stairs(h.other, h.edges, fill=True, alpha=0.6, color="C3",
+                  label=f"other rows ({sum(h.other):,})")
+    mean = report.weights.row_norm_all.mean
+    ax.axvline(mean, color="black", linestyle="--", label=f"mean, all rows: {mean:.3f}")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_xlabel("decoder row L2 norm")
+    ax.set_ylabel("rows")
+    ax.set_title(f"Decoder row norms: {report.model.source}")
+    ax.legend(loc="upper right")
+    return fig
+
+
 def row_norm_figure(
     row_norms_all: np.ndarray,
     real_rows: np.ndarray | None = None,

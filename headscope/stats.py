@@ -42,6 +42,15 @@ class Summary:
 
 
 @dataclass(frozen=True)
+class Histogram:
+    """Counts of decoder row norms in shared bins, real-token rows and the others apart."""
+
+    edges: tuple[float, ...]  # bin edges, ascending (bins + 1 values)
+    real: tuple[int, ...]  # real-token rows per bin
+    other: tuple[int, ...]  # rows beyond the tokenizer or placeholder tokens per bin
+
+
+@dataclass(frozen=True)
 class WeightStats:
     row_norm_all: Summary  # L2 norm of every decoder row; .mean is the paper's statistic
     row_norm_real: Summary  # over real-token rows only
@@ -53,6 +62,7 @@ class WeightStats:
     norm_weight_l2: float | None  # head LayerNorm weight L2 norm
     norm_bias_l2: float | None  # None when the LayerNorm has no bias (ModernBERT)
     dense_spectral_norm: float | None  # largest singular value of the head dense weight
+    row_norm_histogram: Histogram | None = None  # row norms in 40 shared bins
 
 
 @dataclass(frozen=True)
@@ -142,6 +152,16 @@ def spectral_norm(matrix: np.ndarray) -> float:
     return float(svds(m, k=1, v0=v0, tol=0, return_singular_vectors=False)[0])
 
 
+def row_norm_histogram(norms: np.ndarray, real_rows: np.ndarray, bins: int = 40) -> Histogram:
+    """Row norms (V,) binned once for all rows, counted for real-token rows and the others."""
+    finite = np.isfinite(norms)  # (V,)
+    edges = np.histogram_bin_edges(norms[finite], bins=bins) if finite.any() else np.arange(2.0)
+    real, _ = np.histogram(norms[finite & real_rows], bins=edges)
+    other, _ = np.histogram(norms[finite & ~real_rows], bins=edges)
+    return Histogram(tuple(float(e) for e in edges), tuple(int(c) for c in real),
+                     tuple(int(c) for c in other))
+
+
 def weight_stats(
     decoder_weight: np.ndarray,
     real_rows: np.ndarray,
@@ -193,6 +213,7 @@ def weight_stats(
         norm_weight_l2=None if nw is None else float(np.linalg.norm(nw)),
         norm_bias_l2=None if nb is None else float(np.linalg.norm(nb)),
         dense_spectral_norm=spectral,
+        row_norm_histogram=row_norm_histogram(norms, real),
     )
 
 

@@ -377,3 +377,19 @@ def test_importing_plots_and_export_loads_neither_torch_nor_pyplot():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_row_norm_histogram_figure_from_a_report():
+    import dataclasses
+
+    from headscope.stats import Histogram
+
+    report = six_k_report()
+    hist = Histogram(edges=(0.0, 1.0, 2.0, 3.0), real=(10, 30, 5), other=(0, 0, 7))
+    report = dataclasses.replace(
+        report, weights=dataclasses.replace(report.weights, row_norm_histogram=hist))
+    fig = plots.row_norm_histogram_figure(report)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[:2] == ["real-token rows (45)", "other rows (7)"]
+    assert ax.get_xlabel() == "decoder row L2 norm"

@@ -461,3 +461,19 @@ def test_spectral_norm_matches_svd(shape):
 
     m = np.random.default_rng(1).standard_normal(shape)
     assert spectral_norm(m) == pytest.approx(np.linalg.svd(m, compute_uv=False)[0], rel=1e-10)
+
+
+def test_row_norm_histogram_counts_every_row_once():
+    from headscope.stats import row_norm_histogram, row_norms, weight_stats
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((50, 4))
+    real = np.arange(50) < 45
+    h = weight_stats(w, real).row_norm_histogram
+    assert h == row_norm_histogram(row_norms(w), real)
+    assert sum(h.real) == 45 and sum(h.other) == 5 and len(h.edges) == len(h.real) + 1
+    # against numpy's own histogram of each group over all rows' bins
+    norms = np.linalg.norm(w, axis=1)
+    edges = np.histogram_bin_edges(norms, bins=40)
+    np.testing.assert_allclose(h.edges, edges, rtol=1e-12)
+    assert h.other == tuple(np.histogram(norms[~real], bins=np.asarray(h.edges))[0])
