@@ -33,6 +33,7 @@ from headscope.plots import (
     row_norm_histogram_figure,
     training_figure,
 )
+from headscope.render import num
 from headscope.report import Report
 
 Telemetry = Mapping[str, Sequence[Mapping[str, Any]]]
@@ -54,14 +55,7 @@ def _num(x: float | int | None) -> str:
         return "n/a"
     if math.isinf(x):
         return "inf" if x > 0 else "-inf"
-    ax = abs(x)
-    if ax >= 1000:
-        return f"{x:,.0f}"
-    if ax == 0:
-        return "0"
-    if ax < 1e-3:
-        return f"{x:.2e}"
-    return f"{x:.4g}"
+    return num(x, digits=4)  # the terminal's compact format, one more significant digit
 
 
 def _pct(x: float) -> str:
