@@ -508,6 +508,10 @@ class ArmOutcome:
     ndcg_at_10: float | None
     mrr_at_10: float | None
     recall_at_100: float | None
+    # Texts whose representation kept only the largest EvalConfig.max_terms weights when
+    # evaluated (dense arms): their metrics are approximate.
+    truncated_queries: int = 0
+    truncated_passages: int = 0
 
 
 @dataclass(frozen=True)
@@ -567,7 +571,9 @@ def _summarise_arm(name, description, k, result, vocab_size) -> ArmOutcome:
         active_query_end=statistics.mean(r.active_query for r in tail),
         active_passage_end=statistics.mean(r.active_passage for r in tail),
         ndcg_at_10=m.ndcg_at_10 if m else None, mrr_at_10=m.mrr_at_10 if m else None,
-        recall_at_100=m.recall_at_100 if m else None)
+        recall_at_100=m.recall_at_100 if m else None,
+        truncated_queries=m.truncated_queries if m else 0,
+        truncated_passages=m.truncated_passages if m else 0)
 
 
 def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,

@@ -278,6 +278,11 @@ def training_view(outcome) -> Group:
     for a in outcome.arms:
         for e in a.evidence:
             parts.append(Text(f"- {a.name}: {e}"))
+        if a.truncated_queries or a.truncated_passages:
+            parts.append(Text(f"- {a.name}: evaluated on the largest weights only for "
+                              f"{a.truncated_queries} queries and {a.truncated_passages} passages "
+                              "(too many active terms): its metrics are approximate.",
+                              style="dim"))
     for label, path in (("telemetry", outcome.log), ("figure", outcome.figure)):
         if path:
             parts.append(Text(f"{label}: {path}", style="dim"))

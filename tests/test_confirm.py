@@ -138,3 +138,13 @@ def test_sweep_arms_share_one_parameterisation(bert_tiny_dir, FAST):
         emb = clone.get_input_embeddings().weight
         assert dec.data_ptr() != emb.data_ptr()
         torch.testing.assert_close(dec * k, emb)
+
+
+def test_dense_arm_reports_truncated_evaluation(bert_tiny_dir, FAST):
+    # The bias simulation keeps ~24k of 30k terms active: more than the 2,048 kept per text.
+    outcome = api.confirm(str(bert_tiny_dir), k=1.0, options=replace(
+        FAST, steps=1, simulate="bias", strategy="fold"))
+    original = outcome.arms[0]
+    assert original.truncated_passages > 0
+    payload = api.training_summary(outcome)
+    assert payload["arms"][0]["truncated_passages"] == original.truncated_passages
