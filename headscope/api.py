@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from headscope import __version__
 from headscope.errors import InputError
 from headscope.recommend import (
     DEFAULT_BANDS,
@@ -26,8 +25,8 @@ from headscope.recommend import (
     serving_findings,
     unreachable_bands,
 )
-from headscope.report import ModelInfo, ProbeSummary, Report, to_dict, utc_now
-from headscope.stats import KStats, WeightStats
+from headscope.report import ModelInfo, ProbeSummary, Report, make_report, to_dict
+from headscope.stats import WeightStats
 
 if TYPE_CHECKING:
     from headscope.guard import CheckResult
@@ -140,23 +139,8 @@ def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = Inspe
     info = _model_info(loaded.checkpoint, head.layout, vocab, weights, tied=head.tied,
                        dtype=loaded.options.dtype, device=loaded.options.device,
                        weights_only=False, source=source)
-    return Report(
-        schema_version=_schema_version(),
-        headscope_version=__version__,
-        created=utc_now(),
-        model=info,
-        weights=weights,
-        probe=ProbeSummary.from_result(result),
-        per_k=result.per_k,
-        findings=findings,
-        recommendation=rec,
-    )
-
-
-def _schema_version() -> int:
-    from headscope.report import SCHEMA_VERSION
-
-    return SCHEMA_VERSION
+    return make_report(info, weights, probe=ProbeSummary.from_result(result),
+                       per_k=result.per_k, findings=findings, recommendation=rec)
 
 
 def vocab_fields(vocab, *, tied: bool, head_loaded: bool = True) -> dict:
@@ -227,9 +211,7 @@ def _inspect_weights_only(ckpt, load_options) -> Report:
     dtype = str(decoder.dtype).replace("torch.", "")
     info = _model_info(ckpt, layout, vocab, weights, tied=tied, dtype=dtype, device="cpu",
                        weights_only=True)
-    return Report(schema_version=_schema_version(), headscope_version=__version__,
-                  created=utc_now(), model=info, weights=weights, probe=None, per_k=(),
-                  findings=findings, recommendation=rec)
+    return make_report(info, weights, findings=findings, recommendation=rec)
 
 
 def _try_tokenizer(path: Path):
@@ -756,11 +738,19 @@ def last_inspection() -> LastInspection:
 
 
 __all__ = [
-    "InspectOptions",
     "LastInspection",
     "inspect",
     "inspect_loaded",
     "last_inspection",
     "remember_inspection",
-    "KStats",
+    "InspectOptions",
+    "FixOptions",
+    "ConfirmOptions",
+    "fix",
+    "check",
+    "confirm",
+    "sweep",
+    "compare",
+    "demo",
+    "write_report_documents",
 ]
