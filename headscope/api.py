@@ -192,10 +192,10 @@ def inspect(source: str, *, load_options=None, probe_config=None,
 
 def _inspect_weights_only(ckpt, load_options) -> Report:
     """Head tensors straight from the files: no model is instantiated, no probe is run."""
-    from headscope import heads, stats
+    from headscope import checkpoint, heads, stats
 
     layout, tensors, tied = heads.checkpoint_head_tensors(ckpt)
-    tokenizer = _try_tokenizer(ckpt.path)
+    tokenizer = checkpoint.load_tokenizer(ckpt, load_options)
     decoder = tensors["decoder_weight"]
     vocab = heads.vocab_info(decoder.shape[0], tokenizer)
 
@@ -212,15 +212,6 @@ def _inspect_weights_only(ckpt, load_options) -> Report:
     info = _model_info(ckpt, layout, vocab, weights, tied=tied, dtype=dtype, device="cpu",
                        weights_only=True)
     return make_report(info, weights, findings=findings, recommendation=rec)
-
-
-def _try_tokenizer(path: Path):
-    try:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 @dataclass(frozen=True)

@@ -468,7 +468,9 @@ def _load_config(ckpt: Checkpoint, options: LoadOptions):
     return CONFIG_MAPPING[ckpt.model_type].from_pretrained(str(ckpt.path))
 
 
-def _load_tokenizer(ckpt: Checkpoint, options: LoadOptions):
+def load_tokenizer(ckpt: Checkpoint, options: LoadOptions | None = None):
+    """The checkpoint's tokenizer, None when the folder has no tokenizer files."""
+    options = options or LoadOptions()
     if not any((ckpt.path / f).is_file() for f in _TOKENIZER_FILES):
         return None
     from transformers import AutoTokenizer
@@ -546,7 +548,7 @@ def load(ckpt: Checkpoint, options: LoadOptions = LoadOptions()) -> LoadedModel:
     return LoadedModel(
         checkpoint=ckpt,
         model=model,
-        tokenizer=_load_tokenizer(ckpt, options),
+        tokenizer=load_tokenizer(ckpt, options),
         missing_keys=frozenset(info.get("missing_keys") or ()),
         options=options,
     )

@@ -48,3 +48,6 @@ def test_paper_rule_on_real_checkpoints(bert_tiny_dir, albert_dir):
         report = api.inspect(str(path), options=api.InspectOptions(weights_only=True))
         assert report.recommendation.rule == "paper"
         assert report.recommendation.k == 1.0
+    # Weights-only mode loads the tokenizer as the full load does: the real ALBERT's vocab.txt.
+    albert = api.inspect(str(albert_dir), options=api.InspectOptions(weights_only=True))
+    assert albert.model.n_tokenizer == 591
