@@ -241,9 +241,14 @@ class FixOutcome:
     @property
     def note(self) -> str:
         if self.followed_last_inspection:
-            return (f"No MODEL given: acting on {self.source}, the model of the last "
+            note = (f"No MODEL given: acting on {self.source}, the model of the last "
                     f"`headscope inspect`, with k = {self.k:g} ({self.k_from}).")
-        return f"Fixing {self.source} with k = {self.k:g} ({self.k_from})."
+        else:
+            note = f"Fixing {self.source} with k = {self.k:g} ({self.k_from})."
+        if self.result.cleaned:
+            note += (" Removed the temporary folder(s) an interrupted run left: "
+                     f"{', '.join(self.result.cleaned)}.")
+        return note
 
 
 def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), load_options=None,
@@ -554,6 +559,7 @@ def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
     """Train every arm on the same batches, log telemetry, judge each, draw the curves."""
     from contextlib import ExitStack
 
+    from headscope import fileio
     from headscope.splade import data as splade_data
     from headscope.splade.train import TelemetryWriter, train_arms
 
@@ -565,7 +571,8 @@ def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
         writers = {}
         if options.log:
             Path(options.log).parent.mkdir(parents=True, exist_ok=True)
-            fh = stack.enter_context(open(options.log, "w", encoding="utf-8"))
+            # Appears complete when training ends; an interrupted run leaves no partial log.
+            fh = stack.enter_context(fileio.atomic_open(options.log))
             writers = {name: TelemetryWriter(fh, arm=name, k=ks[name]) for name in arms}
 
         def on_step(arm: str, record) -> None:
@@ -699,20 +706,41 @@ class LastInspection:
     cwd: str
 
 
+# A remembered inspection is followed only from the directory it was made in, and for this long.
+LAST_INSPECTION_MAX_AGE_HOURS = 24
+
+
 def remember_inspection(report: Report) -> None:
+    """Record `report` for a following `fix` without MODEL. The record is a convenience: when
+    it cannot be written (an unwritable HEADSCOPE_CACHE) a HeadscopeWarning says so and
+    nothing is raised."""
+    import warnings
+
+    from headscope import fileio
+    from headscope.errors import HeadscopeWarning, OutputWriteError
+
     rec = report.recommendation
     state = LastInspection(source=report.model.source, revision=report.model.revision,
                            k=rec.k if rec else None, rule=rec.rule if rec else None,
                            scale_bias=rec.scale_bias if rec else False,
                            created=report.created, cwd=os.getcwd())
     path = _state_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state.__dict__, indent=2))
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fileio.write_text(path, json.dumps(state.__dict__, indent=2) + "\n")
+    except (OSError, OutputWriteError) as exc:
+        reason = exc.reason if isinstance(exc, OutputWriteError) else (exc.strerror or str(exc))
+        warnings.warn(HeadscopeWarning(
+            f"could not record this inspection in {path} ({reason}); the report is complete, "
+            "but `headscope fix` without MODEL will not follow it (pass MODEL, or set "
+            "HEADSCOPE_CACHE to a writable folder)."), stacklevel=2)
 
 
 def last_inspection() -> LastInspection:
+    """The remembered inspection, if it was made in the current working directory less than
+    LAST_INSPECTION_MAX_AGE_HOURS ago; else InputError saying to pass MODEL."""
+    from datetime import datetime, timezone
+
     path = _state_file()
     if not path.exists():
         raise InputError(
@@ -720,12 +748,30 @@ def last_inspection() -> LastInspection:
             "`headscope inspect MODEL` first."
         )
     try:
-        return LastInspection(**json.loads(path.read_text()))
-    except (ValueError, TypeError) as exc:
+        last = LastInspection(**json.loads(path.read_text(encoding="utf-8")))
+        created = datetime.fromisoformat(last.created.replace("Z", "+00:00"))
+        if created.tzinfo is None:
+            raise ValueError(f"created {last.created!r} has no time zone")
+    except (OSError, ValueError, TypeError) as exc:
         raise InputError(
             f"The record of the last inspection ({path}) is unreadable ({exc}); pass MODEL "
             "explicitly or run `headscope inspect MODEL` again."
         ) from exc
+    here = os.getcwd()
+    if os.path.realpath(last.cwd) != os.path.realpath(here):
+        raise InputError(
+            f"The last `headscope inspect` ({last.source}) was run in {last.cwd}, not in this "
+            "directory; pass MODEL to say which checkpoint to fix."
+        )
+    age_h = (datetime.now(timezone.utc) - created).total_seconds() / 3600
+    if not -0.1 <= age_h <= LAST_INSPECTION_MAX_AGE_HOURS:
+        when = "dated in the future" if age_h < 0 else f"{age_h:.0f} hours old"
+        raise InputError(
+            f"The last `headscope inspect` ({last.source}) is {when} (it is followed for "
+            f"{LAST_INSPECTION_MAX_AGE_HOURS} hours); pass MODEL, or run `headscope inspect "
+            "MODEL` again."
+        )
+    return last
 
 
 __all__ = [

@@ -1,6 +1,8 @@
 """Command line. Each command parses flags, calls one library verb, renders, exits.
 
-Exit codes: 0 ok, 1 check failed, 2 usage or input error, 3 internal error, 130 interrupted.
+Exit codes: 0 ok, 1 check failed, 2 usage or input error, 3 internal error; 130 interrupted
+(SIGINT, Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP): each signal unwinds like
+Ctrl-C, so temporary files are removed.
 Data goes to stdout; progress and messages go to stderr. `HEADSCOPE_DEBUG=1` shows tracebacks.
 This is the only module that imports click; torch is imported only by the commands that need it.
 """
@@ -10,8 +12,11 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import fields
@@ -22,7 +27,7 @@ from rich.console import Console
 
 from headscope import __version__
 from headscope.api import FixOptions
-from headscope.errors import EXIT_INTERNAL, HeadscopeError
+from headscope.errors import EXIT_INTERNAL, HeadscopeError, HeadscopeWarning
 
 # Piped or redirected, rich would fall back to 80 columns and cut table cells ("-6.…"); give
 # data a fixed, wide width unless a terminal or COLUMNS says otherwise.
@@ -71,21 +76,85 @@ def _bands(specs: tuple[str, ...]):
         raise click.BadParameter(str(exc)) from None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is so that it unwinds like Ctrl-C: every
+    `finally` of the library runs and removes its temporary files."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_HANDLED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
+                         if hasattr(signal, name))
+
+
+@contextmanager
+def signals_as_interrupts():
+    """Within the block, SIGTERM and SIGHUP raise `Terminated` (the main thread only: Python
+    runs signal handlers there). A second one is ignored so that the cleanup can finish."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        for sig in _HANDLED_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in _HANDLED_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextmanager
+def warnings_as_lines():
+    """The library's HeadscopeWarnings as one `Warning:` line each on stderr (each text once);
+    other warnings as Python shows them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("once", HeadscopeWarning)
+        show = warnings.showwarning
+
+        def showwarning(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, HeadscopeWarning):
+                stderr.print(f"Warning: {message}", markup=False, highlight=False)
+            else:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = showwarning
+        yield
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """Say how the command was stopped; the exit status for it (128 + the signal number)."""
+    signum = getattr(exc, "signum", signal.SIGINT)
+    if signum == signal.SIGINT:
+        stderr.print("Interrupted; nothing was left half-written.", markup=False)
+    else:
+        stderr.print(f"Stopped by {signal.Signals(signum).name}; temporary files removed, "
+                     "nothing was left half-written.", markup=False)
+    return 128 + int(signum)
+
+
 def handle_errors(fn: Callable) -> Callable:
-    """Map library errors to one `Error:` line and the documented exit code."""
+    """Map library errors to one `Error:` line and the documented exit code; SIGTERM and SIGHUP
+    end a command like Ctrl-C."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with signals_as_interrupts(), warnings_as_lines():
+                return fn(*args, **kwargs)
         except HeadscopeError as exc:
             if os.environ.get("HEADSCOPE_DEBUG"):
                 traceback.print_exc()
             stderr.print(f"Error: {exc}", markup=False, highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            stderr.print("Interrupted; nothing was left half-written.", markup=False)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            sys.exit(_interrupted(exc))
         except click.exceptions.ClickException:
             raise
         except Exception as exc:  # noqa: BLE001 - the last line of defence
@@ -118,13 +187,25 @@ def progress_bar():
 
 
 def _emit_json(payload: str, dest: str | None) -> None:
+    """JSON to stdout ("-") or to a file (atomically), ending in exactly one newline."""
+    payload = payload.rstrip("\n")
     if dest == "-":
         click.echo(payload)
     elif dest:
-        from pathlib import Path
+        from headscope import fileio
 
-        Path(dest).write_text(payload + "\n")
+        fileio.write_text(dest, payload + "\n")
         stderr.print(f"JSON written to {dest}", markup=False)
+
+
+def writable(*paths: str | None, parents: bool = False) -> None:
+    """Refuse, before any slow work, an output file that could not be written ("-", stdout,
+    and None are skipped). `parents`: missing folders will be created."""
+    from headscope import fileio
+
+    for path in paths:
+        if path and path != "-":
+            fileio.check_writable(path, parents=parents)
 
 
 def load_options(f: Callable) -> Callable:
@@ -219,6 +300,7 @@ def inspect(model, revision, dtype, device, trust_remote_code, probe_file, ks, n
     """
     from headscope import api, render, report
 
+    writable(json_dest)
     options = api.InspectOptions(weights_only=weights_only, probe_file=probe_file, rule=rule,
                                  reference=reference)
     with progress_bar() as progress:
@@ -245,7 +327,9 @@ def inspect(model, revision, dtype, device, trust_remote_code, probe_file, ks, n
               help="Divide the output bias by k too. Default: as the recommendation says "
               "(with --k: no).")
 @click.option("--dry-run", is_flag=True, help="Rescale and verify in memory; write nothing.")
-@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out (after verifying).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an --out that headscope wrote earlier (after verifying); any other "
+              "non-empty folder is refused.")
 @click.option("--n-pairs", type=int, default=None,
               help="Built-in probe size for the before/after statistics (default: as inspect).")
 @load_options
@@ -256,10 +340,12 @@ def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, n_pairs, revisi
         trust_remote_code, json_dest):
     """Write a corrected safetensors checkpoint of MODEL to --out, verified by reloading.
 
-    Without MODEL, acts on the model of the last `headscope inspect`, with its recommended k.
+    Without MODEL, acts on the model of the last `headscope inspect` run in this directory in
+    the last 24 hours, with its recommended k.
     """
     from headscope import api, render
 
+    writable(json_dest)
     options = api.FixOptions(k=k, strategy=strategy, scale_bias=scale_bias, dry_run=dry_run,
                              overwrite=overwrite)
     if model is None:
@@ -318,6 +404,7 @@ def compare(sources, revision, dtype, device, trust_remote_code, probe_file, ks,
     from headscope import api, render
     from headscope.report import key_statistics
 
+    writable(json_dest)
     if any(not (s.endswith(".json") and os.path.isfile(s)) for s in sources):
         _quiet_transformers()
     with progress_bar() as progress:
@@ -347,6 +434,7 @@ def report_cmd(report_path, html, md, confirm_log):
     """Render a JSON report saved by `inspect --json` as HTML and/or Markdown."""
     from headscope import api
 
+    writable(html, md)
     for path in api.write_report_documents(report_path, html=html, md=md,
                                            confirm_log=confirm_log):
         stderr.print(f"wrote {path}", markup=False)
@@ -416,6 +504,8 @@ def confirm(model, k, fixed, json_dest, **kw):
     """Train MODEL and its fixed version side by side; say whether each trains stably."""
     from headscope import api
 
+    writable(json_dest, kw.get("figure"))
+    writable(kw.get("log"), parents=True)
     _quiet_transformers()
     with progress_bar() as progress:
         outcome = api.confirm(model, k=k, fixed=fixed, options=_confirm_options(kw),
@@ -433,6 +523,8 @@ def sweep(model, ks, json_dest, **kw):
     """The same short training for each k: loss curves like the paper's figure."""
     from headscope import api
 
+    writable(json_dest, kw.get("figure"))
+    writable(kw.get("log"), parents=True)
     _quiet_transformers()
     with progress_bar() as progress:
         outcome = api.sweep(model, ks, options=_confirm_options(kw), progress=progress)
@@ -477,6 +569,7 @@ def check(model, report_path, policy_path, probe_file, ks, n_pairs, batch_size, 
     """CI guard: exit 0 when MODEL (or --report) meets the policy, 1 when it does not."""
     from headscope import api, render
 
+    writable(json_dest)
     overrides = {k: (tuple(v) if isinstance(v, tuple) else v) for k, v in policy.items()
                  if v is not None and v != ()}
     if model is not None:

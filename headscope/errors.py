@@ -64,6 +64,17 @@ class OutputExistsError(InputError):
         )
 
 
+class OutputWriteError(InputError):
+    """An output location cannot be written (missing or read-only folder, disk full). Whatever
+    was being written is removed; an older file at the same path is left as it was."""
+
+    def __init__(self, path: str, reason: str, remedy: str | None = None) -> None:
+        self.path = path
+        self.reason = reason
+        remedy = remedy or "nothing was written there; free some space or choose another path"
+        super().__init__(f"Cannot write {path}: {reason}; {remedy}.")
+
+
 class PolicyError(InputError):
     """A policy file or flag is malformed (unknown key, wrong type)."""
 
@@ -76,3 +87,8 @@ class VerificationError(HeadscopeError):
     """A written checkpoint did not reload to the expected model; nothing was kept."""
 
     exit_code = EXIT_INTERNAL
+
+
+class HeadscopeWarning(UserWarning):
+    """Something optional failed and the work carried on (e.g. the last-inspection record could
+    not be saved). The CLI shows it as one `Warning:` line on stderr."""

@@ -18,12 +18,13 @@ import html
 import io
 import math
 import os
-import secrets
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from headscope import fileio
 from headscope.errors import InputError
 from headscope.plots import (
     DPI,
@@ -598,6 +599,7 @@ def write_report(
                 f"Cannot write report {path}: directory {path.parent} does not "
                 "exist; create it or choose another path."
             )
+        fileio.check_writable(path)  # before the figures are drawn
     runs = _read_telemetry(confirm_log)
     figs = _figures(report, runs)  # drawn once, shared by both documents
     written = []
@@ -605,23 +607,20 @@ def write_report(
         written.append(_write_bytes(Path(html), _html(report, runs, figs).encode("utf-8")))
     if md is not None:
         path = Path(md)
-        text = _markdown(report, runs, figs, path.parent / f"{path.stem}_figures")
-        written.append(_write_bytes(path, text.encode("utf-8")))
+        figures = path.parent / f"{path.stem}_figures"
+        existed = figures.exists()
+        try:
+            text = _markdown(report, runs, figs, figures)
+            written.append(_write_bytes(path, text.encode("utf-8")))
+        except BaseException:
+            if not existed:  # a failed or interrupted write leaves no figures folder behind
+                shutil.rmtree(figures, ignore_errors=True)
+            raise
     return tuple(written)
 
 
 def _write_bytes(path: Path, data: bytes) -> Path:
-    # A uniquely named sibling opened with "x" (so the file gets the umask's permissions, not
-    # mkstemp's 0600), then an atomic rename over the destination.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return fileio.write_bytes(path, data)  # temp file, fsync, rename; the user's umask
 
 
 __all__ = ["report_html", "report_markdown", "write_report"]

@@ -16,7 +16,6 @@ import io
 import json
 import math
 import os
-import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
+from headscope import fileio
 from headscope.errors import InputError
 
 if TYPE_CHECKING:  # splade.train imports torch; plots must work from files without it
@@ -414,17 +414,7 @@ def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
         )
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt, dpi=DPI, metadata=_metadata(fmt))
-    # A uniquely named sibling opened with "x" (so the file gets the umask's permissions, not
-    # mkstemp's 0600), then an atomic rename over the destination.
-    tmp = p.with_name(f".{p.name}.{secrets.token_hex(8)}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return p
+    return fileio.write_bytes(p, buf.getvalue())  # temp file, fsync, rename; the user's umask
 
 
 def _metadata(fmt: str) -> dict[str, None]:

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import types
 from dataclasses import dataclass, fields, is_dataclass
 from datetime import datetime, timezone
@@ -26,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import IO, Any, Union, get_args, get_origin, get_type_hints
 
-from headscope import __version__
+from headscope import __version__, fileio
 from headscope.errors import ReportError
 from headscope.recommend import SEVERITIES, Finding, Recommendation
 from headscope.stats import KStats, WeightStats
@@ -259,7 +258,9 @@ def dumps(report: Report) -> str:
 
 
 def write_json(report: Report, dest: str | os.PathLike[str] | IO[str]) -> None:
-    """Write to a path (atomically: temp file, then rename), to "-" (stdout) or to a stream."""
+    """Write to a path (atomically: temp file, fsync, rename; the user's umask), to "-"
+    (stdout) or to a stream. A failed write (disk full) raises OutputWriteError and leaves an
+    older file at `dest` as it was."""
     text = dumps(report)
     if isinstance(dest, str) and dest == "-":
         sys.stdout.write(text)
@@ -273,14 +274,7 @@ def write_json(report: Report, dest: str | os.PathLike[str] | IO[str]) -> None:
             f"Cannot write report {path}: directory {path.parent} does not exist; create it or "
             "choose another path."
         )
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fileio.write_text(path, text)  # temp file, fsync, rename; the user's umask
 
 
 def _reject_constant(name: str) -> float:

@@ -31,18 +31,19 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import struct
-import tempfile
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from headscope import __version__
+from headscope import __version__, fileio
 from headscope.checkpoint import token_limit
-from headscope.errors import InputError, OutputExistsError, VerificationError
+from headscope.errors import InputError, OutputExistsError, OutputWriteError, VerificationError
 from headscope.rescale import (
     RescaleSpec,
     check_applicable,
@@ -60,6 +61,9 @@ if TYPE_CHECKING:
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 PROVENANCE_FILE = "headscope.json"
+# Inside a temporary folder while it is being written: who writes it (a killed run's folder is
+# recognised by it and removed by the next run).
+WRITING_MARKER = ".headscope-writing"
 DEFAULT_MAX_SHARD_SIZE = 5_000_000_000  # bytes; transformers 4.x's default "5GB"
 _COPY_CHUNK = 1 << 24  # 16 MiB per read when copying raw tensor bytes
 
@@ -112,6 +116,7 @@ class FixResult:
     weight_bytes: int
     largest_shard_bytes: int
     sharded: bool
+    cleaned: tuple[str, ...] = ()  # stale temporary folders of killed runs removed first
 
 
 # --------------------------------------------------------------------------------------------
@@ -463,6 +468,8 @@ def _write_safetensors(path: Path, entries: list[_Entry], metadata: dict[str, st
                 t = e.tensor if e.tensor is not None else e.stored.tensor  # type: ignore[union-attr]
                 out.write(_tensor_bytes(t))
                 on_bytes(e.nbytes)
+        out.flush()
+        os.fsync(out.fileno())
     return 8 + len(raw) + offset
 
 
@@ -660,10 +667,69 @@ def _reload(path: Path, loaded: LoadedModel):
 # --------------------------------------------------------------------------------------------
 # output folder
 
+_REPLACE_RULE = "--overwrite replaces only a folder headscope wrote, or an empty one"
+
+
+def _temp_prefix(out: Path) -> str:
+    """Name prefix of the temporary siblings of `out` (being written, or an old one being
+    deleted after the swap)."""
+    return f".{out.name}.headscope-"
+
+
+def _listing(folder: Path) -> tuple[set[str], set[str], list[str]]:
+    """(files, folders, other entries: links, devices...) under `folder`, relative, POSIX."""
+    files, folders, other = set(), set(), []
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            other.append(rel)
+        elif path.is_dir():
+            folders.add(rel)
+        elif path.is_file():
+            files.add(rel)
+        else:
+            other.append(rel)
+    return files, folders, other
+
+
+def foreign_files(folder: Path) -> list[str] | None:
+    """What in `folder` headscope did not write: None when it has no readable headscope.json
+    listing its files, else the entries that list does not hold (empty: headscope's own)."""
+    try:
+        provenance = json.loads((folder / PROVENANCE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    listed = provenance.get("files") if isinstance(provenance, dict) else None
+    if not isinstance(listed, list) or not all(isinstance(f, str) for f in listed):
+        return None
+    wrote = set(listed) | {PROVENANCE_FILE}
+    parents = {p.as_posix() for f in wrote for p in Path(f).parents if p.as_posix() != "."}
+    files, folders, other = _listing(folder)
+    return sorted(other + [f for f in files if f not in wrote] +
+                  [d + "/" for d in folders if d not in parents])
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse (InputError) to replace a non-empty `out` that headscope did not write."""
+    foreign = foreign_files(out)
+    if foreign is None:
+        raise InputError(
+            f"Output directory {out} was not written by headscope (no {PROVENANCE_FILE} listing "
+            f"its files); {_REPLACE_RULE}; choose another --out."
+        )
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3
+                                          else "")
+        raise InputError(
+            f"Output directory {out} holds files headscope did not write ({shown}); "
+            f"{_REPLACE_RULE}; move them or choose another --out."
+        )
+
 
 def check_out(source: Path, out: Path, overwrite: bool) -> None:
-    """Refuse an `out` (resolved) that is, holds or sits inside the source, is a file, or is a
-    non-empty folder without `overwrite`. `api.fix` calls it before loading anything."""
+    """Refuse an `out` (resolved) that is, holds or sits inside the source, is or holds the
+    working directory, is a file, is not writable, or is non-empty without `overwrite` (with
+    it: not written by headscope). `api.fix` calls it before loading anything."""
     src = source.resolve()
     if out == src or src in out.parents:
         raise InputError(
@@ -675,33 +741,105 @@ def check_out(source: Path, out: Path, overwrite: bool) -> None:
             f"Output directory {out} contains the source checkpoint {src}; replacing it would "
             "delete the source; choose another --out."
         )
+    cwd = Path.cwd().resolve()
+    if out == cwd or out in cwd.parents:
+        raise InputError(
+            f"Output directory {out} is the working directory or contains it; choose a new "
+            "folder for --out, e.g. --out ./fixed."
+        )
     if out.exists() and not out.is_dir():
         raise InputError(f"Output path {out} is a file; choose a directory for --out.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputExistsError(str(out))
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(str(out))
+        check_replaceable(out)
+    fileio.check_writable_folder(out)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, another user's
+    return True
+
+
+def _is_stale(folder: Path) -> bool:
+    """Whether a temporary sibling is recognisably headscope's and no longer in use: a
+    folder being written whose writer is gone (its marker names a dead process of this host),
+    or a complete headscope checkpoint left behind by a swap that was cut short."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    marker = folder / WRITING_MARKER
+    if marker.is_file():
+        try:
+            info = json.loads(marker.read_text(encoding="utf-8"))
+            pid, host = int(info["pid"]), str(info["host"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return host == socket.gethostname() and not _pid_alive(pid)
+    return foreign_files(folder) == []
+
+
+def _remove_stale(out: Path) -> tuple[str, ...]:
+    """Remove the temporary siblings of `out` that killed runs left (see `_is_stale`). A
+    headscope checkpoint set aside by an interrupted non-atomic swap is moved back to `out`
+    when `out` is missing, not deleted."""
+    removed = []
+    prefix = _temp_prefix(out)
+    try:
+        siblings = sorted(p for p in out.parent.iterdir() if p.name.startswith(prefix))
+    except OSError:
+        return ()
+    for path in siblings:
+        if not _is_stale(path):
+            continue
+        if path.name.startswith(prefix + "old-") and not out.exists():
+            path.rename(out)  # the only copy of the previous output: put it back
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            removed.append(path.name)
+    return tuple(removed)
 
 
 def _install(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Move the verified `tmp` to `out`; an old `out` is removed only once `tmp` is in place."""
-    if not out.exists():
-        tmp.rename(out)
-        return
-    if not any(out.iterdir()):
-        out.rmdir()
-        tmp.rename(out)
+    """Move the verified `tmp` to `out`. An old `out` is swapped with `tmp` in one atomic step
+    where the file system can (renameat2 RENAME_EXCHANGE), else set aside, replaced and put
+    back on failure; it is deleted only once the new folder is in place."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        os.rename(tmp, out)  # replaces an empty folder in one step (POSIX)
         return
     if not overwrite:
         raise OutputExistsError(str(out))
-    backup = out.with_name(f".{out.name}.headscope-old-{uuid.uuid4().hex[:8]}")
+    check_replaceable(out)  # again: it may have changed while the model was verified
+    if fileio.exchange(tmp, out):
+        shutil.rmtree(tmp, ignore_errors=True)  # now the old folder
+        return
+    backup = out.with_name(f"{_temp_prefix(out)}old-{uuid.uuid4().hex[:8]}")
     out.rename(backup)
     try:
         tmp.rename(out)
     except BaseException:
         backup.rename(out)
         raise
-    finally:
-        if out.exists() and backup.exists() and not tmp.exists():
-            shutil.rmtree(backup, ignore_errors=True)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file of `folder`, and the folders, to disk before it is renamed into place."""
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_file() and not path.is_symlink():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        elif path.is_dir():
+            fileio.fsync_dir(path)
+    fileio.fsync_dir(folder)
 
 
 # --------------------------------------------------------------------------------------------
@@ -773,12 +911,14 @@ def save_fixed(
         rescale_model(memory_model, spec)
         return reference, _forward(memory_model, inputs), memory_model
 
+    cleaned: tuple[str, ...] = ()
+
     def result(verification: Verification) -> FixResult:
         return FixResult(out=out, spec=spec, dry_run=dry_run, files=tuple(files),
                          weight_files=weight_names, skipped=tuple(skipped),
                          verification=verification, tied=plan.tied_out,
                          source_weight_bytes=plan.source_bytes, weight_bytes=plan.weight_bytes,
-                         largest_shard_bytes=largest, sharded=plan.sharded)
+                         largest_shard_bytes=largest, sharded=plan.sharded, cleaned=cleaned)
 
     if dry_run:
         report("verify", 0, 1)
@@ -802,7 +942,11 @@ def save_fixed(
     tmp: Path | None = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.headscope-", dir=out.parent))
+        cleaned = _remove_stale(out)
+        tmp = fileio.make_temp_dir(out.parent, _temp_prefix(out))
+        fileio.write_text(tmp / WRITING_MARKER, json.dumps(
+            {"headscope_version": __version__, "pid": os.getpid(), "host": socket.gethostname(),
+             "out": str(out)}) + "\n")
         total = plan.weight_bytes
         done = 0
 
@@ -818,10 +962,11 @@ def save_fixed(
         if plan.sharded:
             index = {"metadata": {"total_size": total, **metadata},
                      "weight_map": dict(sorted(weight_map.items()))}
-            (tmp / index_name).write_text(json.dumps(index, indent=2) + "\n")
+            fileio.write_text(tmp / index_name, json.dumps(index, indent=2) + "\n")
         config = dict(ckpt.config)
         config["tie_word_embeddings"] = plan.tied_out
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        fileio.write_text(tmp / "config.json",
+                          json.dumps(config, indent=2, sort_keys=True) + "\n")
         for name in copied:
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(ckpt.path / name, tmp / name)
@@ -860,10 +1005,22 @@ def save_fixed(
             "stats_before": before,
             "stats_after": after,
             "previous": previous,
+            "files": files,  # every file written: what a later --overwrite may replace
         }
-        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+        fileio.write_text(tmp / PROVENANCE_FILE, json.dumps(provenance, indent=2) + "\n")
+        _fsync_tree(tmp)
         _install(tmp, out, overwrite)
         installed = True
+        with suppress(OSError):
+            (out / WRITING_MARKER).unlink()
+    except OSError as err:
+        # Disk full, a read-only or vanished folder: the user's problem, named (exit 2); the
+        # finally below removes what was written.
+        if isinstance(err, OutputWriteError) or (
+                err.filename is not None and Path(os.fsdecode(err.filename)).is_relative_to(
+                    ckpt.path.resolve())):
+            raise
+        raise OutputWriteError(str(out), err.strerror or str(err)) from err
     finally:
         if not installed:
             if tmp is not None:

@@ -220,9 +220,17 @@ def test_fix_dry_run_and_refusals(tiny_long, tmp_path):
     assert str(err.value) == (f"Output directory {out.resolve()} is not empty; pass --overwrite "
                               "or choose another --out.")
     assert [p.name for p in out.iterdir()] == ["x"]
-    outcome = api.fix(str(src), str(out), options=api.FixOptions(k=2, overwrite=True),
+    with pytest.raises(InputError) as err:  # --overwrite replaces only what headscope wrote
+        api.fix(str(src), str(out), options=api.FixOptions(k=2, overwrite=True),
+                probe_config=SMALL)
+    assert str(err.value).startswith(f"Output directory {out.resolve()} was not written by "
+                                     "headscope")
+    assert [p.name for p in out.iterdir()] == ["x"]
+    (out / "x").unlink()
+    api.fix(str(src), str(out), options=api.FixOptions(k=2), probe_config=SMALL)  # empty: used
+    outcome = api.fix(str(src), str(out), options=api.FixOptions(k=4, overwrite=True),
                       probe_config=SMALL)
-    assert (out / "config.json").is_file() and not (out / "x").exists()
+    assert json.loads((out / "headscope.json").read_text())["k"] == 4
     with pytest.raises(InputError) as err:
         api.fix(str(src), str(tmp_path / "y"), options=api.FixOptions(k=2, strategy="nope"))
     assert str(err.value) == "Unknown rescale strategy 'nope'; choose one of untie, tied, fold."

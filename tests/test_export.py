@@ -4,6 +4,7 @@ their figures, reference nothing outside themselves, and are written atomically.
 from __future__ import annotations
 
 import base64
+import errno
 import os
 import re
 import shutil
@@ -14,8 +15,8 @@ import pytest
 from test_plots import six_k_report, telemetry_rows, write_jsonl
 from test_report import weights_only
 
-from headscope import export
-from headscope.errors import InputError
+from headscope import export, fileio
+from headscope.errors import InputError, OutputWriteError
 from headscope.recommend import Finding
 
 DATA_URI = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
@@ -261,12 +262,15 @@ def test_write_report_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatc
     path = tmp_path / "r.html"
     path.write_text("old")
 
-    def fail(src, dst):
-        raise OSError("disk full")
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(export.os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(fileio.os, "write", full)
+    with pytest.raises(OutputWriteError) as err:
         export.write_report(six_k_report(), html=path)
+    assert str(err.value) == (f"Cannot write {path}: No space left on device; nothing was "
+                              "written there; free some space or choose another path.")
+    assert err.value.exit_code == 2
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["r.html"]
 

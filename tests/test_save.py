@@ -161,10 +161,12 @@ def test_refuses_non_empty_out(bert_tiny, tmp_path):
 
 def test_overwrite_replaces_after_verification(bert_tiny, tmp_path):
     out = tmp_path / "taken"
-    out.mkdir()
-    (out / "keep.txt").write_text("old")
+    save_fixed(bert_tiny, RescaleSpec(2), out, verify_texts=TEXTS)
+    first = _stored(out)["cls.predictions.decoder.weight"]
     save_fixed(bert_tiny, RescaleSpec(8), out, verify_texts=TEXTS, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert json.loads((out / "headscope.json").read_text())["k"] == 8
+    torch.testing.assert_close(_stored(out)["cls.predictions.decoder.weight"], first / 4,
+                               rtol=0, atol=1e-7)
     assert _siblings(out) == ["taken"]
 
 
@@ -222,9 +224,10 @@ def test_model_changed_in_memory_fails_verification(tmp_path):
     loaded = _load(src)
     with torch.no_grad():
         loaded.model.bert.encoder.layer[0].output.LayerNorm.weight.add_(1.0)
-    out = tmp_path / "taken"
+    out = tmp_path / "taken"  # an earlier output of headscope's, which --overwrite may replace
     out.mkdir()
     (out / "keep.txt").write_text("old")
+    (out / "headscope.json").write_text(json.dumps({"files": ["headscope.json", "keep.txt"]}))
     with pytest.raises(VerificationError) as err:
         save_fixed(loaded, RescaleSpec(2), out, verify_texts=TEXTS, overwrite=True)
     msg = str(err.value)
