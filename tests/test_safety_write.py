@@ -323,6 +323,34 @@ def test_signal_during_fix_removes_the_temporary_folder(bert_tiny_dir, tmp_path,
     assert list(parent.iterdir()) == []
 
 
+@pytest.mark.parametrize("raised, code, line", [
+    (KeyboardInterrupt(), 130, "Interrupted; nothing was left half-written."),
+    ("SIGTERM", 143, "Stopped by SIGTERM; temporary files removed, nothing was left "
+     "half-written."),
+    ("SIGHUP", 129, "Stopped by SIGHUP; temporary files removed, nothing was left "
+     "half-written."),
+])
+def test_interrupts_map_to_one_line_and_128_plus_the_signal(bert_tiny_dir, tmp_path,
+                                                            monkeypatch, raised, code, line):
+    from headscope.cli import Terminated
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+
+    def stopped(*args, **kwargs):
+        # the CLI's handlers are installed while the command runs
+        assert signal.getsignal(signal.SIGTERM) is not before[signal.SIGTERM]
+        if isinstance(raised, str):
+            raise Terminated(getattr(signal, raised))
+        raise raised
+
+    monkeypatch.setattr(api, "fix", stopped)
+    result = CliRunner().invoke(main, ["fix", str(bert_tiny_dir), "--k", "4", "--out",
+                                       str(tmp_path / "fixed")])
+    assert result.exit_code == code
+    assert result.stderr == line + "\n"
+    assert {s: signal.getsignal(s) for s in before} == before  # restored afterwards
+
+
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
