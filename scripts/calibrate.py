@@ -192,9 +192,12 @@ def run(args) -> int:
     ks = [float(k) for k in args.k.split(",")]
     bias = {"kept": [False], "divided": [True], "both": [False, True],
             "recommended": [bool(rec["scale_bias"])]}[args.bias]
-    arms = {Arm(k, b if k != 1 else False) for k in ks for b in bias}
-    arms.add(Arm(float(rec["k"]), bool(rec["scale_bias"]) if rec["k"] != 1 else False))
-    arms_sorted = sorted(arms, key=lambda a: (a.k, a.scale_bias))
+    rec_arm = Arm(float(rec["k"]), bool(rec["scale_bias"]) if rec["k"] != 1 else False)
+    arms = {Arm(k, b if k != 1 else False) for k in ks for b in bias} - {rec_arm}
+    # The recommended arm first, then the others farthest from it (in log k) first: when the
+    # grid is cut short, the comparisons that matter most are already done.
+    arms_sorted = [rec_arm] + sorted(
+        arms, key=lambda a: (-abs(math.log(a.k / rec_arm.k)), a.k, a.scale_bias))
     train_set = splade_data.load_dataset(args.data, max_eval_queries=args.max_eval_queries)
     eval_name = args.eval_data or args.data
     eval_split = (train_set.eval if eval_name == args.data else splade_data.load_eval(
@@ -219,8 +222,7 @@ def run(args) -> int:
             row = {
                 "key": key, "kind": "run", "condition": args.condition, "label": label,
                 "arm": arm.name, "k": arm.k, "scale_bias": arm.scale_bias, "seed": seed,
-                "recommended": arm == Arm(float(rec["k"]),
-                                          bool(rec["scale_bias"]) if rec["k"] != 1 else False),
+                "recommended": arm == rec_arm,
                 "data": args.data, "eval": eval_name, "config": asdict(config),
                 "eval_config": asdict(eval_config), "git_commit": commit,
                 "step0": {k: _finite(v) for k, v in asdict(result.records[0]).items()},
@@ -322,13 +324,22 @@ def analyse(rows: list[dict]) -> list[dict]:
         by_arm: dict[str, dict[int, dict]] = {}
         for r in runs:
             by_arm.setdefault(r["arm"], {})[r["seed"]] = r
-        seeds = sorted(set.intersection(*(set(s) for s in by_arm.values())))
-        arm_order = sorted(by_arm, key=lambda a: (next(iter(by_arm[a].values()))["k"],
-                                                  next(iter(by_arm[a].values()))["scale_bias"]))
+        # Pair over every seed run so far; an arm that lacks one of them is left out of the
+        # comparison (and listed), rather than shrinking every arm to the seeds it has.
+        seeds = sorted(set().union(*(set(s) for s in by_arm.values())))
+        complete = [a for a in by_arm if set(by_arm[a]) == set(seeds)]
+        incomplete = {a: sorted(by_arm[a]) for a in by_arm if a not in complete}
+
+        def k_order(a: str, by_arm: dict = by_arm) -> tuple:
+            first = next(iter(by_arm[a].values()))
+            return (first["k"], first["scale_bias"])
+
+        arm_order = sorted(complete, key=k_order)
         result = {"condition": key[0], "steps": key[1], "data": key[2], "eval": key[3],
                   "seeds": seeds, "arms": arm_order, "by_arm": by_arm,
+                  "incomplete": {a: incomplete[a] for a in sorted(incomplete, key=k_order)},
                   "label": runs[0]["label"], "recommendation": recs.get(key[0])}
-        if seeds:
+        if seeds and arm_order:
             for metric, field_name in (("mrr", "per_query_mrr"), ("ndcg", "per_query_ndcg")):
                 order = sorted(by_arm[arm_order[0]][seeds[0]]["trained"][field_name])
                 mats = {a: evidence.per_query_matrix(
@@ -485,6 +496,12 @@ def report(args) -> int:
             out.append("")
         out += [f"**Verdict:** {_verdict(g)}", ""]
         out += _arm_table(g) + [""]
+        for arm, done in g["incomplete"].items():
+            out.append(f"- {arm}: left out of the comparison, only seed(s) "
+                       f"{', '.join(map(str, done))} of {', '.join(map(str, g['seeds']))} "
+                       "finished.")
+        if g["incomplete"]:
+            out.append("")
         t = g.get("tied_ndcg")
         if t is not None:
             out.append(f"nDCG@10 tied-with-best set: {{{', '.join(t.tied)}}} (best {t.best}).")
