@@ -204,8 +204,11 @@ def run(args) -> int:
         eval_name, max_eval_queries=args.max_eval_queries).eval)
     seeds = [int(s) for s in args.seeds.split(",")]
     eval_config = EvalConfig(max_query_length=32, max_passage_length=args.max_passage_length)
+    new_runs = 0
     for seed in seeds:
         for arm in arms_sorted:
+            if args.max_runs is not None and new_runs >= args.max_runs:
+                return 0
             key = (f"{args.condition}|{arm.name}|seed={seed}|steps={args.steps}|"
                    f"data={args.data}|eval={eval_name}")
             if key in done:
@@ -234,6 +237,7 @@ def run(args) -> int:
             print(f"{key}: MRR@10 {before.mrr_at_10:.3f} -> {after.mrr_at_10:.3f} "
                   f"({row['wall_s']} s)", flush=True)
             del clone
+            new_runs += 1
     return 0
 
 
@@ -254,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--eval-data", default=None)
     r.add_argument("--max-eval-queries", type=int, default=1000)
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--max-runs", type=int, default=None,
+                   help="stop after this many new runs (the rest resume later)")
     r.add_argument("--out", required=True)
     p = sub.add_parser("report", help="regenerate docs/calibration.md tables and figures")
     p.add_argument("--runs", default=str(ROOT / "docs" / "calibration" / "runs"))
@@ -472,6 +478,12 @@ def _plateau(g: dict) -> str:
             + "; ".join(parts) + ".")
 
 
+def _label(label: str) -> str:
+    """A run's label for the page: no cache path of this machine, no design-note citation."""
+    label = re.sub(r"/\S*/assets/bert-tiny-splade", "bert-tiny-splade", label)
+    return re.sub(r" \(DESIGN\.md §\d+\)", "", label)
+
+
 def report(args) -> int:
     runs_dir, md = Path(args.runs), Path(args.md)
     rows = read_rows(runs_dir)
@@ -487,7 +499,7 @@ def report(args) -> int:
         fig_path = figures / f"{name}.png"
         _figure(g, fig_path)
         out += [f"### {g['condition']} · {g['steps']} steps · train {g['data']} · eval "
-                f"{g['eval']}", "", f"*{g['label']}*", ""]
+                f"{g['eval']}", "", f"*{_label(g['label'])}*", ""]
         rec = (g["recommendation"] or {}).get("recommendation")
         if rec:
             out.append(f"`inspect` recommends k = {rec['k']:g}, bias "
