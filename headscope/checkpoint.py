@@ -10,17 +10,20 @@ files or legacy `pytorch_model.bin` files. `resolve` reads config.json and the f
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from headscope.errors import (
     CheckpointNotFoundError,
+    ConfigError,
     InputError,
     NotCachedError,
     UnsupportedModelError,
+    WeightFileError,
 )
 
 if TYPE_CHECKING:
@@ -181,22 +184,287 @@ def _resolve_hub(repo_id: str, revision: str | None) -> Path:
 
 
 def _find_weights(folder: Path) -> tuple[tuple[Path, ...], str] | None:
-    """Weight files of `folder` in load order and their format, or None when there are none."""
+    """Weight files of `folder` in load order and their format, or None when there are none.
+
+    Every file named by an index is checked to lie inside `folder` (see `containment`) before
+    anything opens it; a missing one is left for `resolve` to report.
+    """
     for index_name, single, fmt in (
         (SAFETENSORS_INDEX, SAFETENSORS_SINGLE, "safetensors"),
         (BIN_INDEX, BIN_SINGLE, "bin"),
     ):
         index = folder / index_name
         if index.is_file():
-            weight_map = _read_json(index).get("weight_map", {})
             shards: list[str] = []
-            for shard in weight_map.values():
+            for shard in weight_map(folder, index).values():
                 if shard not in shards:
                     shards.append(shard)
             return tuple(folder / s for s in sorted(shards)), fmt
-        if (folder / single).is_file():
+        if (folder / single).is_file() or (folder / single).is_symlink():
+            _check_contained(folder, single, f"{folder / single}")
             return (folder / single,), fmt
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# containment: every file read as a weight lies inside the checkpoint folder
+
+
+def _hub_blobs(root: Path) -> Path | None:
+    """The `blobs/` folder of the Hugging Face cache repository whose snapshot `root` is.
+
+    The cache stores each file once in `models--org--name/blobs/<hash>` and links it from
+    `models--org--name/snapshots/<commit>/<name>`; None when `root` is not laid out like that.
+    """
+    snapshots = root.parent
+    repo = snapshots.parent
+    if snapshots.name != "snapshots" or not repo.name.startswith("models--"):
+        return None
+    blobs = repo / "blobs"
+    return blobs.resolve() if blobs.is_dir() else None
+
+
+def containment(folder: Path, name: str) -> str | None:
+    """Why `name` (relative to the checkpoint folder) is not a file of the checkpoint, or None.
+
+    A file of the checkpoint is a regular file reached through a relative path without `..`,
+    that resolves (symlinks followed) inside `folder`, or, in a Hugging Face cache snapshot,
+    to a blob of the same cache repository. Anything else (an absolute path, `..`, a link out
+    of the folder, a device or FIFO) is refused, so a downloaded checkpoint cannot make
+    headscope read, measure or copy another file. "missing" when nothing is there.
+    Never opens the file.
+    """
+    if not isinstance(name, str) or not name or "\x00" in name:
+        return "is not a file name"
+    pure = PurePosixPath(name)
+    if pure.is_absolute():
+        return "is an absolute path"
+    if ".." in pure.parts:
+        return "climbs out of the folder with '..'"
+    root = folder.resolve()
+    try:
+        real = (root / pure).resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return "is a symlink loop"
+    if not real.is_relative_to(root):
+        blobs = _hub_blobs(root)
+        if blobs is None or real.parent != blobs:
+            return f"resolves to {real}, outside the checkpoint folder"
+    if not real.exists():
+        return "missing"
+    if not real.is_file():
+        return "is not a regular file"
+    return None
+
+
+def _check_contained(folder: Path, name: str, what: str) -> None:
+    reason = containment(folder, name)
+    if reason is not None and reason != "missing":
+        raise WeightFileError(
+            f"{what} {reason}; headscope reads weights only from inside the checkpoint folder "
+            f"{folder}: refusing it (repair the checkpoint or re-download it)."
+        )
+
+
+def weight_map(folder: Path, index: Path) -> dict[str, str]:
+    """The index's `weight_map` (tensor name -> shard file name), every entry checked."""
+    data = _read_json(index)
+    mapping = data.get("weight_map")
+    if not isinstance(mapping, dict) or not mapping:
+        raise WeightFileError(
+            f'{index} has no "weight_map" object naming the shard of each tensor; repair the '
+            "index or re-download the checkpoint."
+        )
+    for tensor, shard in mapping.items():
+        if not isinstance(shard, str):
+            raise WeightFileError(
+                f"{index} maps {tensor!r} to {shard!r}, which is not a file name; repair the "
+                "index or re-download the checkpoint."
+            )
+        _check_contained(folder, shard, f"{index} maps {tensor!r} to {shard!r}, which")
+    return mapping
+
+
+# --------------------------------------------------------------------------------------------
+# safetensors headers, read and checked without torch
+
+# Bits per element of every dtype the safetensors format defines (its Rust reader's list).
+SAFETENSORS_DTYPE_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
+    "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+    "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
+    "C64": 64, "F64": 64, "I64": 64, "U64": 64,
+}
+# The safetensors reader refuses larger headers too.
+MAX_HEADER_BYTES = 100_000_000
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """One tensor as a safetensors header describes it."""
+
+    dtype: str  # safetensors dtype name, e.g. "F32"
+    shape: tuple[int, ...]
+    begin: int  # absolute byte offset of the first byte in the file
+    end: int  # absolute byte offset past the last byte
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    path: Path
+    tensors: dict[str, StoredTensor]  # in file order
+    metadata: dict[str, str]  # "__metadata__"
+    data_start: int  # 8 + header length
+
+
+def _damaged(path: Path, problem: str) -> WeightFileError:
+    return WeightFileError(
+        f"{path} is not a valid safetensors file: {problem}; re-download it, or convert the "
+        "checkpoint again from a copy you trust."
+    )
+
+
+def _dims(value: Any) -> tuple[int, ...] | None:
+    if not isinstance(value, list):
+        return None
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
+        return None
+    return tuple(value)
+
+
+def read_safetensors_header(path: Path) -> SafetensorsHeader:
+    """Read and check the header of a safetensors file, reading no tensor data (no torch).
+
+    Checks what the format requires (as its reader does): an 8-byte little-endian header
+    length within the file, a UTF-8 JSON object, known dtypes, shapes of non-negative integers,
+    byte ranges that match dtype x shape and tile the data section exactly (no gap, no
+    overlap, nothing past the end). Raises WeightFileError naming the file and the fault.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise _damaged(path, f"it holds {len(head)} bytes, fewer than the 8 of a header "
+                               "length")
+            n = int.from_bytes(head, "little")
+            if n > min(MAX_HEADER_BYTES, size - 8):
+                raise _damaged(path, f"its header length ({n} bytes) runs past the end of the "
+                               f"{size}-byte file")
+            raw = fh.read(n)
+    except OSError as err:
+        raise WeightFileError(f"{path} cannot be read ({err.strerror}); check the file.") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _damaged(path, f"its header is not UTF-8 (byte {err.start})") from None
+    try:
+        data = json.loads(text, parse_constant=lambda c: float("nan"))
+    except (ValueError, RecursionError) as err:
+        raise _damaged(path, f"its header is not JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise _damaged(path, "its header is not a JSON object")
+    metadata = data.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(
+        isinstance(v, str) for v in metadata.values()
+    ):
+        raise _damaged(path, "its __metadata__ is not an object of strings")
+    data_start = 8 + n
+    data_size = size - data_start
+    items: list[tuple[str, StoredTensor]] = []
+    for name, info in data.items():
+        if not isinstance(info, dict):
+            raise _damaged(path, f"tensor {name!r} is described by {type(info).__name__}, "
+                           "not an object")
+        dtype = info.get("dtype")
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPE_BITS:
+            raise _damaged(path, f"tensor {name!r} has unknown dtype {dtype!r}")
+        shape = _dims(info.get("shape"))
+        if shape is None:
+            raise _damaged(path, f"tensor {name!r} has shape {info.get('shape')!r}, not a list "
+                           "of non-negative integers")
+        offsets = _dims(info.get("data_offsets"))
+        if offsets is None or len(offsets) != 2 or offsets[1] < offsets[0]:
+            raise _damaged(path, f"tensor {name!r} has data_offsets "
+                           f"{info.get('data_offsets')!r}, not [begin, end] with begin <= end")
+        bits = math.prod(shape) * SAFETENSORS_DTYPE_BITS[dtype]
+        if bits % 8 or bits // 8 != offsets[1] - offsets[0]:
+            raise _damaged(path, f"tensor {name!r} ({dtype}, shape {list(shape)}) needs "
+                           f"{bits / 8:g} bytes but its data_offsets span "
+                           f"{offsets[1] - offsets[0]}")
+        items.append((name, StoredTensor(dtype, shape, data_start + offsets[0],
+                                         data_start + offsets[1])))
+    items.sort(key=lambda kv: (kv[1].begin, kv[1].end))
+    cursor = data_start
+    for name, t in items:
+        if t.begin != cursor:
+            what = "overlaps the tensor before it" if t.begin < cursor else "leaves a gap"
+            raise _damaged(path, f"tensor {name!r} {what} (data_offsets "
+                           f"[{t.begin - data_start}, {t.end - data_start}])")
+        cursor = t.end
+    if cursor != size:
+        if cursor > size:
+            problem = (f"its tensors need {cursor - data_start} bytes of data but the file "
+                       f"holds {data_size} (truncated)")
+        else:
+            problem = f"{size - cursor} bytes after the last tensor are not described"
+        raise _damaged(path, problem)
+    return SafetensorsHeader(path=path, tensors=dict(items), metadata=dict(metadata),
+                             data_start=data_start)
+
+
+def check_config(config: dict, path: Path) -> None:
+    """Refuse config.json values of the wrong type in the fields headscope and transformers
+    read before anything else (no torch): sizes must be positive integers."""
+    model_type = config.get("model_type")
+    if model_type is not None and not isinstance(model_type, str):
+        raise ConfigError(f'{path}: "model_type" is {model_type!r}, not a string; fix config.json.')
+    archs = config.get("architectures")
+    if archs is not None and not (
+        isinstance(archs, list) and all(isinstance(a, str) for a in archs)
+    ):
+        raise ConfigError(
+            f'{path}: "architectures" is {archs!r}, not a list of class names; fix config.json.'
+        )
+    for key in ("tie_word_embeddings", "legacy"):
+        value = config.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise ConfigError(f'{path}: "{key}" is {value!r}, not true or false; fix config.json.')
+    for key in SIZE_FIELDS:
+        if key not in config:
+            continue
+        value = config[key]
+        low = 0 if key == "type_vocab_size" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            kind = "a non-negative" if low == 0 else "a positive"
+            raise ConfigError(
+                f'{path}: "{key}" is {value!r}, but it must be {kind} integer; fix config.json '
+                "(it must agree with the stored tensors)."
+            )
+
+
+# Config fields that size tensors; `check_config` wants them to be integers.
+SIZE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "embedding_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "dim",
+    "hidden_dim",
+    "n_layers",
+    "n_heads",
+)
+
+
+def fields_with_value(config: dict, value: int) -> list[str]:
+    """The config.json fields (of SIZE_FIELDS) equal to `value`: the likely cause of a tensor
+    dimension of that size."""
+    return [k for k in SIZE_FIELDS if config.get(k) == value and not isinstance(config[k], bool)]
 
 
 def _read_json(path: Path) -> dict:
@@ -278,6 +546,7 @@ def resolve(source: str, revision: str | None = None) -> Checkpoint:
     if not (folder / "config.json").is_file():
         raise CheckpointNotFoundError(source, f"{folder} has no config.json")
     config = _read_json(folder / "config.json")
+    check_config(config, folder / "config.json")
     found = _find_weights(folder)
     if found is None:
         raise CheckpointNotFoundError(
@@ -291,6 +560,8 @@ def resolve(source: str, revision: str | None = None) -> Checkpoint:
             raise CheckpointNotFoundError(
                 source, f"shard {shard.name} listed in its index is missing"
             )
+        if weight_format == "safetensors":
+            read_safetensors_header(shard)  # a damaged file is refused before anything reads it
 
     ckpt = Checkpoint(
         source=source,
@@ -326,25 +597,59 @@ def _index(ckpt: Checkpoint) -> dict[str, str] | None:
     index = ckpt.path / name
     if not index.is_file():
         return None
-    return dict(_read_json(index).get("weight_map", {}))
+    return dict(weight_map(ckpt.path, index))
+
+
+def unsafe_pickle_error(path: Path, err: BaseException) -> WeightFileError:
+    """The refusal of a pickle that PyTorch's restricted loader blocked: it names something to
+    import and call, which is how a pickle runs code. Never advises loading it unrestricted."""
+    match = re.search(r"GLOBAL ([\w.]+)", str(err))
+    what = match.group(1) if match else "Python objects"
+    return WeightFileError(
+        f"{path} is a pickle that would import and call {what} when loaded (PyTorch's safe "
+        "loader blocked it): the file contains code, so headscope will not load it; convert "
+        "the checkpoint to safetensors from a copy you trust, or ask its publisher for one."
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
 
 
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
     """A whole .bin state dict on CPU; memory-mapped when the file's format allows it."""
+    import pickle
+
     import torch
 
     try:
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as err:
             if "mmap" not in str(err):
                 raise
             # Files written before torch 1.6's zipfile format cannot be memory-mapped.
-            return torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise unsafe_pickle_error(path, err) from err
     except Exception as err:
-        raise InputError(
-            f"Cannot read {path} ({err}); the file is damaged or not a PyTorch state dict."
+        raise WeightFileError(
+            f"Cannot read {path} ({_first_line(err)}); the file is damaged or not a PyTorch "
+            "state dict: re-download it."
         ) from err
+    if not isinstance(state, dict):
+        raise WeightFileError(
+            f"{path} holds a {type(state).__name__}, not a state dict of named tensors; pass a "
+            "checkpoint saved with save_pretrained."
+        )
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise WeightFileError(
+                f"{path} stores {key!r} as a {type(value).__name__}, not a tensor; pass a "
+                "checkpoint saved with save_pretrained."
+            )
+    return state
 
 
 def tensor_names(ckpt: Checkpoint) -> list[str]:
@@ -354,11 +659,20 @@ def tensor_names(ckpt: Checkpoint) -> list[str]:
         return list(weight_map)
     path = ckpt.weight_files[0]
     if ckpt.weight_format == "safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
-            return list(fh.keys())
+        return list(read_safetensors_header(path).tensors)
     return list(_load_bin(path))
+
+
+def stored_shapes(ckpt: Checkpoint) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> stored shape over every weight file: from the headers for safetensors
+    (no torch, no tensor data), from the loaded state dict for .bin."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in ckpt.weight_files:
+        if ckpt.weight_format == "safetensors":
+            shapes.update({n: t.shape for n, t in read_safetensors_header(path).tensors.items()})
+        else:
+            shapes.update({n: tuple(t.shape) for n, t in _load_bin(path).items()})
+    return shapes
 
 
 def read_tensors(ckpt: Checkpoint, names) -> dict[str, torch.Tensor]:
@@ -378,15 +692,19 @@ def read_tensors(ckpt: Checkpoint, names) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for path, file_names in by_file.items():
         if ckpt.weight_format == "safetensors":
-            from safetensors import safe_open
+            from safetensors import SafetensorError, safe_open
 
-            with safe_open(str(path), framework="pt", device="cpu") as fh:
-                stored = set(fh.keys())
-                absent = [n for n in file_names if n not in stored]
-                if absent:
-                    raise _absent_error(ckpt, absent)
-                for n in file_names:
-                    out[n] = fh.get_tensor(n)
+            read_safetensors_header(path)  # refuse a damaged file with a precise message
+            try:
+                with safe_open(str(path), framework="pt", device="cpu") as fh:
+                    stored = set(fh.keys())
+                    absent = [n for n in file_names if n not in stored]
+                    if absent:
+                        raise _absent_error(ckpt, absent)
+                    for n in file_names:
+                        out[n] = fh.get_tensor(n)
+            except (SafetensorError, TypeError) as err:  # e.g. a dtype torch cannot hold
+                raise _damaged(path, _first_line(err)) from err
         else:
             state = _load_bin(path)
             absent = [n for n in file_names if n not in state]
@@ -481,8 +799,9 @@ def load_tokenizer(ckpt: Checkpoint, options: LoadOptions | None = None):
         )
     except Exception as err:
         raise InputError(
-            f"The tokenizer of {ckpt.source} in {ckpt.path} cannot be loaded ({err}); install the "
-            "package it needs (e.g. sentencepiece) or remove the broken tokenizer files."
+            f"The tokenizer of {ckpt.source} in {ckpt.path} cannot be loaded "
+            f"({_first_line(err)}); install the package it needs (e.g. sentencepiece) or remove "
+            "the broken tokenizer files."
         ) from err
     if len(tokenizer) > len(set(tokenizer.all_special_tokens)):
         return tokenizer
@@ -509,8 +828,80 @@ def _wordpiece_tokenizer(folder: Path):
     return BertTokenizerFast.from_pretrained(str(folder), do_lower_case=not cased)
 
 
+def _remote_modules(config: dict) -> str:
+    auto_map = config.get("auto_map") or {}
+    refs = auto_map.values() if isinstance(auto_map, dict) else ()
+    names = {str(r).split("--")[-1].rsplit(".", 1)[0] + ".py" for r in refs if isinstance(r, str)}
+    return ", ".join(sorted(names)) or "its Python files"
+
+
+def _remote_code_error(ckpt: Checkpoint, err: BaseException) -> InputError:
+    return InputError(
+        f"The code shipped with {ckpt.source} ({_remote_modules(ckpt.config)}) failed "
+        f"({type(err).__name__}: {_first_line(err)}); it ran only because of "
+        "--trust-remote-code: fix that code or ask the checkpoint's authors."
+    )
+
+
+def _stored_name(name: str, prefix: str, stored: dict) -> str | None:
+    """The name under which the checkpoint stores the model's tensor `name`, or None: as is,
+    with legacy LayerNorm gamma/beta, or without the base-model prefix (bare encoders)."""
+    legacy = re.sub(r"\.weight$", ".gamma", re.sub(r"\.bias$", ".beta", name))
+    for candidate in (name, legacy):
+        for c in (candidate, candidate.removeprefix(prefix)):
+            if c in stored:
+                return c
+    return None
+
+
+def check_against_weights(ckpt: Checkpoint, config: Any) -> None:
+    """Refuse a config.json that shapes some tensor differently from the checkpoint's files,
+    naming the tensor and the config field, before transformers allocates anything: the model
+    is built on the meta device (no memory) and its shapes compared with the stored ones."""
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    try:
+        with torch.device("meta"):
+            model = AutoModelForMaskedLM.from_config(config)
+    except Exception as err:
+        raise ConfigError(
+            f"{ckpt.path / 'config.json'} does not describe a valid {ckpt.model_type} model "
+            f"({_first_line(err)}); fix config.json."
+        ) from err
+    stored = stored_shapes(ckpt)
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    for name, tensor in model.state_dict().items():
+        found = _stored_name(name, prefix, stored)
+        if found is None:
+            continue  # transformers reports what it has to initialise (heads.find_head)
+        want, have = tuple(tensor.shape), stored[found]
+        if want != have:
+            raise ConfigError(shape_mismatch(ckpt, found, have, want))
+
+
+def shape_mismatch(ckpt: Checkpoint, name: str, have: tuple[int, ...],
+                   want: tuple[int, ...]) -> str:
+    """The message for a stored tensor whose shape config.json contradicts (no torch)."""
+    fields: list[str] = []
+    if len(want) == len(have):
+        for w, h in zip(want, have, strict=True):
+            if w != h:
+                fields += [f for f in fields_with_value(ckpt.config, w) if f not in fields]
+    cause = (f"config.json's {' and '.join(f'{f} = {ckpt.config[f]}' for f in fields)} makes "
+             f"it {list(want)}" if fields else f"config.json makes it {list(want)}")
+    return (
+        f"{ckpt.path / 'config.json'} disagrees with the weights: tensor {name} is stored with "
+        f"shape {list(have)}, but {cause}; make config.json match the stored tensors (or "
+        "re-download both)."
+    )
+
+
 def load(ckpt: Checkpoint, options: LoadOptions = LoadOptions()) -> LoadedModel:
     """Instantiate the checkpoint as a transformers masked LM (eval mode) with its tokenizer."""
+    import pickle
+
+    from safetensors import SafetensorError
     from transformers import AutoModelForMaskedLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
@@ -530,7 +921,20 @@ def load(ckpt: Checkpoint, options: LoadOptions = LoadOptions()) -> LoadedModel:
             f"transformers {transformers.__version__} (AutoModelForMaskedLM){hint}; headscope "
             "needs an encoder with an MLM head."
         )
-    config = _load_config(ckpt, options)
+    remote_config = options.trust_remote_code and bool(ckpt.config.get("auto_map"))
+    try:
+        config = _load_config(ckpt, options)
+    except InputError:
+        raise
+    except Exception as err:
+        if remote_config:
+            raise _remote_code_error(ckpt, err) from err
+        raise ConfigError(
+            f"{ckpt.path / 'config.json'} is not a valid {ckpt.model_type} config "
+            f"({_first_line(err)}); fix config.json."
+        ) from err
+    if not remote:
+        check_against_weights(ckpt, config)
     try:
         model, info = AutoModelForMaskedLM.from_pretrained(
             str(ckpt.path),
@@ -539,10 +943,21 @@ def load(ckpt: Checkpoint, options: LoadOptions = LoadOptions()) -> LoadedModel:
             trust_remote_code=options.trust_remote_code,
             output_loading_info=True,
         )
-    except (OSError, ValueError) as err:
+    except pickle.UnpicklingError as err:
+        raise unsafe_pickle_error(ckpt.weight_files[0], err) from err
+    except SafetensorError as err:
+        raise WeightFileError(
+            f"A weight file of {ckpt.source} in {ckpt.path} is damaged ({_first_line(err)}); "
+            "re-download the checkpoint."
+        ) from err
+    except Exception as err:
+        if remote:
+            raise _remote_code_error(ckpt, err) from err
+        if not isinstance(err, (OSError, ValueError, RuntimeError)):
+            raise
         raise InputError(
-            f"transformers could not load {ckpt.source} from {ckpt.path} ({err}); check that "
-            "the weights match config.json."
+            f"transformers could not load {ckpt.source} from {ckpt.path} ({_first_line(err)}); "
+            "check that the weights match config.json."
         ) from err
     model = model.to(options.device).eval()
     return LoadedModel(

@@ -75,6 +75,15 @@ class OutputWriteError(InputError):
         super().__init__(f"Cannot write {path}: {reason}; {remedy}.")
 
 
+class WeightFileError(InputError):
+    """A weight file (or an index entry naming one) is damaged, unsafe, or lies outside its
+    checkpoint folder; nothing read it beyond its header."""
+
+
+class ConfigError(InputError):
+    """config.json holds a value of the wrong type or one that disagrees with the weights."""
+
+
 class PolicyError(InputError):
     """A policy file or flag is malformed (unknown key, wrong type)."""
 

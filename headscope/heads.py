@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from headscope.errors import NoMLMHeadError, UnsupportedModelError
+from headscope.errors import ConfigError, NoMLMHeadError, UnsupportedModelError
 
 if TYPE_CHECKING:
     import torch
@@ -389,7 +389,7 @@ def checkpoint_head_tensors(
     """
     import torch
 
-    from headscope.checkpoint import read_tensors, tensor_names
+    from headscope.checkpoint import read_tensors, stored_shapes, tensor_names
 
     layout = layout_for(ckpt.model_type, ckpt.config)
     if layout.family == "generic":
@@ -467,6 +467,7 @@ def checkpoint_head_tensors(
             "initialise at random; pass a checkpoint whose whole head was trained",
         )
 
+    check_head_shapes(ckpt, layout, found, stored_shapes(ckpt))
     tensors = read_tensors(ckpt, list(found.values()))
     out = {role: tensors[name] for role, name in found.items()}
     emb = out["embeddings"]  # (V, E)
@@ -480,6 +481,64 @@ def checkpoint_head_tensors(
         dec = out["decoder_weight"]
         tied = tie_flag and dec.shape == emb.shape and bool(torch.equal(dec, emb))
     return layout, out, tied
+
+
+def _width_fields(layout: HeadLayout, config: dict) -> tuple[str, str, str]:
+    """(field of the embedding width, field of the head's width, field of the encoder's
+    hidden size) in config.json for `layout`, as transformers sizes the tensors."""
+    family = layout.family
+    if family == "distilbert":
+        return "dim", "dim", "dim"
+    if family in ("albert", "electra"):
+        return "embedding_size", "embedding_size", "hidden_size"
+    if family.startswith("deberta-v2"):
+        emb = "embedding_size" if "embedding_size" in config else "hidden_size"
+        return emb, emb if family == "deberta-v2-legacy" else "hidden_size", "hidden_size"
+    return "hidden_size", "hidden_size", "hidden_size"
+
+
+def check_head_shapes(ckpt: Checkpoint, layout: HeadLayout, found: dict[str, str],
+                      shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse head tensors whose stored shapes config.json contradicts (no torch).
+
+    `found` maps roles to stored names, `shapes` stored names to shapes (from the safetensors
+    headers). A size config.json does not set is taken from the stored embeddings, so the head
+    tensors must still agree with each other.
+    """
+    from headscope.checkpoint import shape_mismatch
+
+    config = ckpt.config
+    emb_field, head_field, hidden_field = _width_fields(layout, config)
+    emb_shape = shapes[found["embeddings"]]
+
+    def size(field: str, fallback: int | None) -> int | None:
+        value = config.get(field)
+        return value if isinstance(value, int) and not isinstance(value, bool) else fallback
+
+    n_rows = size("vocab_size", emb_shape[0] if len(emb_shape) == 2 else None)
+    emb_width = size(emb_field, emb_shape[-1] if len(emb_shape) == 2 else None)
+    head_width = size(head_field, emb_width)
+    hidden = size(hidden_field, None)
+    expected = {
+        "embeddings": (n_rows, emb_width),
+        "decoder_weight": (n_rows, head_width),
+        "bias": (n_rows,),
+        "dense_weight": (head_width, hidden),
+        "dense_bias": (head_width,),
+        "norm_weight": (head_width,),
+        "norm_bias": (head_width,),
+    }
+    for role in ("embeddings",) + tuple(r for r in ROLES if r != "embeddings"):
+        if role not in found:
+            continue
+        have = shapes[found[role]]
+        want = expected[role]
+        if len(have) != len(want) or any(w is not None and w != h
+                                         for w, h in zip(want, have, strict=False)):
+            full = tuple(h if w is None else w for w, h in zip(want, have, strict=False))
+            if len(have) != len(want):
+                full = tuple(w if w is not None else -1 for w in want)
+            raise ConfigError(shape_mismatch(ckpt, found[role], have, full))
 
 
 # --------------------------------------------------------------------------------------------

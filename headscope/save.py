@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from headscope import __version__, fileio
-from headscope.checkpoint import token_limit
+from headscope.checkpoint import containment, token_limit
 from headscope.errors import InputError, OutputExistsError, OutputWriteError, VerificationError
 from headscope.rescale import (
     RescaleSpec,
@@ -474,15 +474,22 @@ def _write_safetensors(path: Path, entries: list[_Entry], metadata: dict[str, st
 
 
 def _other_files(src: Path, replaced: set[str]) -> tuple[list[str], list[str]]:
-    """(files to copy unchanged, weight files in other formats left out): every file of `src`,
-    recursively, except dotfiles, config.json and headscope.json (both rewritten) and the
-    `replaced` weight files and indexes."""
+    """(files to copy unchanged, files left out): every regular file of `src`, recursively,
+    except dotfiles, config.json and headscope.json (both rewritten) and the `replaced` weight
+    files and indexes. Left out: weight files in other formats, and links out of the
+    checkpoint or special files (`checkpoint.containment`), which are never read."""
     copied, skipped = [], []
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+        if any(part.startswith(".") for part in rel.parts) or (
+                path.is_dir() and not path.is_symlink()):
             continue
         name = rel.as_posix()
+        reason = containment(src, name)
+        if reason is not None:
+            reason = "points nowhere" if reason == "missing" else reason
+            skipped.append(f"{name} ({'a link that ' if path.is_symlink() else ''}{reason})")
+            continue
         if name in ("config.json", PROVENANCE_FILE) or name in replaced:
             continue
         if path.name in _WEIGHT_INDEXES or path.suffix in _WEIGHT_SUFFIXES:
