@@ -166,8 +166,11 @@ def inspect(source: str, *, load_options=None, probe_config=None,
     load_options = load_options or checkpoint.LoadOptions()
     ckpt = checkpoint.resolve(source, load_options.revision)
     if options.weights_only:
+        _refuse_unused_with_weights_only(load_options, options)
         report = _inspect_weights_only(ckpt, load_options)
     else:
+        if options.probe_file:
+            _probe_set(options.probe_file, 0)  # a bad probe file is refused before loading
         reference_per_k = None
         if options.rule == "reference" or options.reference:
             if not options.reference:
@@ -188,6 +191,23 @@ def inspect(source: str, *, load_options=None, probe_config=None,
     if remember:
         remember_inspection(report)
     return report
+
+
+def _refuse_unused_with_weights_only(load_options, options: InspectOptions) -> None:
+    """Weights-only reads tensors from the files: no model runs, no probe is read. A flag that
+    would change neither is refused, not silently ignored."""
+    unused = [flag for flag, given in (
+        (f"--device {load_options.device}", load_options.device != "cpu"),
+        (f"--dtype {load_options.dtype}", load_options.dtype != "float32"),
+        (f"--probe {options.probe_file}", bool(options.probe_file)),
+        ("--reference", bool(options.reference) or options.rule == "reference"),
+    ) if given]
+    if unused:
+        raise InputError(
+            f"{', '.join(unused)} has no effect with --weights-only, which reads the head "
+            "tensors from the files as stored and runs no model; drop it, or drop "
+            "--weights-only to measure on that device/dtype/probe."
+        )
 
 
 def _inspect_weights_only(ckpt, load_options) -> Report:
@@ -554,16 +574,21 @@ def _summarise_arm(name, description, k, result, vocab_size) -> ArmOutcome:
         truncated_passages=m.truncated_passages if m else 0)
 
 
+def _dataset(options: ConfirmOptions):
+    """The training data, read (and so validated) before any model is loaded."""
+    from headscope.splade import data as splade_data
+
+    return splade_data.load_dataset(options.data, max_eval_queries=options.max_eval_queries)
+
+
 def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
-                        options: ConfirmOptions, progress) -> TrainingOutcome:
+                        options: ConfirmOptions, progress, dataset) -> TrainingOutcome:
     """Train every arm on the same batches, log telemetry, judge each, draw the curves."""
     from contextlib import ExitStack
 
     from headscope import fileio
-    from headscope.splade import data as splade_data
     from headscope.splade.train import TelemetryWriter, train_arms
 
-    dataset = splade_data.load_dataset(options.data, max_eval_queries=options.max_eval_queries)
     config = options.train_config()
     total = config.steps * len(arms)
     done = [0]
@@ -610,10 +635,12 @@ def confirm(source: str, *, k: float | None = None, fixed: str | None = None,
 
     if fixed is not None and k is not None:
         raise InputError("Pass either --fixed DIR or --k K to confirm, not both.")
+    dataset = _dataset(options)
+    fixed_ckpt = checkpoint.resolve(fixed) if fixed is not None else None
     loaded, label = _base_model(source, options, load_options, progress)
     base = loaded.model
-    if fixed is not None:
-        fixed_loaded = checkpoint.load(checkpoint.resolve(fixed), checkpoint.LoadOptions(
+    if fixed_ckpt is not None:
+        fixed_loaded = checkpoint.load(fixed_ckpt, checkpoint.LoadOptions(
             device=options.device))
         fixed_model, k_used, fixed_desc = fixed_loaded.model, float("nan"), f"{fixed} (fixed)"
     else:
@@ -631,7 +658,8 @@ def confirm(source: str, *, k: float | None = None, fixed: str | None = None,
     arms = {"original": (base, loaded.tokenizer), "fixed": (fixed_model, loaded.tokenizer)}
     outcome = _train_side_by_side(source, label, arms,
                                   {"original": label or "as loaded", "fixed": fixed_desc},
-                                  {"original": 1.0, "fixed": k_used}, options, progress)
+                                  {"original": 1.0, "fixed": k_used}, options, progress,
+                                  dataset)
     return replace(outcome, arms=_judge_against_original(outcome.arms))
 
 
@@ -661,6 +689,7 @@ def sweep(source: str, ks: Sequence[float], *, options: ConfirmOptions = Confirm
     """The same short training for each k (the shape of the paper's loss-curve figure)."""
     if not ks or any(not (k > 0) for k in ks):
         raise InputError(f"sweep needs positive k values, got {list(ks)!r}.")
+    dataset = _dataset(options)
     loaded, label = _base_model(source, options, load_options, progress)
     arms, desc, kmap = {}, {}, {}
     for k in ks:
@@ -669,7 +698,7 @@ def sweep(source: str, ks: Sequence[float], *, options: ConfirmOptions = Confirm
         desc[name] = (f"projection / {k:g} ({options.strategy}, bias "
                       f"{'divided' if options.scale_bias else 'kept'})")
         kmap[name] = float(k)
-    return _train_side_by_side(source, label, arms, desc, kmap, options, progress)
+    return _train_side_by_side(source, label, arms, desc, kmap, options, progress, dataset)
 
 
 def training_summary(outcome: TrainingOutcome) -> dict:

@@ -334,9 +334,10 @@ def records_from_jsonl(path: str | os.PathLike[str]) -> dict[str, list[dict[str,
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as err:
+            except (json.JSONDecodeError, RecursionError) as err:
+                msg = getattr(err, "msg", "nested too deeply")
                 raise InputError(
-                    f"{p}, line {number}: not valid JSON ({err.msg}); the file must "
+                    f"{p}, line {number}: not valid JSON ({msg}); the file must "
                     "come from TelemetryWriter."
                 ) from None
             if not isinstance(row, dict):

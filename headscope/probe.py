@@ -236,6 +236,8 @@ def _pair_from_json(path: Path, line_no: int, line: str) -> ProbePair:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         raise _file_error(path, line_no, f"not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise _file_error(path, line_no, "JSON nested too deeply to read") from None
     if not isinstance(obj, dict):
         raise _file_error(
             path, line_no, 'expected a JSON object with "text" or "query" and "passage"'

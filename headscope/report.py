@@ -295,6 +295,11 @@ def loads(text: str, *, source: str | None = None) -> Report:
         raise ReportError(
             f"{prefix} is not valid JSON ({e}); pass a file written by headscope inspect --json."
         ) from None
+    except RecursionError:
+        raise ReportError(
+            f"{prefix} is JSON nested too deeply to read; pass a file written by headscope "
+            "inspect --json."
+        ) from None
     return from_dict(data, source=source)
 
 
@@ -318,6 +323,10 @@ def read_json(path: str | os.PathLike[str]) -> Report:
     except UnicodeDecodeError:
         raise ReportError(
             f"Report {p} is not UTF-8 text; pass a file written by headscope inspect --json."
+        ) from None
+    except OSError as e:
+        raise ReportError(
+            f"Report {p} cannot be read ({e.strerror or e}); check the path and its permissions."
         ) from None
     return loads(text, source=str(p))
 

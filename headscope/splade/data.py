@@ -31,6 +31,7 @@ import hashlib
 import json
 import re
 import sys
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +78,8 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """(1-based line number, line without its newline) of a text or gzipped text file."""
     if not path.is_file():
         raise InputError(f"{path} does not exist or is not a file; check the path.")
-    opener = gzip.open if path.suffix == ".gz" else open
+    gzipped = path.suffix == ".gz"
+    opener = gzip.open if gzipped else open
     try:
         with opener(path, "rt", encoding="utf-8") as fh:
             for number, line in enumerate(fh, start=1):
@@ -86,6 +88,17 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
         raise InputError(
             f"{path} is not UTF-8 text ({err.reason}); re-encode it as UTF-8."
         ) from err
+    except (OSError, EOFError, zlib.error) as err:
+        if gzipped and not isinstance(err, PermissionError):
+            raise InputError(
+                f"{path} is not a complete gzip file ({_reason(err)}), though its name ends in "
+                ".gz; compress it with gzip, or drop the .gz suffix if it is plain text."
+            ) from err
+        raise InputError(f"{path} cannot be read ({_reason(err)}); check the file.") from err
+
+
+def _reason(err: BaseException) -> str:
+    return getattr(err, "strerror", None) or str(err) or type(err).__name__
 
 
 def _json_object(path: Path, number: int, line: str, example: str) -> dict:
@@ -96,6 +109,11 @@ def _json_object(path: Path, number: int, line: str, example: str) -> dict:
             f"{path}, line {number}: not valid JSON ({err.msg}); each line must be one object "
             f"like {example}."
         ) from err
+    except RecursionError:
+        raise InputError(
+            f"{path}, line {number}: JSON nested too deeply to read; each line must be one "
+            f"object like {example}."
+        ) from None
     if not isinstance(obj, dict):
         raise InputError(
             f"{path}, line {number}: expected a JSON object, found {type(obj).__name__}; each "
@@ -422,10 +440,10 @@ def load_dataset(source: str | Path, *, max_eval_queries: int | None = None) -> 
                 {q: ev.queries[q] for q in kept}, ev.corpus, {q: ev.qrels[q] for q in kept}
             )
         return Dataset(path.name, "beir", beir_pairs(path, "train"), ev, f"BEIR folder {path}")
-    if path.suffix in (".jsonl", ".gz"):
-        pairs = read_pairs_jsonl(path)
-    elif path.suffix == ".tsv":
+    if path.name.endswith((".tsv", ".tsv.gz")):
         pairs = read_triples_tsv(path)
+    elif path.suffix in (".jsonl", ".gz"):
+        pairs = read_pairs_jsonl(path)
     else:
         raise InputError(
             f"Cannot read training data {str(source)!r}: use a built-in ({', '.join(BUILTINS)}), "
