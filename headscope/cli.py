@@ -139,6 +139,12 @@ def _interrupted(exc: KeyboardInterrupt) -> int:
     return 128 + int(signum)
 
 
+def one_line(text: str) -> str:
+    """A message as one line: a multi-line exception text would break the one-line contract
+    (and scripts that read stderr line by line)."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
 def handle_errors(fn: Callable) -> Callable:
     """Map library errors to one `Error:` line and the documented exit code; SIGTERM and SIGHUP
     end a command like Ctrl-C."""
@@ -151,7 +157,8 @@ def handle_errors(fn: Callable) -> Callable:
         except HeadscopeError as exc:
             if os.environ.get("HEADSCOPE_DEBUG"):
                 traceback.print_exc()
-            stderr.print(f"Error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            stderr.print(f"Error: {one_line(str(exc))}", markup=False, highlight=False,
+                         soft_wrap=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt as exc:
             sys.exit(_interrupted(exc))
@@ -160,8 +167,9 @@ def handle_errors(fn: Callable) -> Callable:
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if os.environ.get("HEADSCOPE_DEBUG"):
                 traceback.print_exc()
-            stderr.print(f"Internal error: {type(exc).__name__}: {exc} (set HEADSCOPE_DEBUG=1 for "
-                      "the traceback, and please report it)", markup=False, soft_wrap=True)
+            stderr.print(f"Internal error: {type(exc).__name__}: {one_line(str(exc))} (set "
+                         "HEADSCOPE_DEBUG=1 for the traceback, and please report it)",
+                         markup=False, soft_wrap=True)
             sys.exit(EXIT_INTERNAL)
 
     return wrapper
@@ -268,7 +276,40 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class OneLineErrors(click.Group):
+    """click, except that a usage error is one stderr line: `Error: MESSAGE Try 'headscope
+    inspect --help' for help.` (click prints the usage, the hint and the message on three)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
+             **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `headscope`: the help
+            assert exc.ctx is not None
+            click.echo(exc.ctx.get_help())
+            sys.exit(0)
+        except click.UsageError as exc:
+            message = one_line(exc.format_message())
+            if not message.endswith((".", "?", "!")):
+                message += "."
+            if exc.ctx is not None:
+                option = max(exc.ctx.help_option_names, key=len)  # --help, not -h
+                message += f" Try '{exc.ctx.command_path} {option}' for help."
+            click.echo(f"Error: {message}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"Error: {one_line(exc.format_message())}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=OneLineErrors,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="headscope")
 def main() -> None:
     """Diagnose and calibrate the MLM head of a pretrained encoder before SPLADE training."""
@@ -358,6 +399,9 @@ def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, n_pairs, revisi
                           probe_config=_probe_config(None, n_pairs, None, None),
                           progress=progress)
     stderr.print(outcome.note, markup=False)
+    if outcome.result.skipped:
+        stderr.print(f"Not copied from {outcome.source}: {'; '.join(outcome.result.skipped)}",
+                     markup=False)
     if json_dest != "-":
         stdout.print(render.fix_view(outcome))
     _emit_json(json.dumps(api.fix_summary(outcome), indent=2), json_dest)
