@@ -575,9 +575,11 @@ def _summarise_arm(name, description, k, result, vocab_size) -> ArmOutcome:
 
 
 def _dataset(options: ConfirmOptions):
-    """The training data, read (and so validated) before any model is loaded."""
+    """The training data, read (and so validated) before any model is loaded, as are the
+    training options."""
     from headscope.splade import data as splade_data
 
+    options.train_config()
     return splade_data.load_dataset(options.data, max_eval_queries=options.max_eval_queries)
 
 

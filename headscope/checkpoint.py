@@ -130,6 +130,10 @@ def _cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
         if not ref.is_file():
             return None
         commit = ref.read_text().strip()
+        if not _COMMIT.match(commit):  # a ref names a commit hash, never a path
+            raise CheckpointNotFoundError(
+                repo_id, f"{ref} does not hold a commit hash; repair or delete the cached ref"
+            )
     snapshot = repo_dir / "snapshots" / commit
     if not (snapshot / "config.json").is_file():
         return None
@@ -472,8 +476,12 @@ def _read_json(path: Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise InputError(
-            f"{path} is not readable JSON ({err}); repair or replace the file."
+            f"{path} is not readable JSON ({_first_line(err)}); repair or replace the file."
         ) from err
+    except RecursionError:
+        raise InputError(
+            f"{path} is JSON nested too deeply to read; repair or replace the file."
+        ) from None
     if not isinstance(data, dict):
         raise InputError(f"{path} does not hold a JSON object; repair or replace the file.")
     return data

@@ -947,3 +947,37 @@ def test_confirm_fixed_folder_is_resolved_before_the_model_loads(bert, tmp_path,
     assert_refused(result, f"Checkpoint {str(missing)!r} was not found (no such directory, and "
                    "not a Hub id of the form org/name); pass a local directory or a Hub id that "
                    "is in the Hugging Face cache.")
+
+
+@pytest.mark.parametrize("name", ["config.json", ck.SAFETENSORS_INDEX])
+def test_json_of_the_checkpoint_nested_too_deep_is_refused(bert, name):
+    if name == ck.SAFETENSORS_INDEX:
+        shard(bert)
+    (bert / name).write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    result = invoke(["inspect", str(bert), "--weights-only"])
+    assert_refused(result, f"{bert / name} is JSON nested too deeply to read; repair or replace "
+                   "the file.")
+
+
+def test_hub_ref_that_is_not_a_commit_is_refused(bert, hub):
+    snapshot = _hub_snapshot(hub, bert)
+    ref = snapshot.parent.parent / "refs" / "main"
+    ref.write_text("../../../../elsewhere")
+    result = invoke(["inspect", "acme/tiny", "--weights-only"])
+    assert_refused(result, f"Checkpoint 'acme/tiny' was not found ({ref} does not hold a commit "
+                   "hash; repair or delete the cached ref); pass a local directory or a Hub id "
+                   "that is in the Hugging Face cache.")
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--lr", "nan", "TrainConfig.lr must be a finite number > 0, got nan."),
+    ("--lr", "-1", "TrainConfig.lr must be a finite number > 0, got -1.0."),
+    ("--steps", "0", "TrainConfig.steps must be at least 1, got 0."),
+    ("--batch-size", "1", "TrainConfig.batch_size must be at least 2: the contrastive loss needs "
+     "in-batch negatives."),
+])
+def test_training_options_are_validated_before_the_model_loads(bert, no_model_load, flag, value,
+                                                               message):
+    for command in ("confirm", "sweep"):
+        result = invoke([command, str(bert), flag, value])
+        assert_refused(result, message)

@@ -74,6 +74,8 @@ class TrainConfig:
                 "TrainConfig.batch_size must be at least 2: the contrastive loss "
                 "needs in-batch negatives."
             )
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < float("inf")):
+            raise InputError(f"TrainConfig.lr must be a finite number > 0, got {self.lr}.")
         if not 0 <= self.warmup_ratio < 1:
             raise InputError(
                 f"TrainConfig.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}."
