@@ -204,7 +204,9 @@ def _find_weights(folder: Path) -> tuple[tuple[Path, ...], str] | None:
                 if shard not in shards:
                     shards.append(shard)
             return tuple(folder / s for s in sorted(shards)), fmt
-        if (folder / single).is_file() or (folder / single).is_symlink():
+        if (folder / single).is_symlink():
+            _check_contained(folder, single, f"{folder / single}")  # a link out is refused
+        if (folder / single).is_file():
             _check_contained(folder, single, f"{folder / single}")
             return (folder / single,), fmt
     return None
