@@ -19,7 +19,7 @@ import traceback
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 import click
@@ -177,12 +177,34 @@ def handle_errors(fn: Callable) -> Callable:
 
 @contextmanager
 def progress_bar():
-    """A rich progress bar on stderr, fed by the library's (phase, done, total) callback."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Progress on stderr, fed by the library's (phase, done, total) callback: a rich bar with
+    the time left on a terminal, else plain lines (render.ProgressLines: every 10% or 5 s)."""
+    import time
 
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from headscope.render import ProgressLines
+
+    if not stderr.is_terminal:
+        lines = ProgressLines()
+
+        def plain(phase: str, done: int, total: int) -> None:
+            line = lines.update(phase, done, total, time.monotonic())
+            if line is not None:
+                stderr.print(line, markup=False, highlight=False, soft_wrap=True)
+
+        yield plain
+        return
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), console=stderr, transient=True,
-                   disable=not stderr.is_terminal)
+                   TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+                   console=stderr, transient=True)
     tasks: dict[str, Any] = {}
 
     def update(phase: str, done: int, total: int) -> None:
@@ -321,6 +343,9 @@ def main() -> None:
 @probe_options
 @click.option("--weights-only", is_flag=True,
               help="Read only the head tensors from the files: fast, no probe statistics.")
+@click.option("--fast", is_flag=True,
+              help="Quicker probe: 64 pairs, passages cut at 64 tokens (about 6x less work; "
+              "an explicit --n-pairs still applies). See docs/benchmarks.md.")
 @click.option("--rule", type=click.Choice(["bands", "paper", "reference"]), default="bands",
               show_default=True, help="How k is chosen.")
 @click.option("--reference", default=None, help="Checkpoint whose k=1 statistics to match.")
@@ -334,20 +359,27 @@ def main() -> None:
               "only).")
 @handle_errors
 def inspect(model, revision, dtype, device, trust_remote_code, probe_file, ks, n_pairs,
-            batch_size, scale_bias, weights_only, rule, reference, band_specs, json_dest):
+            batch_size, scale_bias, weights_only, fast, rule, reference, band_specs, json_dest):
     """Measure MODEL's MLM head and recommend a rescale factor k.
 
     MODEL is a local folder or a Hugging Face Hub id in the local cache.
     """
     from headscope import api, render, report
+    from headscope.probe import fast_config
 
     writable(json_dest)
     options = api.InspectOptions(weights_only=weights_only, probe_file=probe_file, rule=rule,
                                  reference=reference)
+    probe_config = _probe_config(ks, n_pairs, batch_size, scale_bias)
+    if fast:
+        source = click.get_current_context().get_parameter_source("n_pairs")
+        given = source is not None and source.name != "DEFAULT"
+        probe_config = replace(fast_config(probe_config), n_pairs=n_pairs) if given \
+            else fast_config(probe_config)
     with progress_bar() as progress:
         rep = api.inspect(model, load_options=_load_opts(revision, dtype, device,
                                                          trust_remote_code),
-                          probe_config=_probe_config(ks, n_pairs, batch_size, scale_bias),
+                          probe_config=probe_config,
                           options=options, bands=band_specs, progress=progress,
                           remember=True)
     if json_dest != "-":

@@ -73,6 +73,56 @@ def weights_table(report: Report) -> Table:
     return t
 
 
+def duration(seconds: float) -> str:
+    """A short duration: 42 s, 3 min 05 s, 1 h 02 min."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+class ProgressLines:
+    """Progress as plain lines, for a stderr that is not a terminal (a log, CI, a pipe).
+
+    Fed the library's (phase, done, total) callbacks with the time, `update` returns the line to
+    print, or None: one when a phase starts, then at most one per `every_s` seconds or per
+    `step` of the phase's total (whichever comes first), and one when it ends. Each line has the
+    elapsed time and, once something is done, an estimate of the time left (elapsed / done x
+    left: phases here advance at a steady rate per item).
+    """
+
+    def __init__(self, every_s: float = 5.0, step: float = 0.1) -> None:
+        self.every_s = every_s
+        self.step = step
+        self._start: dict[str, float] = {}
+        self._last: dict[str, float] = {}
+        self._mark: dict[str, int] = {}  # steps of the total already reported
+        self._ended: set[str] = set()
+
+    def update(self, phase: str, done: int, total: int, now: float) -> str | None:
+        if phase not in self._start:
+            self._start[phase], self._last[phase], self._mark[phase] = now, now, 0
+            self._ended.discard(phase)
+            if done < total:
+                return f"{phase}: started ({done}/{total})"
+        if phase in self._ended:
+            return None
+        elapsed = now - self._start[phase]
+        if total <= 0 or done >= total:
+            self._ended.add(phase)
+            return f"{phase}: done in {duration(elapsed)}"
+        mark = done * round(1 / self.step) // total  # whole steps done, in integers
+        if mark <= self._mark[phase] and now - self._last[phase] < self.every_s:
+            return None
+        self._mark[phase], self._last[phase] = max(mark, self._mark[phase]), now
+        line = f"{phase}: {done}/{total} ({done / total:.0%}), {duration(elapsed)} elapsed"
+        if done > 0:
+            line += f", about {duration(elapsed / done * (total - done))} left"
+        return line
+
+
 def per_k_table(report: Report) -> Table:
     rec = report.recommendation
     failed = {v.k: v.failed for v in rec.verdicts} if rec else {}
@@ -88,7 +138,9 @@ def per_k_table(report: Report) -> Table:
         verdict = Text("ok", style="green") if not fails else Text(
             "x " + ",".join(_SHORT.get(f, f) for f in fails), style="red")
         style = "bold" if rec and s.k == rec.k else None
-        t.add_row(k_label(s.k), num(s.logit_p50), f"{s.frac_positive:.1%}",
+        # "~": estimated from the token sample (exact at the counted k; docs/report.md)
+        pos = f"{s.frac_positive:.1%}" if s.frac_positive_exact else f"~{s.frac_positive:.1%}"
+        t.add_row(k_label(s.k), num(s.logit_p50), pos,
                   num(s.active_query), num(s.active_passage), num(s.term_weight_mean),
                   num(s.term_weight_max), f"{s.share_above_5:.1%}", num(s.cosine_unrelated),
                   num(s.score_pos), num(s.start_loss), verdict, style=style)

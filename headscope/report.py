@@ -18,7 +18,7 @@ import math
 import os
 import sys
 import types
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import MISSING, dataclass, fields, is_dataclass
 from datetime import datetime, timezone
 from functools import cache
 from importlib import resources
@@ -186,16 +186,19 @@ def _decode(tp: Any, value: Any, path: str, prefix: str) -> Any:
         if not isinstance(value, dict):
             raise _type_error(prefix, path, "an object", value)
         names = [f.name for f in fields(tp)]
+        # A field added later with a default may be absent from a report written before it.
+        optional = {f.name for f in fields(tp) if f.default is not MISSING}
         for key in value:
             if key not in names:
                 raise ReportError(
                     f"{prefix} has unknown field '{_join(path, key)}'; remove it or {_REMEDY}."
                 )
         for name in names:
-            if name not in value:
+            if name not in value and name not in optional:
                 raise ReportError(f"{prefix} is missing field '{_join(path, name)}'; {_REMEDY}.")
         hints = _hints(tp)
-        return tp(**{n: _decode(hints[n], value[n], _join(path, n), prefix) for n in names})
+        return tp(**{n: _decode(hints[n], value[n], _join(path, n), prefix) for n in names
+                     if n in value})
     if origin is tuple:
         if not isinstance(value, list):
             raise _type_error(prefix, path, "a list", value)

@@ -303,9 +303,11 @@ def small_probe(n: int) -> ProbeSet:
 
 
 @pytest.mark.parametrize(
-    "family, scale_bias", [("bert", False), ("bert", True), ("modernbert", False)]
+    "family, scale_bias, count_every_k",
+    [("bert", False, True), ("bert", False, False), ("bert", True, False),
+     ("modernbert", False, True)],
 )
-def test_run_probe_matches_naive(tiny_tokenizer, family, scale_bias):
+def test_run_probe_matches_naive(tiny_tokenizer, family, scale_bias, count_every_k):
     model = build_tiny(family)
     bias = model.get_output_embeddings().bias
     with torch.no_grad():  # a bias large enough that an undivided one moves the active set
@@ -319,6 +321,7 @@ def test_run_probe_matches_naive(tiny_tokenizer, family, scale_bias):
         max_passage_length=24,
         scale_bias=scale_bias,
         sample_size=50_000,
+        count_every_k=count_every_k,
     )
     calls = []
     model.train()  # run_probe must evaluate in eval mode and restore the mode
@@ -332,14 +335,25 @@ def test_run_probe_matches_naive(tiny_tokenizer, family, scale_bias):
     )
     assert model.training
     model.eval()
-    assert calls == [(4, 9), (8, 9), (9, 9)]  # batches of 4, 4 and 1 pair
+    assert calls == [(0, 9), (4, 9), (8, 9), (9, 9)]  # start, then batches of 4, 4 and 1
     assert result.n_pairs == 9 and result.config == config
     assert result.probe_sha256 == content_sha256(probe.pairs[:9])
     expected = naive_probe(model, tiny_tokenizer, bias, probe.pairs[:9], config)
+    # With the bias kept, only k = 1 is counted unless every k is asked for; the others are
+    # estimated (exact count at k = 1 plus the sampled share crossing zero) within their error.
+    counted = count_every_k or scale_bias
     exact = [f for f in expected[0] if not f.startswith("logit_p")]
     for got, exp in zip(result.per_k, expected, strict=True):
+        is_exact = counted or got.k == 1
+        assert got.frac_positive_exact is is_exact
         for name in exact:
+            if name == "frac_positive" and not is_exact:
+                assert 0 < got.frac_positive_se < 0.01
+                assert abs(got.frac_positive - exp[name]) < 4 * got.frac_positive_se
+                continue
             assert getattr(got, name) == pytest.approx(exp[name], rel=1e-9, abs=1e-12), name
+        if is_exact:
+            assert got.frac_positive_se == 0.0
         # Percentiles come from a sample: within 5% of the logit range.
         width = exp["logit_p99"] - exp["logit_p01"]
         for name in ("logit_p01", "logit_p50", "logit_p99"):
