@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import socket
@@ -226,6 +227,34 @@ def _sha256(path: Path) -> str:
         while chunk := fh.read(_COPY_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _hash_in_background(paths: Sequence[Path]) -> Callable[[], dict[str, str]]:
+    """Start hashing `paths` (sha256) on a thread; the returned function waits for the digests
+    ({file name: hex}). hashlib releases the GIL on large buffers, so the hashing overlaps with
+    writing and verifying instead of adding to them."""
+    import threading
+
+    digests: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for p in paths:
+                digests[p.name] = _sha256(p)
+        except BaseException as err:  # re-raised by the caller
+            errors.append(err)
+
+    thread = threading.Thread(target=work, name="headscope-sha256", daemon=True)
+    thread.start()
+
+    def result() -> dict[str, str]:
+        thread.join()
+        if errors:
+            raise errors[0]
+        return digests
+
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -579,53 +608,81 @@ _COMPARE_CHUNK = 1 << 24  # bytes compared at once
 
 
 class _Ranges:
-    """Byte ranges of files read chunk by chunk into reusable buffers, one per role. Files are
-    read, not memory-mapped, so that the pages read are not counted in the process's memory."""
+    """Byte ranges of files, memory-mapped read-only (no copy), as uint8 arrays. `release`
+    drops the pages of a range from this process's mapping once compared (the page cache keeps
+    them), so the process's resident memory does not grow by the files' size."""
 
     def __init__(self) -> None:
-        self._files: dict[Path, Any] = {}
-        self._buffers: dict[str, bytearray] = {}
+        self._maps: dict[Path, mmap.mmap] = {}
 
-    def reader(self, role: str, path: Path, begin: int) -> Callable[[int, int], Any]:
-        """(offset, size) -> uint8 array of the file's bytes at begin + offset (valid until
-        the next read of the same role)."""
+    def reader(self, path: Path, begin: int) -> Callable[[int, int], Any]:
+        """(offset, size) -> uint8 array of the file's bytes at begin + offset."""
         import numpy as np
 
-        if path not in self._files:
-            self._files[path] = path.open("rb")
-        fh = self._files[path]
-        buf = self._buffers.setdefault(role, bytearray(_COMPARE_CHUNK))
+        if path not in self._maps:
+            with path.open("rb") as fh:
+                self._maps[path] = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        mm = self._maps[path]
 
         def read(offset: int, size: int):
-            fh.seek(begin + offset)
-            view = memoryview(buf)[:size]
-            got = fh.readinto(view)
-            return np.frombuffer(buf, dtype=np.uint8, count=got)
+            at = begin + offset
+            size = max(0, min(size, len(mm) - at))
+            return np.frombuffer(mm, dtype=np.uint8, count=size, offset=at)
 
+        read.release = lambda offset, size: self._release(mm, begin + offset, size)  # type: ignore[attr-defined]
         return read
 
+    @staticmethod
+    def _release(mm: mmap.mmap, at: int, size: int) -> None:
+        if not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        page = mmap.PAGESIZE
+        first = -(-at // page) * page  # whole pages inside the range only
+        last = (at + size) // page * page
+        if last > first:
+            mm.madvise(mmap.MADV_DONTNEED, first, last - first)
+
     def close(self) -> None:
-        for fh in self._files.values():
-            fh.close()
-        self._files.clear()
+        maps = list(self._maps.values())
+        self._maps.clear()
+        for mm in maps:
+            try:
+                mm.close()
+            except BufferError:  # a view is still alive; the map closes when it goes
+                pass
 
 
 def _array_reader(arr) -> Callable[[int, int], Any]:
     return lambda offset, size: arr[offset : offset + size]
 
 
+def _equal(a, b) -> bool:
+    """Byte equality of two uint8 arrays, compared 8 bytes at a time."""
+    import numpy as np
+
+    if a.size != b.size:
+        return False
+    n = a.size - a.size % 8
+    if n and not np.array_equal(a[:n].view(np.uint64), b[:n].view(np.uint64)):
+        return False
+    return bool(np.array_equal(a[n:], b[n:]))
+
+
 def _first_difference(n: int, readers: Sequence[Callable[[int, int], Any]]) -> int | None:
     """Index of the first reader whose n bytes differ from readers[0]'s, else None; one pass,
     chunk by chunk (memory-bandwidth bound, far faster than hashing each side)."""
-    import numpy as np
-
     for offset in range(0, n, _COMPARE_CHUNK):
         size = min(_COMPARE_CHUNK, n - offset)
         first = readers[0](offset, size)
+        if first.size != size:
+            return 1
         for i, read in enumerate(readers[1:], start=1):
-            other = read(offset, size)
-            if first.size != size or not np.array_equal(first, other):
+            if not _equal(first, read(offset, size)):
                 return i
+        for read in readers:
+            release = getattr(read, "release", None)
+            if release is not None:
+                release(offset, size)
     return None
 
 
@@ -660,7 +717,7 @@ def _verify_files(tmp: Path, plan: _Plan, loaded: LoadedModel, where: str) -> in
                         f"Tensor {e.name} of {where} is missing from {shard} or has the wrong "
                         f"dtype or shape; nothing was kept."
                     )
-                readers = [ranges.reader("written", path, start + info["data_offsets"][0])]
+                readers = [ranges.reader(path, start + info["data_offsets"][0])]
                 stored = e.stored
                 value = e.tensor if e.tensor is not None else (
                     stored.tensor if stored is not None else None)
@@ -668,7 +725,7 @@ def _verify_files(tmp: Path, plan: _Plan, loaded: LoadedModel, where: str) -> in
                     readers.append(_array_reader(_bytes_of(value)))
                 else:
                     assert stored is not None
-                    readers.append(ranges.reader("source", stored.file, stored.begin))
+                    readers.append(ranges.reader(stored.file, stored.begin))
                 # The model in memory must still be the checkpoint as stored: compared in the
                 # same pass when it holds the stored bytes (same dtype, on the CPU).
                 t = None
@@ -1044,6 +1101,8 @@ def save_fixed(
     head = find_head(loaded)
     check_applicable(spec, family=head.layout.family, has_decoder=head.layout.decoder is not None,
                      tied=head.tied, has_norm=head.norm_weight is not None)
+    # A Hub snapshot is named by its commit; a local folder by its files' hashes (provenance).
+    source_hashes = None if (dry_run or ckpt.revision) else _hash_in_background(ckpt.weight_files)
     plan = _plan(loaded, head, spec, max_shard_size)
     inputs = _encode(loaded, verify_texts)
     replaced = {p.name for p in ckpt.weight_files} | {"model.safetensors.index.json",
@@ -1150,9 +1209,7 @@ def save_fixed(
             "source": ckpt.source,
             "source_path": str(ckpt.path),
             "source_revision": ckpt.revision,
-            # A Hub snapshot is named by its commit; a local folder by its files' hashes.
-            "source_files": None if ckpt.revision else {p.name: _sha256(p)
-                                                        for p in ckpt.weight_files},
+            "source_files": None if source_hashes is None else source_hashes(),
             "model_type": ckpt.model_type,
             "k": spec.k,
             "strategy": spec.strategy,

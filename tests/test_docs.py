@@ -157,6 +157,7 @@ def test_report_reference_is_up_to_date_and_complete():
         assert f"| `{name}` |" in text
 
 
+@pytest.mark.slow  # over 20 s: the example trains two arms in a subprocess
 def test_confirm_example_runs(bert_tiny_dir, tmp_path):
     result = subprocess.run([sys.executable, str(EXAMPLES / "confirm_short.py"), "--k", "4",
                              "--steps", "2"], env=_env(tmp_path, bert_tiny_dir), cwd=tmp_path,

@@ -317,6 +317,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow  # over 20 s: two spawned processes each import torch and transformers
 def test_every_rank_follows_the_main_process_verdict(tmp_path):
     import socket
     import subprocess
