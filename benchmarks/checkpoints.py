@@ -35,10 +35,20 @@ def bert_base() -> Path:
 
 def modernbert_base() -> Path:
     """ModernBertForMaskedLM from ModernBertConfig() defaults (22 layers, H768, vocab 50,368;
-    ~600 MB). No tokenizer is saved: the benchmarks tokenise with BERT-tiny's (ids < 30,522)."""
+    ~600 MB), with BERT-tiny's tokenizer files beside it so that `headscope inspect` can run it
+    (its ids, < 30,522, fit the vocabulary; ModernBERT's own tokenizer is not available here)."""
+    import shutil
+
     from transformers import ModernBertConfig, ModernBertForMaskedLM
 
-    return _build("modernbert-base-random", lambda: ModernBertForMaskedLM(ModernBertConfig()))
+    from headscope import assets
+
+    path = _build("modernbert-base-random", lambda: ModernBertForMaskedLM(ModernBertConfig()))
+    tiny = assets.fetch("bert-tiny-splade")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if not (path / name).is_file():
+            shutil.copyfile(tiny / name, path / name)
+    return path
 
 
 if __name__ == "__main__":

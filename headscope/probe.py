@@ -473,9 +473,9 @@ class _Reducer:
 def counted_ks(ks: Sequence[float], bias: np.ndarray | None, scale_bias: bool,
                count_every_k: bool) -> tuple[bool, ...]:
     """Which k get an exact positive count: all of them when their thresholds coincide (no
-    bias, or the bias divided too) or when asked; else only k = 1 (the model as it is), or the
-    first k when 1 is not a candidate."""
-    if count_every_k or bias is None or scale_bias:
+    bias, an all-zero bias, or the bias divided too) or when asked; else only k = 1 (the model
+    as it is), or the first k when 1 is not a candidate."""
+    if count_every_k or bias is None or scale_bias or not np.any(bias) or len(ks) == 1:
         return tuple(True for _ in ks)
     at = [float(k) for k in ks].index(1.0) if 1.0 in [float(k) for k in ks] else 0
     return tuple(i == at for i in range(len(ks)))

@@ -22,6 +22,7 @@ from headscope.probe import (
     builtin_candidates,
     builtin_probe,
     content_sha256,
+    counted_ks,
     load_probe_file,
     run_probe,
 )
@@ -424,3 +425,15 @@ def test_real_bert_tiny_probe_is_plausible(bert_tiny_dir):
     # Dividing by k shrinks weights and scores: the start loss moves towards log(B).
     assert k16.term_weight_mean < k4.term_weight_mean < k1.term_weight_mean
     assert abs(k16.logit_p50) < abs(k1.logit_p50)
+
+
+def test_counted_ks():
+    """Only an undivided, non-zero bias makes the thresholds differ across k: then k = 1 (or the
+    first k) is counted exactly and the others are estimated, unless every k is asked for."""
+    bias = np.array([0.5, -1.0, 0.0])
+    assert counted_ks((1, 2, 4), bias, False, False) == (True, False, False)
+    assert counted_ks((2, 1, 4), bias, False, False) == (False, True, False)
+    assert counted_ks((2, 4), bias, False, False) == (True, False)
+    assert counted_ks((1, 2, 4), bias, False, True) == (True, True, True)
+    for b, scale in ((None, False), (bias, True), (np.zeros(3), False)):
+        assert counted_ks((1, 2, 4), b, scale, False) == (True, True, True)

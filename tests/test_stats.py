@@ -477,3 +477,33 @@ def test_row_norm_histogram_counts_every_row_once():
     edges = np.histogram_bin_edges(norms, bins=40)
     np.testing.assert_allclose(h.edges, edges, rtol=1e-12)
     assert h.other == tuple(np.histogram(norms[~real], bins=np.asarray(h.edges))[0])
+
+
+def test_frac_positive_estimated_from_a_counted_k():
+    """Counted at k = 1 only: with every token logit passed as the sample, the difference
+    estimator is the exact share at every k; with a small sample it stays within 4 standard
+    errors, and is flagged as estimated."""
+    rng = np.random.default_rng(3)
+    vocab, ks = 50, (1.0, 2.0, 8.0)
+    bias = rng.normal(0, 2, vocab)
+    tokens = rng.normal(-1, 3, (400, vocab))  # (N, V) raw token logits
+    pooled = tokens.reshape(40, 10, vocab).max(axis=1)  # (B=40, V)
+    exact = [float((transform_logits(tokens, k, bias, False) > 0).mean()) for k in ks]
+    ids = np.broadcast_to(np.arange(vocab), tokens.shape)
+    counts = np.array([(transform_logits(tokens, 1.0, bias, False) > 0).sum(), 0, 0])
+    for sample_size, rel in ((tokens.size, 1e-12), (2000, None)):
+        acc = ProbeAccumulator(ks, bias, False, vocab, sample_size=sample_size, seed=1)
+        acc.add_token_counts(counts, tokens.size, counted=(True, False, False))
+        acc.add_token_sample(tokens.ravel(), ids.ravel())
+        acc.add_batch(pooled[:20], pooled[20:])
+        got = acc.result()
+        assert got[0].frac_positive == exact[0] and got[0].frac_positive_exact
+        assert got[0].frac_positive_se == 0.0
+        for s, want in zip(got[1:], exact[1:], strict=True):
+            assert not s.frac_positive_exact and s.frac_positive_se > 0
+            if rel is not None:
+                assert s.frac_positive == pytest.approx(want, rel=rel)
+            else:
+                assert abs(s.frac_positive - want) < 4 * s.frac_positive_se
+    with pytest.raises(InputError, match="different counted k than before"):
+        acc.add_token_counts(counts, tokens.size)
