@@ -178,7 +178,8 @@ def handle_errors(fn: Callable) -> Callable:
 @contextmanager
 def progress_bar():
     """Progress on stderr, fed by the library's (phase, done, total) callback: a rich bar with
-    the time left on a terminal, else plain lines (render.ProgressLines: every 10% or 5 s)."""
+    the time left on a terminal, else plain lines (render.ProgressLines: after 2 quiet seconds,
+    every 10% or 5 s, with the time left)."""
     import time
 
     from rich.progress import (

@@ -87,36 +87,43 @@ class ProgressLines:
     """Progress as plain lines, for a stderr that is not a terminal (a log, CI, a pipe).
 
     Fed the library's (phase, done, total) callbacks with the time, `update` returns the line to
-    print, or None: one when a phase starts, then at most one per `every_s` seconds or per
-    `step` of the phase's total (whichever comes first), and one when it ends. Each line has the
-    elapsed time and, once something is done, an estimate of the time left (elapsed / done x
-    left: phases here advance at a steady rate per item).
+    print, or None. A phase says nothing for its first `quiet_s` seconds (so a quick phase, or a
+    refusal right after loading, leaves stderr to the one error line); after that, a line at
+    most every `every_s` seconds or per `step` of the total, whichever comes first, and one
+    when it ends. Each line has the elapsed time and an estimate of the time left (elapsed /
+    done x left: phases here advance at a steady rate per item).
     """
 
-    def __init__(self, every_s: float = 5.0, step: float = 0.1) -> None:
+    def __init__(self, every_s: float = 5.0, step: float = 0.1, quiet_s: float = 2.0) -> None:
         self.every_s = every_s
         self.step = step
+        self.quiet_s = quiet_s
         self._start: dict[str, float] = {}
         self._last: dict[str, float] = {}
         self._mark: dict[str, int] = {}  # steps of the total already reported
+        self._printed: set[str] = set()
         self._ended: set[str] = set()
 
     def update(self, phase: str, done: int, total: int, now: float) -> str | None:
+        steps = round(1 / self.step)
         if phase not in self._start:
-            self._start[phase], self._last[phase], self._mark[phase] = now, now, 0
+            self._start[phase], self._last[phase] = now, now
+            self._mark[phase] = done * steps // total if total > 0 else 0
             self._ended.discard(phase)
-            if done < total:
-                return f"{phase}: started ({done}/{total})"
         if phase in self._ended:
             return None
         elapsed = now - self._start[phase]
         if total <= 0 or done >= total:
             self._ended.add(phase)
-            return f"{phase}: done in {duration(elapsed)}"
-        mark = done * round(1 / self.step) // total  # whole steps done, in integers
-        if mark <= self._mark[phase] and now - self._last[phase] < self.every_s:
+            return f"{phase}: done in {duration(elapsed)}" if phase in self._printed else None
+        if elapsed < self.quiet_s:
+            return None
+        mark = done * steps // total  # whole steps done, in integers
+        if (phase in self._printed and mark <= self._mark[phase]
+                and now - self._last[phase] < self.every_s):
             return None
         self._mark[phase], self._last[phase] = max(mark, self._mark[phase]), now
+        self._printed.add(phase)
         line = f"{phase}: {done}/{total} ({done / total:.0%}), {duration(elapsed)} elapsed"
         if done > 0:
             line += f", about {duration(elapsed / done * (total - done))} left"

@@ -5,7 +5,6 @@ every model is checked in tests/test_recommend_real.py)."""
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 from click.testing import CliRunner
@@ -21,22 +20,25 @@ def test_duration():
 
 
 def test_progress_lines_every_tenth_or_five_seconds_with_an_eta():
-    lines = ProgressLines(every_s=5.0, step=0.1)
+    lines = ProgressLines(every_s=5.0, step=0.1, quiet_s=2.0)
     feed = [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0), (4, 9.0), (30, 10.0), (31, 10.5), (100, 20.0),
             (100, 21.0)]
     got = [lines.update("probe", done, 100, now) for done, now in feed]
     assert got == [
-        "probe: started (0/100)",
-        None, None, None,  # 1-3%: less than a tenth and under 5 s since the last line
+        None, None,  # the first 2 s are quiet
+        "probe: 2/100 (2%), 2 s elapsed, about 1 min 38 s left",  # first line: 2 / 2 x 98
+        None,  # 3%: less than a tenth more and under 5 s since the last line
         "probe: 4/100 (4%), 9 s elapsed, about 3 min 36 s left",  # 5 s passed: 9 / 4 x 96
         "probe: 30/100 (30%), 10 s elapsed, about 23 s left",  # crossed 10%, 20% and 30%
         None,  # 31%: still the 30% step, 0.5 s later
         "probe: done in 20 s",
         None,  # a finished phase says nothing more
     ]
-    # Phases are independent; a phase done at its first call says so once.
-    assert lines.update("load", 1, 1, 30.0) == "probe: done in 0 s".replace("probe", "load")
-    assert lines.update("verify", 0, 3, 31.0) == "verify: started (0/3)"
+    # A phase that ends within its quiet seconds, or is refused then, prints nothing at all.
+    assert [lines.update("load", d, 1, t) for d, t in ((0, 30.0), (1, 31.5))] == [None, None]
+    assert lines.update("verify", 0, 3, 40.0) is None
+    assert lines.update("verify", 1, 3, 43.0) == ("verify: 1/3 (33%), 3 s elapsed, about 6 s "
+                                                  "left")
 
 
 def test_fast_config_keeps_everything_but_pairs_and_passage_length():
@@ -56,7 +58,11 @@ def test_fast_config_keeps_everything_but_pairs_and_passage_length():
 def test_inspect_fast_on_the_command_line(bert_tiny_dir, tmp_path, monkeypatch, args, n_pairs,
                                           passage):
     """--fast probes fewer, shorter texts; stderr (not a terminal under CliRunner) gets plain
-    progress lines that end each phase."""
+    progress lines. A clock that advances 3 s per reading makes the lines deterministic."""
+    import time
+
+    ticks = iter(range(0, 10**6, 3))
+    monkeypatch.setattr(time, "monotonic", lambda: float(next(ticks)))
     monkeypatch.setenv("HEADSCOPE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "assets").symlink_to(bert_tiny_dir.parent, target_is_directory=True)
@@ -68,6 +74,13 @@ def test_inspect_fast_on_the_command_line(bert_tiny_dir, tmp_path, monkeypatch, 
     assert report["probe"]["n_pairs"] == n_pairs
     assert report["probe"]["max_passage_length"] == passage
     lines = result.stderr.splitlines()
-    assert "load: started (0/1)" in lines and f"probe: started (0/{n_pairs})" in lines
-    assert any(re.fullmatch(r"probe: done in \d+ s", line) for line in lines)
-    assert any(re.fullmatch(r"load: done in \d+ s", line) for line in lines)
+    # load: 0 s, then 3 s: past the quiet 2 s but already done, so it was never reported
+    assert not any(line.startswith("load") for line in lines)
+    probe = [line for line in lines if line.startswith("probe: ")]
+    if n_pairs == 8:  # one batch, done 3 s after the start: never reported
+        assert probe == []
+    else:  # four batches of 16, 3 s apart: each a new tenth
+        assert probe == ["probe: 16/64 (25%), 3 s elapsed, about 9 s left",
+                         "probe: 32/64 (50%), 6 s elapsed, about 6 s left",
+                         "probe: 48/64 (75%), 9 s elapsed, about 3 s left",
+                         "probe: done in 12 s"]
