@@ -106,8 +106,10 @@ class ProgressLines:
 
     def update(self, phase: str, done: int, total: int, now: float) -> str | None:
         steps = round(1 / self.step)
-        if phase not in self._start:
+        if phase not in self._start or (phase in self._ended and done < total):
+            # new, or run again (fix probes before and after): start over
             self._start[phase], self._last[phase] = now, now
+            self._printed.discard(phase)
             self._mark[phase] = done * steps // total if total > 0 else 0
             self._ended.discard(phase)
         if phase in self._ended:

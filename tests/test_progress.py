@@ -39,6 +39,10 @@ def test_progress_lines_every_tenth_or_five_seconds_with_an_eta():
     assert lines.update("verify", 0, 3, 40.0) is None
     assert lines.update("verify", 1, 3, 43.0) == ("verify: 1/3 (33%), 3 s elapsed, about 6 s "
                                                   "left")
+    # A phase run again (fix probes before and after rescaling) starts over.
+    assert lines.update("probe", 0, 10, 50.0) is None
+    assert lines.update("probe", 5, 10, 54.0) == "probe: 5/10 (50%), 4 s elapsed, about 4 s left"
+    assert lines.update("probe", 10, 10, 58.0) == "probe: done in 8 s"
 
 
 def test_fast_config_keeps_everything_but_pairs_and_passage_length():
