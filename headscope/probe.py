@@ -13,8 +13,8 @@ scores, cosine, start loss) is exact at every k, from the max-pooled (B, V) logi
 per-token statistics, the logit percentiles come from a uniform sample of token logits, and the
 share of positive logits is counted exactly at one k (k = 1 when it is a candidate) and estimated
 at the others from that count and the sample (`KStats.frac_positive_exact` and
-`frac_positive_se` say which and how precisely). With no bias, or the bias divided too, one count
-serves every k and all are exact; `ProbeConfig.count_every_k` counts every k exactly at the cost
+`frac_positive_se` say which and how precisely). With no bias, an all-zero bias, or the bias
+divided too, one count serves every k and all are exact; `ProbeConfig.count_every_k` counts every k exactly at the cost
 of one more pass over the logits per k.
 """
 
