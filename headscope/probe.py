@@ -14,8 +14,8 @@ per-token statistics, the logit percentiles come from a uniform sample of token 
 share of positive logits is counted exactly at one k (k = 1 when it is a candidate) and estimated
 at the others from that count and the sample (`KStats.frac_positive_exact` and
 `frac_positive_se` say which and how precisely). With no bias, an all-zero bias, or the bias
-divided too, one count serves every k and all are exact; `ProbeConfig.count_every_k` counts every k exactly at the cost
-of one more pass over the logits per k.
+divided too, one count serves every k and all are exact; `ProbeConfig.count_every_k` counts
+every k exactly at the cost of one more pass over the logits per k.
 """
 
 from __future__ import annotations
