@@ -113,7 +113,7 @@ def test_inspect_weights_only_reads_the_files(bert_tiny_dir):
 def test_inspect_real_albert(albert_dir):
     rep = api.inspect(str(albert_dir), options=api.InspectOptions(weights_only=True))
     assert rep.model.family == "albert"
-    assert rep.weights.row_norm_all.mean == pytest.approx(1.3325, abs=1e-4)  # DESIGN.md: 1.333
+    assert rep.weights.row_norm_all.mean == pytest.approx(1.3325, abs=1e-4)  # science.md: 1.332
 
 
 def test_inspect_refuses_a_headless_model(tmp_path):
