@@ -319,3 +319,16 @@ def test_demo_real_and_simulated(bert_tiny_dir):
     assert at1[outcome.labels[1]].frac_positive > 10 * at1[outcome.labels[0]].frac_positive
     assert outcome.simulation.where == "bias"
     assert outcome.simulation.frac_positive_after > outcome.simulation.frac_positive_before
+
+
+def test_every_verb_has_a_shipped_json_schema():
+    for kind in ("report", "fix", "training", "check", "compare"):
+        schema = api.json_schema(kind)
+        jsonschema.Draft202012Validator.check_schema(schema)
+        assert schema["properties"]["schema_version"] == {"const": 1}
+        assert "schema_version" in schema["required"]
+    assert api.json_schema("report") == report.schema()
+    with pytest.raises(InputError) as err:
+        api.json_schema("sweep")
+    assert str(err.value) == ("No JSON schema named 'sweep'; the schemas are report, fix, "
+                              "training, check, compare.")
