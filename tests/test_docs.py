@@ -255,6 +255,8 @@ def _run_page(page: Path, tmp_path: Path, bert_tiny_dir: Path, *, slow: bool):
 def test_python_blocks_are_found():
     names = {p.name for p in PAGES_WITH_CODE}
     assert {"README.md", "api.md", "integrations.md", "json.md"} <= names
+    # the README's block runs the full default probe twice and writes a checkpoint: slow
+    assert [slow for _, _, slow in python_blocks(ROOT / "README.md")] == [True]
     # architecture.md lists signatures, not code to run: its blocks are plain fences
     assert "architecture.md" not in names
     blocks = python_blocks(ROOT / "docs" / "api.md")
