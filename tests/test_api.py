@@ -238,9 +238,14 @@ def test_fix_dry_run_and_refusals(tiny_long, tmp_path):
 
 
 def test_fix_follows_the_last_inspection(tiny_long, tmp_path):
+    import dataclasses
+
     src = tiny_long("modernbert")
-    rep = api.inspect(str(src), probe_config=SMALL, remember=True)
+    # candidates without 1, so that the recommendation asks for a fix
+    rep = api.inspect(str(src), probe_config=dataclasses.replace(SMALL, ks=(2.0, 4.0, 8.0)),
+                      remember=True)
     k = rep.recommendation.k
+    assert k != 1
     outcome = api.fix(None, str(tmp_path / "fixed"), probe_config=SMALL)
     assert outcome.source == str(src) and outcome.followed_last_inspection
     assert outcome.k == k and outcome.k_from == "last inspection's recommendation"
@@ -250,6 +255,15 @@ def test_fix_follows_the_last_inspection(tiny_long, tmp_path):
     outcome = api.fix(None, str(tmp_path / "fixed-2"), options=api.FixOptions(k=3),
                       probe_config=SMALL)
     assert outcome.k == 3 and outcome.k_from == "--k"
+    # a last inspection that recommended k = 1: no fix needed, nothing written
+    rep = api.inspect(str(src), probe_config=dataclasses.replace(SMALL, ks=(1.0,)),
+                      remember=True)
+    assert rep.recommendation.k == 1
+    outcome = api.fix(None, str(tmp_path / "fixed-3"), probe_config=SMALL)
+    assert not outcome.needed and outcome.result is None and outcome.k == 1
+    assert outcome.note.startswith(f"No fix needed: {src} is recommended k = 1 (last "
+                                   "inspection's recommendation), so its head is left as it is")
+    assert not (tmp_path / "fixed-3").exists()
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta"])
