@@ -176,22 +176,73 @@ def handle_errors(fn: Callable) -> Callable:
 
 
 @contextmanager
-def progress_bar():
-    """A rich progress bar on stderr, fed by the library's (phase, done, total) callback."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def progress_bar(plain_lines: bool = False):
+    """Progress on stderr, fed by the library's (phase, done, total) callback: a rich bar per
+    phase with the time elapsed and an ETA on a terminal. When stderr is not a terminal (CI
+    logs), `plain_lines` prints one plain line per phase at 0%, every 10% and 100%, with the
+    ETA; otherwise nothing is shown."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), console=stderr, transient=True,
-                   disable=not stderr.is_terminal)
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                   console=stderr, transient=True, disable=not stderr.is_terminal)
     tasks: dict[str, Any] = {}
+    lines = PlainProgress() if plain_lines and not stderr.is_terminal else None
 
     def update(phase: str, done: int, total: int) -> None:
+        if lines is not None:
+            line = lines.update(phase, done, total)
+            if line:
+                stderr.print(line, markup=False, highlight=False)
+            return
         if phase not in tasks:
             tasks[phase] = bar.add_task(phase, total=total)
         bar.update(tasks[phase], completed=done, total=total)
 
     with bar:
         yield update
+
+
+class PlainProgress:
+    """Plain progress lines for logs: "phase: done/total (pct%), elapsed m:ss, ETA m:ss", at a
+    phase's first report, each further 10% and its end."""
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        import time
+
+        self._clock = clock or time.monotonic
+        self._start: dict[str, float] = {}
+        self._shown: dict[str, int] = {}  # phase -> last tenth shown
+
+    def update(self, phase: str, done: int, total: int) -> str | None:
+        now = self._clock()
+        start = self._start.setdefault(phase, now)
+        tenth = 10 if total <= 0 else min(10, done * 10 // total)
+        if phase in self._shown and tenth <= self._shown[phase]:
+            return None
+        self._shown[phase] = tenth
+        elapsed = now - start
+        pct = 100 if total <= 0 else 100 * done // total
+        if done >= total:
+            eta = "done"
+        elif done > 0 and elapsed > 0:
+            eta = "ETA " + _clock_time(elapsed / done * (total - done))
+        else:
+            eta = "ETA unknown"
+        return f"{phase}: {done}/{total} ({pct}%), elapsed {_clock_time(elapsed)}, {eta}"
+
+
+def _clock_time(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def _emit_json(payload: str, dest: str | None) -> None:
@@ -371,38 +422,37 @@ def inspect(model, revision, dtype, device, trust_remote_code, probe_file, ks, n
 @click.option("--overwrite", is_flag=True,
               help="Replace an --out that headscope wrote earlier (after verifying); any other "
               "non-empty folder is refused.")
+@click.option("--force", is_flag=True,
+              help="Write even when the recommended k is 1 (no fix needed): an unchanged copy.")
 @click.option("--n-pairs", type=int, default=None,
               help="Built-in probe size for the before/after statistics (default: as inspect).")
 @load_options
 @click.option("--json", "json_dest", default=None, metavar="PATH|-",
               help="Write the fix summary as JSON to PATH, or stdout with '-'.")
 @handle_errors
-def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, n_pairs, revision, dtype, device,
-        trust_remote_code, json_dest):
+def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, force, n_pairs, revision, dtype,
+        device, trust_remote_code, json_dest):
     """Write a corrected safetensors checkpoint of MODEL to --out, verified by reloading.
 
     Without MODEL, acts on the model of the last `headscope inspect` run in this directory in
-    the last 24 hours, with its recommended k.
+    the last 24 hours, with its recommended k. When the recommended k is 1 the head needs no
+    fix: nothing is written (unless --force).
     """
     from headscope import api, render
 
     writable(json_dest)
     options = api.FixOptions(k=k, strategy=strategy, scale_bias=scale_bias, dry_run=dry_run,
-                             overwrite=overwrite)
-    if model is None:
-        last = api.last_inspection()
-        stderr.print(f"No MODEL given: using {last.source} from the last `headscope inspect`",
-                  markup=False)
+                             overwrite=overwrite, force=force)
     with progress_bar() as progress:
         outcome = api.fix(model, out, options=options,
                           load_options=_load_opts(revision, dtype, device, trust_remote_code),
                           probe_config=_probe_config(None, n_pairs, None, None),
                           progress=progress)
     stderr.print(outcome.note, markup=False)
-    if outcome.result.skipped:
+    if outcome.result is not None and outcome.result.skipped:
         stderr.print(f"Not copied from {outcome.source}: {'; '.join(outcome.result.skipped)}",
                      markup=False)
-    if json_dest != "-":
+    if json_dest != "-" and outcome.needed:
         stdout.print(render.fix_view(outcome))
     _emit_json(json.dumps(api.fix_summary(outcome), indent=2), json_dest)
 
@@ -446,7 +496,6 @@ def compare(sources, revision, dtype, device, trust_remote_code, probe_file, ks,
     Each SOURCE is a model (folder or cached Hub id) or a report saved with `inspect --json`.
     """
     from headscope import api, render
-    from headscope.report import key_statistics
 
     writable(json_dest)
     if any(not (s.endswith(".json") and os.path.isfile(s)) for s in sources):
@@ -457,12 +506,13 @@ def compare(sources, revision, dtype, device, trust_remote_code, probe_file, ks,
                                                       trust_remote_code),
                               probe_config=_probe_config(ks, n_pairs, batch_size, scale_bias),
                               progress=progress)
+    labels = api.compare_labels(reports)
     if json_dest != "-":
-        labels = [os.path.basename(r.model.source.rstrip("/")) or r.model.source
-                  for r in reports]
         stdout.print(render.compare_table(reports, labels))
-    _emit_json(json.dumps({"models": [key_statistics(r) for r in reports]}, indent=2),
-               json_dest)
+        legend = render.finding_legend(reports)
+        if legend is not None:
+            stdout.print(legend)
+    _emit_json(json.dumps(api.compare_summary(reports, labels), indent=2), json_dest)
 
 
 @main.command("report")
@@ -551,7 +601,7 @@ def confirm(model, k, fixed, json_dest, **kw):
     writable(json_dest, kw.get("figure"))
     writable(kw.get("log"), parents=True)
     _quiet_transformers()
-    with progress_bar() as progress:
+    with progress_bar(plain_lines=True) as progress:
         outcome = api.confirm(model, k=k, fixed=fixed, options=_confirm_options(kw),
                               progress=progress)
     _report_training(outcome, json_dest)
@@ -570,7 +620,7 @@ def sweep(model, ks, json_dest, **kw):
     writable(json_dest, kw.get("figure"))
     writable(kw.get("log"), parents=True)
     _quiet_transformers()
-    with progress_bar() as progress:
+    with progress_bar(plain_lines=True) as progress:
         outcome = api.sweep(model, ks, options=_confirm_options(kw), progress=progress)
     _report_training(outcome, json_dest)
 
@@ -626,8 +676,7 @@ def check(model, report_path, policy_path, probe_file, ks, n_pairs, batch_size, 
                             options=api.InspectOptions(probe_file=probe_file))
     if json_dest != "-":
         stdout.print(render.check_view(outcome.result, outcome.report))
-    payload = {"source": outcome.report.model.source, **outcome.result.to_dict()}
-    _emit_json(json.dumps(payload, indent=2), json_dest)
+    _emit_json(json.dumps(api.check_summary(outcome), indent=2), json_dest)
     sys.exit(0 if outcome.result.passed else 1)
 
 
