@@ -247,6 +247,8 @@ class FixOptions:
     scale_bias: bool | None = None  # divide the output bias too; None: as recommended (else no)
     dry_run: bool = False
     overwrite: bool = False
+    # Write even when the recommended k is 1 (no rescale needed); an explicit k always writes.
+    force: bool = False
 
 
 @dataclass(frozen=True)
@@ -256,10 +258,19 @@ class FixOutcome:
     k_from: str  # "--k" | "recommendation" | "last inspection"
     followed_last_inspection: bool  # MODEL was omitted: acted on the last `inspect`
     report: Report  # the original model's inspection (statistics before)
-    result: FixResult
+    result: FixResult | None  # None: the recommended k is 1, so nothing was written
+
+    @property
+    def needed(self) -> bool:
+        """Whether a fix was written (or, in a dry run, verified): False at a recommended k = 1."""
+        return self.result is not None
 
     @property
     def note(self) -> str:
+        if self.result is None:
+            return (f"No fix needed: {self.source} is recommended k = 1 ({self.k_from}), so its "
+                    "head is left as it is and nothing was written. Pass --k K to rescale it "
+                    "anyway, or --force to write an unchanged copy.")
         if self.followed_last_inspection:
             note = (f"No MODEL given: acting on {self.source}, the model of the last "
                     f"`headscope inspect`, with k = {self.k:g} ({self.k_from}).")
@@ -269,6 +280,22 @@ class FixOutcome:
             note += (" Removed the temporary folder(s) an interrupted run left: "
                      f"{', '.join(self.result.cleaned)}.")
         return note
+
+    @property
+    def changed_tensors(self) -> tuple[str, ...]:
+        """Tensors whose values the fix changed. At k = 1 none did: dividing by 1 is exact, and
+        an untied decoder is a new tensor holding the same values (see `new_tensors`)."""
+        if self.result is None or self.k == 1:
+            return ()
+        return self.result.verification.tensors_changed
+
+    @property
+    def new_tensors(self) -> tuple[str, ...]:
+        """Tensors written in their own right although their values did not change (a decoder
+        untied at k = 1)."""
+        if self.result is None or self.k != 1:
+            return ()
+        return self.result.verification.tensors_changed
 
 
 def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), load_options=None,
@@ -312,6 +339,9 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
         k, k_from = before.recommendation.k, f"recommended by the {before.recommendation.rule} rule"
         if scale_bias is None:
             scale_bias = before.recommendation.scale_bias
+    if k == 1 and k_from != "--k" and not options.force:
+        return FixOutcome(source=source, k=1.0, k_from=k_from, followed_last_inspection=followed,
+                          report=before, result=None)
     spec = RescaleSpec(float(k), options.strategy, bool(scale_bias))
     stats_before = next(s for s in before.per_k if s.k == 1.0)
     stats_after = next(s for s in before.per_k if s.k == spec.k)
@@ -327,25 +357,48 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
                       report=before, result=result)
 
 
-def fix_summary(outcome: FixOutcome) -> dict:
-    """The JSON form of a fix: what was written, with which k and why, and how it verified."""
-    from dataclasses import asdict
+# The version of every JSON summary below (fix, training, check, compare); each has a JSON
+# Schema shipped in headscope/schema/ (see `json_schema`) and documented in docs/json.md.
+SUMMARY_SCHEMA_VERSION = 1
+SUMMARY_KINDS = ("fix", "training", "check", "compare")
 
+
+def json_schema(kind: str) -> dict:
+    """The shipped JSON Schema (draft 2020-12) of a verb's JSON output: "report" (inspect),
+    "fix", "training" (confirm and sweep), "check" or "compare"."""
+    from importlib import resources
+
+    if kind not in ("report",) + SUMMARY_KINDS:
+        raise InputError(f"No JSON schema named {kind!r}; the schemas are report, "
+                         f"{', '.join(SUMMARY_KINDS)}.")
+    text = resources.files("headscope").joinpath(f"schema/{kind}.schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def fix_summary(outcome: FixOutcome) -> dict:
+    """The JSON form of a fix: what was written, with which k and why, and how it verified.
+    `written` is False when no fix was needed (recommended k = 1) or in a dry run."""
     r = outcome.result
-    return {
+    summary = {
+        "schema_version": SUMMARY_SCHEMA_VERSION,
         "source": outcome.source,
         "k": outcome.k,
         "k_from": outcome.k_from,
         "followed_last_inspection": outcome.followed_last_inspection,
-        "strategy": r.spec.strategy,
-        "scale_bias": r.spec.scale_bias,
-        "out": str(r.out),
-        "dry_run": r.dry_run,
-        "files": list(r.files),
-        "tied": r.tied,
-        "verification": {k: (list(v) if isinstance(v, tuple) else v)
-                         for k, v in asdict(r.verification).items()},
+        "needed": outcome.needed,
+        "written": r is not None and not r.dry_run,
+        "note": outcome.note,
+        "strategy": None if r is None else r.spec.strategy,
+        "scale_bias": None if r is None else r.spec.scale_bias,
+        "out": None if r is None else str(r.out),
+        "dry_run": None if r is None else r.dry_run,
+        "files": [] if r is None else list(r.files),
+        "tied": None if r is None else r.tied,
+        "changed_tensors": list(outcome.changed_tensors),
+        "new_tensors": list(outcome.new_tensors),
+        "verification": None if r is None else r.verification,
     }
+    return to_dict(summary)
 
 
 @dataclass(frozen=True)
@@ -376,6 +429,12 @@ def check(source: str | None = None, *, report_path: str | None = None,
         rep = inspect(source, load_options=load_options, probe_config=probe_config,
                       options=options, progress=progress)
     return CheckOutcome(rep, guard.evaluate(rep, policy))
+
+
+def check_summary(outcome: CheckOutcome) -> dict:
+    """The JSON form of a check: the policy, each rule's threshold and measurement, pass/fail."""
+    return to_dict({"schema_version": SUMMARY_SCHEMA_VERSION,
+                       "source": outcome.report.model.source, **outcome.result.to_dict()})
 
 
 @dataclass(frozen=True)
@@ -443,6 +502,32 @@ def compare(sources: Sequence[str], *, load_options=None, probe_config=None,
             reports.append(inspect(source, load_options=load_options,
                                    probe_config=probe_config, progress=progress))
     return tuple(reports)
+
+
+def compare_summary(reports: Sequence[Report], labels: Sequence[str]) -> dict:
+    """The JSON form of a comparison: each model's key statistics under its column label."""
+    from headscope.report import key_statistics
+
+    return to_dict({"schema_version": SUMMARY_SCHEMA_VERSION,
+                       "models": [{"label": label, **key_statistics(r)}
+                                  for r, label in zip(reports, labels, strict=True)]})
+
+
+def compare_labels(reports: Sequence[Report]) -> tuple[str, ...]:
+    """Column labels for `compare`: each model's folder name, made unique. Reports of one source
+    differ by "weights only" / "probe" (a full and a weights-only report of one model), then
+    by their position (#1, #2, ...)."""
+    base = [os.path.basename(r.model.source.rstrip("/")) or r.model.source for r in reports]
+    labels = list(base)
+    for i, r in enumerate(reports):
+        if base.count(base[i]) > 1:
+            labels[i] = f"{base[i]} ({'weights only' if r.model.weights_only else 'probe'})"
+    for i in range(len(labels)):
+        if labels.count(labels[i]) > 1:
+            same = [j for j, lab in enumerate(labels) if lab == labels[i]]
+            for n, j in enumerate(same, start=1):
+                labels[j] = f"{labels[j]} #{n}"
+    return tuple(labels)
 
 
 def write_report_documents(report_path: str, *, html: str | None = None, md: str | None = None,
@@ -522,6 +607,8 @@ class TrainingOutcome:
     log: str | None
     figure: str | None
     records: dict  # arm name -> tuple[StepRecord, ...] (for plots; not serialised)
+    eval_queries: int = 0  # held-out queries every arm was evaluated on
+    eval_passages: int = 0  # passages they were ranked against
 
 
 def _base_model(source: str, options: ConfirmOptions, load_options, progress):
@@ -585,15 +672,21 @@ def _dataset(options: ConfirmOptions):
 
 def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
                         options: ConfirmOptions, progress, dataset) -> TrainingOutcome:
-    """Train every arm on the same batches, log telemetry, judge each, draw the curves."""
+    """Train every arm on the same batches, log telemetry, judge each, draw the curves.
+
+    Progress goes to `progress` twice per step: the arm's own phase ("arm 2/3: fixed", steps of
+    that arm) and the whole run ("all arms", steps of every arm), so a face can show an ETA
+    for both."""
     from contextlib import ExitStack
 
     from headscope import fileio
-    from headscope.splade.train import TelemetryWriter, train_arms
+    from headscope.splade.telemetry import TelemetryWriter
+    from headscope.splade.train import train_arms
 
     config = options.train_config()
     total = config.steps * len(arms)
-    done = [0]
+    phases = {name: f"arm {i}/{len(arms)}: {name}" for i, name in enumerate(arms, start=1)}
+    done = {name: 0 for name in arms}
     with ExitStack() as stack:
         writers = {}
         if options.log:
@@ -605,9 +698,10 @@ def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
         def on_step(arm: str, record) -> None:
             if arm in writers:
                 writers[arm](record)
-            done[0] += 1
+            done[arm] += 1
             if progress:
-                progress(f"training ({len(arms)} arms)", done[0], total)
+                progress(phases[arm], done[arm], config.steps)
+                progress("all arms", sum(done.values()), total)
 
         results = train_arms(arms, dataset.train, dataset.eval, config, callback=on_step)
     vocab = {name: model.config.vocab_size for name, (model, _tok) in arms.items()}
@@ -622,7 +716,37 @@ def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
         plots.save_figure(plots.training_figure(records, title), options.figure)
         figure = options.figure
     return TrainingOutcome(source=source, simulation=label, data=dataset.name, config=options,
-                           arms=outcomes, log=options.log, figure=figure, records=records)
+                           arms=outcomes, log=options.log, figure=figure, records=records,
+                           eval_queries=len(dataset.eval.queries) if dataset.eval else 0,
+                           eval_passages=len(dataset.eval.corpus) if dataset.eval else 0)
+
+
+def fixed_folder_k(folder: str) -> float:
+    """The k a folder written by `fix` was rescaled by, from its provenance (headscope.json);
+    a fix of a fixed checkpoint multiplies the ks of the chain."""
+    from headscope.save import PROVENANCE_FILE
+
+    path = Path(folder) / PROVENANCE_FILE
+    try:
+        provenance = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(
+            f"{folder} has no {PROVENANCE_FILE}, so its k is unknown; pass a folder written by "
+            "`headscope fix`, or rescale MODEL in memory with --k K instead of --fixed."
+        ) from None
+    except ValueError as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); re-create {folder} with "
+                         "`headscope fix`, or use --k K instead of --fixed.") from None
+    k = 1.0
+    entry = provenance
+    while isinstance(entry, dict):
+        value = entry.get("k")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise InputError(f"{path} records no positive k ({value!r}); re-create {folder} "
+                             "with `headscope fix`, or use --k K instead of --fixed.")
+        k *= float(value)
+        entry = entry.get("previous")
+    return k
 
 
 def confirm(source: str, *, k: float | None = None, fixed: str | None = None,
@@ -639,12 +763,15 @@ def confirm(source: str, *, k: float | None = None, fixed: str | None = None,
         raise InputError("Pass either --fixed DIR or --k K to confirm, not both.")
     dataset = _dataset(options)
     fixed_ckpt = checkpoint.resolve(fixed) if fixed is not None else None
+    k_fixed = fixed_folder_k(fixed) if fixed is not None else None  # before the slow part
     loaded, label = _base_model(source, options, load_options, progress)
     base = loaded.model
     if fixed_ckpt is not None:
+        assert k_fixed is not None
         fixed_loaded = checkpoint.load(fixed_ckpt, checkpoint.LoadOptions(
             device=options.device))
-        fixed_model, k_used, fixed_desc = fixed_loaded.model, float("nan"), f"{fixed} (fixed)"
+        fixed_model, k_used = fixed_loaded.model, k_fixed
+        fixed_desc = f"{fixed} (written by fix, k = {k_fixed:g})"
     else:
         if k is None:
             from headscope import probe
@@ -704,18 +831,19 @@ def sweep(source: str, ks: Sequence[float], *, options: ConfirmOptions = Confirm
 
 
 def training_summary(outcome: TrainingOutcome) -> dict:
-    """The JSON form of a confirm or sweep run (telemetry stays in the JSONL log)."""
-    from dataclasses import asdict
-
-    return {
+    """The JSON form of a confirm or sweep run (telemetry stays in the JSONL log). `evaluated`
+    says how many held-out queries and passages each arm was scored on."""
+    return to_dict({
+        "schema_version": SUMMARY_SCHEMA_VERSION,
         "source": outcome.source,
         "simulation": outcome.simulation,
         "data": outcome.data,
-        "options": asdict(outcome.config),
+        "options": outcome.config,
+        "evaluated": {"queries": outcome.eval_queries, "passages": outcome.eval_passages},
         "log": outcome.log,
         "figure": outcome.figure,
         "arms": [to_dict(a) for a in outcome.arms],
-    }
+    })
 
 
 # --- the "last inspected" memory, so that `headscope fix --out DIR` follows an `inspect` -------
@@ -819,6 +947,13 @@ __all__ = [
     "confirm",
     "sweep",
     "compare",
+    "compare_labels",
+    "compare_summary",
+    "check_summary",
     "demo",
+    "fix_summary",
+    "fixed_folder_k",
+    "json_schema",
+    "training_summary",
     "write_report_documents",
 ]

@@ -404,38 +404,37 @@ def inspect(model, revision, dtype, device, trust_remote_code, probe_file, ks, n
 @click.option("--overwrite", is_flag=True,
               help="Replace an --out that headscope wrote earlier (after verifying); any other "
               "non-empty folder is refused.")
+@click.option("--force", is_flag=True,
+              help="Write even when the recommended k is 1 (no fix needed): an unchanged copy.")
 @click.option("--n-pairs", type=int, default=None,
               help="Built-in probe size for the before/after statistics (default: as inspect).")
 @load_options
 @click.option("--json", "json_dest", default=None, metavar="PATH|-",
               help="Write the fix summary as JSON to PATH, or stdout with '-'.")
 @handle_errors
-def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, n_pairs, revision, dtype, device,
-        trust_remote_code, json_dest):
+def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, force, n_pairs, revision, dtype,
+        device, trust_remote_code, json_dest):
     """Write a corrected safetensors checkpoint of MODEL to --out, verified by reloading.
 
     Without MODEL, acts on the model of the last `headscope inspect` run in this directory in
-    the last 24 hours, with its recommended k.
+    the last 24 hours, with its recommended k. When the recommended k is 1 the head needs no
+    fix: nothing is written (unless --force).
     """
     from headscope import api, render
 
     writable(json_dest)
     options = api.FixOptions(k=k, strategy=strategy, scale_bias=scale_bias, dry_run=dry_run,
-                             overwrite=overwrite)
-    if model is None:
-        last = api.last_inspection()
-        stderr.print(f"No MODEL given: using {last.source} from the last `headscope inspect`",
-                  markup=False)
+                             overwrite=overwrite, force=force)
     with progress_bar() as progress:
         outcome = api.fix(model, out, options=options,
                           load_options=_load_opts(revision, dtype, device, trust_remote_code),
                           probe_config=_probe_config(None, n_pairs, None, None),
                           progress=progress)
     stderr.print(outcome.note, markup=False)
-    if outcome.result.skipped:
+    if outcome.result is not None and outcome.result.skipped:
         stderr.print(f"Not copied from {outcome.source}: {'; '.join(outcome.result.skipped)}",
                      markup=False)
-    if json_dest != "-":
+    if json_dest != "-" and outcome.needed:
         stdout.print(render.fix_view(outcome))
     _emit_json(json.dumps(api.fix_summary(outcome), indent=2), json_dest)
 
@@ -479,7 +478,6 @@ def compare(sources, revision, dtype, device, trust_remote_code, probe_file, ks,
     Each SOURCE is a model (folder or cached Hub id) or a report saved with `inspect --json`.
     """
     from headscope import api, render
-    from headscope.report import key_statistics
 
     writable(json_dest)
     if any(not (s.endswith(".json") and os.path.isfile(s)) for s in sources):
@@ -490,12 +488,13 @@ def compare(sources, revision, dtype, device, trust_remote_code, probe_file, ks,
                                                       trust_remote_code),
                               probe_config=_probe_config(ks, n_pairs, batch_size, scale_bias),
                               progress=progress)
+    labels = api.compare_labels(reports)
     if json_dest != "-":
-        labels = [os.path.basename(r.model.source.rstrip("/")) or r.model.source
-                  for r in reports]
         stdout.print(render.compare_table(reports, labels))
-    _emit_json(json.dumps({"models": [key_statistics(r) for r in reports]}, indent=2),
-               json_dest)
+        legend = render.finding_legend(reports)
+        if legend is not None:
+            stdout.print(legend)
+    _emit_json(json.dumps(api.compare_summary(reports, labels), indent=2), json_dest)
 
 
 @main.command("report")
@@ -659,8 +658,7 @@ def check(model, report_path, policy_path, probe_file, ks, n_pairs, batch_size, 
                             options=api.InspectOptions(probe_file=probe_file))
     if json_dest != "-":
         stdout.print(render.check_view(outcome.result, outcome.report))
-    payload = {"source": outcome.report.model.source, **outcome.result.to_dict()}
-    _emit_json(json.dumps(payload, indent=2), json_dest)
+    _emit_json(json.dumps(api.check_summary(outcome), indent=2), json_dest)
     sys.exit(0 if outcome.result.passed else 1)
 
 

@@ -38,10 +38,11 @@ class NotCachedError(InputError):
         self.repo_id = repo_id
         self.revision = revision
         rev = f" at revision {revision!r}" if revision else ""
+        flag = f" --revision {revision}" if revision else ""
         super().__init__(
             f"Model {repo_id!r}{rev} is not in the Hugging Face cache and the Hub cannot be "
-            "reached; download it where the network is available (huggingface-cli download "
-            f"{repo_id}) or pass a local directory."
+            f"reached; download it where the network is available (hf download {repo_id}{flag}) "
+            "or pass a local directory."
         )
 
 

@@ -20,7 +20,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +30,12 @@ from headscope.plots import (
     DPI,
     k_grid_figure,
     logit_figure,
-    records_from_jsonl,
     row_norm_histogram_figure,
     training_figure,
 )
 from headscope.render import num
 from headscope.report import Report
+from headscope.splade.telemetry import read_telemetry
 
 Telemetry = Mapping[str, Sequence[Mapping[str, Any]]]
 PathLike = str | os.PathLike[str]
@@ -271,8 +271,8 @@ def _read_telemetry(confirm_log: PathLike | Sequence[PathLike] | None) -> Teleme
     paths = [confirm_log] if isinstance(confirm_log, str | os.PathLike) else list(confirm_log)
     runs: dict[str, list[dict[str, Any]]] = {}
     for path in paths:
-        for name, records in records_from_jsonl(path).items():
-            runs.setdefault(name, []).extend(records)
+        for name, records in read_telemetry(path).items():
+            runs.setdefault(name, []).extend(asdict(r) for r in records)
     return runs
 
 

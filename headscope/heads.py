@@ -1,6 +1,6 @@
 """Where each encoder family keeps its MLM head, and finding it in a model or a checkpoint.
 
-For the BERT-like heads, logits = W_dec · LN(act(dense(h))) + b_dec (DESIGN.md §3). A `HeadLayout`
+For BERT-like heads, logits = W_dec · LN(act(dense(h))) + b_dec (docs/rescale.md). A `HeadLayout`
 names the modules of one family; `find_head` returns live handles into a loaded model (so that
 rescaling them changes the model), `checkpoint_head_tensors` reads the same tensors straight from
 the files without building the model. Both refuse a head that the checkpoint does not store:

@@ -9,7 +9,7 @@ Two outputs:
   large head, else 1) and "reference" (the k whose statistics best match a reference
   checkpoint's unscaled statistics on the same probe).
 
-Reminder that shapes the bands (DESIGN.md §5): dividing every logit by k never changes which
+Reminder that shapes the bands (docs/science.md): dividing every logit by k never changes which
 terms are active; only an output bias left undivided can. So the active-terms band is a health
 check that k usually cannot repair, and the bands that choose k are the magnitude ones: start
 loss, score scale, term weights, saturation and the cosine between unrelated texts.
@@ -92,7 +92,7 @@ BAND_ACTIVE_PASSAGE_SHARE = Band(
     "active_passage_share",
     None,
     0.10,
-    "Trained SPLADE keeps 150-250 terms per document (<1% of a 30k vocabulary, DESIGN §1); a "
+    "Trained SPLADE keeps 150-250 terms per document (<1% of a 30k vocabulary, docs/science.md); a "
     "dense head's step 0 has ~75% of V active. Not a default band: k cannot change activity "
     "unless the bias is kept, and the demonstration's 85%-active arm (projection, k = 4) "
     "trained well.",

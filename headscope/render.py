@@ -274,7 +274,9 @@ def fix_view(outcome) -> Group:
     t.add_row("verified", f"against {v.against}: {v.n_texts} texts, max |logit error| "
               f"{num(v.max_abs_logit_error)} (tolerance {num(v.logit_tolerance)}), hidden-state "
               f"drift {num(v.hidden_drift)}, {v.tensors_identical} tensors bit-identical, "
-              f"changed: {', '.join(v.tensors_changed) or 'none'}")
+              f"changed: {', '.join(outcome.changed_tensors) or 'none'}"
+              + (f"; written separately, values unchanged: {', '.join(outcome.new_tensors)}"
+                 if outcome.new_tensors else ""))
     before = next((s for s in outcome.report.per_k if s.k == 1.0), None)
     after = next((s for s in outcome.report.per_k if s.k == outcome.k), None)
     parts: list = [t]
@@ -293,6 +295,49 @@ def fix_view(outcome) -> Group:
     return Group(*parts)
 
 
+# What each finding code means, in a few words (docs/findings.md has the full table), for the
+# places that list codes without their messages (the compare table, the demo).
+FINDING_GIST = {
+    "HS101": "large head: mean decoder row norm above 1.5",
+    "HS102": "decoder rows beyond the tokenizer (never real tokens)",
+    "HS103": "decoder tied to the input embeddings",
+    "HS104": "no trained MLM head in the checkpoint",
+    "HS201": "dense at k = 1: over 10% of the vocabulary active per passage",
+    "HS202": "saturating weights: over 1% of term weights above 5",
+    "HS203": "unrelated texts look alike (cosine above 0.9)",
+    "HS204": "training would start from a very high loss (above 150)",
+    "HS205": "still dense at every k: dividing the projection cannot sparsify it",
+    "HS206": "no active term at all",
+    "HS207": "statistics are NaN or infinite",
+    "HS208": "the activity lives in the output bias: divide it too (--scale-bias)",
+    "HS301": "weights above 5 would clip in pyserini's 8-bit index",
+    "HS302": "weights below 0.05 are coarse in Anserini's impact index",
+}
+
+
+def finding_legend(reports: Sequence[Report]) -> Text | None:
+    """One line per warning-or-worse finding code listed for `reports`: the code and its gist."""
+    codes = sorted({f.code for r in reports for f in r.findings if f.severity != "info"})
+    if not codes:
+        return None
+    lines = [f"{code}  {FINDING_GIST.get(code, 'see docs/findings.md')}" for code in codes]
+    return Text("Findings: " + "\n          ".join(lines) + "\n(details: docs/findings.md, or "
+                "headscope inspect MODEL for the full messages)", style="dim")
+
+
+def demo_next_steps() -> Text:
+    """The commands to run after the demo."""
+    return Text(
+        "Next, on your own model (a local folder or a Hub id in your cache):\n"
+        "  headscope inspect MODEL                 measure its head and recommend k\n"
+        "  headscope fix MODEL --out ./fixed       write the rescaled checkpoint (nothing when "
+        "k = 1)\n"
+        "  headscope confirm MODEL --k K           train original and fixed side by side "
+        "(minutes)\n"
+        "  headscope demo --confirm                train this simulation as is and fixed\n"
+        "Every command and flag: headscope COMMAND --help, or docs/cli.md.")
+
+
 def demo_view(outcome) -> Group:
     """The demo: the simulation's label, the two models side by side, both recommendations."""
     sim = outcome.simulation
@@ -300,10 +345,15 @@ def demo_view(outcome) -> Group:
         f"{sim.label}\nShift {num(sim.shift)}: median token logit {num(sim.median_before)} -> "
         f"{num(sim.median_after)}; positive logits {sim.frac_positive_before:.1%} -> "
         f"{sim.frac_positive_after:.1%}; active terms per text {num(sim.active_before)} -> "
-        f"{num(sim.active_after)} of {sim.vocab_size:,}.", style="yellow")
+        f"{num(sim.active_after)} of {sim.vocab_size:,}.\nMeasured on the {sim.n_texts} probe "
+        "passages the shift was calibrated on; the table below counts the tokens of the probe's "
+        "queries too, so its median and share of positive logits differ.", style="yellow")
     parts: list = [Panel(note, title="Simulated large-head regime (not a real checkpoint)",
                          title_align="left"),
                    compare_table(outcome.reports, outcome.labels)]
+    legend = finding_legend(outcome.reports)
+    if legend is not None:
+        parts.append(legend)
     for label, rep in zip(outcome.labels, outcome.reports, strict=True):
         parts.append(Text(label, style="bold"))
         parts.append(per_k_table(rep))
@@ -312,6 +362,7 @@ def demo_view(outcome) -> Group:
         parts.append(Text("Trained side by side: the simulation as is, and fixed as recommended",
                           style="bold"))
         parts.append(training_view(outcome.training))
+    parts.append(demo_next_steps())
     return Group(*parts)
 
 

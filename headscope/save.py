@@ -6,7 +6,7 @@ byte ranges, one tensor at a time, so memory stays near one tensor), and only th
 strategy changes are recomputed, in the dtype they are stored in. The output is always
 safetensors, sharded like the source when the source was sharded, else split by `max_shard_size`.
 
-Tied-weight traps handled here (DESIGN.md §3):
+Tied-weight traps handled here (docs/rescale.md, "Head layouts per family"):
 - An untied decoder is written under its own name with ``tie_word_embeddings: false`` explicit in
   config.json, so that transformers 4.x does not re-tie it on load.
 - Every name of the model's state dict is written explicitly (BERT's

@@ -1,4 +1,4 @@
-"""Derive the labelled "dense regime" simulation of a real checkpoint (DESIGN.md §6).
+"""Derive the labelled "dense regime" simulation of a real checkpoint (docs/science.md).
 
 No ModernBERT or Ettin weights are available offline, but their reported step-0 state can be
 reproduced from a real small BERT: what makes an untrained SPLADE collapse is not the size of the
@@ -299,7 +299,7 @@ def make_dense_variant(model, tokenizer, texts: Sequence[str], where: str = "bia
     after = _measure(mlm, batches, variant)[0]
     label = (
         f"SIMULATION, not a real checkpoint: headscope.simulate '{where}' variant of {source} "
-        "(DESIGN.md §6)"
+        "(docs/demonstration.md)"
     )
     info = SimulationInfo(
         where=where,

@@ -1,6 +1,6 @@
 """Pure statistics of an MLM head and of its SPLADE representations (numpy only, no torch).
 
-Two facts from DESIGN.md §5 shape the probe statistics here:
+Two facts (docs/science.md, "Two facts that shape headscope") shape the probe statistics here:
 
 - Dividing the head's projection by k maps a raw logit x to x_k = (x - b) / k + b (bias left
   undivided, the default) or to x / k (bias divided too). Both maps are monotone increasing in x

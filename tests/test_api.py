@@ -113,7 +113,7 @@ def test_inspect_weights_only_reads_the_files(bert_tiny_dir):
 def test_inspect_real_albert(albert_dir):
     rep = api.inspect(str(albert_dir), options=api.InspectOptions(weights_only=True))
     assert rep.model.family == "albert"
-    assert rep.weights.row_norm_all.mean == pytest.approx(1.3325, abs=1e-4)  # DESIGN.md: 1.333
+    assert rep.weights.row_norm_all.mean == pytest.approx(1.3325, abs=1e-4)  # science.md: 1.332
 
 
 def test_inspect_refuses_a_headless_model(tmp_path):
@@ -238,9 +238,14 @@ def test_fix_dry_run_and_refusals(tiny_long, tmp_path):
 
 
 def test_fix_follows_the_last_inspection(tiny_long, tmp_path):
+    import dataclasses
+
     src = tiny_long("modernbert")
-    rep = api.inspect(str(src), probe_config=SMALL, remember=True)
+    # candidates without 1, so that the recommendation asks for a fix
+    rep = api.inspect(str(src), probe_config=dataclasses.replace(SMALL, ks=(2.0, 4.0, 8.0)),
+                      remember=True)
     k = rep.recommendation.k
+    assert k != 1
     outcome = api.fix(None, str(tmp_path / "fixed"), probe_config=SMALL)
     assert outcome.source == str(src) and outcome.followed_last_inspection
     assert outcome.k == k and outcome.k_from == "last inspection's recommendation"
@@ -250,6 +255,15 @@ def test_fix_follows_the_last_inspection(tiny_long, tmp_path):
     outcome = api.fix(None, str(tmp_path / "fixed-2"), options=api.FixOptions(k=3),
                       probe_config=SMALL)
     assert outcome.k == 3 and outcome.k_from == "--k"
+    # a last inspection that recommended k = 1: no fix needed, nothing written
+    rep = api.inspect(str(src), probe_config=dataclasses.replace(SMALL, ks=(1.0,)),
+                      remember=True)
+    assert rep.recommendation.k == 1
+    outcome = api.fix(None, str(tmp_path / "fixed-3"), probe_config=SMALL)
+    assert not outcome.needed and outcome.result is None and outcome.k == 1
+    assert outcome.note.startswith(f"No fix needed: {src} is recommended k = 1 (last "
+                                   "inspection's recommendation), so its head is left as it is")
+    assert not (tmp_path / "fixed-3").exists()
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta"])
@@ -319,3 +333,16 @@ def test_demo_real_and_simulated(bert_tiny_dir):
     assert at1[outcome.labels[1]].frac_positive > 10 * at1[outcome.labels[0]].frac_positive
     assert outcome.simulation.where == "bias"
     assert outcome.simulation.frac_positive_after > outcome.simulation.frac_positive_before
+
+
+def test_every_verb_has_a_shipped_json_schema():
+    for kind in ("report", "fix", "training", "check", "compare"):
+        schema = api.json_schema(kind)
+        jsonschema.Draft202012Validator.check_schema(schema)
+        assert schema["properties"]["schema_version"] == {"const": 1}
+        assert "schema_version" in schema["required"]
+    assert api.json_schema("report") == report.schema()
+    with pytest.raises(InputError) as err:
+        api.json_schema("sweep")
+    assert str(err.value) == ("No JSON schema named 'sweep'; the schemas are report, fix, "
+                              "training, check, compare.")

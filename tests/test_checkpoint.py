@@ -365,8 +365,8 @@ def test_hub_id_not_cached_offline(hub_env, tmp_path):
         ck.resolve("acme/absent", revision="v2")
     assert str(err.value) == (
         "Model 'acme/absent' at revision 'v2' is not in the Hugging Face cache and the Hub "
-        "cannot be reached; download it where the network is available (huggingface-cli "
-        "download acme/absent) or pass a local directory."
+        "cannot be reached; download it where the network is available (hf download "
+        "acme/absent --revision v2) or pass a local directory."
     )
 
 
@@ -385,7 +385,7 @@ def test_hub_id_network_failure(hub_env, tmp_path):
     assert calls == [("acme/absent", None)]
     assert str(err.value) == (
         "Model 'acme/absent' is not in the Hugging Face cache and the Hub cannot be reached; "
-        "download it where the network is available (huggingface-cli download acme/absent) or "
+        "download it where the network is available (hf download acme/absent) or "
         "pass a local directory."
     )
 

@@ -43,7 +43,8 @@ _ROBERTA = _bert_like(
     "embeddings.word_embeddings.weight",
 )
 
-# family -> (layout family, role -> state_dict name), written out by hand from DESIGN.md §3.
+# family -> (layout family, role -> state_dict name), written out by hand from docs/rescale.md
+# ("Head layouts per family").
 EXPECTED: dict[str, tuple[str, dict[str, str]]] = {
     "bert": (
         "bert",
@@ -247,7 +248,7 @@ def _save_untied_bert(folder, write_decoder_bias: bool) -> torch.Tensor:
     model.save_pretrained(str(folder))
     if write_decoder_bias:
         # transformers 5 leaves out the decoder bias (tied to cls.predictions.bias when saved)
-        # and zero-initialises it on reload; DESIGN.md §3 says to write it explicitly.
+        # and zero-initialises it on reload; docs/rescale.md says to write it explicitly.
         weights = folder / "model.safetensors"
         tensors = load_file(str(weights))
         tensors["cls.predictions.decoder.bias"] = tensors["cls.predictions.bias"].clone()
@@ -278,7 +279,7 @@ def test_untied_decoder(tmp_path):
 
 
 def test_untied_decoder_without_its_bias_is_refused(tmp_path):
-    """The transformers 5 trap of DESIGN.md §3: the decoder bias is lost and zero-initialised."""
+    """The transformers 5 trap of docs/rescale.md: the decoder bias is lost and zero-initialised."""
     _save_untied_bert(tmp_path, write_decoder_bias=False)
     live, files = _refusal(tmp_path)
     assert live == (

@@ -414,7 +414,7 @@ def test_real_bert_tiny_probe_is_plausible(bert_tiny_dir):
     k1, k4, k16 = result.per_k
     for s in result.per_k:
         assert all(math.isfinite(v) for v in vars(s).values())
-    # DESIGN.md: at k = 1 the logits are mostly negative (mean about -7), so SPLADE stays sparse.
+    # Measured: at k = 1 the logits are mostly negative (mean about -7), so SPLADE stays sparse.
     assert -10 < k1.logit_p50 < -4
     assert k1.logit_p99 < 0 and k1.frac_positive < 0.001
     assert 5 < k1.active_query < 300 and 20 < k1.active_passage < 1000

@@ -424,21 +424,34 @@ def boolq(max_eval_queries: int | None = None) -> Dataset:
     )
 
 
+def _first_queries(ev: EvalSplit, n: int) -> EvalSplit:
+    """The first n queries of `ev` (in id order as stored) with the whole corpus."""
+    kept = list(ev.queries)[:n]
+    return EvalSplit({q: ev.queries[q] for q in kept}, ev.corpus, {q: ev.qrels[q] for q in kept})
+
+
 def load_dataset(source: str | Path, *, max_eval_queries: int | None = None) -> Dataset:
     """A built-in name, a BEIR folder (train: qrels/train.tsv, eval: qrels/test.tsv), or a JSONL
-    / TSV pairs file (eval: the pairs of the first 10% of queries by sha256, see `split_pairs`)."""
+    / TSV pairs file (eval: the pairs of the first 10% of queries by sha256, see `split_pairs`).
+
+    `max_eval_queries` keeps the first n held-out queries (of a built-in or BEIR split: with the
+    whole corpus, so the others' passages stay as distractors)."""
+    if max_eval_queries is not None and max_eval_queries < 1:
+        raise InputError(f"max_eval_queries must be at least 1, got {max_eval_queries}.")
     if str(source) == "stdlib-ict":
-        return stdlib_ict()
+        ict = stdlib_ict()
+        if max_eval_queries is None:
+            return ict
+        ev = _first_queries(ict.eval, max_eval_queries)
+        return Dataset(ict.name, ict.version, ict.train, ev,
+                       f"{ict.description}, the first {len(ev.queries)} evaluated")
     if str(source) == "boolq":
         return boolq(max_eval_queries)
     path = Path(source)
     if path.is_dir():
         ev = read_beir(path, "test")
         if max_eval_queries is not None:
-            kept = list(ev.queries)[:max_eval_queries]
-            ev = EvalSplit(
-                {q: ev.queries[q] for q in kept}, ev.corpus, {q: ev.qrels[q] for q in kept}
-            )
+            ev = _first_queries(ev, max_eval_queries)
         return Dataset(path.name, "beir", beir_pairs(path, "train"), ev, f"BEIR folder {path}")
     if path.name.endswith((".tsv", ".tsv.gz")):
         pairs = read_triples_tsv(path)

@@ -17,9 +17,12 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from headscope.splade.evaluate import RetrievalMetrics
-from headscope.splade.train import StepRecord
+from headscope.splade.telemetry import StepRecord
+
+if TYPE_CHECKING:  # evaluate imports torch; the detectors read telemetry files without it
+    from headscope.splade.evaluate import RetrievalMetrics
 
 STABLE, DEGRADED, COLLAPSED = "stable", "degraded", "collapsed"
 _RANK = {STABLE: 0, DEGRADED: 1, COLLAPSED: 2}
