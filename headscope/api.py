@@ -112,9 +112,9 @@ def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = Inspe
     pset = _probe_set(options.probe_file, probe_config.n_pairs)
     cb = (lambda done, total: progress("probe", done, total)) if progress else None
     result = probe.run_probe(loaded.model, loaded.tokenizer, head.bias, pset, probe_config, cb)
-    findings = diagnose(weights, result.per_k, vocab_fields(vocab, tied=head.tied))
     rec = recommend(result.per_k, rule=options.rule, bands=bands, weights=weights,
                     reference=reference_per_k)
+    findings = diagnose(weights, result.per_k, vocab_fields(vocab, tied=head.tied), rec)
     if (options.rule == "bands" and options.bias_fallback and not probe_config.scale_bias
             and head.bias is not None
             and unreachable_bands(rec.verdicts, rec.bands)):
@@ -133,8 +133,8 @@ def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = Inspe
                     f"into its band: the head's activity lives in its output bias. With the bias "
                     f"divided by k too, k reaches more bands; fix with --scale-bias.")
             rec = replace(rec2, reasons=(note,) + rec2.reasons, scale_bias=True)
-            findings = diagnose(weights, scaled.per_k, vocab_fields(vocab, tied=head.tied)) + (
-                finding("HS208", note, rec2.k, None),)
+            findings = diagnose(weights, scaled.per_k, vocab_fields(vocab, tied=head.tied),
+                                rec) + (finding("HS208", note, rec2.k, None),)
     findings = findings + serving_findings(result.per_k, rec.k)
     info = _model_info(loaded.checkpoint, head.layout, vocab, weights, tied=head.tied,
                        dtype=loaded.options.dtype, device=loaded.options.device,
@@ -226,8 +226,8 @@ def _inspect_weights_only(ckpt, load_options) -> Report:
     weights = stats.weight_stats(np32("decoder_weight"), vocab.real_rows, bias=np32("bias"),
                                  norm_weight=np32("norm_weight"), norm_bias=np32("norm_bias"),
                                  dense_weight=np32("dense_weight"))
-    findings = diagnose(weights, (), vocab_fields(vocab, tied=tied))
     rec = recommend((), rule="paper", weights=weights)
+    findings = diagnose(weights, (), vocab_fields(vocab, tied=tied), rec)
     dtype = str(decoder.dtype).replace("torch.", "")
     info = _model_info(ckpt, layout, vocab, weights, tied=tied, dtype=dtype, device="cpu",
                        weights_only=True)
@@ -284,6 +284,10 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
     load_options = load_options or checkpoint.LoadOptions()
     followed = source is None
     k, k_from, scale_bias = options.k, "--k", options.scale_bias
+    # An explicit k with the bias switch left open: the recommendation is one decision (k,
+    # bias), so when it divides the bias, fix must not silently keep it (the variant that
+    # trains worst) or divide it unasked; it refuses and names both flags.
+    open_bias = k is not None and scale_bias is None
     if followed:
         last = last_inspection()
         source = last.source
@@ -292,21 +296,30 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
             k, k_from = last.k, "last inspection's recommendation"
             if scale_bias is None:
                 scale_bias = last.scale_bias
-    if k is not None and scale_bias is None:
-        scale_bias = False  # an explicit k without --scale-bias: the projection only
+        elif open_bias:
+            if last.k is not None and last.scale_bias:
+                _refuse_open_bias(source, last.k, float(options.k or 0.0))
+            scale_bias = False  # the recommendation keeps the bias: so does this k
     assert source is not None
     probe_config = probe_config or probe.ProbeConfig()
     if k is not None:
         RescaleSpec(k, options.strategy, bool(scale_bias))  # validate before the slow part
-        probe_config = replace(probe_config, ks=tuple(sorted({1.0, float(k)})))
+        # With the bias switch open, measure the recommendation's full grid to learn it.
+        ks = {1.0, float(k)} | (set(probe_config.ks) if scale_bias is None else set())
+        probe_config = replace(probe_config, ks=tuple(sorted(ks)))
     probe_config = replace(probe_config, scale_bias=bool(scale_bias))
     ckpt = checkpoint.resolve(source, load_options.revision)
     save.check_out(ckpt.path, Path(out).resolve(), options.overwrite)  # before the slow part
     loaded = checkpoint.load(ckpt, load_options)
     # The bias-divided re-measurement may only replace the statistics when the bias switch is
-    # still open (scale_bias None: follow the recommendation).
+    # still open (scale_bias None: follow the recommendation, or learn it to refuse).
     before = inspect_loaded(loaded, probe_config=probe_config, progress=progress,
                             options=InspectOptions(bias_fallback=scale_bias is None))
+    if open_bias and scale_bias is None:
+        assert before.recommendation is not None and k is not None
+        if before.recommendation.scale_bias:
+            _refuse_open_bias(source, before.recommendation.k, float(k))
+        scale_bias = False  # the recommendation keeps the bias: so does this k
     if k is None:
         assert before.recommendation is not None
         k, k_from = before.recommendation.k, f"recommended by the {before.recommendation.rule} rule"
@@ -325,6 +338,14 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
                              progress=progress)
     return FixOutcome(source=source, k=spec.k, k_from=k_from, followed_last_inspection=followed,
                       report=before, result=result)
+
+
+def _refuse_open_bias(source: str, rec_k: float, k: float) -> None:
+    raise InputError(
+        f"The recommendation for {source} divides the output bias too (k = {rec_k:g} with "
+        f"--scale-bias); with --k {k:g}, say which: --scale-bias (bias divided by k too, as "
+        "recommended) or --no-scale-bias (projection only)."
+    )
 
 
 def fix_summary(outcome: FixOutcome) -> dict:

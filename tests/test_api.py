@@ -319,3 +319,67 @@ def test_demo_real_and_simulated(bert_tiny_dir):
     assert at1[outcome.labels[1]].frac_positive > 10 * at1[outcome.labels[0]].frac_positive
     assert outcome.simulation.where == "bias"
     assert outcome.simulation.frac_positive_after > outcome.simulation.frac_positive_before
+
+
+# --------------------------------------------------------------------------------------------
+# fix --k on a head whose recommendation divides the bias
+
+
+@pytest.fixture(scope="module")
+def bias_dense(tmp_path_factory) -> Path:
+    """A tiny BERT whose activity lives in its output bias (every bias +200): with the bias
+    kept no k brings its weights into their bands, so the recommendation divides it too."""
+    model = tiny_models.build_tiny("bert")
+    with torch.no_grad():
+        model.cls.predictions.bias.fill_(200.0)
+    path = tmp_path_factory.mktemp("bias-dense")
+    model.save_pretrained(str(path))
+    tiny_models.write_tokenizer(path)
+    return path
+
+
+FEW_SHORT = ProbeConfig(n_pairs=4, max_passage_length=48)
+
+
+def test_fix_with_k_refuses_to_guess_the_bias_when_the_recommendation_divides_it(bias_dense,
+                                                                                   tmp_path):
+    rec = api.inspect(str(bias_dense), probe_config=FEW_SHORT).recommendation
+    assert rec.scale_bias and rec.k == 32
+    out = tmp_path / "fixed"
+    with pytest.raises(InputError) as err:
+        api.fix(str(bias_dense), str(out), options=api.FixOptions(k=4), probe_config=FEW_SHORT)
+    assert str(err.value) == (
+        f"The recommendation for {bias_dense} divides the output bias too (k = 32 with "
+        "--scale-bias); with --k 4, say which: --scale-bias (bias divided by k too, as "
+        "recommended) or --no-scale-bias (projection only).")
+    assert not out.exists()
+    # Either explicit choice is obeyed.
+    for choice in (True, False):
+        outcome = api.fix(str(bias_dense), str(tmp_path / f"fixed-{choice}"),
+                          options=api.FixOptions(k=4, scale_bias=choice), probe_config=FEW_SHORT)
+        assert outcome.result.spec == RescaleSpec(4.0, "untie", choice)
+    # Without --k the recommendation is followed whole: k and the divided bias.
+    outcome = api.fix(str(bias_dense), str(tmp_path / "as-recommended"), probe_config=FEW_SHORT)
+    assert outcome.result.spec == RescaleSpec(32.0, "untie", True)
+
+
+def test_fix_with_k_after_an_inspection_that_divides_the_bias_refuses_too(bias_dense, tmp_path):
+    api.inspect(str(bias_dense), probe_config=FEW_SHORT, remember=True)
+    with pytest.raises(InputError) as err:
+        api.fix(None, str(tmp_path / "fixed"), options=api.FixOptions(k=8),
+                probe_config=FEW_SHORT)
+    assert str(err.value).startswith(
+        f"The recommendation for {bias_dense} divides the output bias too (k = 32 with "
+        "--scale-bias); with --k 8, say which:")
+    assert not (tmp_path / "fixed").exists()
+
+
+def test_fix_with_k_on_a_bias_keeping_recommendation_keeps_the_bias(tiny_long, tmp_path):
+    src = tiny_long("bert")
+    assert not api.inspect(str(src), probe_config=SMALL).recommendation.scale_bias
+    outcome = api.fix(str(src), str(tmp_path / "fixed"), options=api.FixOptions(k=2),
+                      probe_config=SMALL)
+    assert outcome.result.spec == RescaleSpec(2.0, "untie", False)
+    # the before/after statistics come from the bias-kept measurement, at k = 1 and k = 2
+    assert {1.0, 2.0} <= {s.k for s in outcome.report.per_k}
+    assert not outcome.report.probe.scale_bias
