@@ -147,7 +147,9 @@ def _model_table(report: Report) -> _Table:
                 "probe",
                 f"{p.name} {p.version}: {p.n_pairs:,} pairs, batch {p.batch_size}, max length "
                 f"{p.max_query_length}/{p.max_passage_length} tokens, output bias "
-                f"{'divided' if p.scale_bias else 'not divided'} by k, sha256 {p.sha256[:12]}",
+                f"{'divided' if p.scale_bias else 'not divided'} by k, sha256 {p.sha256[:12]}"
+                + (f", {_pct(p.unknown_token_share)} of its tokens unknown to the tokenizer"
+                   if p.unknown_token_share is not None else ""),
             )
         )
     rows.append(

@@ -518,6 +518,7 @@ FINDING_CODES: dict[str, tuple[str, str]] = {
     "HS206": ("no-active-terms", "error"),
     "HS207": ("non-finite-statistics", "error"),
     "HS208": ("bias-dominates-activity", "warning"),
+    "HS209": ("probe-vocabulary-mismatch", "warning"),
     "HS301": ("weights-clip-in-pyserini", "warning"),
     "HS302": ("weights-coarse-in-anserini", "info"),
 }
@@ -758,6 +759,7 @@ __all__ = [
     "LARGE_HEAD_ROW_NORM",
     "METRICS",
     "PAPER_K",
+    "UNKNOWN_TOKEN_SHARE",
     "REFERENCE_METRICS",
     "RULES",
     "SEVERITIES",
@@ -769,9 +771,30 @@ __all__ = [
     "decision_text",
     "diagnose",
     "override_bands",
+    "probe_fit_findings",
     "recommend",
     "reference_distance",
 ]
+
+
+# Share of probe tokens mapped to the unknown token above which the probe does not fit the
+# model's vocabulary. The built-in English probe: 0% [UNK] under BERT-tiny's tokenizer, 88%
+# under a chemistry ALBERT's 591 SMILES tokens (whose probe statistics then describe [UNK]).
+UNKNOWN_TOKEN_SHARE = 0.05
+
+
+def probe_fit_findings(unknown_share: float | None) -> tuple[Finding, ...]:
+    """HS209 when too many probe tokens are unknown to the model's tokenizer."""
+    if unknown_share is None or not unknown_share > UNKNOWN_TOKEN_SHARE:
+        return ()
+    return (finding(
+        "HS209",
+        f"{_pct(unknown_share)} of the probe's tokens are unknown to the model's tokenizer "
+        f"(above {_pct(UNKNOWN_TOKEN_SHARE)}): the probe is not in the model's language, so the "
+        "probe statistics, the bands and the recommended k describe the unknown token, not the "
+        "model's text; inspect again with --probe FILE holding texts of the model's domain (one "
+        "per line, or JSONL with text or query/passage).",
+        unknown_share, UNKNOWN_TOKEN_SHARE),)
 
 
 # Serving ranges of index builders. pyserini quantises a SPLADE weight w to round(w / 5 * 256)

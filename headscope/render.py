@@ -142,7 +142,9 @@ def report_view(report: Report) -> Group:
             parts.append(Text(
                 f"probe: {p.version} ({p.n_pairs} pairs, batch {p.batch_size}, max length "
                 f"{p.max_query_length}/{p.max_passage_length}, bias "
-                f"{'divided' if p.scale_bias else 'not divided'} by k; sha256 {p.sha256[:12]})",
+                f"{'divided' if p.scale_bias else 'not divided'} by k; sha256 {p.sha256[:12]}"
+                + (f"; {p.unknown_token_share:.1%} of its tokens unknown to the tokenizer"
+                   if p.unknown_token_share is not None else "") + ")",
                 style="dim"))
     parts += [findings_view(report),
               recommendation_view(report.recommendation, _has_bias(report))]

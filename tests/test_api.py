@@ -98,6 +98,9 @@ def test_inspect_real_bert_tiny(bert_tiny_dir, headscope_cache):
     assert [s.k for s in rep.per_k] == [1, 2, 4, 8, 16, 32]
     assert rep.recommendation.k in rep.recommendation.passing
     assert rep.probe.n_pairs == 4
+    # the English probe fits BERT's English vocabulary: no unknown token, no HS209
+    assert rep.probe.unknown_token_share == 0.0
+    assert "HS209" not in {f.code for f in rep.findings}
     jsonschema.Draft202012Validator(report.schema()).validate(json.loads(report.dumps(rep)))
     assert report.loads(report.dumps(rep)).weights == rep.weights
     assert not (headscope_cache / "last-inspect.json").exists()  # remember defaults to False
@@ -114,6 +117,53 @@ def test_inspect_real_albert(albert_dir):
     rep = api.inspect(str(albert_dir), options=api.InspectOptions(weights_only=True))
     assert rep.model.family == "albert"
     assert rep.weights.row_norm_all.mean == pytest.approx(1.3325, abs=1e-4)  # DESIGN.md: 1.333
+
+
+def _naive_unknown_share(tokenizer, pset, config) -> float:
+    unknown = total = 0
+    for pair in pset.pairs[: config.n_pairs]:
+        for text, limit in ((pair.query, config.max_query_length),
+                            (pair.passage, config.max_passage_length)):
+            tokens = tokenizer.tokenize(text)[:limit]
+            total += len(tokens)
+            unknown += sum(t == tokenizer.unk_token for t in tokens)
+    return unknown / total
+
+
+@pytest.mark.slow
+def test_english_probe_on_the_real_chemistry_albert_is_flagged(albert_dir, tmp_path):
+    from headscope import checkpoint, probe
+
+    config = ProbeConfig(n_pairs=16)
+    rep = api.inspect(str(albert_dir), probe_config=config)
+    tokenizer = checkpoint.load_tokenizer(checkpoint.resolve(str(albert_dir)))
+    assert len(tokenizer) == 591
+    expected = _naive_unknown_share(tokenizer, probe.builtin_probe(16), config)
+    assert 0.8 < expected < 0.95  # the English probe is mostly [UNK] under SMILES tokens
+    assert rep.probe.unknown_token_share == pytest.approx(expected)
+    (hs209,) = [f for f in rep.findings if f.code == "HS209"]
+    assert (hs209.name, hs209.severity, hs209.threshold) == (
+        "probe-vocabulary-mismatch", "warning", 0.05)
+    assert hs209.value == pytest.approx(expected)
+    assert hs209.message.startswith(f"{100 * expected:.3g}% of the probe's tokens are unknown "
+                                    "to the model's tokenizer (above 5%)")
+    assert "--probe FILE" in hs209.message
+    jsonschema.Draft202012Validator(report.schema()).validate(json.loads(report.dumps(rep)))
+    assert report.loads(report.dumps(rep)).probe == rep.probe
+    # A probe in the model's own language (reaction SMILES) fits: no HS209.
+    # Reactants -> product, written atom by atom as the model's vocabulary spells SMILES.
+    reactions = [("C C ( = O ) O . O C C", "C C ( = O ) O C C . O"),
+                 ("c 1 c c c c c 1 Br . O B ( O ) c 1 c c c c c 1",
+                  "c 1 c c c ( - c 2 c c c c c 2 ) c c 1"),
+                 ("C C O . C C ( = O ) Cl", "C C O C ( C ) = O"),
+                 ("O c 1 c c c c c 1 . C I", "C O c 1 c c c c c 1")]
+    smiles = tmp_path / "reactions.jsonl"
+    smiles.write_text("".join(json.dumps({"query": q, "passage": p}) + "\n"
+                              for q, p in reactions))
+    fitted = api.inspect(str(albert_dir), probe_config=ProbeConfig(n_pairs=4),
+                         options=api.InspectOptions(probe_file=str(smiles)))
+    assert fitted.probe.unknown_token_share == 0.0
+    assert "HS209" not in {f.code for f in fitted.findings}
 
 
 def test_inspect_refuses_a_headless_model(tmp_path):

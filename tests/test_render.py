@@ -41,3 +41,12 @@ def test_compare_table_shows_the_whole_decision():
     out = text(render.compare_table([report, divided], ["kept", "divided"]))
     (row,) = [ln for ln in out.splitlines() if "recommendation" in ln]
     assert 0 < row.index("k = 16, bias kept") < row.index("k = 16, bias divided")
+
+
+def test_probe_line_reports_the_unknown_token_share():
+    from headscope import export
+
+    report = six_k_report()
+    report = replace(report, probe=replace(report.probe, unknown_token_share=0.8824))
+    assert "88.2% of its tokens unknown to the tokenizer)" in text(render.report_view(report))
+    assert ", 88.2% of its tokens unknown to the tokenizer" in export.report_markdown(report)
