@@ -660,7 +660,7 @@ def confirm(source: str, *, k: float | None = None, fixed: str | None = None,
     """Train the original and the fixed model side by side on the same batches.
 
     The fixed arm is `fixed` (a folder written by `fix`), or MODEL rescaled in memory by `k`
-    (default: the recommended k of a quick inspection).
+    (default: the recommendation of a quick inspection, k and bias setting together).
     """
     from headscope import checkpoint
 
@@ -682,6 +682,10 @@ def confirm(source: str, *, k: float | None = None, fixed: str | None = None,
                 n_pairs=64, scale_bias=options.scale_bias), progress=progress)
             assert rep.recommendation is not None
             k = rep.recommendation.k
+            # The recommendation is one decision: a k recommended with the bias divided is
+            # trained with the bias divided.
+            if rep.recommendation.scale_bias:
+                options = replace(options, scale_bias=True)
         fixed_model = _rescaled_copy(base, k, options)
         k_used = k
         fixed_desc = (f"projection / {k:g} ({options.strategy}, bias "

@@ -539,7 +539,8 @@ def _report_training(outcome, json_dest) -> None:
 @main.command()
 @click.argument("model")
 @click.option("--k", "k", type=float, default=None,
-              help="Rescale MODEL in memory by k for the fixed arm (default: recommended k).")
+              help="Rescale MODEL in memory by k for the fixed arm (default: the recommended "
+              "k, with the output bias divided when the recommendation divides it).")
 @click.option("--fixed", type=click.Path(file_okay=False), default=None,
               help="A folder written by `headscope fix` to use as the fixed arm.")
 @training_options

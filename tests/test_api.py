@@ -433,3 +433,18 @@ def test_fix_with_k_on_a_bias_keeping_recommendation_keeps_the_bias(tiny_long, t
     # the before/after statistics come from the bias-kept measurement, at k = 1 and k = 2
     assert {1.0, 2.0} <= {s.k for s in outcome.report.per_k}
     assert not outcome.report.probe.scale_bias
+
+
+def test_confirm_without_k_trains_the_whole_recommendation(bias_dense, tmp_path):
+    # The recommendation divides the bias: confirm's fixed arm must be trained that way too.
+    from headscope.probe import builtin_probe
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"query": p.query, "positive": p.passage}) + "\n"
+                             for p in builtin_probe(24).pairs))
+    outcome = api.confirm(str(bias_dense), options=api.ConfirmOptions(
+        data=str(pairs), steps=2, batch_size=4, max_passage_length=32, max_eval_queries=8))
+    fixed = outcome.arms[1]
+    assert fixed.k == 32.0
+    assert fixed.description == "projection / 32 (untie, bias divided)"
+    assert outcome.config.scale_bias is True
