@@ -155,6 +155,10 @@ def test_judged_status_never_softens_and_never_hides_a_disagreement():
     assert judged_status(STABLE, judged["fixed"]) == (DEGRADED, judged["fixed"].message)
     assert judged_status(COLLAPSED, judged["fixed"]) == (COLLAPSED, judged["fixed"].message)
     assert judged_status(STABLE, judged["original"]) == (STABLE, None)
+    # a stable arm below the best but tied within its interval says so
+    tied = judge_arms({"original": best, "fixed": np.r_[best[:-1], 0.5]})
+    assert not tied["fixed"].worse
+    assert judged_status(STABLE, tied["fixed"]) == (STABLE, tied["fixed"].message)
     status, note = judged_status(COLLAPSED, judged["original"])
     assert status == COLLAPSED and note == (
         f"MRR@10 {best.mean():.3f} is the best of the arms; the 'collapsed' verdict rests on the "
@@ -198,6 +202,8 @@ def test_confirm_and_sweep_judge_the_same_arm_the_same_way():
     assert fixed.mrr_vs_best == pytest.approx(k16.mean() - k1.mean())
     assert fixed.mrr_vs_best_interval == k16_arm.mrr_vs_best_interval
     assert [a.status for a in sweep] == [STABLE, STABLE, DEGRADED]
+    assert sweep[0].evidence == () and sweep[1].evidence[0].startswith(
+        f"MRR@10 {k1.mean():.3f} is tied with the best arm (k=1, ")
     # without per-query results (no evaluation) nothing is judged
     bare = (_arm("original"), _arm("fixed"))
     assert api._judge_arms(bare, {"original": None, "fixed": None}) == bare

@@ -403,12 +403,17 @@ def judged_status(status: str, judgement: ArmJudgement) -> tuple[str, str | None
 
     Worse than the best arm: a stable arm becomes degraded (a collapsed one stays collapsed).
     An arm the detectors rated degraded or collapsed that retrieves as well as the best keeps
-    its status, and the sentence says the two disagree, so the reader never meets a verdict
-    that the metrics contradict without being told.
+    its status, and the sentence says the two disagree; a stable arm tied with the best gets
+    the sentence with its interval. The reader never meets a verdict next to metrics that seem
+    to contradict it without being told why.
     """
     if judgement.worse:
         return (DEGRADED if status == STABLE else status), judgement.message
     if status != STABLE:
         return status, (f"{judgement.message}; the '{status}' verdict rests on the training "
                         "signals above, not on retrieval")
+    if judgement.arm != judgement.best:
+        # A stable arm whose mean is lower than the best's but tied within the interval: say
+        # so, or its "stable" next to a lower number would go unexplained.
+        return status, judgement.message
     return status, None
