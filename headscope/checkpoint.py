@@ -802,10 +802,18 @@ def load_tokenizer(ckpt: Checkpoint, options: LoadOptions | None = None):
     if not any((ckpt.path / f).is_file() for f in _TOKENIZER_FILES):
         return None
     from transformers import AutoTokenizer
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+    # AutoTokenizer picks the tokenizer class from config.json's model_type; when that key is
+    # missing and headscope inferred the family, hand it the inferred family's config.
+    extra = {}
+    config_file = ckpt.path / "config.json"
+    if (config_file.is_file() and not _read_json(config_file).get("model_type")
+            and ckpt.model_type in CONFIG_MAPPING):
+        extra["config"] = _load_config(ckpt, options)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            str(ckpt.path), trust_remote_code=options.trust_remote_code
+            str(ckpt.path), trust_remote_code=options.trust_remote_code, **extra
         )
     except Exception as err:
         raise InputError(

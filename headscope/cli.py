@@ -398,8 +398,8 @@ def inspect(model, revision, dtype, device, trust_remote_code, probe_file, ks, n
               default=_default(FixOptions, "strategy"), show_default=True,
               help="Which parameters carry the factor (docs/rescale.md).")
 @click.option("--scale-bias/--no-scale-bias", default=None,
-              help="Divide the output bias by k too. Default: as the recommendation says "
-              "(with --k: no).")
+              help="Divide the output bias by k too. Default: as the recommendation says; "
+              "with --k, no, and refused when the recommendation divides the bias.")
 @click.option("--dry-run", is_flag=True, help="Rescale and verify in memory; write nothing.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an --out that headscope wrote earlier (after verifying); any other "
@@ -571,7 +571,8 @@ def _report_training(outcome, json_dest) -> None:
 @main.command()
 @click.argument("model")
 @click.option("--k", "k", type=float, default=None,
-              help="Rescale MODEL in memory by k for the fixed arm (default: recommended k).")
+              help="Rescale MODEL in memory by k for the fixed arm (default: the recommended "
+              "k, with the output bias divided when the recommendation divides it).")
 @click.option("--fixed", type=click.Path(file_okay=False), default=None,
               help="A folder written by `headscope fix` to use as the fixed arm.")
 @training_options

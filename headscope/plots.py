@@ -105,10 +105,27 @@ def k_grid_figure(report: Report) -> Figure:
         _k_axis(ax, ks)
         _mark_recommended(ax, report)
         ax.legend(fontsize="small")
-    fig.suptitle(
-        _plain(f"{report.model.source}: probe statistics per k (MLM-head projection divided by k)")
-    )
+    fig.suptitle(_plain(f"{report.model.source}: probe statistics per k ({_divided(report)})"
+                        + (f"; recommended {_decision(report)}" if report.recommendation
+                           else "")))
     return fig
+
+
+def _divided(report: Report) -> str:
+    if report.weights.bias_mean is None:
+        return "MLM-head projection divided by k; no output bias"
+    if report.probe is not None and report.probe.scale_bias:
+        return "MLM-head projection and output bias divided by k"
+    return "MLM-head projection divided by k, output bias kept"
+
+
+def _decision(report: Report) -> str:
+    """The recommendation in a few words: k and the bias, together."""
+    from headscope.recommend import decision_text
+
+    assert report.recommendation is not None
+    return decision_text(report.recommendation, has_bias=report.weights.bias_mean is not None,
+                         short=True)
 
 
 def logit_figure(report: Report) -> Figure:
@@ -389,7 +406,7 @@ def _mark_recommended(ax, report: Report) -> None:
     rec = report.recommendation
     if rec is not None:
         ax.axvline(
-            rec.k, color="C6", linestyle=":", linewidth=2, label=f"recommended k = {rec.k:g}"
+            rec.k, color="C6", linestyle=":", linewidth=2, label=f"recommended {_decision(report)}"
         )
 
 

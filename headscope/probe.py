@@ -90,6 +90,30 @@ def content_sha256(pairs: Sequence[ProbePair]) -> str:
     return h.hexdigest()
 
 
+def unknown_token_share(tokenizer, probe: ProbeSet, config: ProbeConfig) -> float | None:
+    """Share of the probe's tokens that the tokenizer maps to its unknown token.
+
+    Queries and passages are tokenised as the probe runs them (cut at max_query_length and
+    max_passage_length), without the special tokens the tokenizer adds around each text. None
+    when the tokenizer has no unknown token (byte-level BPE represents every text) or the
+    probe has no token.
+    """
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return None
+    pairs = probe.pairs[: config.n_pairs]
+    total = unknown = 0
+    for texts, max_length in (([p.query for p in pairs], config.max_query_length),
+                              ([p.passage for p in pairs], config.max_passage_length)):
+        if not texts:
+            continue
+        ids = tokenizer(texts, add_special_tokens=False, truncation=True,
+                        max_length=max_length)["input_ids"]
+        total += sum(len(row) for row in ids)
+        unknown += sum(t == unk for row in ids for t in row)
+    return unknown / total if total else None
+
+
 def split_sentences(text: str) -> list[str]:
     """Sentences of one text (whitespace collapsed)."""
     flat = " ".join(text.split())

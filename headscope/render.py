@@ -11,7 +11,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from headscope.recommend import Recommendation
+from headscope.recommend import Recommendation, decision_text
 from headscope.report import Report
 
 # Short band names for the per-k table's last column (the reasons spell them out).
@@ -135,9 +135,9 @@ class ProgressLines:
 def per_k_table(report: Report) -> Table:
     rec = report.recommendation
     failed = {v.k: v.failed for v in rec.verdicts} if rec else {}
-    divided = "projection and output bias" if report.probe and report.probe.scale_bias \
-        else "projection"
-    t = Table(title=f"Probe statistics per k ({divided} divided by k)", title_justify="left")
+    t = Table(title=f"Probe statistics per k ({_divided(report)})" + (
+        f"; bold: the recommendation, {decision_text(rec, has_bias=_has_bias(report), short=True)}"
+        if rec else ""), title_justify="left")
     cols = ("k", "logit p50", "pos. logits", "active q", "active p", "weight mean",
             "weight max", ">5", "cos unrel.", "score +", "start loss", "bands")
     for c in cols:
@@ -156,6 +156,19 @@ def per_k_table(report: Report) -> Table:
     return t
 
 
+def _has_bias(report: Report) -> bool:
+    return report.weights.bias_mean is not None
+
+
+def _divided(report: Report) -> str:
+    """What the per-k statistics divide: the projection, and the output bias or not."""
+    if not _has_bias(report):
+        return "projection divided by k; no output bias"
+    if report.probe and report.probe.scale_bias:
+        return "projection and output bias divided by k"
+    return "projection divided by k, output bias kept"
+
+
 def findings_view(report: Report) -> Group | Text:
     if not report.findings:
         return Text("No findings.", style="green")
@@ -168,11 +181,12 @@ def findings_view(report: Report) -> Group | Text:
     return Group(Text("Findings", style="bold"), *lines)
 
 
-def recommendation_view(rec: Recommendation | None) -> Panel | Text:
+def recommendation_view(rec: Recommendation | None, has_bias: bool = True) -> Panel | Text:
+    """The recommendation's headline names k and the bias setting together (one decision)."""
     if rec is None:
         return Text("No recommendation.")
     body = Text()
-    body.append(f"k = {k_label(rec.k)}", style="bold")
+    body.append(decision_text(rec, has_bias=has_bias), style="bold")
     body.append(f"  (rule: {rec.rule})\n")
     for r in rec.reasons:
         body.append(f"- {r}\n")
@@ -189,9 +203,12 @@ def report_view(report: Report) -> Group:
             parts.append(Text(
                 f"probe: {p.version} ({p.n_pairs} pairs, batch {p.batch_size}, max length "
                 f"{p.max_query_length}/{p.max_passage_length}, bias "
-                f"{'divided' if p.scale_bias else 'not divided'} by k; sha256 {p.sha256[:12]})",
+                f"{'divided' if p.scale_bias else 'not divided'} by k; sha256 {p.sha256[:12]}"
+                + (f"; {p.unknown_token_share:.1%} of its tokens unknown to the tokenizer"
+                   if p.unknown_token_share is not None else "") + ")",
                 style="dim"))
-    parts += [findings_view(report), recommendation_view(report.recommendation)]
+    parts += [findings_view(report),
+              recommendation_view(report.recommendation, _has_bias(report))]
     return Group(*parts)
 
 
@@ -209,11 +226,12 @@ def compare_table(reports: Sequence[Report], labels: Sequence[str], at_k: float 
     def pct(x):
         return "-" if x is None else f"{x:.1%}"
 
+    decisions = {id(row): "-" if r.recommendation is None else decision_text(
+        r.recommendation, has_bias=_has_bias(r), short=True) for r, row in zip(
+        reports, rows, strict=True)}
+
     def rec(row):
-        if row["recommended_k"] is None:
-            return "-"
-        bias = " (bias divided too)" if row["scale_bias"] else ""
-        return f"{k_label(row['recommended_k'])}{bias}"
+        return decisions[id(row)]
 
     lines = [
         ("decoder row norm (mean, all rows)", lambda r: num(r["row_norm_mean"])),
@@ -225,7 +243,7 @@ def compare_table(reports: Sequence[Report], labels: Sequence[str], at_k: float 
         ("cosine, unrelated passages", lambda r: num(r["cosine_unrelated"])),
         ("q.d score (positive pair)", lambda r: num(r["score_pos"])),
         ("start loss (in-batch)", lambda r: num(r["start_loss"])),
-        ("recommended k", rec),
+        ("recommendation", rec),
         ("findings (warning+)", lambda r: ", ".join(r["warnings"]) or "none"),
     ]
     for label, get in lines:
@@ -357,7 +375,7 @@ def demo_view(outcome) -> Group:
     for label, rep in zip(outcome.labels, outcome.reports, strict=True):
         parts.append(Text(label, style="bold"))
         parts.append(per_k_table(rep))
-        parts.append(recommendation_view(rep.recommendation))
+        parts.append(recommendation_view(rep.recommendation, _has_bias(rep)))
     if outcome.training is not None:
         parts.append(Text("Trained side by side: the simulation as is, and fixed as recommended",
                           style="bold"))

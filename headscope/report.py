@@ -63,9 +63,10 @@ class ProbeSummary:
     max_query_length: int  # tokens per query, at most
     max_passage_length: int  # tokens per passage, at most
     scale_bias: bool  # whether k divided the output bias too
+    unknown_token_share: float | None = None  # share of probe tokens that are [UNK] (HS209)
 
     @classmethod
-    def from_result(cls, result: Any) -> ProbeSummary:
+    def from_result(cls, result: Any, unknown_token_share: float | None = None) -> ProbeSummary:
         """From a `probe.ProbeResult` (read by attribute, so this module never imports probe)."""
         config = result.config
         return cls(
@@ -78,6 +79,7 @@ class ProbeSummary:
             max_query_length=int(config.max_query_length),
             max_passage_length=int(config.max_passage_length),
             scale_bias=bool(config.scale_bias),
+            unknown_token_share=unknown_token_share,
         )
 
 

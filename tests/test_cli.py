@@ -658,3 +658,26 @@ def test_inspect_bad_band_is_a_usage_error(runner, bert_tiny_dir):
     result = runner.invoke(main, ["inspect", str(bert_tiny_dir), "--band", "start_loss"])
     assert result.exit_code == 2
     assert "'start_loss' is not METRIC=LOW:HIGH (e.g. start_loss=:50)" in result.stderr
+
+
+def test_fix_k_without_a_bias_choice_on_a_bias_dividing_recommendation_exits_2(runner,
+                                                                                tmp_path):
+    model = tiny_models.build_tiny("bert")
+    with torch.no_grad():
+        model.cls.predictions.bias.fill_(200.0)  # activity in the bias: it must be divided
+    src = tmp_path / "bias-dense"
+    model.save_pretrained(str(src))
+    tiny_models.write_tokenizer(src)
+    out = tmp_path / "fixed"
+    result = runner.invoke(main, ["fix", str(src), "--out", str(out), "--k", "4",
+                                  "--n-pairs", FEW])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"Error: The recommendation for {src} divides the output bias too (k = 32 with "
+        "--scale-bias); with --k 4, say which: --scale-bias (bias divided by k too, as "
+        "recommended) or --no-scale-bias (projection only)."]
+    assert result.stdout == "" and not out.exists()
+    result = runner.invoke(main, ["fix", str(src), "--out", str(out), "--k", "4",
+                                  "--no-scale-bias", "--n-pairs", FEW, "--json", "-"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["scale_bias"] is False

@@ -131,12 +131,20 @@ def test_k_grid_lines_are_the_report_numbers():
         assert ax.get_xscale() == "log"
         assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4", "8", "16", "32"]
         assert ax.get_xlabel() == "k (projection divided by k)"
-        marker = line(ax, f"recommended k = {rec.k:g}")
+        marker = line(ax, f"recommended k = {rec.k:g}, bias kept")
         assert list(marker.get_xdata()) == [rec.k, rec.k]
     assert ax_loss.get_yscale() == "log"
     assert ax_loss.get_ylabel() == "in-batch InfoNCE at step 0"
     assert ax_act.get_ylabel() == "mean active terms"
-    assert fig.get_suptitle().startswith("answerdotai/ModernBERT-base: probe statistics per k")
+    # The title names the recommendation as one decision: k and the output bias together.
+    assert fig.get_suptitle() == (
+        "answerdotai/ModernBERT-base: probe statistics per k (MLM-head projection divided by k, "
+        f"output bias kept); recommended k = {rec.k:g}, bias kept")
+    divided = replace(report, recommendation=replace(rec, scale_bias=True),
+                      probe=replace(report.probe, scale_bias=True))
+    assert plots.k_grid_figure(divided).get_suptitle() == (
+        "answerdotai/ModernBERT-base: probe statistics per k (MLM-head projection and output bias "
+        f"divided by k); recommended k = {rec.k:g}, bias divided")
 
 
 def test_k_grid_draws_the_bands_that_apply():

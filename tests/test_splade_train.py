@@ -297,7 +297,13 @@ def _replace(records, step, **over):
             "collapsed",
             12,
         ),
-        ("loss_spike", _replace(_healthy(), 20, loss=50.0), None, "degraded", 20),
+        (
+            "loss_spike",  # persistent: three steps above the limit
+            _replace(_replace(_replace(_healthy(), 20, loss=50.0), 21, loss=40.0), 22, loss=30.0),
+            None,
+            "degraded",
+            20,
+        ),
         (
             "dense_collapse",
             [dataclasses.replace(r, active_passage=29000.0) for r in _healthy()],

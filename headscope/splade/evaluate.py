@@ -51,6 +51,8 @@ class RetrievalMetrics:
     active_passage: float
     truncated_queries: int  # texts that had more than max_terms active terms
     truncated_passages: int
+    # MRR@10 of each judged query, in the split's qrels order (paired comparisons of arms)
+    mrr_per_query: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -245,9 +247,10 @@ def evaluate(
         for qid, row_scores, row_index in zip(qids, scores, index, strict=True)
     }
     qrels = {q: split.qrels[q] for q in qids}
+    mrr = mrr_at(run, qrels, 10)
     return RetrievalMetrics(
         ndcg_at_10=_mean(ndcg_at(run, qrels, 10)),
-        mrr_at_10=_mean(mrr_at(run, qrels, 10)),
+        mrr_at_10=_mean(mrr),
         recall_at_100=_mean(recall_at(run, qrels, 100)),
         n_queries=len(qids),
         n_passages=len(pids),
@@ -255,4 +258,5 @@ def evaluate(
         active_passage=docs.active_mean,
         truncated_queries=queries.truncated,
         truncated_passages=docs.truncated,
+        mrr_per_query=tuple(mrr[q] for q in qids),
     )
