@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from headscope.errors import InputError
+from headscope.errors import HeadscopeError, InputError, ModelErrors
 from headscope.recommend import (
     DEFAULT_BANDS,
     Band,
@@ -214,27 +214,57 @@ def _refuse_unused_with_weights_only(load_options, options: InspectOptions) -> N
 
 
 def _inspect_weights_only(ckpt, load_options) -> Report:
-    """Head tensors straight from the files: no model is instantiated, no probe is run."""
+    """Head tensors straight from the files: no model is instantiated, no probe is run, and for
+    safetensors checkpoints neither torch nor transformers is imported."""
     from headscope import checkpoint, heads, stats
 
-    layout, tensors, tied = heads.checkpoint_head_tensors(ckpt)
-    tokenizer = checkpoint.load_tokenizer(ckpt, load_options)
-    decoder = tensors["decoder_weight"]
-    vocab = heads.vocab_info(decoder.shape[0], tokenizer)
-
-    def np32(role):
-        t = tensors.get(role)
-        return None if t is None else t.float().numpy()
-
-    weights = stats.weight_stats(np32("decoder_weight"), vocab.real_rows, bias=np32("bias"),
-                                 norm_weight=np32("norm_weight"), norm_bias=np32("norm_bias"),
-                                 dense_weight=np32("dense_weight"))
+    head = heads.read_head(ckpt)
+    vocab = heads.vocab_info(head.decoder_weight.shape[0],
+                             checkpoint.read_vocabulary(ckpt, load_options))
+    arrays = head.arrays
+    weights = stats.weight_stats(arrays["decoder_weight"], vocab.real_rows,
+                                 bias=arrays.get("bias"), norm_weight=arrays.get("norm_weight"),
+                                 norm_bias=arrays.get("norm_bias"),
+                                 dense_weight=arrays.get("dense_weight"))
     rec = recommend((), rule="paper", weights=weights)
-    findings = diagnose(weights, (), vocab_fields(vocab, tied=tied), rec)
-    dtype = str(decoder.dtype).replace("torch.", "")
-    info = _model_info(ckpt, layout, vocab, weights, tied=tied, dtype=dtype, device="cpu",
-                       weights_only=True)
+    findings = diagnose(weights, (), vocab_fields(vocab, tied=head.tied), rec)
+    info = _model_info(ckpt, head.layout, vocab, weights, tied=head.tied, dtype=head.dtype,
+                       device="cpu", weights_only=True)
     return make_report(info, weights, findings=findings, recommendation=rec)
+
+
+def _each_model(sources: Sequence[str], verb: Callable) -> tuple:
+    """`verb(source)` for every source, in order. A model that fails does not stop the others:
+    ModelErrors then names every failing model, and nothing is returned."""
+    if not sources:
+        raise InputError("Pass at least one MODEL.")
+    results, failures = [], []
+    for source in sources:
+        try:
+            results.append(verb(source))
+        except HeadscopeError as err:
+            failures.append((source, err))
+    if failures:
+        raise ModelErrors(failures)
+    return tuple(results)
+
+
+def inspect_many(sources: Sequence[str], *, load_options=None,
+                 options: InspectOptions = InspectOptions(weights_only=True)
+                 ) -> tuple[Report, ...]:
+    """Weights-only reports of several checkpoints (a model-zoo scan), in the order given.
+
+    Every model is read before anything is returned; when some cannot be, ModelErrors names
+    each with its error. A full inspection (probe) of several models is refused: use `compare`.
+    """
+    if not options.weights_only:
+        raise InputError(
+            f"{len(sources)} MODELs given without --weights-only; several models are inspected "
+            "only from their weights (a full inspection loads each one and runs the probe): pass "
+            "--weights-only, or inspect one MODEL at a time."
+        )
+    return _each_model(sources, lambda source: inspect(source, load_options=load_options,
+                                                       options=options))
 
 
 @dataclass(frozen=True)
@@ -459,6 +489,19 @@ def check_summary(outcome: CheckOutcome) -> dict:
     """The JSON form of a check: the policy, each rule's threshold and measurement, pass/fail."""
     return to_dict({"schema_version": SUMMARY_SCHEMA_VERSION,
                        "source": outcome.report.model.source, **outcome.result.to_dict()})
+
+
+def check_many(sources: Sequence[str], *, policy_path: str | None = None,
+               overrides: dict | None = None, search_dir: str | None = None, load_options=None,
+               options: InspectOptions = InspectOptions(weights_only=True)
+               ) -> tuple[CheckOutcome, ...]:
+    """One policy against the weights-only reports of several checkpoints, in the order given
+    (`inspect_many`: ModelErrors names every model that cannot be read)."""
+    from headscope import guard
+
+    policy = guard.load_policy(policy_path, overrides, search_dir)
+    reports = inspect_many(sources, load_options=load_options, options=options)
+    return tuple(CheckOutcome(rep, guard.evaluate(rep, policy)) for rep in reports)
 
 
 @dataclass(frozen=True)
@@ -974,6 +1017,7 @@ __all__ = [
     "LastInspection",
     "inspect",
     "inspect_loaded",
+    "inspect_many",
     "last_inspection",
     "remember_inspection",
     "InspectOptions",
@@ -981,6 +1025,7 @@ __all__ = [
     "ConfirmOptions",
     "fix",
     "check",
+    "check_many",
     "confirm",
     "sweep",
     "compare",

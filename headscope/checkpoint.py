@@ -5,6 +5,12 @@ cache first (`HF_HUB_CACHE`, `HF_HOME`, read at call time so tests can point the
 network is tried only when `HF_HUB_OFFLINE` is not set. Weights may be one or several safetensors
 files or legacy `pytorch_model.bin` files. `resolve` reads config.json and the file listing only;
 `read_tensors` reads the named tensors only; `load` instantiates the transformers model.
+
+The weights-only path needs neither torch nor transformers for safetensors checkpoints:
+`tensor_infos` and `read_arrays` parse the safetensors header and read exactly the byte ranges of
+the named tensors into numpy, and `read_vocabulary` reads the tokenizer with the `tokenizers`
+library (tokenizer.json) or from vocab.txt. Only `.bin` weights and tokenizers in other formats
+fall back to torch and transformers.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from headscope.errors import (
     CheckpointNotFoundError,
@@ -731,6 +739,302 @@ def _absent_error(ckpt: Checkpoint, absent: list[str]) -> InputError:
         f"Checkpoint {ckpt.source} stores no tensor named {', '.join(absent)}; list the stored "
         "names with headscope.checkpoint.tensor_names()."
     )
+
+
+# --------------------------------------------------------------------------------------------
+# tensors as numpy arrays, without torch (the weights-only path)
+
+# safetensors dtype code -> torch's name for it (what reports say).
+_SAFETENSORS_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+# dtype name -> numpy dtype of the stored bytes (safetensors is little-endian). numpy has no
+# bfloat16: its 16 bits are read as uint16 and widened to float32 on reading.
+_STORED_NUMPY = {
+    "float64": "<f8",
+    "float32": "<f4",
+    "float16": "<f2",
+    "bfloat16": "<u2",
+    "int64": "<i8",
+    "int32": "<i4",
+    "int16": "<i2",
+    "int8": "i1",
+    "uint8": "u1",
+    "bool": "?",
+}
+# The safetensors library refuses headers above 100 MB; so do we, before reading one.
+_MAX_HEADER_BYTES = 100_000_000
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One stored tensor: its dtype, shape and where its bytes lie; nothing loaded."""
+
+    name: str
+    file: Path  # the weight file (shard) holding it
+    dtype: str  # torch's name: "float32", "bfloat16", "float16", ... (safetensors code if unknown)
+    shape: tuple[int, ...]
+    start: int | None  # absolute byte range of its data in `file`; None for .bin files
+    end: int | None
+
+
+def _bad_safetensors(path: Path, what: str) -> InputError:
+    return InputError(
+        f"{path} is not a valid safetensors file ({what}); re-download or re-save the checkpoint."
+    )
+
+
+def safetensors_header(path: Path) -> dict[str, TensorInfo]:
+    """The tensors of one safetensors file, from its JSON header, checked against the file size.
+
+    Layout: 8 bytes little-endian header length N, N bytes of JSON {name: {dtype, shape,
+    data_offsets}}, then the data; offsets count from the end of the header.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            prefix = fh.read(8)
+            if len(prefix) < 8:
+                raise _bad_safetensors(path, "shorter than the 8-byte header length")
+            n = int.from_bytes(prefix, "little")
+            if n > min(_MAX_HEADER_BYTES, size - 8):
+                raise _bad_safetensors(path, f"header length {n} exceeds the file or 100 MB")
+            raw = fh.read(n)
+    except OSError as err:
+        raise InputError(f"Cannot read {path} ({err}); check the file's permissions.") from err
+    try:
+        header = json.loads(raw)
+    except ValueError as err:
+        raise _bad_safetensors(path, f"its header is not JSON: {err}") from err
+    if not isinstance(header, dict):
+        raise _bad_safetensors(path, "its header is not a JSON object")
+    base = 8 + n
+    out: dict[str, TensorInfo] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            code = str(entry["dtype"])
+            shape = tuple(int(d) for d in entry["shape"])
+            begin, end = (int(x) for x in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise _bad_safetensors(path, f"malformed header entry for tensor {name!r}") from err
+        dtype = _SAFETENSORS_DTYPES.get(code, code)
+        if any(d < 0 for d in shape) or not 0 <= begin <= end or base + end > size:
+            raise _bad_safetensors(
+                path, f"tensor {name!r} claims bytes {begin}..{end} of a {size - base}-byte body"
+            )
+        if dtype in _STORED_NUMPY:
+            expected = math.prod(shape) * np.dtype(_STORED_NUMPY[dtype]).itemsize
+            if end - begin != expected:
+                raise _bad_safetensors(
+                    path,
+                    f"tensor {name!r} of shape {list(shape)} and dtype {code} needs {expected} "
+                    f"bytes but spans {end - begin}",
+                )
+        out[name] = TensorInfo(name, path, dtype, shape, base + begin, base + end)
+    return out
+
+
+def tensor_infos(ckpt: Checkpoint) -> dict[str, TensorInfo]:
+    """Every stored tensor's dtype, shape and place. Reads only the headers for safetensors;
+    `.bin` files are opened with torch (memory-mapped where their format allows it)."""
+    out: dict[str, TensorInfo] = {}
+    for path in ckpt.weight_files:
+        if ckpt.weight_format == "safetensors":
+            out.update(safetensors_header(path))
+        else:
+            for name, tensor in _load_bin(path).items():
+                dtype = str(tensor.dtype).replace("torch.", "")
+                out[name] = TensorInfo(name, path, dtype, tuple(tensor.shape), None, None)
+    return out
+
+
+def _read_safetensors_array(info: TensorInfo) -> np.ndarray:
+    """One tensor's bytes as a read-only numpy array mapped from the file (no copy; pages come
+    from the page cache as they are touched). bfloat16 is widened to a float32 copy."""
+    if info.dtype not in _STORED_NUMPY or info.start is None:
+        raise InputError(
+            f"Tensor {info.name} in {info.file} has dtype {info.dtype}, which headscope cannot "
+            f"read without torch; supported: {', '.join(_STORED_NUMPY)}."
+        )
+    stored = np.dtype(_STORED_NUMPY[info.dtype])
+    count = math.prod(info.shape)
+    if count == 0:
+        return np.zeros(info.shape, dtype=np.float32 if info.dtype == "bfloat16" else stored)
+    # safetensors_header checked that the byte range lies inside the file.
+    data = np.memmap(info.file, dtype=stored, mode="r", offset=info.start,
+                     shape=(count,)).view(np.ndarray)  # (count,)
+    if info.dtype == "bfloat16":
+        # A bfloat16 is the upper half of a float32: shifting its bits up 16 is exact.
+        data = (data.astype(np.uint32) << 16).view(np.float32)
+    return data.reshape(info.shape)
+
+
+def read_arrays(ckpt: Checkpoint, names, infos: dict[str, TensorInfo] | None = None
+                ) -> dict[str, np.ndarray]:
+    """Read only the tensors `names` as numpy arrays, in their stored dtype (bfloat16, which
+    numpy lacks, widened exactly to float32).
+
+    Safetensors files are read without torch: only each tensor's byte range is read. `.bin`
+    files go through torch. `infos` (from `tensor_infos`) saves parsing the headers again.
+    """
+    wanted = list(dict.fromkeys(names))
+    if ckpt.weight_format != "safetensors":
+        out = {}
+        for name, tensor in read_tensors(ckpt, wanted).items():
+            if str(tensor.dtype) == "torch.bfloat16":
+                tensor = tensor.float()
+            out[name] = tensor.numpy()
+        return out
+    infos = tensor_infos(ckpt) if infos is None else infos
+    absent = [n for n in wanted if n not in infos]
+    if absent:
+        raise _absent_error(ckpt, absent)
+    return {n: _read_safetensors_array(infos[n]) for n in wanted}
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """A tokenizer's vocabulary read from its files, as `heads.vocab_info` needs it.
+
+    It answers the three questions vocab_info asks a transformers tokenizer (`len`,
+    `convert_ids_to_tokens`, `all_special_ids`), without transformers.
+    """
+
+    tokens: tuple[str | None, ...]  # id -> token, over len(tokenizer) ids (None: an id without one)
+    all_special_ids: tuple[int, ...]
+    file: str  # what was read: "tokenizer.json", "vocab.txt", or "transformers"
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def convert_ids_to_tokens(self, ids) -> list[str | None]:
+        return [self.tokens[int(i)] for i in ids]
+
+
+# transformers' named special tokens, in the order it adds those missing from the vocabulary.
+_SPECIAL_ATTRIBUTES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
+                       "cls_token", "mask_token")
+# BertTokenizer's defaults, which a bare vocab.txt gets (as in load_tokenizer's fallback).
+_WORDPIECE_SPECIALS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+                       "cls_token": "[CLS]", "mask_token": "[MASK]"}
+
+
+def _token_text(value: Any) -> str | None:
+    """A special token as tokenizer_config.json stores it: a string or an AddedToken dict."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+def _special_tokens(folder: Path, wordpiece: bool) -> dict[str, str]:
+    """Special token -> the attribute naming it ("unk_token", ..., "extra"), in the order
+    transformers adds those missing from the vocabulary: the named ones, then the extra ones.
+
+    tokenizer_config.json wins over special_tokens_map.json for a named token. A BERT-style
+    (WordPiece) tokenizer gets BertTokenizer's defaults for the named tokens neither file sets.
+    """
+    named: dict[str, str] = {}
+    extra: list[str] = []
+    for file_name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = folder / file_name
+        if not path.is_file():
+            continue
+        data = _read_json(path)
+        if file_name == "tokenizer_config.json" and str(data.get("tokenizer_class", "")) in (
+                "BertTokenizer", "BertTokenizerFast"):
+            wordpiece = True
+        for attr in _SPECIAL_ATTRIBUTES:
+            token = _token_text(data.get(attr))
+            if token is not None:
+                named.setdefault(attr, token)
+        for key in ("extra_special_tokens", "additional_special_tokens"):
+            values = data.get(key) or []
+            for value in values.values() if isinstance(values, dict) else values:
+                text = _token_text(value)
+                if text is not None and text not in extra:
+                    extra.append(text)
+    if wordpiece:
+        named = {**_WORDPIECE_SPECIALS, **named}
+    out: dict[str, str] = {}
+    for attr in _SPECIAL_ATTRIBUTES:
+        if attr in named:
+            out.setdefault(named[attr], attr)
+    for token in extra:
+        out.setdefault(token, "extra")
+    return out
+
+
+def read_vocabulary(ckpt: Checkpoint, options: LoadOptions | None = None) -> Vocabulary | None:
+    """The checkpoint's vocabulary; None when the folder has no tokenizer files.
+
+    tokenizer.json is read with the `tokenizers` library and a bare vocab.txt as a WordPiece
+    vocabulary (one token per line, as BertTokenizer reads it), neither importing transformers.
+    Special tokens come from tokenizer_config.json and special_tokens_map.json; those missing
+    from the vocabulary are appended, as transformers does. Other formats (sentencepiece models,
+    vocab.json with merges.txt) are read through transformers (`load_tokenizer`).
+    """
+    folder = ckpt.path
+    present = {f for f in _TOKENIZER_FILES if (folder / f).is_file()}
+    if not present:
+        return None
+    from_json = "tokenizer.json" in present
+    # vocab.txt is the whole tokenizer only beside no model file of another kind.
+    wordpiece = "vocab.txt" in present and present <= {"vocab.txt", "tokenizer_config.json"}
+    if not from_json and not wordpiece:
+        tokenizer = load_tokenizer(ckpt, options)
+        if tokenizer is None:
+            return None
+        ids = list(range(len(tokenizer)))
+        return Vocabulary(tokens=tuple(tokenizer.convert_ids_to_tokens(ids)),
+                          all_special_ids=tuple(tokenizer.all_special_ids), file="transformers")
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordPiece
+
+    specials = _special_tokens(folder, wordpiece=not from_json)
+    file_name = "tokenizer.json" if from_json else "vocab.txt"
+    try:
+        if from_json:
+            tok = Tokenizer.from_file(str(folder / file_name))
+        else:
+            # As BertTokenizer's load_vocab: line i is the token of id i (a repeated token keeps
+            # its last id).
+            lines = (folder / file_name).read_text(encoding="utf-8").split("\n")
+            if lines[-1] == "":
+                lines.pop()  # the newline ending the last line starts no token
+            vocab = {token: index for index, token in enumerate(lines)}
+            unk = next((t for t, attr in specials.items() if attr == "unk_token"), "[UNK]")
+            tok = Tokenizer(WordPiece(vocab, unk_token=unk))
+    except Exception as err:  # tokenizers raises plain Exceptions on malformed files
+        raise InputError(
+            f"The tokenizer of {ckpt.source} in {folder} cannot be read ({err}); repair or "
+            "replace its tokenizer files."
+        ) from err
+    missing = [t for t in specials if tok.token_to_id(t) is None]
+    if missing:
+        tok.add_special_tokens(missing)
+    n = tok.get_vocab_size(with_added_tokens=True)
+    if n <= len(specials):
+        raise InputError(
+            f"The tokenizer of {ckpt.source} in {folder} holds only special tokens; add its "
+            "vocabulary files (tokenizer.json, vocab.txt, ...) to the folder or remove the "
+            "tokenizer files."
+        )
+    special_ids = [tok.token_to_id(t) for t in specials]
+    return Vocabulary(tokens=tuple(tok.id_to_token(i) for i in range(n)),
+                      all_special_ids=tuple(i for i in special_ids if i is not None),
+                      file=file_name)
 
 
 # --------------------------------------------------------------------------------------------

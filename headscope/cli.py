@@ -18,7 +18,7 @@ import threading
 import traceback
 import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import fields, replace
 from typing import Any
 
@@ -27,7 +27,7 @@ from rich.console import Console
 
 from headscope import __version__
 from headscope.api import FixOptions
-from headscope.errors import EXIT_INTERNAL, HeadscopeError, HeadscopeWarning
+from headscope.errors import EXIT_INTERNAL, HeadscopeError, HeadscopeWarning, ModelErrors
 
 # Piped or redirected, rich would fall back to 80 columns and cut table cells ("-6.…"); give
 # data a fixed, wide width unless a terminal or COLUMNS says otherwise.
@@ -157,8 +157,12 @@ def handle_errors(fn: Callable) -> Callable:
         except HeadscopeError as exc:
             if os.environ.get("HEADSCOPE_DEBUG"):
                 traceback.print_exc()
-            stderr.print(f"Error: {one_line(str(exc))}", markup=False, highlight=False,
-                         soft_wrap=True)
+            # Several models (a zoo scan): one line per failing model, naming it.
+            lines = ([f"{source}: {err}" for source, err in exc.failures]
+                     if isinstance(exc, ModelErrors) else [str(exc)])
+            for line in lines:
+                stderr.print(f"Error: {one_line(line)}", markup=False, highlight=False,
+                             soft_wrap=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt as exc:
             sys.exit(_interrupted(exc))
@@ -239,6 +243,11 @@ def writable(*paths: str | None, parents: bool = False) -> None:
             fileio.check_writable(path, parents=parents)
 
 
+def _json_lines(documents) -> str:
+    """Several JSON documents, one per line (JSON Lines), in the order given."""
+    return "\n".join(json.dumps(d, allow_nan=False) for d in documents)
+
+
 def load_options(f: Callable) -> Callable:
     """--revision/--dtype/--device/--trust-remote-code, shared by every command that loads."""
     f = click.option("--trust-remote-code", is_flag=True,
@@ -270,10 +279,10 @@ def probe_options(f: Callable) -> Callable:
     return f
 
 
-def _load_opts(revision, dtype, device, trust_remote_code):
+def _load_opts(revision, dtype, device, trust_remote_code, weights_only=False):
     from headscope.checkpoint import LoadOptions
 
-    _quiet_transformers()
+    _quiet_transformers(lazily=weights_only)
     return LoadOptions(revision=revision, dtype=dtype, device=device,
                        trust_remote_code=trust_remote_code)
 
@@ -286,10 +295,17 @@ def _probe_config(ks, n_pairs, batch_size, scale_bias):
     return ProbeConfig(**{k: v for k, v in given.items() if v is not None})
 
 
-def _quiet_transformers() -> None:
+def _quiet_transformers(lazily: bool = False) -> None:
     """The CLI owns the terminal: keep transformers' load reports and bars off it (only in
-    commands that load a model: `check --report` must not import transformers)."""
+    commands that load a model: `check --report` must not import transformers).
+
+    `lazily`: for paths that rarely need transformers (weights-only mode reads safetensors and
+    tokenizer.json without it): set its verbosity for the case it gets imported, without
+    importing it."""
     if os.environ.get("HEADSCOPE_DEBUG"):
+        return
+    if lazily:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         return
     try:
         from transformers.utils import logging as hf_logging
@@ -339,11 +355,12 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("model")
+@click.argument("models", nargs=-1, required=True, metavar="MODEL...")
 @load_options
 @probe_options
 @click.option("--weights-only", is_flag=True,
-              help="Read only the head tensors from the files: fast, no probe statistics.")
+              help="Read only the head tensors from the files: fast, no probe statistics, no "
+              "torch for safetensors. Accepts several MODELs.")
 @click.option("--fast", is_flag=True,
               help="Quicker probe: 64 pairs, passages cut at 64 tokens (about 6x less work; "
               "an explicit --n-pairs still applies). See docs/benchmarks.md.")
@@ -357,15 +374,17 @@ def main() -> None:
               "docs/findings.md.")
 @click.option("--json", "json_dest", default=None, metavar="PATH|-",
               help="Write the JSON report to PATH, or to stdout with '-' (then stdout is JSON "
-              "only).")
+              "only). Several MODELs: JSON Lines, one report per line.")
 @handle_errors
-def inspect(model, revision, dtype, device, trust_remote_code, probe_file, ks, n_pairs,
+def inspect(models, revision, dtype, device, trust_remote_code, probe_file, ks, n_pairs,
             batch_size, scale_bias, weights_only, fast, rule, reference, band_specs, json_dest):
     """Measure MODEL's MLM head and recommend a rescale factor k.
 
-    MODEL is a local folder or a Hugging Face Hub id in the local cache.
+    MODEL is a local folder or a Hugging Face Hub id in the local cache. With --weights-only,
+    several MODELs may be given (a model-zoo scan): every one is read before anything is
+    printed, and any that cannot be read is named on stderr (exit 2).
     """
-    from headscope import api, render, report
+    from headscope import api, report
     from headscope.probe import fast_config
 
     writable(json_dest)
@@ -377,15 +396,22 @@ def inspect(model, revision, dtype, device, trust_remote_code, probe_file, ks, n
         given = source is not None and source.name != "DEFAULT"
         probe_config = replace(fast_config(probe_config), n_pairs=n_pairs) if given \
             else fast_config(probe_config)
-    with progress_bar() as progress:
-        rep = api.inspect(model, load_options=_load_opts(revision, dtype, device,
-                                                         trust_remote_code),
-                          probe_config=probe_config,
-                          options=options, bands=band_specs, progress=progress,
-                          remember=True)
+    load = _load_opts(revision, dtype, device, trust_remote_code, weights_only)
+    if len(models) > 1:
+        reports = api.inspect_many(models, load_options=load, options=options)
+    else:
+        # Weights-only reports no progress (it reads a few tensors): no bar to import.
+        with nullcontext() if weights_only else progress_bar() as progress:
+            reports = (api.inspect(models[0], load_options=load, probe_config=probe_config,
+                                   options=options, bands=band_specs, progress=progress,
+                                   remember=True),)
     if json_dest != "-":
-        stdout.print(render.report_view(rep))
-    _emit_json(report.dumps(rep), json_dest)
+        from headscope import render
+
+        for rep in reports:
+            stdout.print(render.report_view(rep))
+    _emit_json(report.dumps(reports[0]) if len(reports) == 1 else
+               _json_lines(report.to_dict(r) for r in reports), json_dest)
 
 
 @main.command()
@@ -630,37 +656,59 @@ def policy_flags(f: Callable) -> Callable:
 
 
 @main.command()
-@click.argument("model", required=False)
+@click.argument("models", nargs=-1, metavar="[MODEL]...")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Check a saved JSON report instead of a model (works without torch).")
 @click.option("--policy", "policy_path", type=click.Path(dir_okay=False), default=None,
               help="Policy TOML file, or a pyproject.toml with [tool.headscope]. Default: the "
               "nearest pyproject.toml's [tool.headscope], if any.")
+@click.option("--weights-only", is_flag=True,
+              help="Check statistics read from the files only (as inspect --weights-only: no "
+              "probe, no torch for safetensors). Accepts several MODELs.")
 @policy_flags
 @probe_options
 @click.option("--json", "json_dest", default=None, metavar="PATH|-",
-              help="Write the check result as JSON to PATH, or stdout with '-'.")
+              help="Write the check result as JSON to PATH, or stdout with '-'. Several "
+              "MODELs: JSON Lines, one result per line.")
 @handle_errors
-def check(model, report_path, policy_path, probe_file, ks, n_pairs, batch_size, scale_bias,
-          json_dest, **policy):
-    """CI guard: exit 0 when MODEL (or --report) meets the policy, 1 when it does not."""
-    from headscope import api, render
+def check(models, report_path, policy_path, weights_only, probe_file, ks, n_pairs, batch_size,
+          scale_bias, json_dest, **policy):
+    """CI guard: exit 0 when MODEL (or --report) meets the policy, 1 when it does not.
+
+    With --weights-only, several MODELs may be given (a model-zoo scan): one PASS/FAIL line per
+    model on stderr; exit 1 when any fails, 2 when any cannot be read (naming it).
+    """
+    from headscope import api
 
     writable(json_dest)
     overrides = {k: (tuple(v) if isinstance(v, tuple) else v) for k, v in policy.items()
                  if v is not None and v != ()}
-    if model is not None:
-        _quiet_transformers()
-    with progress_bar() as progress:
-        outcome = api.check(model, report_path=report_path, policy_path=policy_path,
-                            overrides=overrides, progress=progress,
-                            probe_config=None if model is None else _probe_config(
-                                ks, n_pairs, batch_size, scale_bias),
-                            options=api.InspectOptions(probe_file=probe_file))
+    options = api.InspectOptions(weights_only=weights_only, probe_file=probe_file)
+    if models:
+        _quiet_transformers(lazily=weights_only)
+    if len(models) > 1 and report_path is None:
+        outcomes = api.check_many(models, policy_path=policy_path, overrides=overrides,
+                                  options=options)
+        for o in outcomes:
+            failed = ", ".join(r.name for r in o.result.failed)
+            stderr.print(f"PASS {o.report.model.source}" if o.result.passed
+                         else f"FAIL {o.report.model.source} ({failed})", markup=False)
+    else:
+        with nullcontext() if weights_only else progress_bar() as progress:
+            outcomes = (api.check(models[0] if models else None, report_path=report_path,
+                                  policy_path=policy_path, overrides=overrides,
+                                  progress=progress, options=options,
+                                  probe_config=_probe_config(ks, n_pairs, batch_size, scale_bias)
+                                  if models else None),)
     if json_dest != "-":
-        stdout.print(render.check_view(outcome.result, outcome.report))
-    _emit_json(json.dumps(api.check_summary(outcome), indent=2), json_dest)
-    sys.exit(0 if outcome.result.passed else 1)
+        from headscope import render
+
+        for o in outcomes:
+            stdout.print(render.check_view(o.result, o.report))
+    payloads = [api.check_summary(o) for o in outcomes]
+    _emit_json(json.dumps(payloads[0], indent=2) if len(payloads) == 1 else
+               _json_lines(payloads), json_dest)
+    sys.exit(0 if all(o.result.passed for o in outcomes) else 1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -102,3 +102,16 @@ class VerificationError(HeadscopeError):
 class HeadscopeWarning(UserWarning):
     """Something optional failed and the work carried on (e.g. the last-inspection record could
     not be saved). The CLI shows it as one `Warning:` line on stderr."""
+
+
+class ModelErrors(HeadscopeError):
+    """Some models of a several-model call (a model-zoo scan) failed; nothing was reported.
+
+    `failures` pairs each failing model with its error; the CLI prints one line per model and
+    exits with the highest of their exit codes.
+    """
+
+    def __init__(self, failures) -> None:
+        self.failures: tuple[tuple[str, HeadscopeError], ...] = tuple(failures)
+        self.exit_code = max(err.exit_code for _, err in self.failures)
+        super().__init__("; ".join(f"{source}: {err}" for source, err in self.failures))

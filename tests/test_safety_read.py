@@ -663,10 +663,10 @@ def test_check_against_weights_accepts_every_tiny_family(tiny_checkpoint):
 
 
 def test_real_albert_bin_passes_the_consistency_checks(albert_dir):
-    from headscope.heads import checkpoint_head_tensors
+    from headscope.heads import read_head
 
-    layout, tensors, _ = checkpoint_head_tensors(ck.resolve(str(albert_dir)))
-    assert tensors["decoder_weight"].shape[0] == json.loads(
+    head = read_head(ck.resolve(str(albert_dir)))
+    assert head.decoder_weight.shape[0] == json.loads(
         (albert_dir / "config.json").read_text())["vocab_size"]
 
 

@@ -455,12 +455,41 @@ def test_start_loss_finite_and_cosine_in_unit_interval(pair, ks, bias, scale_bia
         assert r.score_neg >= 0 and r.score_pos >= 0  # non-negative weights
 
 
-@pytest.mark.parametrize("shape", [(5, 5), (7, 3), (3, 7)])
+@pytest.mark.parametrize("shape", [(5, 5), (7, 3), (3, 7), (1, 1), (2, 9), (300, 2), (128, 128),
+                                   (256, 128), (768, 768)])
 def test_spectral_norm_matches_svd(shape):
     from headscope.stats import spectral_norm
 
     m = np.random.default_rng(1).standard_normal(shape)
     assert spectral_norm(m) == pytest.approx(np.linalg.svd(m, compute_uv=False)[0], rel=1e-10)
+
+
+def test_spectral_norm_of_special_matrices():
+    from headscope.stats import spectral_norm
+
+    a, b = np.arange(1.0, 40.0), np.arange(1.0, 30.0)
+    # rank one: the Krylov space is exhausted after one step; the answer is |a| |b|
+    assert spectral_norm(np.outer(a, b)) == pytest.approx(
+        np.linalg.norm(a) * np.linalg.norm(b), rel=1e-12)
+    assert spectral_norm(np.eye(50)) == pytest.approx(1.0, rel=1e-12)  # all values equal
+    assert spectral_norm(np.zeros((4, 6))) == 0.0
+    assert spectral_norm(np.diag([3.0, -7.0, 2.0])) == pytest.approx(7.0, rel=1e-12)
+
+
+def test_spectral_norm_of_real_heads_agrees_with_arpack(bert_tiny_dir, albert_dir):
+    """The Lanczos value against scipy's ARPACK (the previous implementation) and the SVD."""
+    from scipy.sparse.linalg import svds
+
+    from headscope import checkpoint, heads
+    from headscope.stats import spectral_norm
+
+    for folder in (bert_tiny_dir, albert_dir):
+        dense = heads.read_head(checkpoint.resolve(str(folder))).arrays["dense_weight"]
+        d = np.asarray(dense, dtype=np.float64)
+        arpack = svds(d, k=1, v0=np.ones(min(d.shape)), tol=0, return_singular_vectors=False)[0]
+        assert spectral_norm(dense) == pytest.approx(arpack, rel=1e-12)
+        assert spectral_norm(dense) == pytest.approx(
+            np.linalg.svd(d, compute_uv=False)[0], rel=1e-12)
 
 
 def test_row_norm_histogram_counts_every_row_once():
