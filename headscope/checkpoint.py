@@ -943,7 +943,9 @@ def _special_tokens(folder: Path, wordpiece: bool) -> dict[str, str]:
     transformers adds those missing from the vocabulary: the named ones, then the extra ones.
 
     tokenizer_config.json wins over special_tokens_map.json for a named token. A BERT-style
-    (WordPiece) tokenizer gets BertTokenizer's defaults for the named tokens neither file sets.
+    (WordPiece) tokenizer gets BertTokenizer's defaults for the named tokens neither file sets;
+    other tokenizer classes' built-in defaults are not known here (their files name their
+    specials in practice).
     """
     named: dict[str, str] = {}
     extra: list[str] = []
