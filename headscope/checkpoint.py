@@ -846,9 +846,23 @@ def safetensors_header(path: Path) -> dict[str, TensorInfo]:
     return out
 
 
+def _require_torch_for_bin(ckpt: Checkpoint) -> None:
+    """`.bin` weights are PyTorch pickles: only torch reads them."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as err:
+        raise InputError(
+            f"{ckpt.source} stores its weights as {ckpt.weight_files[0].name} (a PyTorch "
+            "pickle), which only torch can read; install torch, or convert the checkpoint to "
+            "safetensors."
+        ) from err
+
+
 def tensor_infos(ckpt: Checkpoint) -> dict[str, TensorInfo]:
     """Every stored tensor's dtype, shape and place. Reads only the headers for safetensors;
     `.bin` files are opened with torch (memory-mapped where their format allows it)."""
+    if ckpt.weight_format != "safetensors":
+        _require_torch_for_bin(ckpt)
     out: dict[str, TensorInfo] = {}
     for path in ckpt.weight_files:
         if ckpt.weight_format == "safetensors":
@@ -891,6 +905,7 @@ def read_arrays(ckpt: Checkpoint, names, infos: dict[str, TensorInfo] | None = N
     """
     wanted = list(dict.fromkeys(names))
     if ckpt.weight_format != "safetensors":
+        _require_torch_for_bin(ckpt)
         out = {}
         for name, tensor in read_tensors(ckpt, wanted).items():
             if str(tensor.dtype) == "torch.bfloat16":

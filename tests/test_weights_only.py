@@ -332,6 +332,16 @@ def test_inspect_and_check_weights_only_without_torch(bert_tiny_dir, modernbert_
     assert run.stderr.splitlines() == [verdict[r["passed"]].format(r["source"]) for r in results]
 
 
+def test_bin_weights_without_torch_say_what_to_do(tmp_path):
+    folder = tiny_models.save_tiny_bin("bert", tmp_path / "m")
+    run = _run_without_torch(["inspect", str(folder), "--weights-only"], tmp_path)
+    assert run.returncode == 2
+    assert run.stdout == ""
+    assert run.stderr == (
+        f"Error: {folder} stores its weights as pytorch_model.bin (a PyTorch pickle), which "
+        "only torch can read; install torch, or convert the checkpoint to safetensors.\n")
+
+
 # --------------------------------------------------------------------------------------------
 # several models in one call
 
