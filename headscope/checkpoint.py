@@ -525,7 +525,10 @@ def _infer_model_type(source: str, folder: Path, config: dict, names: list[str])
     model_type = config.get("model_type")
     if isinstance(model_type, str) and model_type:
         return model_type
-    by_class = _architecture_model_types()
+    try:
+        by_class = _architecture_model_types()
+    except ImportError:  # weights-only mode without transformers: the tensor names still tell
+        by_class = {}
     for arch in config.get("architectures") or ():
         if arch in by_class:
             return by_class[arch]

@@ -342,6 +342,16 @@ def test_bin_weights_without_torch_say_what_to_do(tmp_path):
         "only torch can read; install torch, or convert the checkpoint to safetensors.\n")
 
 
+def test_config_without_model_type_without_transformers(tmp_path):
+    """The model type then comes from the tensor names (transformers' class table is absent)."""
+    folder = tiny_models.save_without_model_type("modernbert", tmp_path / "m",
+                                                 keep_architectures=True)
+    run = _run_without_torch(["inspect", str(folder), "--weights-only", "--json", "-"], tmp_path)
+    assert run.returncode == 0, run.stderr
+    model = json.loads(run.stdout)["model"]
+    assert (model["model_type"], model["family"]) == ("modernbert", "modernbert")
+
+
 # --------------------------------------------------------------------------------------------
 # several models in one call
 
