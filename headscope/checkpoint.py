@@ -7,10 +7,11 @@ files or legacy `pytorch_model.bin` files. `resolve` reads config.json and the f
 `read_tensors` reads the named tensors only; `load` instantiates the transformers model.
 
 The weights-only path needs neither torch nor transformers for safetensors checkpoints:
-`tensor_infos` and `read_arrays` parse the safetensors header and read exactly the byte ranges of
-the named tensors into numpy, and `read_vocabulary` reads the tokenizer with the `tokenizers`
-library (tokenizer.json) or from vocab.txt. Only `.bin` weights and tokenizers in other formats
-fall back to torch and transformers.
+`tensor_infos` takes each tensor's dtype, shape and byte range from `read_safetensors_header` (the
+one parser and checker of safetensors headers, which `resolve` runs on every file), `read_arrays`
+reads exactly the byte ranges of the named tensors into numpy, and `read_vocabulary` reads the
+tokenizer with the `tokenizers` library (tokenizer.json) or from vocab.txt. Only `.bin` weights
+and tokenizers in other formats fall back to torch and transformers.
 """
 
 from __future__ import annotations
@@ -774,8 +775,6 @@ _STORED_NUMPY = {
     "uint8": "u1",
     "bool": "?",
 }
-# The safetensors library refuses headers above 100 MB; so do we, before reading one.
-_MAX_HEADER_BYTES = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -790,63 +789,17 @@ class TensorInfo:
     end: int | None
 
 
-def _bad_safetensors(path: Path, what: str) -> InputError:
-    return InputError(
-        f"{path} is not a valid safetensors file ({what}); re-download or re-save the checkpoint."
-    )
-
-
 def safetensors_header(path: Path) -> dict[str, TensorInfo]:
-    """The tensors of one safetensors file, from its JSON header, checked against the file size.
+    """The tensors of one safetensors file as `TensorInfo`s (dtype under torch's name).
 
-    Layout: 8 bytes little-endian header length N, N bytes of JSON {name: {dtype, shape,
-    data_offsets}}, then the data; offsets count from the end of the header.
+    A view of `read_safetensors_header`, the one parser and checker of safetensors headers:
+    a damaged file is refused there (WeightFileError naming the file and the fault).
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            prefix = fh.read(8)
-            if len(prefix) < 8:
-                raise _bad_safetensors(path, "shorter than the 8-byte header length")
-            n = int.from_bytes(prefix, "little")
-            if n > min(_MAX_HEADER_BYTES, size - 8):
-                raise _bad_safetensors(path, f"header length {n} exceeds the file or 100 MB")
-            raw = fh.read(n)
-    except OSError as err:
-        raise InputError(f"Cannot read {path} ({err}); check the file's permissions.") from err
-    try:
-        header = json.loads(raw)
-    except ValueError as err:
-        raise _bad_safetensors(path, f"its header is not JSON: {err}") from err
-    if not isinstance(header, dict):
-        raise _bad_safetensors(path, "its header is not a JSON object")
-    base = 8 + n
-    out: dict[str, TensorInfo] = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            code = str(entry["dtype"])
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(x) for x in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise _bad_safetensors(path, f"malformed header entry for tensor {name!r}") from err
-        dtype = _SAFETENSORS_DTYPES.get(code, code)
-        if any(d < 0 for d in shape) or not 0 <= begin <= end or base + end > size:
-            raise _bad_safetensors(
-                path, f"tensor {name!r} claims bytes {begin}..{end} of a {size - base}-byte body"
-            )
-        if dtype in _STORED_NUMPY:
-            expected = math.prod(shape) * np.dtype(_STORED_NUMPY[dtype]).itemsize
-            if end - begin != expected:
-                raise _bad_safetensors(
-                    path,
-                    f"tensor {name!r} of shape {list(shape)} and dtype {code} needs {expected} "
-                    f"bytes but spans {end - begin}",
-                )
-        out[name] = TensorInfo(name, path, dtype, shape, base + begin, base + end)
-    return out
+    header = read_safetensors_header(path)
+    return {name: TensorInfo(name, path, _SAFETENSORS_DTYPES.get(t.dtype, t.dtype), t.shape,
+                             t.begin, t.end)
+            for name, t in header.tensors.items()}
 
 
 def _require_torch_for_bin(ckpt: Checkpoint) -> None:
@@ -889,7 +842,8 @@ def _read_safetensors_array(info: TensorInfo) -> np.ndarray:
     count = math.prod(info.shape)
     if count == 0:
         return np.zeros(info.shape, dtype=np.float32 if info.dtype == "bfloat16" else stored)
-    # safetensors_header checked that the byte range lies inside the file.
+    # read_safetensors_header checked that the byte range lies inside the file and
+    # matches dtype x shape.
     data = np.memmap(info.file, dtype=stored, mode="r", offset=info.start,
                      shape=(count,)).view(np.ndarray)  # (count,)
     if info.dtype == "bfloat16":

@@ -27,7 +27,7 @@ from headscope import api, heads
 from headscope import checkpoint as ck
 from headscope import report as report_mod
 from headscope.cli import main
-from headscope.errors import InputError
+from headscope.errors import InputError, WeightFileError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,26 +121,30 @@ def _write_raw(path: Path, header: bytes, body: bytes = b"", length: int | None 
     path.write_bytes(struct.pack("<Q", size) + header + body)
 
 
-@pytest.mark.parametrize(("raw", "what"), [
-    (b"\x01\x02", "shorter than the 8-byte header length"),
-    (struct.pack("<Q", 10_000) + b"{}", "header length 10000 exceeds the file or 100 MB"),
-    (struct.pack("<Q", 4) + b"{{{{", "its header is not JSON: Expecting property name enclosed "
-                                     "in double quotes: line 1 column 2 (char 1)"),
+def _damaged(path: Path, problem: str) -> str:
+    """safety-read's refusal of a damaged safetensors file (checkpoint.read_safetensors_header,
+    the one header parser, which `safetensors_header` and `tensor_infos` are views of)."""
+    return (f"{path} is not a valid safetensors file: {problem}; re-download it, or convert the "
+            "checkpoint again from a copy you trust.")
+
+
+@pytest.mark.parametrize(("raw", "problem"), [
+    (b"\x01\x02", "it holds 2 bytes, fewer than the 8 of a header length"),
+    (struct.pack("<Q", 10_000) + b"{}",
+     "its header length (10000 bytes) runs past the end of the 10-byte file"),
+    (struct.pack("<Q", 4) + b"{{{{", "its header is not JSON (Expecting property name enclosed "
+                                     "in double quotes: line 1 column 2 (char 1))"),
     (struct.pack("<Q", 2) + b"[]", "its header is not a JSON object"),
-    (struct.pack("<Q", 17) + b'{"w": {"dtype": 1', None),
+    # a header cut in the middle is not JSON either
+    (struct.pack("<Q", 17) + b'{"w": {"dtype": 1',
+     "its header is not JSON (Expecting ',' delimiter: line 1 column 18 (char 17))"),
 ])
-def test_malformed_safetensors_headers(tmp_path, raw, what):
+def test_malformed_safetensors_headers(tmp_path, raw, problem):
     path = tmp_path / "model.safetensors"
     path.write_bytes(raw)
-    if what is None:  # a header cut in the middle is not JSON either
-        with pytest.raises(InputError, match="its header is not JSON"):
-            ck.safetensors_header(path)
-        return
-    with pytest.raises(InputError) as err:
+    with pytest.raises(WeightFileError) as err:
         ck.safetensors_header(path)
-    assert str(err.value) == (
-        f"{path} is not a valid safetensors file ({what}); re-download or re-save the checkpoint."
-    )
+    assert str(err.value) == _damaged(path, problem)
 
 
 def test_safetensors_entries_are_checked_against_the_file(tmp_path):
@@ -148,18 +152,19 @@ def test_safetensors_entries_are_checked_against_the_file(tmp_path):
 
     def refused(entry: dict, body: bytes) -> str:
         _write_raw(path, json.dumps({"w": entry}).encode(), body)
-        with pytest.raises(InputError) as err:
+        with pytest.raises(WeightFileError) as err:
             ck.safetensors_header(path)
         return str(err.value)
 
-    prefix = f"{path} is not a valid safetensors file ("
-    suffix = "); re-download or re-save the checkpoint."
-    assert refused({"dtype": "F32", "shape": [2], "data_offsets": [0, 16]}, bytes(8)) == (
-        prefix + "tensor 'w' claims bytes 0..16 of a 8-byte body" + suffix)
-    assert refused({"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}, bytes(8)) == (
-        prefix + "tensor 'w' of shape [3] and dtype F32 needs 12 bytes but spans 8" + suffix)
-    assert refused({"dtype": "F32", "shape": [2]}, bytes(8)) == (
-        prefix + "malformed header entry for tensor 'w'" + suffix)
+    assert refused({"dtype": "F32", "shape": [2], "data_offsets": [0, 16]}, bytes(8)) == _damaged(
+        path, "tensor 'w' (F32, shape [2]) needs 8 bytes but its data_offsets span 16")
+    assert refused({"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}, bytes(8)) == _damaged(
+        path, "tensor 'w' (F32, shape [3]) needs 12 bytes but its data_offsets span 8")
+    assert refused({"dtype": "F32", "shape": [2]}, bytes(8)) == _damaged(
+        path, "tensor 'w' has data_offsets None, not [begin, end] with begin <= end")
+    # Bytes claimed past the end of the file: never memory-mapped.
+    assert refused({"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, bytes(4)) == _damaged(
+        path, "its tensors need 8 bytes of data but the file holds 4 (truncated)")
     # A dtype numpy cannot hold is listed, and refused only when read.
     _write_raw(path, json.dumps({"w": {"dtype": "F8_E4M3", "shape": [4],
                                        "data_offsets": [0, 4]}}).encode(), bytes(4))
@@ -340,6 +345,44 @@ def test_bin_weights_without_torch_say_what_to_do(tmp_path):
     assert run.stderr == (
         f"Error: {folder} stores its weights as pytorch_model.bin (a PyTorch pickle), which "
         "only torch can read; install torch, or convert the checkpoint to safetensors.\n")
+
+
+def test_safety_refusals_hold_without_torch(tiny_checkpoint, tmp_path):
+    """The torch-free weights-only path keeps the read-side refusals: a config.json that
+    contradicts the stored head (checked by read_head on the header shapes) and a truncated
+    safetensors file are each exit 2 and one line, with torch and transformers blocked."""
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint("bert"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    hidden = config["hidden_size"]
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_size": hidden + 8}))
+    run = _run_without_torch(["inspect", str(folder), "--weights-only"], tmp_path)
+    assert (run.returncode, run.stdout) == (2, "")
+    emb = "bert.embeddings.word_embeddings.weight"
+    rows = config["vocab_size"]
+    assert run.stderr == (
+        f"Error: {folder / 'config.json'} disagrees with the weights: tensor {emb} is stored "
+        f"with shape {[rows, hidden]}, but config.json's hidden_size = {hidden + 8} makes it "
+        f"{[rows, hidden + 8]}; make config.json match the stored tensors (or re-download "
+        "both).\n")
+
+    (folder / "config.json").write_text(json.dumps(config))
+    weights = folder / "model.safetensors"
+    size = weights.stat().st_size
+    with weights.open("r+b") as fh:
+        fh.truncate(size - 4)
+    run = _run_without_torch(["inspect", str(folder), "--weights-only"], tmp_path)
+    assert (run.returncode, run.stdout) == (2, "")
+    assert run.stderr.count("\n") == 1
+    assert run.stderr.startswith(f"Error: {weights} is not a valid safetensors file: its tensors "
+                                 "need ")
+    assert run.stderr.endswith(f"but the file holds {size - 4 - 8 - _header_length(weights)} "
+                               "(truncated); re-download it, or convert the checkpoint again "
+                               "from a copy you trust.\n")
+
+
+def _header_length(path: Path) -> int:
+    return struct.unpack("<Q", path.read_bytes()[:8])[0]
 
 
 def test_config_without_model_type_without_transformers(tmp_path):
