@@ -478,7 +478,9 @@ def _architecture_torch_column() -> dict[str, str]:
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 4 and cells[0].isdigit():
-            names = [n.rstrip("/") for n in re.findall(r"`([a-z_/]+)`", cells[1])]
+            # "splade/detectors" is the module splade.detectors; "splade/" the package
+            names = [n.rstrip("/").replace("/", ".")
+                     for n in re.findall(r"`([a-z_/]+)`", cells[1])]
             # A cell of a row of several modules speaks of those it names ("`cli` lazily").
             named = [n for n in names if f"`{n}`" in cells[3]]
             for name in names:
