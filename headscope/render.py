@@ -328,6 +328,7 @@ FINDING_GIST = {
     "HS206": "no active term at all",
     "HS207": "statistics are NaN or infinite",
     "HS208": "the activity lives in the output bias: divide it too (--scale-bias)",
+    "HS209": "the probe does not fit the model's vocabulary: pass --probe FILE",
     "HS301": "weights above 5 would clip in pyserini's 8-bit index",
     "HS302": "weights below 0.05 are coarse in Anserini's impact index",
 }
