@@ -14,13 +14,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from headscope.errors import InputError
+from headscope.errors import HeadscopeError, InputError, ModelErrors
 from headscope.recommend import (
     DEFAULT_BANDS,
     Band,
     diagnose,
     finding,
     prefer_divided_bias,
+    probe_fit_findings,
     recommend,
     serving_findings,
     unreachable_bands,
@@ -112,9 +113,9 @@ def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = Inspe
     pset = _probe_set(options.probe_file, probe_config.n_pairs)
     cb = (lambda done, total: progress("probe", done, total)) if progress else None
     result = probe.run_probe(loaded.model, loaded.tokenizer, head.bias, pset, probe_config, cb)
-    findings = diagnose(weights, result.per_k, vocab_fields(vocab, tied=head.tied))
     rec = recommend(result.per_k, rule=options.rule, bands=bands, weights=weights,
                     reference=reference_per_k)
+    findings = diagnose(weights, result.per_k, vocab_fields(vocab, tied=head.tied), rec)
     if (options.rule == "bands" and options.bias_fallback and not probe_config.scale_bias
             and head.bias is not None
             and unreachable_bands(rec.verdicts, rec.bands)):
@@ -133,13 +134,15 @@ def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = Inspe
                     f"into its band: the head's activity lives in its output bias. With the bias "
                     f"divided by k too, k reaches more bands; fix with --scale-bias.")
             rec = replace(rec2, reasons=(note,) + rec2.reasons, scale_bias=True)
-            findings = diagnose(weights, scaled.per_k, vocab_fields(vocab, tied=head.tied)) + (
-                finding("HS208", note, rec2.k, None),)
-    findings = findings + serving_findings(result.per_k, rec.k)
+            findings = diagnose(weights, scaled.per_k, vocab_fields(vocab, tied=head.tied),
+                                rec) + (finding("HS208", note, rec2.k, None),)
+    unknown = probe.unknown_token_share(loaded.tokenizer, pset, probe_config)
+    findings = findings + probe_fit_findings(unknown) + serving_findings(result.per_k, rec.k)
     info = _model_info(loaded.checkpoint, head.layout, vocab, weights, tied=head.tied,
                        dtype=loaded.options.dtype, device=loaded.options.device,
                        weights_only=False, source=source)
-    return make_report(info, weights, probe=ProbeSummary.from_result(result),
+    return make_report(info, weights, probe=ProbeSummary.from_result(
+                           result, unknown_token_share=unknown),
                        per_k=result.per_k, findings=findings, recommendation=rec)
 
 
@@ -166,8 +169,11 @@ def inspect(source: str, *, load_options=None, probe_config=None,
     load_options = load_options or checkpoint.LoadOptions()
     ckpt = checkpoint.resolve(source, load_options.revision)
     if options.weights_only:
+        _refuse_unused_with_weights_only(load_options, options)
         report = _inspect_weights_only(ckpt, load_options)
     else:
+        if options.probe_file:
+            _probe_set(options.probe_file, 0)  # a bad probe file is refused before loading
         reference_per_k = None
         if options.rule == "reference" or options.reference:
             if not options.reference:
@@ -190,28 +196,75 @@ def inspect(source: str, *, load_options=None, probe_config=None,
     return report
 
 
+def _refuse_unused_with_weights_only(load_options, options: InspectOptions) -> None:
+    """Weights-only reads tensors from the files: no model runs, no probe is read. A flag that
+    would change neither is refused, not silently ignored."""
+    unused = [flag for flag, given in (
+        (f"--device {load_options.device}", load_options.device != "cpu"),
+        (f"--dtype {load_options.dtype}", load_options.dtype != "float32"),
+        (f"--probe {options.probe_file}", bool(options.probe_file)),
+        ("--reference", bool(options.reference) or options.rule == "reference"),
+    ) if given]
+    if unused:
+        raise InputError(
+            f"{', '.join(unused)} has no effect with --weights-only, which reads the head "
+            "tensors from the files as stored and runs no model; drop it, or drop "
+            "--weights-only to measure on that device/dtype/probe."
+        )
+
+
 def _inspect_weights_only(ckpt, load_options) -> Report:
-    """Head tensors straight from the files: no model is instantiated, no probe is run."""
+    """Head tensors straight from the files: no model is instantiated, no probe is run, and for
+    safetensors checkpoints neither torch nor transformers is imported."""
     from headscope import checkpoint, heads, stats
 
-    layout, tensors, tied = heads.checkpoint_head_tensors(ckpt)
-    tokenizer = checkpoint.load_tokenizer(ckpt, load_options)
-    decoder = tensors["decoder_weight"]
-    vocab = heads.vocab_info(decoder.shape[0], tokenizer)
-
-    def np32(role):
-        t = tensors.get(role)
-        return None if t is None else t.float().numpy()
-
-    weights = stats.weight_stats(np32("decoder_weight"), vocab.real_rows, bias=np32("bias"),
-                                 norm_weight=np32("norm_weight"), norm_bias=np32("norm_bias"),
-                                 dense_weight=np32("dense_weight"))
-    findings = diagnose(weights, (), vocab_fields(vocab, tied=tied))
+    head = heads.read_head(ckpt)
+    vocab = heads.vocab_info(head.decoder_weight.shape[0],
+                             checkpoint.read_vocabulary(ckpt, load_options))
+    arrays = head.arrays
+    weights = stats.weight_stats(arrays["decoder_weight"], vocab.real_rows,
+                                 bias=arrays.get("bias"), norm_weight=arrays.get("norm_weight"),
+                                 norm_bias=arrays.get("norm_bias"),
+                                 dense_weight=arrays.get("dense_weight"))
     rec = recommend((), rule="paper", weights=weights)
-    dtype = str(decoder.dtype).replace("torch.", "")
-    info = _model_info(ckpt, layout, vocab, weights, tied=tied, dtype=dtype, device="cpu",
-                       weights_only=True)
+    findings = diagnose(weights, (), vocab_fields(vocab, tied=head.tied), rec)
+    info = _model_info(ckpt, head.layout, vocab, weights, tied=head.tied, dtype=head.dtype,
+                       device="cpu", weights_only=True)
     return make_report(info, weights, findings=findings, recommendation=rec)
+
+
+def _each_model(sources: Sequence[str], verb: Callable) -> tuple:
+    """`verb(source)` for every source, in order. A model that fails does not stop the others:
+    ModelErrors then names every failing model, and nothing is returned."""
+    if not sources:
+        raise InputError("Pass at least one MODEL.")
+    results, failures = [], []
+    for source in sources:
+        try:
+            results.append(verb(source))
+        except HeadscopeError as err:
+            failures.append((source, err))
+    if failures:
+        raise ModelErrors(failures)
+    return tuple(results)
+
+
+def inspect_many(sources: Sequence[str], *, load_options=None,
+                 options: InspectOptions = InspectOptions(weights_only=True)
+                 ) -> tuple[Report, ...]:
+    """Weights-only reports of several checkpoints (a model-zoo scan), in the order given.
+
+    Every model is read before anything is returned; when some cannot be, ModelErrors names
+    each with its error. A full inspection (probe) of several models is refused: use `compare`.
+    """
+    if not options.weights_only:
+        raise InputError(
+            f"{len(sources)} MODELs given without --weights-only; several models are inspected "
+            "only from their weights (a full inspection loads each one and runs the probe): pass "
+            "--weights-only, or inspect one MODEL at a time."
+        )
+    return _each_model(sources, lambda source: inspect(source, load_options=load_options,
+                                                       options=options))
 
 
 @dataclass(frozen=True)
@@ -227,6 +280,8 @@ class FixOptions:
     scale_bias: bool | None = None  # divide the output bias too; None: as recommended (else no)
     dry_run: bool = False
     overwrite: bool = False
+    # Write even when the recommended k is 1 (no rescale needed); an explicit k always writes.
+    force: bool = False
 
 
 @dataclass(frozen=True)
@@ -236,10 +291,19 @@ class FixOutcome:
     k_from: str  # "--k" | "recommendation" | "last inspection"
     followed_last_inspection: bool  # MODEL was omitted: acted on the last `inspect`
     report: Report  # the original model's inspection (statistics before)
-    result: FixResult
+    result: FixResult | None  # None: the recommended k is 1, so nothing was written
+
+    @property
+    def needed(self) -> bool:
+        """Whether a fix was written (or, in a dry run, verified): False at a recommended k = 1."""
+        return self.result is not None
 
     @property
     def note(self) -> str:
+        if self.result is None:
+            return (f"No fix needed: {self.source} is recommended k = 1 ({self.k_from}), so its "
+                    "head is left as it is and nothing was written. Pass --k K to rescale it "
+                    "anyway, or --force to write an unchanged copy.")
         if self.followed_last_inspection:
             note = (f"No MODEL given: acting on {self.source}, the model of the last "
                     f"`headscope inspect`, with k = {self.k:g} ({self.k_from}).")
@@ -249,6 +313,22 @@ class FixOutcome:
             note += (" Removed the temporary folder(s) an interrupted run left: "
                      f"{', '.join(self.result.cleaned)}.")
         return note
+
+    @property
+    def changed_tensors(self) -> tuple[str, ...]:
+        """Tensors whose values the fix changed. At k = 1 none did: dividing by 1 is exact, and
+        an untied decoder is a new tensor holding the same values (see `new_tensors`)."""
+        if self.result is None or self.k == 1:
+            return ()
+        return self.result.verification.tensors_changed
+
+    @property
+    def new_tensors(self) -> tuple[str, ...]:
+        """Tensors written in their own right although their values did not change (a decoder
+        untied at k = 1)."""
+        if self.result is None or self.k != 1:
+            return ()
+        return self.result.verification.tensors_changed
 
 
 def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), load_options=None,
@@ -264,6 +344,10 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
     load_options = load_options or checkpoint.LoadOptions()
     followed = source is None
     k, k_from, scale_bias = options.k, "--k", options.scale_bias
+    # An explicit k with the bias switch left open: the recommendation is one decision (k,
+    # bias), so when it divides the bias, fix must not silently keep it (the variant that
+    # trains worst) or divide it unasked; it refuses and names both flags.
+    open_bias = k is not None and scale_bias is None
     if followed:
         last = last_inspection()
         source = last.source
@@ -272,26 +356,38 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
             k, k_from = last.k, "last inspection's recommendation"
             if scale_bias is None:
                 scale_bias = last.scale_bias
-    if k is not None and scale_bias is None:
-        scale_bias = False  # an explicit k without --scale-bias: the projection only
+        elif open_bias:
+            if last.k is not None and last.scale_bias:
+                _refuse_open_bias(source, last.k, float(options.k or 0.0))
+            scale_bias = False  # the recommendation keeps the bias: so does this k
     assert source is not None
     probe_config = probe_config or probe.ProbeConfig()
     if k is not None:
         RescaleSpec(k, options.strategy, bool(scale_bias))  # validate before the slow part
-        probe_config = replace(probe_config, ks=tuple(sorted({1.0, float(k)})))
+        # With the bias switch open, measure the recommendation's full grid to learn it.
+        ks = {1.0, float(k)} | (set(probe_config.ks) if scale_bias is None else set())
+        probe_config = replace(probe_config, ks=tuple(sorted(ks)))
     probe_config = replace(probe_config, scale_bias=bool(scale_bias))
     ckpt = checkpoint.resolve(source, load_options.revision)
     save.check_out(ckpt.path, Path(out).resolve(), options.overwrite)  # before the slow part
     loaded = checkpoint.load(ckpt, load_options)
     # The bias-divided re-measurement may only replace the statistics when the bias switch is
-    # still open (scale_bias None: follow the recommendation).
+    # still open (scale_bias None: follow the recommendation, or learn it to refuse).
     before = inspect_loaded(loaded, probe_config=probe_config, progress=progress,
                             options=InspectOptions(bias_fallback=scale_bias is None))
+    if open_bias and scale_bias is None:
+        assert before.recommendation is not None and k is not None
+        if before.recommendation.scale_bias:
+            _refuse_open_bias(source, before.recommendation.k, float(k))
+        scale_bias = False  # the recommendation keeps the bias: so does this k
     if k is None:
         assert before.recommendation is not None
         k, k_from = before.recommendation.k, f"recommended by the {before.recommendation.rule} rule"
         if scale_bias is None:
             scale_bias = before.recommendation.scale_bias
+    if k == 1 and k_from != "--k" and not options.force:
+        return FixOutcome(source=source, k=1.0, k_from=k_from, followed_last_inspection=followed,
+                          report=before, result=None)
     spec = RescaleSpec(float(k), options.strategy, bool(scale_bias))
     stats_before = next(s for s in before.per_k if s.k == 1.0)
     stats_after = next(s for s in before.per_k if s.k == spec.k)
@@ -307,25 +403,56 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
                       report=before, result=result)
 
 
-def fix_summary(outcome: FixOutcome) -> dict:
-    """The JSON form of a fix: what was written, with which k and why, and how it verified."""
-    from dataclasses import asdict
+def _refuse_open_bias(source: str, rec_k: float, k: float) -> None:
+    raise InputError(
+        f"The recommendation for {source} divides the output bias too (k = {rec_k:g} with "
+        f"--scale-bias); with --k {k:g}, say which: --scale-bias (bias divided by k too, as "
+        "recommended) or --no-scale-bias (projection only)."
+    )
 
+
+# The version of every JSON summary below (fix, training, check, compare); each has a JSON
+# Schema shipped in headscope/schema/ (see `json_schema`) and documented in docs/json.md.
+SUMMARY_SCHEMA_VERSION = 1
+SUMMARY_KINDS = ("fix", "training", "check", "compare")
+
+
+def json_schema(kind: str) -> dict:
+    """The shipped JSON Schema (draft 2020-12) of a verb's JSON output: "report" (inspect),
+    "fix", "training" (confirm and sweep), "check" or "compare"."""
+    from importlib import resources
+
+    if kind not in ("report",) + SUMMARY_KINDS:
+        raise InputError(f"No JSON schema named {kind!r}; the schemas are report, "
+                         f"{', '.join(SUMMARY_KINDS)}.")
+    text = resources.files("headscope").joinpath(f"schema/{kind}.schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def fix_summary(outcome: FixOutcome) -> dict:
+    """The JSON form of a fix: what was written, with which k and why, and how it verified.
+    `written` is False when no fix was needed (recommended k = 1) or in a dry run."""
     r = outcome.result
-    return {
+    summary = {
+        "schema_version": SUMMARY_SCHEMA_VERSION,
         "source": outcome.source,
         "k": outcome.k,
         "k_from": outcome.k_from,
         "followed_last_inspection": outcome.followed_last_inspection,
-        "strategy": r.spec.strategy,
-        "scale_bias": r.spec.scale_bias,
-        "out": str(r.out),
-        "dry_run": r.dry_run,
-        "files": list(r.files),
-        "tied": r.tied,
-        "verification": {k: (list(v) if isinstance(v, tuple) else v)
-                         for k, v in asdict(r.verification).items()},
+        "needed": outcome.needed,
+        "written": r is not None and not r.dry_run,
+        "note": outcome.note,
+        "strategy": None if r is None else r.spec.strategy,
+        "scale_bias": None if r is None else r.spec.scale_bias,
+        "out": None if r is None else str(r.out),
+        "dry_run": None if r is None else r.dry_run,
+        "files": [] if r is None else list(r.files),
+        "tied": None if r is None else r.tied,
+        "changed_tensors": list(outcome.changed_tensors),
+        "new_tensors": list(outcome.new_tensors),
+        "verification": None if r is None else r.verification,
     }
+    return to_dict(summary)
 
 
 @dataclass(frozen=True)
@@ -356,6 +483,25 @@ def check(source: str | None = None, *, report_path: str | None = None,
         rep = inspect(source, load_options=load_options, probe_config=probe_config,
                       options=options, progress=progress)
     return CheckOutcome(rep, guard.evaluate(rep, policy))
+
+
+def check_summary(outcome: CheckOutcome) -> dict:
+    """The JSON form of a check: the policy, each rule's threshold and measurement, pass/fail."""
+    return to_dict({"schema_version": SUMMARY_SCHEMA_VERSION,
+                       "source": outcome.report.model.source, **outcome.result.to_dict()})
+
+
+def check_many(sources: Sequence[str], *, policy_path: str | None = None,
+               overrides: dict | None = None, search_dir: str | None = None, load_options=None,
+               options: InspectOptions = InspectOptions(weights_only=True)
+               ) -> tuple[CheckOutcome, ...]:
+    """One policy against the weights-only reports of several checkpoints, in the order given
+    (`inspect_many`: ModelErrors names every model that cannot be read)."""
+    from headscope import guard
+
+    policy = guard.load_policy(policy_path, overrides, search_dir)
+    reports = inspect_many(sources, load_options=load_options, options=options)
+    return tuple(CheckOutcome(rep, guard.evaluate(rep, policy)) for rep in reports)
 
 
 @dataclass(frozen=True)
@@ -423,6 +569,32 @@ def compare(sources: Sequence[str], *, load_options=None, probe_config=None,
             reports.append(inspect(source, load_options=load_options,
                                    probe_config=probe_config, progress=progress))
     return tuple(reports)
+
+
+def compare_summary(reports: Sequence[Report], labels: Sequence[str]) -> dict:
+    """The JSON form of a comparison: each model's key statistics under its column label."""
+    from headscope.report import key_statistics
+
+    return to_dict({"schema_version": SUMMARY_SCHEMA_VERSION,
+                       "models": [{"label": label, **key_statistics(r)}
+                                  for r, label in zip(reports, labels, strict=True)]})
+
+
+def compare_labels(reports: Sequence[Report]) -> tuple[str, ...]:
+    """Column labels for `compare`: each model's folder name, made unique. Reports of one source
+    differ by "weights only" / "probe" (a full and a weights-only report of one model), then
+    by their position (#1, #2, ...)."""
+    base = [os.path.basename(r.model.source.rstrip("/")) or r.model.source for r in reports]
+    labels = list(base)
+    for i, r in enumerate(reports):
+        if base.count(base[i]) > 1:
+            labels[i] = f"{base[i]} ({'weights only' if r.model.weights_only else 'probe'})"
+    for i in range(len(labels)):
+        if labels.count(labels[i]) > 1:
+            same = [j for j, lab in enumerate(labels) if lab == labels[i]]
+            for n, j in enumerate(same, start=1):
+                labels[j] = f"{labels[j]} #{n}"
+    return tuple(labels)
 
 
 def write_report_documents(report_path: str, *, html: str | None = None, md: str | None = None,
@@ -497,6 +669,10 @@ class ArmOutcome:
     # A separate serving figure: each text pruned to its serving_terms largest weights.
     serving_terms: int | None = None
     serving_mrr_at_10: float | None = None
+    # The cross-arm judgement (splade.detectors.judge_arms): mean paired per-query MRR@10
+    # difference to the best arm trained alongside (0 for the best), and its interval.
+    mrr_vs_best: float | None = None
+    mrr_vs_best_interval: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -510,6 +686,8 @@ class TrainingOutcome:
     figure: str | None
     records: dict  # arm name -> tuple[StepRecord, ...] (for plots; not serialised)
     eval_data: str | None = None  # the evaluation set's name when it is not data's own split
+    eval_queries: int = 0  # held-out queries every arm was evaluated on
+    eval_passages: int = 0  # passages they were ranked against
 
 
 def _base_model(source: str, options: ConfirmOptions, load_options, progress):
@@ -543,7 +721,7 @@ def _rescaled_copy(model, k: float, options: ConfirmOptions):
 def _summarise_arm(name, description, k, result, vocab_size) -> ArmOutcome:
     import statistics
 
-    from headscope.splade.detectors import verdict
+    from headscope.splade.detectors import NOTE, verdict
 
     records = result.train.records
     v = verdict(records, vocab_size, result.metrics)
@@ -552,7 +730,7 @@ def _summarise_arm(name, description, k, result, vocab_size) -> ArmOutcome:
     serving = m.serving if m else None
     return ArmOutcome(
         name=name, description=description, k=k, status=v.status,
-        evidence=tuple(e.message for e in v.evidence),
+        evidence=tuple(("note: " if e.severity == NOTE else "") + e.message for e in v.evidence),
         start_loss=records[0].loss, end_loss=statistics.median(r.loss for r in tail),
         max_grad_norm=max(r.grad_norm for r in records),
         active_query_end=statistics.mean(r.active_query for r in tail),
@@ -567,21 +745,37 @@ def _summarise_arm(name, description, k, result, vocab_size) -> ArmOutcome:
         serving_mrr_at_10=serving.mrr_at_10 if serving else None)
 
 
-def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
-                        options: ConfirmOptions, progress) -> TrainingOutcome:
-    """Train every arm on the same batches, log telemetry, judge each, draw the curves."""
-    from contextlib import ExitStack
-
-    from headscope import fileio
+def _dataset(options: ConfirmOptions):
+    """The training data and the evaluation set (data's own held-out split unless
+    `options.eval_data` names another), read (and so validated) before any model is loaded, as
+    are the training options."""
     from headscope.splade import data as splade_data
-    from headscope.splade.train import TelemetryWriter, train_arms
 
+    options.train_config()
     dataset = splade_data.load_dataset(options.data, max_eval_queries=options.max_eval_queries)
     evalset = (splade_data.load_eval(options.eval_data, max_eval_queries=options.max_eval_queries)
                if options.eval_data else dataset)
+    return dataset, evalset
+
+
+def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
+                        options: ConfirmOptions, progress, datasets) -> TrainingOutcome:
+    """Train every arm on the same batches, log telemetry, judge each, draw the curves.
+
+    Progress goes to `progress` twice per step: the arm's own phase ("arm 2/3: fixed", steps of
+    that arm) and the whole run ("all arms", steps of every arm), so a face can show an ETA
+    for both."""
+    from contextlib import ExitStack
+
+    from headscope import fileio
+    from headscope.splade.telemetry import TelemetryWriter
+    from headscope.splade.train import train_arms
+
+    dataset, evalset = datasets
     config = options.train_config()
     total = config.steps * len(arms)
-    done = [0]
+    phases = {name: f"arm {i}/{len(arms)}: {name}" for i, name in enumerate(arms, start=1)}
+    done = {name: 0 for name in arms}
     with ExitStack() as stack:
         writers = {}
         if options.log:
@@ -593,15 +787,17 @@ def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
         def on_step(arm: str, record) -> None:
             if arm in writers:
                 writers[arm](record)
-            done[0] += 1
+            done[arm] += 1
             if progress:
-                progress(f"training ({len(arms)} arms)", done[0], total)
+                progress(phases[arm], done[arm], config.steps)
+                progress("all arms", sum(done.values()), total)
 
         results = train_arms(arms, dataset.train, evalset.eval, config, eval_before=True,
                              callback=on_step)
     vocab = {name: model.config.vocab_size for name, (model, _tok) in arms.items()}
-    outcomes = tuple(_summarise_arm(name, descriptions[name], ks[name], results[name],
-                                    vocab[name]) for name in arms)
+    outcomes = _judge_arms(tuple(_summarise_arm(name, descriptions[name], ks[name],
+                                                results[name], vocab[name]) for name in arms),
+                           {name: results[name].metrics for name in arms})
     records = {name: tuple(results[name].train.records) for name in arms}
     figure = None
     if options.figure:
@@ -612,7 +808,37 @@ def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
         figure = options.figure
     return TrainingOutcome(source=source, simulation=label, data=dataset.name, config=options,
                            arms=outcomes, log=options.log, figure=figure, records=records,
-                           eval_data=evalset.name if options.eval_data else None)
+                           eval_data=evalset.name if options.eval_data else None,
+                           eval_queries=len(evalset.eval.queries) if evalset.eval else 0,
+                           eval_passages=len(evalset.eval.corpus) if evalset.eval else 0)
+
+
+def fixed_folder_k(folder: str) -> float:
+    """The k a folder written by `fix` was rescaled by, from its provenance (headscope.json);
+    a fix of a fixed checkpoint multiplies the ks of the chain."""
+    from headscope.save import PROVENANCE_FILE
+
+    path = Path(folder) / PROVENANCE_FILE
+    try:
+        provenance = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(
+            f"{folder} has no {PROVENANCE_FILE}, so its k is unknown; pass a folder written by "
+            "`headscope fix`, or rescale MODEL in memory with --k K instead of --fixed."
+        ) from None
+    except ValueError as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); re-create {folder} with "
+                         "`headscope fix`, or use --k K instead of --fixed.") from None
+    k = 1.0
+    entry = provenance
+    while isinstance(entry, dict):
+        value = entry.get("k")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise InputError(f"{path} records no positive k ({value!r}); re-create {folder} "
+                             "with `headscope fix`, or use --k K instead of --fixed.")
+        k *= float(value)
+        entry = entry.get("previous")
+    return k
 
 
 def confirm(source: str, *, k: float | None = None, fixed: str | None = None,
@@ -621,18 +847,23 @@ def confirm(source: str, *, k: float | None = None, fixed: str | None = None,
     """Train the original and the fixed model side by side on the same batches.
 
     The fixed arm is `fixed` (a folder written by `fix`), or MODEL rescaled in memory by `k`
-    (default: the recommended k of a quick inspection).
+    (default: the recommendation of a quick inspection, k and bias setting together).
     """
     from headscope import checkpoint
 
     if fixed is not None and k is not None:
         raise InputError("Pass either --fixed DIR or --k K to confirm, not both.")
+    datasets = _dataset(options)
+    fixed_ckpt = checkpoint.resolve(fixed) if fixed is not None else None
+    k_fixed = fixed_folder_k(fixed) if fixed is not None else None  # before the slow part
     loaded, label = _base_model(source, options, load_options, progress)
     base = loaded.model
-    if fixed is not None:
-        fixed_loaded = checkpoint.load(checkpoint.resolve(fixed), checkpoint.LoadOptions(
+    if fixed_ckpt is not None:
+        assert k_fixed is not None
+        fixed_loaded = checkpoint.load(fixed_ckpt, checkpoint.LoadOptions(
             device=options.device))
-        fixed_model, k_used, fixed_desc = fixed_loaded.model, float("nan"), f"{fixed} (fixed)"
+        fixed_model, k_used = fixed_loaded.model, k_fixed
+        fixed_desc = f"{fixed} (written by fix, k = {k_fixed:g})"
     else:
         if k is None:
             from headscope import probe
@@ -641,6 +872,10 @@ def confirm(source: str, *, k: float | None = None, fixed: str | None = None,
                 n_pairs=64, scale_bias=options.scale_bias), progress=progress)
             assert rep.recommendation is not None
             k = rep.recommendation.k
+            # The recommendation is one decision: a k recommended with the bias divided is
+            # trained with the bias divided.
+            if rep.recommendation.scale_bias:
+                options = replace(options, scale_bias=True)
         fixed_model = _rescaled_copy(base, k, options)
         k_used = k
         fixed_desc = (f"projection / {k:g} ({options.strategy}, bias "
@@ -648,29 +883,34 @@ def confirm(source: str, *, k: float | None = None, fixed: str | None = None,
     arms = {"original": (base, loaded.tokenizer), "fixed": (fixed_model, loaded.tokenizer)}
     outcome = _train_side_by_side(source, label, arms,
                                   {"original": label or "as loaded", "fixed": fixed_desc},
-                                  {"original": 1.0, "fixed": k_used}, options, progress)
-    return replace(outcome, arms=_judge_against_original(outcome.arms))
+                                  {"original": 1.0, "fixed": k_used}, options, progress,
+                                  datasets)
+    return outcome
 
 
-# A fixed arm whose MRR@10 ends this far below the original's is over-rescaled or otherwise
-# harmed: docs/demonstration.md measured seed-to-seed noise of <= 0.005 and a standard error of
-# ~0.015 on 300 BoolQ queries, and the real BERT-tiny lost 0.085 at k = 16 while every per-arm
-# detector called it stable.
-EVAL_DROP = 0.03
+def _judge_arms(arms: tuple[ArmOutcome, ...], metrics: dict) -> tuple[ArmOutcome, ...]:
+    """Apply the cross-arm judgement (its rule lives in splade.detectors) to every arm: one
+    that evaluates worse than the best arm beyond its interval is flagged, and a verdict the
+    metrics contradict says so."""
+    import numpy as np
 
+    from headscope.splade.detectors import judge_arms, judged_status
 
-def _judge_against_original(arms: tuple[ArmOutcome, ...]) -> tuple[ArmOutcome, ...]:
-    """Degrade the fixed arm when it evaluates clearly worse than the original."""
-    by_name = {a.name: a for a in arms}
-    original, fixed = by_name.get("original"), by_name.get("fixed")
-    if (original is None or fixed is None or original.mrr_at_10 is None
-            or fixed.mrr_at_10 is None or fixed.mrr_at_10 >= original.mrr_at_10 - EVAL_DROP):
+    per_query = {name: np.asarray(m.mrr_per_query) for name, m in metrics.items()
+                 if m is not None and len(m.mrr_per_query) >= 2}
+    if len(per_query) < 2:
         return arms
-    note = (f"MRR@10 {fixed.mrr_at_10:.3f} is more than {EVAL_DROP} below the original's "
-            f"{original.mrr_at_10:.3f}: this k may over-rescale a head that trains well as is")
-    status = "degraded" if fixed.status == "stable" else fixed.status
-    judged = replace(fixed, status=status, evidence=fixed.evidence + (note,))
-    return tuple(judged if a.name == "fixed" else a for a in arms)
+    judged = judge_arms(per_query)
+    out = []
+    for arm in arms:
+        j = judged.get(arm.name)
+        if j is None:
+            out.append(arm)
+            continue
+        status, note = judged_status(arm.status, j)
+        out.append(replace(arm, status=status, evidence=arm.evidence + ((note,) if note else ()),
+                           mrr_vs_best=j.diff, mrr_vs_best_interval=(j.low, j.high)))
+    return tuple(out)
 
 
 def sweep(source: str, ks: Sequence[float], *, options: ConfirmOptions = ConfirmOptions(),
@@ -678,6 +918,7 @@ def sweep(source: str, ks: Sequence[float], *, options: ConfirmOptions = Confirm
     """The same short training for each k (the shape of the paper's loss-curve figure)."""
     if not ks or any(not (k > 0) for k in ks):
         raise InputError(f"sweep needs positive k values, got {list(ks)!r}.")
+    datasets = _dataset(options)
     loaded, label = _base_model(source, options, load_options, progress)
     arms, desc, kmap = {}, {}, {}
     for k in ks:
@@ -686,23 +927,24 @@ def sweep(source: str, ks: Sequence[float], *, options: ConfirmOptions = Confirm
         desc[name] = (f"projection / {k:g} ({options.strategy}, bias "
                       f"{'divided' if options.scale_bias else 'kept'})")
         kmap[name] = float(k)
-    return _train_side_by_side(source, label, arms, desc, kmap, options, progress)
+    return _train_side_by_side(source, label, arms, desc, kmap, options, progress, datasets)
 
 
 def training_summary(outcome: TrainingOutcome) -> dict:
-    """The JSON form of a confirm or sweep run (telemetry stays in the JSONL log)."""
-    from dataclasses import asdict
-
-    return {
+    """The JSON form of a confirm or sweep run (telemetry stays in the JSONL log). `evaluated`
+    says how many held-out queries and passages each arm was scored on."""
+    return to_dict({
+        "schema_version": SUMMARY_SCHEMA_VERSION,
         "source": outcome.source,
         "simulation": outcome.simulation,
         "data": outcome.data,
         "eval_data": outcome.eval_data,
-        "options": asdict(outcome.config),
+        "options": outcome.config,
+        "evaluated": {"queries": outcome.eval_queries, "passages": outcome.eval_passages},
         "log": outcome.log,
         "figure": outcome.figure,
         "arms": [to_dict(a) for a in outcome.arms],
-    }
+    })
 
 
 # --- the "last inspected" memory, so that `headscope fix --out DIR` follows an `inspect` -------
@@ -796,6 +1038,7 @@ __all__ = [
     "LastInspection",
     "inspect",
     "inspect_loaded",
+    "inspect_many",
     "last_inspection",
     "remember_inspection",
     "InspectOptions",
@@ -803,9 +1046,17 @@ __all__ = [
     "ConfirmOptions",
     "fix",
     "check",
+    "check_many",
     "confirm",
     "sweep",
     "compare",
+    "compare_labels",
+    "compare_summary",
+    "check_summary",
     "demo",
+    "fix_summary",
+    "fixed_folder_k",
+    "json_schema",
+    "training_summary",
     "write_report_documents",
 ]

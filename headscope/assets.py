@@ -177,3 +177,65 @@ def fetch(name: str, progress: Callable[[str], None] | None = None) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints trained here and shipped in the repository
+
+
+@dataclass(frozen=True)
+class LocalAsset:
+    name: str
+    folder: str  # relative to the repository root
+    sha256: str  # of model.safetensors, as scripts/pretrain_mlm.py printed it
+    rebuild: str  # the command that rebuilds it
+    description: str
+
+
+LOCAL: dict[str, LocalAsset] = {
+    a.name: a
+    for a in (
+        LocalAsset(
+            name="modernbert-mini",
+            folder="models/modernbert-mini",
+            sha256="c90b7d99b04c955593e71518e0288cd04e4b27f0d15032d57f8f3b5dbd60d00e",
+            rebuild="python3 scripts/pretrain_mlm.py --arch modernbert --out models",
+            description="real ModernBertForMaskedLM (4 layers, hidden 128, byte-level BPE vocab "
+            "8,192) pretrained from scratch on CPU by scripts/pretrain_mlm.py",
+        ),
+        LocalAsset(
+            name="bert-mini-control",
+            folder="models/bert-mini-control",
+            sha256="c08f01ece853ccf1896c6eefc9b512881166d77ad7c6439e58766c12866768eb",
+            rebuild="python3 scripts/pretrain_mlm.py --arch bert --out models",
+            description="real BertForMaskedLM of the same size, data, tokenizer and budget as "
+            "modernbert-mini: its control",
+        ),
+    )
+}
+
+
+def repo_root() -> Path:
+    """The repository this package was loaded from (the checkpoints are not in the wheel)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def local(name: str) -> Path:
+    """The folder of checkpoint `name` trained here and shipped in the repository, checked
+    against its pinned sha256."""
+    if name not in LOCAL:
+        raise InputError(f"Unknown local checkpoint {name!r}; known: {', '.join(sorted(LOCAL))}.")
+    asset = LOCAL[name]
+    folder = repo_root() / asset.folder
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise InputError(
+            f"{weights} is missing (the checkpoint ships with the repository, not the wheel); "
+            f"rebuild it from the repository root with `{asset.rebuild}`."
+        )
+    if not _hash_ok(weights, asset.sha256):
+        raise InputError(
+            f"{weights} does not match its pinned sha256 {asset.sha256}; restore it with "
+            f"`git checkout -- {asset.folder}` or rebuild it with `{asset.rebuild}`."
+        )
+    return folder

@@ -18,8 +18,8 @@ import threading
 import traceback
 import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import fields
+from contextlib import contextmanager, nullcontext
+from dataclasses import fields, replace
 from typing import Any
 
 import click
@@ -27,7 +27,7 @@ from rich.console import Console
 
 from headscope import __version__
 from headscope.api import FixOptions
-from headscope.errors import EXIT_INTERNAL, HeadscopeError, HeadscopeWarning
+from headscope.errors import EXIT_INTERNAL, HeadscopeError, HeadscopeWarning, ModelErrors
 
 # Piped or redirected, rich would fall back to 80 columns and cut table cells ("-6.…"); give
 # data a fixed, wide width unless a terminal or COLUMNS says otherwise.
@@ -139,6 +139,12 @@ def _interrupted(exc: KeyboardInterrupt) -> int:
     return 128 + int(signum)
 
 
+def one_line(text: str) -> str:
+    """A message as one line: a multi-line exception text would break the one-line contract
+    (and scripts that read stderr line by line)."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
 def handle_errors(fn: Callable) -> Callable:
     """Map library errors to one `Error:` line and the documented exit code; SIGTERM and SIGHUP
     end a command like Ctrl-C."""
@@ -151,7 +157,12 @@ def handle_errors(fn: Callable) -> Callable:
         except HeadscopeError as exc:
             if os.environ.get("HEADSCOPE_DEBUG"):
                 traceback.print_exc()
-            stderr.print(f"Error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            # Several models (a zoo scan): one line per failing model, naming it.
+            lines = ([f"{source}: {err}" for source, err in exc.failures]
+                     if isinstance(exc, ModelErrors) else [str(exc)])
+            for line in lines:
+                stderr.print(f"Error: {one_line(line)}", markup=False, highlight=False,
+                             soft_wrap=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt as exc:
             sys.exit(_interrupted(exc))
@@ -160,8 +171,9 @@ def handle_errors(fn: Callable) -> Callable:
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if os.environ.get("HEADSCOPE_DEBUG"):
                 traceback.print_exc()
-            stderr.print(f"Internal error: {type(exc).__name__}: {exc} (set HEADSCOPE_DEBUG=1 for "
-                      "the traceback, and please report it)", markup=False, soft_wrap=True)
+            stderr.print(f"Internal error: {type(exc).__name__}: {one_line(str(exc))} (set "
+                         "HEADSCOPE_DEBUG=1 for the traceback, and please report it)",
+                         markup=False, soft_wrap=True)
             sys.exit(EXIT_INTERNAL)
 
     return wrapper
@@ -169,12 +181,35 @@ def handle_errors(fn: Callable) -> Callable:
 
 @contextmanager
 def progress_bar():
-    """A rich progress bar on stderr, fed by the library's (phase, done, total) callback."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Progress on stderr, fed by the library's (phase, done, total) callback: a rich bar with
+    the time left on a terminal, else plain lines (render.ProgressLines: after 2 quiet seconds,
+    every 10% or 5 s, with the time left)."""
+    import time
 
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from headscope.render import ProgressLines
+
+    if not stderr.is_terminal:
+        lines = ProgressLines()
+
+        def plain(phase: str, done: int, total: int) -> None:
+            line = lines.update(phase, done, total, time.monotonic())
+            if line is not None:
+                stderr.print(line, markup=False, highlight=False, soft_wrap=True)
+
+        yield plain
+        return
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), console=stderr, transient=True,
-                   disable=not stderr.is_terminal)
+                   TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+                   console=stderr, transient=True)
     tasks: dict[str, Any] = {}
 
     def update(phase: str, done: int, total: int) -> None:
@@ -208,6 +243,11 @@ def writable(*paths: str | None, parents: bool = False) -> None:
             fileio.check_writable(path, parents=parents)
 
 
+def _json_lines(documents) -> str:
+    """Several JSON documents, one per line (JSON Lines), in the order given."""
+    return "\n".join(json.dumps(d, allow_nan=False) for d in documents)
+
+
 def load_options(f: Callable) -> Callable:
     """--revision/--dtype/--device/--trust-remote-code, shared by every command that loads."""
     f = click.option("--trust-remote-code", is_flag=True,
@@ -239,10 +279,10 @@ def probe_options(f: Callable) -> Callable:
     return f
 
 
-def _load_opts(revision, dtype, device, trust_remote_code):
+def _load_opts(revision, dtype, device, trust_remote_code, weights_only=False):
     from headscope.checkpoint import LoadOptions
 
-    _quiet_transformers()
+    _quiet_transformers(lazily=weights_only)
     return LoadOptions(revision=revision, dtype=dtype, device=device,
                        trust_remote_code=trust_remote_code)
 
@@ -255,10 +295,17 @@ def _probe_config(ks, n_pairs, batch_size, scale_bias):
     return ProbeConfig(**{k: v for k, v in given.items() if v is not None})
 
 
-def _quiet_transformers() -> None:
+def _quiet_transformers(lazily: bool = False) -> None:
     """The CLI owns the terminal: keep transformers' load reports and bars off it (only in
-    commands that load a model: `check --report` must not import transformers)."""
+    commands that load a model: `check --report` must not import transformers).
+
+    `lazily`: for paths that rarely need transformers (weights-only mode reads safetensors and
+    tokenizer.json without it): set its verbosity for the case it gets imported, without
+    importing it."""
     if os.environ.get("HEADSCOPE_DEBUG"):
+        return
+    if lazily:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         return
     try:
         from transformers.utils import logging as hf_logging
@@ -268,18 +315,55 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class OneLineErrors(click.Group):
+    """click, except that a usage error is one stderr line: `Error: MESSAGE Try 'headscope
+    inspect --help' for help.` (click prints the usage, the hint and the message on three)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
+             **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `headscope`: the help
+            assert exc.ctx is not None
+            click.echo(exc.ctx.get_help())
+            sys.exit(0)
+        except click.UsageError as exc:
+            message = one_line(exc.format_message())
+            if not message.endswith((".", "?", "!")):
+                message += "."
+            if exc.ctx is not None:
+                option = max(exc.ctx.help_option_names, key=len)  # --help, not -h
+                message += f" Try '{exc.ctx.command_path} {option}' for help."
+            click.echo(f"Error: {message}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"Error: {one_line(exc.format_message())}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=OneLineErrors,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="headscope")
 def main() -> None:
     """Diagnose and calibrate the MLM head of a pretrained encoder before SPLADE training."""
 
 
 @main.command()
-@click.argument("model")
+@click.argument("models", nargs=-1, required=True, metavar="MODEL...")
 @load_options
 @probe_options
 @click.option("--weights-only", is_flag=True,
-              help="Read only the head tensors from the files: fast, no probe statistics.")
+              help="Read only the head tensors from the files: fast, no probe statistics, no "
+              "torch for safetensors. Accepts several MODELs.")
+@click.option("--fast", is_flag=True,
+              help="Quicker probe: 64 pairs, passages cut at 64 tokens (about 6x less work; "
+              "an explicit --n-pairs still applies). See docs/benchmarks.md.")
 @click.option("--rule", type=click.Choice(["bands", "paper", "reference"]), default="bands",
               show_default=True, help="How k is chosen.")
 @click.option("--reference", default=None, help="Checkpoint whose k=1 statistics to match.")
@@ -290,28 +374,44 @@ def main() -> None:
               "docs/findings.md.")
 @click.option("--json", "json_dest", default=None, metavar="PATH|-",
               help="Write the JSON report to PATH, or to stdout with '-' (then stdout is JSON "
-              "only).")
+              "only). Several MODELs: JSON Lines, one report per line.")
 @handle_errors
-def inspect(model, revision, dtype, device, trust_remote_code, probe_file, ks, n_pairs,
-            batch_size, scale_bias, weights_only, rule, reference, band_specs, json_dest):
+def inspect(models, revision, dtype, device, trust_remote_code, probe_file, ks, n_pairs,
+            batch_size, scale_bias, weights_only, fast, rule, reference, band_specs, json_dest):
     """Measure MODEL's MLM head and recommend a rescale factor k.
 
-    MODEL is a local folder or a Hugging Face Hub id in the local cache.
+    MODEL is a local folder or a Hugging Face Hub id in the local cache. With --weights-only,
+    several MODELs may be given (a model-zoo scan): every one is read before anything is
+    printed, and any that cannot be read is named on stderr (exit 2).
     """
-    from headscope import api, render, report
+    from headscope import api, report
+    from headscope.probe import fast_config
 
     writable(json_dest)
     options = api.InspectOptions(weights_only=weights_only, probe_file=probe_file, rule=rule,
                                  reference=reference)
-    with progress_bar() as progress:
-        rep = api.inspect(model, load_options=_load_opts(revision, dtype, device,
-                                                         trust_remote_code),
-                          probe_config=_probe_config(ks, n_pairs, batch_size, scale_bias),
-                          options=options, bands=band_specs, progress=progress,
-                          remember=True)
+    probe_config = _probe_config(ks, n_pairs, batch_size, scale_bias)
+    if fast:
+        source = click.get_current_context().get_parameter_source("n_pairs")
+        given = source is not None and source.name != "DEFAULT"
+        probe_config = replace(fast_config(probe_config), n_pairs=n_pairs) if given \
+            else fast_config(probe_config)
+    load = _load_opts(revision, dtype, device, trust_remote_code, weights_only)
+    if len(models) > 1:
+        reports = api.inspect_many(models, load_options=load, options=options)
+    else:
+        # Weights-only reports no progress (it reads a few tensors): no bar to import.
+        with nullcontext() if weights_only else progress_bar() as progress:
+            reports = (api.inspect(models[0], load_options=load, probe_config=probe_config,
+                                   options=options, bands=band_specs, progress=progress,
+                                   remember=True),)
     if json_dest != "-":
-        stdout.print(render.report_view(rep))
-    _emit_json(report.dumps(rep), json_dest)
+        from headscope import render
+
+        for rep in reports:
+            stdout.print(render.report_view(rep))
+    _emit_json(report.dumps(reports[0]) if len(reports) == 1 else
+               _json_lines(report.to_dict(r) for r in reports), json_dest)
 
 
 @main.command()
@@ -324,41 +424,43 @@ def inspect(model, revision, dtype, device, trust_remote_code, probe_file, ks, n
               default=_default(FixOptions, "strategy"), show_default=True,
               help="Which parameters carry the factor (docs/rescale.md).")
 @click.option("--scale-bias/--no-scale-bias", default=None,
-              help="Divide the output bias by k too. Default: as the recommendation says "
-              "(with --k: no).")
+              help="Divide the output bias by k too. Default: as the recommendation says; "
+              "with --k, no, and refused when the recommendation divides the bias.")
 @click.option("--dry-run", is_flag=True, help="Rescale and verify in memory; write nothing.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an --out that headscope wrote earlier (after verifying); any other "
               "non-empty folder is refused.")
+@click.option("--force", is_flag=True,
+              help="Write even when the recommended k is 1 (no fix needed): an unchanged copy.")
 @click.option("--n-pairs", type=int, default=None,
               help="Built-in probe size for the before/after statistics (default: as inspect).")
 @load_options
 @click.option("--json", "json_dest", default=None, metavar="PATH|-",
               help="Write the fix summary as JSON to PATH, or stdout with '-'.")
 @handle_errors
-def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, n_pairs, revision, dtype, device,
-        trust_remote_code, json_dest):
+def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, force, n_pairs, revision, dtype,
+        device, trust_remote_code, json_dest):
     """Write a corrected safetensors checkpoint of MODEL to --out, verified by reloading.
 
     Without MODEL, acts on the model of the last `headscope inspect` run in this directory in
-    the last 24 hours, with its recommended k.
+    the last 24 hours, with its recommended k. When the recommended k is 1 the head needs no
+    fix: nothing is written (unless --force).
     """
     from headscope import api, render
 
     writable(json_dest)
     options = api.FixOptions(k=k, strategy=strategy, scale_bias=scale_bias, dry_run=dry_run,
-                             overwrite=overwrite)
-    if model is None:
-        last = api.last_inspection()
-        stderr.print(f"No MODEL given: using {last.source} from the last `headscope inspect`",
-                  markup=False)
+                             overwrite=overwrite, force=force)
     with progress_bar() as progress:
         outcome = api.fix(model, out, options=options,
                           load_options=_load_opts(revision, dtype, device, trust_remote_code),
                           probe_config=_probe_config(None, n_pairs, None, None),
                           progress=progress)
     stderr.print(outcome.note, markup=False)
-    if json_dest != "-":
+    if outcome.result is not None and outcome.result.skipped:
+        stderr.print(f"Not copied from {outcome.source}: {'; '.join(outcome.result.skipped)}",
+                     markup=False)
+    if json_dest != "-" and outcome.needed:
         stdout.print(render.fix_view(outcome))
     _emit_json(json.dumps(api.fix_summary(outcome), indent=2), json_dest)
 
@@ -402,7 +504,6 @@ def compare(sources, revision, dtype, device, trust_remote_code, probe_file, ks,
     Each SOURCE is a model (folder or cached Hub id) or a report saved with `inspect --json`.
     """
     from headscope import api, render
-    from headscope.report import key_statistics
 
     writable(json_dest)
     if any(not (s.endswith(".json") and os.path.isfile(s)) for s in sources):
@@ -413,12 +514,13 @@ def compare(sources, revision, dtype, device, trust_remote_code, probe_file, ks,
                                                       trust_remote_code),
                               probe_config=_probe_config(ks, n_pairs, batch_size, scale_bias),
                               progress=progress)
+    labels = api.compare_labels(reports)
     if json_dest != "-":
-        labels = [os.path.basename(r.model.source.rstrip("/")) or r.model.source
-                  for r in reports]
         stdout.print(render.compare_table(reports, labels))
-    _emit_json(json.dumps({"models": [key_statistics(r) for r in reports]}, indent=2),
-               json_dest)
+        legend = render.finding_legend(reports)
+        if legend is not None:
+            stdout.print(legend)
+    _emit_json(json.dumps(api.compare_summary(reports, labels), indent=2), json_dest)
 
 
 @main.command("report")
@@ -499,7 +601,8 @@ def _report_training(outcome, json_dest) -> None:
 @main.command()
 @click.argument("model")
 @click.option("--k", "k", type=float, default=None,
-              help="Rescale MODEL in memory by k for the fixed arm (default: recommended k).")
+              help="Rescale MODEL in memory by k for the fixed arm (default: the recommended "
+              "k, with the output bias divided when the recommendation divides it).")
 @click.option("--fixed", type=click.Path(file_okay=False), default=None,
               help="A folder written by `headscope fix` to use as the fixed arm.")
 @training_options
@@ -557,38 +660,59 @@ def policy_flags(f: Callable) -> Callable:
 
 
 @main.command()
-@click.argument("model", required=False)
+@click.argument("models", nargs=-1, metavar="[MODEL]...")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Check a saved JSON report instead of a model (works without torch).")
 @click.option("--policy", "policy_path", type=click.Path(dir_okay=False), default=None,
               help="Policy TOML file, or a pyproject.toml with [tool.headscope]. Default: the "
               "nearest pyproject.toml's [tool.headscope], if any.")
+@click.option("--weights-only", is_flag=True,
+              help="Check statistics read from the files only (as inspect --weights-only: no "
+              "probe, no torch for safetensors). Accepts several MODELs.")
 @policy_flags
 @probe_options
 @click.option("--json", "json_dest", default=None, metavar="PATH|-",
-              help="Write the check result as JSON to PATH, or stdout with '-'.")
+              help="Write the check result as JSON to PATH, or stdout with '-'. Several "
+              "MODELs: JSON Lines, one result per line.")
 @handle_errors
-def check(model, report_path, policy_path, probe_file, ks, n_pairs, batch_size, scale_bias,
-          json_dest, **policy):
-    """CI guard: exit 0 when MODEL (or --report) meets the policy, 1 when it does not."""
-    from headscope import api, render
+def check(models, report_path, policy_path, weights_only, probe_file, ks, n_pairs, batch_size,
+          scale_bias, json_dest, **policy):
+    """CI guard: exit 0 when MODEL (or --report) meets the policy, 1 when it does not.
+
+    With --weights-only, several MODELs may be given (a model-zoo scan): one PASS/FAIL line per
+    model on stderr; exit 1 when any fails, 2 when any cannot be read (naming it).
+    """
+    from headscope import api
 
     writable(json_dest)
     overrides = {k: (tuple(v) if isinstance(v, tuple) else v) for k, v in policy.items()
                  if v is not None and v != ()}
-    if model is not None:
-        _quiet_transformers()
-    with progress_bar() as progress:
-        outcome = api.check(model, report_path=report_path, policy_path=policy_path,
-                            overrides=overrides, progress=progress,
-                            probe_config=None if model is None else _probe_config(
-                                ks, n_pairs, batch_size, scale_bias),
-                            options=api.InspectOptions(probe_file=probe_file))
+    options = api.InspectOptions(weights_only=weights_only, probe_file=probe_file)
+    if models:
+        _quiet_transformers(lazily=weights_only)
+    if len(models) > 1 and report_path is None:
+        outcomes = api.check_many(models, policy_path=policy_path, overrides=overrides,
+                                  options=options)
+        for o in outcomes:
+            failed = ", ".join(r.name for r in o.result.failed)
+            stderr.print(f"PASS {o.report.model.source}" if o.result.passed
+                         else f"FAIL {o.report.model.source} ({failed})", markup=False)
+    else:
+        with nullcontext() if weights_only else progress_bar() as progress:
+            outcomes = (api.check(models[0] if models else None, report_path=report_path,
+                                  policy_path=policy_path, overrides=overrides,
+                                  progress=progress, options=options,
+                                  probe_config=_probe_config(ks, n_pairs, batch_size, scale_bias)
+                                  if models else None),)
     if json_dest != "-":
-        stdout.print(render.check_view(outcome.result, outcome.report))
-    payload = {"source": outcome.report.model.source, **outcome.result.to_dict()}
-    _emit_json(json.dumps(payload, indent=2), json_dest)
-    sys.exit(0 if outcome.result.passed else 1)
+        from headscope import render
+
+        for o in outcomes:
+            stdout.print(render.check_view(o.result, o.report))
+    payloads = [api.check_summary(o) for o in outcomes]
+    _emit_json(json.dumps(payloads[0], indent=2) if len(payloads) == 1 else
+               _json_lines(payloads), json_dest)
+    sys.exit(0 if all(o.result.passed for o in outcomes) else 1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,10 +38,11 @@ class NotCachedError(InputError):
         self.repo_id = repo_id
         self.revision = revision
         rev = f" at revision {revision!r}" if revision else ""
+        flag = f" --revision {revision}" if revision else ""
         super().__init__(
             f"Model {repo_id!r}{rev} is not in the Hugging Face cache and the Hub cannot be "
-            "reached; download it where the network is available (huggingface-cli download "
-            f"{repo_id}) or pass a local directory."
+            f"reached; download it where the network is available (hf download {repo_id}{flag}) "
+            "or pass a local directory."
         )
 
 
@@ -75,6 +76,15 @@ class OutputWriteError(InputError):
         super().__init__(f"Cannot write {path}: {reason}; {remedy}.")
 
 
+class WeightFileError(InputError):
+    """A weight file (or an index entry naming one) is damaged, unsafe, or lies outside its
+    checkpoint folder; nothing read it beyond its header."""
+
+
+class ConfigError(InputError):
+    """config.json holds a value of the wrong type or one that disagrees with the weights."""
+
+
 class PolicyError(InputError):
     """A policy file or flag is malformed (unknown key, wrong type)."""
 
@@ -92,3 +102,16 @@ class VerificationError(HeadscopeError):
 class HeadscopeWarning(UserWarning):
     """Something optional failed and the work carried on (e.g. the last-inspection record could
     not be saved). The CLI shows it as one `Warning:` line on stderr."""
+
+
+class ModelErrors(HeadscopeError):
+    """Some models of a several-model call (a model-zoo scan) failed; nothing was reported.
+
+    `failures` pairs each failing model with its error; the CLI prints one line per model and
+    exits with the highest of their exit codes.
+    """
+
+    def __init__(self, failures) -> None:
+        self.failures: tuple[tuple[str, HeadscopeError], ...] = tuple(failures)
+        self.exit_code = max(err.exit_code for _, err in self.failures)
+        super().__init__("; ".join(f"{source}: {err}" for source, err in self.failures))

@@ -20,7 +20,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +30,13 @@ from headscope.plots import (
     DPI,
     k_grid_figure,
     logit_figure,
-    records_from_jsonl,
     row_norm_histogram_figure,
     training_figure,
 )
+from headscope.recommend import decision_text
 from headscope.render import num
 from headscope.report import Report
+from headscope.splade.telemetry import read_telemetry
 
 Telemetry = Mapping[str, Sequence[Mapping[str, Any]]]
 PathLike = str | os.PathLike[str]
@@ -92,12 +93,29 @@ def _summary_line(report: Report) -> str:
         s: sum(f.severity == s for f in report.findings) for s in ("error", "warning", "info")
     }
     found = ", ".join(f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items() if n)
-    head = (
-        f"Recommended k = {_k(rec.k)} (rule: {rec.rule})"
-        if rec is not None
+    head = f"Recommendation ({rec.rule} rule): {_decision(report)}" if rec is not None \
         else "No recommendation"
-    )
     return f"{head}; findings: {found or 'none'}."
+
+
+def _decision(report: Report, short: bool = False) -> str:
+    """k and the output bias, always together (the recommendation is one decision)."""
+    assert report.recommendation is not None
+    return decision_text(report.recommendation, has_bias=report.weights.bias_mean is not None,
+                         short=short)
+
+
+def _per_k_note(report: Report) -> str:
+    """The per-k caption: what the statistics divide, and the recommended row's decision."""
+    if report.weights.bias_mean is None:
+        divided = "projection divided by k (the head has no output bias)"
+    elif report.probe is not None and report.probe.scale_bias:
+        divided = "projection and output bias divided by k"
+    else:
+        divided = "projection divided by k and its output bias kept"
+    rec = ("" if report.recommendation is None
+           else f" The recommended row: {_decision(report, short=True)}.")
+    return f"Every statistic as the model would have it with its MLM-head {divided}.{rec}"
 
 
 def _model_table(report: Report) -> _Table:
@@ -129,7 +147,9 @@ def _model_table(report: Report) -> _Table:
                 "probe",
                 f"{p.name} {p.version}: {p.n_pairs:,} pairs, batch {p.batch_size}, max length "
                 f"{p.max_query_length}/{p.max_passage_length} tokens, output bias "
-                f"{'divided' if p.scale_bias else 'not divided'} by k, sha256 {p.sha256[:12]}",
+                f"{'divided' if p.scale_bias else 'not divided'} by k, sha256 {p.sha256[:12]}"
+                + (f", {_pct(p.unknown_token_share)} of its tokens unknown to the tokenizer"
+                   if p.unknown_token_share is not None else ""),
             )
         )
     rows.append(
@@ -271,8 +291,8 @@ def _read_telemetry(confirm_log: PathLike | Sequence[PathLike] | None) -> Teleme
     paths = [confirm_log] if isinstance(confirm_log, str | os.PathLike) else list(confirm_log)
     runs: dict[str, list[dict[str, Any]]] = {}
     for path in paths:
-        for name, records in records_from_jsonl(path).items():
-            runs.setdefault(name, []).extend(records)
+        for name, records in read_telemetry(path).items():
+            runs.setdefault(name, []).extend(asdict(r) for r in records)
     return runs
 
 
@@ -369,10 +389,7 @@ def _markdown(
 
     out += ["## Probe statistics per k", ""]
     if report.per_k:
-        out.append(
-            "Every statistic as the model would have it with its MLM-head projection "
-            "divided by k. ✗ marks a value outside its healthy band."
-        )
+        out.append(_md(_per_k_note(report)) + " ✗ marks a value outside its healthy band.")
         out += [""] + _md_table(_per_k_table(report)) + [""]
     else:
         out += ["No probe was run (weights-only report), so there are no per-k statistics.", ""]
@@ -390,7 +407,8 @@ def _markdown(
     else:
         passing = ", ".join(_k(k) for k in rec.passing) or "none"
         out += [
-            f"**k = {_k(rec.k)}** (rule: {_md(rec.rule)}; candidates inside every band: {passing})",
+            f"**{_md(_decision(report))}** (rule: {_md(rec.rule)}; candidates inside every "
+            f"band: {passing})",
             "",
         ]
         out += [f"- {_md(reason)}" for reason in rec.reasons] + [""]
@@ -522,9 +540,8 @@ def _html(report: Report, runs: Telemetry | None, figs: list[_Figure]) -> str:
     ]
     if report.per_k:
         out.append(
-            '<p class="note">Every statistic as the model would have it with its MLM-head '
-            "projection divided by k. Red cells lie outside their healthy band; the "
-            "green row is the recommended k.</p>"
+            f'<p class="note">{_e(_per_k_note(report))} Red cells lie outside their healthy '
+            "band; the green row is the recommended one.</p>"
         )
         table = _per_k_table(report)
         out.append(_html_table(table, numeric=range(1, len(table.headers) - 1), css="per-k"))
@@ -548,7 +565,7 @@ def _html(report: Report, runs: Telemetry | None, figs: list[_Figure]) -> str:
         passing = ", ".join(_k(k) for k in rec.passing) or "none"
         out.append('<div class="rec-box">')
         out.append(
-            f'<p><span class="rec-k">k = {_e(_k(rec.k))}</span> (rule: {_e(rec.rule)}; '
+            f'<p><span class="rec-k">{_e(_decision(report))}</span> (rule: {_e(rec.rule)}; '
             f"candidates inside every band: {_e(passing)})</p>"
         )
         out.append("<ul>" + "".join(f"<li>{_e(r)}</li>" for r in rec.reasons) + "</ul>")

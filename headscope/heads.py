@@ -1,10 +1,11 @@
 """Where each encoder family keeps its MLM head, and finding it in a model or a checkpoint.
 
-For the BERT-like heads, logits = W_dec · LN(act(dense(h))) + b_dec (DESIGN.md §3). A `HeadLayout`
+For BERT-like heads, logits = W_dec · LN(act(dense(h))) + b_dec (docs/rescale.md). A `HeadLayout`
 names the modules of one family; `find_head` returns live handles into a loaded model (so that
-rescaling them changes the model), `checkpoint_head_tensors` reads the same tensors straight from
-the files without building the model. Both refuse a head that the checkpoint does not store:
-statistics of a randomly initialised head would look real and mean nothing.
+rescaling them changes the model), `read_head` reads the same tensors straight from the files into
+numpy without building the model (and, for safetensors, without torch). Both refuse a head that
+the checkpoint does not store: statistics of a randomly initialised head would look real and mean
+nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from headscope.errors import NoMLMHeadError, UnsupportedModelError
+from headscope.errors import ConfigError, NoMLMHeadError, UnsupportedModelError
 
 if TYPE_CHECKING:
     import torch
@@ -379,26 +380,26 @@ def _candidates(name: str, role: str, base_prefix: str) -> list[str]:
     return out
 
 
-def checkpoint_head_tensors(
-    ckpt: Checkpoint,
-) -> tuple[HeadLayout, dict[str, torch.Tensor], bool]:
-    """Read the head tensors from the checkpoint's files without building the model.
+@dataclass(frozen=True)
+class StoredHead:
+    """An MLM head as its checkpoint stores it, read from the files without building the model."""
 
-    Returns the layout, role -> tensor (roles of ROLES the checkpoint has; a tied decoder that is
-    not stored is the embeddings tensor), and whether the decoder is tied to the embeddings.
-    """
-    import torch
+    layout: HeadLayout
+    arrays: dict[str, np.ndarray]  # role -> array (roles of ROLES the checkpoint has; a tied
+    # decoder that is not stored is the embeddings array). Stored dtype; bfloat16 -> float32.
+    names: dict[str, str]  # role -> stored tensor name ("decoder_weight" of a tied decoder that
+    # is not stored: the embeddings' name)
+    tied: bool  # the decoder is the input embeddings (not stored, or stored equal)
+    dtype: str  # stored dtype of the decoder weight: "float32", "bfloat16", "float16", ...
 
-    from headscope.checkpoint import read_tensors, tensor_names
+    @property
+    def decoder_weight(self) -> np.ndarray:  # (V, E)
+        return self.arrays["decoder_weight"]
 
-    layout = layout_for(ckpt.model_type, ckpt.config)
-    if layout.family == "generic":
-        known = sorted({t for lay in LAYOUTS for t in lay.model_types})
-        raise UnsupportedModelError(
-            f"Reading the head from the files needs a known layout; model_type "
-            f"{ckpt.model_type!r} of {ckpt.source} is not one of {', '.join(known)}; load the "
-            "full model instead."
-        )
+
+def _stored_head_names(ckpt: Checkpoint, layout: HeadLayout, stored: set[str]) -> dict[str, str]:
+    """role -> stored tensor name of the head of `layout` among `stored`; refuses a head the
+    files lack (transformers would initialise it at random)."""
     base_prefix = layout.embeddings.split(".", 1)[0] + "."
     wanted: dict[str, str] = {"embeddings": layout.embeddings}
     if layout.decoder is not None:
@@ -412,7 +413,6 @@ def checkpoint_head_tensors(
         wanted["norm_weight"] = f"{layout.norm}.weight"
         wanted["norm_bias"] = f"{layout.norm}.bias"
 
-    stored = set(tensor_names(ckpt))
     found: dict[str, str] = {}  # role -> stored name
     for role, name in wanted.items():
         for candidate in _candidates(name, role, base_prefix):
@@ -466,20 +466,101 @@ def checkpoint_head_tensors(
             f"the checkpoint lacks head tensor(s) {_listing(absent)}, which transformers would "
             "initialise at random; pass a checkpoint whose whole head was trained",
         )
+    return found
 
-    tensors = read_tensors(ckpt, list(found.values()))
-    out = {role: tensors[name] for role, name in found.items()}
+
+def read_head(ckpt: Checkpoint) -> StoredHead:
+    """Read the head tensors from the checkpoint's files without building the model.
+
+    Needs neither torch nor transformers for safetensors checkpoints: the headers give the
+    names, and only the head's byte ranges are read (`checkpoint.read_arrays`). `.bin`
+    checkpoints are read with torch. Legacy gamma/beta names and bare encoders saved without
+    the base-model prefix are handled; a head the files lack is refused (NoMLMHeadError).
+    """
+    from headscope.checkpoint import read_arrays, tensor_infos
+
+    layout = layout_for(ckpt.model_type, ckpt.config)
+    if layout.family == "generic":
+        known = sorted({t for lay in LAYOUTS for t in lay.model_types})
+        raise UnsupportedModelError(
+            f"Reading the head from the files needs a known layout; model_type "
+            f"{ckpt.model_type!r} of {ckpt.source} is not one of {', '.join(known)}; load the "
+            "full model instead."
+        )
+    infos = tensor_infos(ckpt)
+    found = _stored_head_names(ckpt, layout, set(infos))
+    check_head_shapes(ckpt, layout, found, {name: info.shape for name, info in infos.items()})
+    arrays = read_arrays(ckpt, found.values(), infos)
+    out = {role: arrays[name] for role, name in found.items()}
     emb = out["embeddings"]  # (V, E)
-    if layout.decoder is None:
+    if "decoder_weight" not in out:  # deberta-v2 (no decoder), or a tied decoder not stored
         out["decoder_weight"] = emb
-        tied = True
-    elif "decoder_weight" not in out:
-        out["decoder_weight"] = emb
+        found["decoder_weight"] = found["embeddings"]
         tied = True
     else:
-        dec = out["decoder_weight"]
-        tied = tie_flag and dec.shape == emb.shape and bool(torch.equal(dec, emb))
-    return layout, out, tied
+        dec = out["decoder_weight"]  # (V, E)
+        tie_flag = bool(ckpt.config.get("tie_word_embeddings", True))
+        tied = tie_flag and dec.shape == emb.shape and bool(np.array_equal(dec, emb))
+    return StoredHead(layout=layout, arrays=out, names=found, tied=tied,
+                      dtype=infos[found["decoder_weight"]].dtype)
+
+
+def _width_fields(layout: HeadLayout, config: dict) -> tuple[str, str, str]:
+    """(field of the embedding width, field of the head's width, field of the encoder's
+    hidden size) in config.json for `layout`, as transformers sizes the tensors."""
+    family = layout.family
+    if family == "distilbert":
+        return "dim", "dim", "dim"
+    if family in ("albert", "electra"):
+        return "embedding_size", "embedding_size", "hidden_size"
+    if family.startswith("deberta-v2"):
+        emb = "embedding_size" if "embedding_size" in config else "hidden_size"
+        return emb, emb if family == "deberta-v2-legacy" else "hidden_size", "hidden_size"
+    return "hidden_size", "hidden_size", "hidden_size"
+
+
+def check_head_shapes(ckpt: Checkpoint, layout: HeadLayout, found: dict[str, str],
+                      shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse head tensors whose stored shapes config.json contradicts (no torch).
+
+    `found` maps roles to stored names, `shapes` stored names to shapes (from the safetensors
+    headers). A size config.json does not set is taken from the stored embeddings, so the head
+    tensors must still agree with each other.
+    """
+    from headscope.checkpoint import shape_mismatch
+
+    config = ckpt.config
+    emb_field, head_field, hidden_field = _width_fields(layout, config)
+    emb_shape = shapes[found["embeddings"]]
+
+    def size(field: str, fallback: int | None) -> int | None:
+        value = config.get(field)
+        return value if isinstance(value, int) and not isinstance(value, bool) else fallback
+
+    n_rows = size("vocab_size", emb_shape[0] if len(emb_shape) == 2 else None)
+    emb_width = size(emb_field, emb_shape[-1] if len(emb_shape) == 2 else None)
+    head_width = size(head_field, emb_width)
+    hidden = size(hidden_field, None)
+    expected = {
+        "embeddings": (n_rows, emb_width),
+        "decoder_weight": (n_rows, head_width),
+        "bias": (n_rows,),
+        "dense_weight": (head_width, hidden),
+        "dense_bias": (head_width,),
+        "norm_weight": (head_width,),
+        "norm_bias": (head_width,),
+    }
+    for role in ("embeddings",) + tuple(r for r in ROLES if r != "embeddings"):
+        if role not in found:
+            continue
+        have = shapes[found[role]]
+        want = expected[role]
+        if len(have) != len(want) or any(w is not None and w != h
+                                         for w, h in zip(want, have, strict=False)):
+            full = tuple(h if w is None else w for w, h in zip(want, have, strict=False))
+            if len(have) != len(want):
+                full = tuple(w if w is not None else -1 for w in want)
+            raise ConfigError(shape_mismatch(ckpt, found[role], have, full))
 
 
 # --------------------------------------------------------------------------------------------

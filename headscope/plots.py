@@ -3,8 +3,8 @@
 Every function builds a `matplotlib.figure.Figure` with the object API and returns it; nothing
 here shows a window, prints or keeps global state, so figures can be drawn in a library, a test
 or a headless server. The inputs are records that survive a round trip through files: a `Report`
-(read back from JSON with `report.read_json`) and training telemetry (StepRecords, or the plain
-dicts `records_from_jsonl` reads from a `TelemetryWriter` JSONL file).
+(read back from JSON with `report.read_json`) and training telemetry (StepRecords, e.g. read back
+with `headscope.splade.telemetry.read_telemetry`, or plain dicts with the same fields).
 
 Every line carries a label; the tests find lines by label and compare their data with the
 report's numbers, so keep labels stable.
@@ -13,7 +13,6 @@ report's numbers, so keep labels stable.
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -22,24 +21,25 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullLocator
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator, NullLocator
 
 from headscope import fileio
 from headscope.errors import InputError
 
-if TYPE_CHECKING:  # splade.train imports torch; plots must work from files without it
+if TYPE_CHECKING:
     from headscope.recommend import Band
     from headscope.report import Report
-    from headscope.splade.train import StepRecord
+    from headscope.splade.telemetry import StepRecord
 
 DPI = 120
 FORMATS = ("png", "svg")
 
-# Fields of splade.train.StepRecord that the training figure draws. A telemetry line must hold
-# all of them; every other key is either another StepRecord field or a run label.
+# Fields of a StepRecord that the training figure draws.
+# What the second series of a row-norm histogram holds: rows that are no real token.
+OTHER_ROWS = "rows of no real token: beyond the tokenizer, or placeholders like [unused*]"
+
 TRAINING_FIELDS = ("step", "loss", "active_query", "active_passage", "score_pos", "score_neg")
-# Keys that TelemetryWriter callers add to every line to name the run, in label order.
-RUN_KEYS = ("arm", "run", "k")
 
 _SHARE_OF = {"active_query_share": "active_query", "active_passage_share": "active_passage"}
 
@@ -105,10 +105,27 @@ def k_grid_figure(report: Report) -> Figure:
         _k_axis(ax, ks)
         _mark_recommended(ax, report)
         ax.legend(fontsize="small")
-    fig.suptitle(
-        _plain(f"{report.model.source}: probe statistics per k (MLM-head projection divided by k)")
-    )
+    fig.suptitle(_plain(f"{report.model.source}: probe statistics per k ({_divided(report)})"
+                        + (f"; recommended {_decision(report)}" if report.recommendation
+                           else "")))
     return fig
+
+
+def _divided(report: Report) -> str:
+    if report.weights.bias_mean is None:
+        return "MLM-head projection divided by k; no output bias"
+    if report.probe is not None and report.probe.scale_bias:
+        return "MLM-head projection and output bias divided by k"
+    return "MLM-head projection divided by k, output bias kept"
+
+
+def _decision(report: Report) -> str:
+    """The recommendation in a few words: k and the bias, together."""
+    from headscope.recommend import decision_text
+
+    assert report.recommendation is not None
+    return decision_text(report.recommendation, has_bias=report.weights.bias_mean is not None,
+                         short=True)
 
 
 def logit_figure(report: Report) -> Figure:
@@ -157,8 +174,9 @@ def logit_figure(report: Report) -> Figure:
 
 def row_norm_histogram_figure(report: Report) -> Figure:
     """The report's row-norm histogram (stored binned, so a saved report can draw it): real-token
-    rows and the others (beyond the tokenizer, placeholders) as stacked steps, log count axis,
-    with the all-rows mean (the paper's statistic) marked."""
+    rows and the others (rows beyond the tokenizer's length and placeholder tokens such as BERT's
+    [unused*]), log count axis, with the all-rows mean (the paper's
+    statistic) marked. The legend sits below the axes, clear of the bars."""
     h = report.weights.row_norm_histogram
     if h is None:
         raise InputError("This report has no row-norm histogram; re-create it with headscope "
@@ -169,14 +187,14 @@ def row_norm_histogram_figure(report: Report) -> Figure:
               label=f"real-token rows ({sum(h.real):,})")
     if any(h.other):
         ax.stairs(h.other, h.edges, fill=True, alpha=0.6, color="C3",
-                  label=f"other rows ({sum(h.other):,})")
+                  label=f"{OTHER_ROWS} ({sum(h.other):,})")
     mean = report.weights.row_norm_all.mean
     ax.axvline(mean, color="black", linestyle="--", label=f"mean, all rows: {mean:.3f}")
     ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xlabel("decoder row L2 norm")
     ax.set_ylabel("rows")
-    ax.set_title(f"Decoder row norms: {report.model.source}")
-    ax.legend(loc="upper right")
+    ax.set_title(_plain(f"Decoder row norms: {report.model.source}"))
+    fig.legend(loc="outside lower center", ncols=3, fontsize="small", frameon=False)
     return fig
 
 
@@ -215,13 +233,8 @@ def row_norm_figure(
         real = norms[mask & np.isfinite(norms)]
         other = norms[~mask & np.isfinite(norms)]
         ax.hist(real, bins=edges, color="C0", alpha=0.75, label=f"real-token rows ({real.size:,})")
-        ax.hist(
-            other,
-            bins=edges,
-            color="C3",
-            alpha=0.75,
-            label=f"rows beyond the tokenizer or unused ({other.size:,})",
-        )
+        ax.hist(other, bins=edges, color="C3", alpha=0.75,
+                label=f"{OTHER_ROWS} ({other.size:,})")
     mean = float(finite.mean())
     ax.axvline(
         mean, color="k", linestyle="--", linewidth=1.2, label=f"mean over all rows = {mean:.4g}"
@@ -238,7 +251,7 @@ def row_norm_figure(
     ax.set_xlabel("L2 norm of a decoder row")
     ax.set_ylabel("rows (log scale)")
     ax.set_title("MLM decoder row norms")
-    ax.legend(fontsize="small")
+    fig.legend(loc="outside lower center", ncols=2, fontsize="small", frameon=False)
     return fig
 
 
@@ -253,46 +266,33 @@ def training_figure(runs: Mapping[str, Records], title: str | None = None) -> Fi
     """Three panels per step, one colour per run: total loss (log y), active terms per query
     (solid) and per passage (dashed), mean positive (solid) and negative (dashed) scores.
 
-    Records may be StepRecords or plain dicts (e.g. from `records_from_jsonl`); values written
-    as the strings "nan"/"inf" are read as floats. Non-positive losses leave gaps on the log
+    Records may be StepRecords (e.g. from `headscope.splade.telemetry.read_telemetry`) or plain
+    dicts with the same fields; None stands for NaN. Non-positive losses leave gaps on the log
     axis; active terms and scores use a symmetric log axis, so zero and negative values show.
+    Steps are whole numbers on the x axis; one legend below the panels names the runs and the
+    line styles, so it covers no curve.
     """
     if not runs:
         raise InputError("training_figure() got no runs; pass {name: records} with at least one.")
-    fig = Figure(figsize=(14.0, 4.4), layout="constrained")
+    fig = Figure(figsize=(14.0, 4.8), layout="constrained")
     ax_loss, ax_act, ax_score = fig.subplots(1, 3)
+    handles = []
     for i, (name, records) in enumerate(runs.items()):
         if len(records) == 0:
             raise InputError(f"Run {name!r} has no step records; drop it or pass its telemetry.")
         color = f"C{i % 10}"
         steps = _series(records, "step", name)
-        ax_loss.plot(steps, _series(records, "loss", name), color=color, label=_plain(name))
-        ax_act.plot(
-            steps,
-            _series(records, "active_query", name),
-            color=color,
-            label=_plain(f"{name} query"),
-        )
-        ax_act.plot(
-            steps,
-            _series(records, "active_passage", name),
-            color=color,
-            linestyle="--",
-            label=_plain(f"{name} passage"),
-        )
-        ax_score.plot(
-            steps,
-            _series(records, "score_pos", name),
-            color=color,
-            label=_plain(f"{name} positive"),
-        )
-        ax_score.plot(
-            steps,
-            _series(records, "score_neg", name),
-            color=color,
-            linestyle="--",
-            label=_plain(f"{name} negative"),
-        )
+        (handle,) = ax_loss.plot(steps, _series(records, "loss", name), color=color,
+                                 label=_plain(name))
+        handles.append(handle)
+        for ax, key, suffix, style in (
+            (ax_act, "active_query", "query", "-"),
+            (ax_act, "active_passage", "passage", "--"),
+            (ax_score, "score_pos", "positive", "-"),
+            (ax_score, "score_neg", "negative", "--"),
+        ):
+            ax.plot(steps, _series(records, key, name), color=color, linestyle=style,
+                    label=_plain(f"{name} {suffix}"))
     ax_loss.set_yscale("log", nonpositive="mask")
     ax_loss.set_title("Training loss")
     ax_loss.set_ylabel("loss (ranking + FLOPS)")
@@ -304,75 +304,17 @@ def training_figure(runs: Mapping[str, Records], title: str | None = None) -> Fi
     ax_score.set_ylabel("mean q . d")
     for ax in (ax_loss, ax_act, ax_score):
         ax.set_xlabel("step")
-        ax.legend(fontsize="small")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+    styles = [Line2D([], [], color="0.3", linestyle="-",
+                     label="solid: queries / positive pairs"),
+              Line2D([], [], color="0.3", linestyle="--",
+                     label="dashed: passages / other pairs")]
+    fig.legend(handles=handles + styles, loc="outside lower center",
+               ncols=min(len(handles) + 2, 6), fontsize="small", frameon=False)
     if title:
         fig.suptitle(_plain(title))
     return fig
-
-
-def records_from_jsonl(path: str | os.PathLike[str]) -> dict[str, list[dict[str, Any]]]:
-    """Telemetry JSONL (one `TelemetryWriter` line per step) as {run label: [record dicts]}.
-
-    Lines are grouped by the run keys the writer's caller added (`arm`, `run`, `k`, e.g.
-    "fixed" or "fixed, k = 16"); lines without any go under the file's stem. Values are kept as
-    read, except that the strings "nan", "inf" and "-inf" (how TelemetryWriter writes non-finite
-    floats) become floats. `splade.train.read_telemetry` parses the same lines into StepRecords,
-    but imports torch and drops the run keys, so the figure code does not use it.
-    """
-    p = Path(path)
-    runs: dict[str, list[dict[str, Any]]] = {}
-    try:
-        fh = open(p, encoding="utf-8")  # noqa: SIM115 - closed below
-    except FileNotFoundError:
-        raise InputError(
-            f"Telemetry file {p} does not exist; pass the JSONL written by "
-            "headscope confirm (TelemetryWriter)."
-        ) from None
-    with fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(
-                    f"{p}, line {number}: not valid JSON ({err.msg}); the file must "
-                    "come from TelemetryWriter."
-                ) from None
-            if not isinstance(row, dict):
-                raise InputError(
-                    f"{p}, line {number}: expected a JSON object per line; the "
-                    "file must come from TelemetryWriter."
-                )
-            missing = [f for f in TRAINING_FIELDS if f not in row]
-            if missing:
-                raise InputError(
-                    f"{p}, line {number}: missing field(s) {', '.join(missing)}; "
-                    "the file must come from TelemetryWriter."
-                )
-            row = {k: _from_json(v) for k, v in row.items()}
-            runs.setdefault(_run_label(row, p.stem), []).append(row)
-    if not runs:
-        raise InputError(f"Telemetry file {p} holds no records; was the training run started?")
-    return runs
-
-
-def _run_label(row: Mapping[str, Any], default: str) -> str:
-    parts = []
-    for key in RUN_KEYS:
-        if key in row:
-            value = row[key]
-            if key == "k" and isinstance(value, int | float):
-                parts.append(f"k = {value:g}")
-            else:
-                parts.append(str(value))
-    return ", ".join(parts) if parts else default
-
-
-def _from_json(value: Any) -> Any:
-    if isinstance(value, str) and value in ("nan", "inf", "-inf"):
-        return float(value)
-    return value
 
 
 def _series(records: Records, name: str, run: str) -> np.ndarray:
@@ -383,10 +325,10 @@ def _series(records: Records, name: str, run: str) -> np.ndarray:
         except (KeyError, AttributeError):
             raise InputError(
                 f"Run {run!r}, record {i} has no field {name!r}; pass StepRecords "
-                "or telemetry dicts from records_from_jsonl."
+                "(headscope.splade.telemetry.read_telemetry) or dicts with their fields."
             ) from None
         try:
-            out[i] = float(value)
+            out[i] = math.nan if value is None else float(value)
         except (TypeError, ValueError):
             raise InputError(
                 f"Run {run!r}, record {i}: field {name!r} is {value!r}, not a number."
@@ -464,7 +406,7 @@ def _mark_recommended(ax, report: Report) -> None:
     rec = report.recommendation
     if rec is not None:
         ax.axvline(
-            rec.k, color="C6", linestyle=":", linewidth=2, label=f"recommended k = {rec.k:g}"
+            rec.k, color="C6", linestyle=":", linewidth=2, label=f"recommended {_decision(report)}"
         )
 
 
@@ -494,11 +436,10 @@ def _plain(text: str) -> str:
 __all__ = [
     "DPI",
     "FORMATS",
-    "RUN_KEYS",
+    "OTHER_ROWS",
     "TRAINING_FIELDS",
     "k_grid_figure",
     "logit_figure",
-    "records_from_jsonl",
     "row_norm_figure",
     "save_figure",
     "training_figure",

@@ -9,7 +9,7 @@ Two outputs:
   large head, else 1) and "reference" (the k whose statistics best match a reference
   checkpoint's unscaled statistics on the same probe).
 
-Reminder that shapes the bands (DESIGN.md §5): dividing every logit by k never changes which
+Reminder that shapes the bands (docs/science.md): dividing every logit by k never changes which
 terms are active; only an output bias left undivided can. So the active-terms band is a health
 check that k usually cannot repair, and the bands that choose k are the magnitude ones: start
 loss, score scale, term weights, saturation and the cosine between unrelated texts.
@@ -92,7 +92,7 @@ BAND_ACTIVE_PASSAGE_SHARE = Band(
     "active_passage_share",
     None,
     0.10,
-    "Trained SPLADE keeps 150-250 terms per document (<1% of a 30k vocabulary, DESIGN §1); a "
+    "Trained SPLADE keeps 150-250 terms per document (<1% of a 30k vocabulary, docs/science.md); a "
     "dense head's step 0 has ~75% of V active. Not a default band: k cannot change activity "
     "unless the bias is kept, and the demonstration's 85%-active arm (projection, k = 4) "
     "trained well.",
@@ -233,6 +233,27 @@ class Recommendation:
     verdicts: tuple[KVerdict, ...] = ()  # one per candidate k, ascending; () without a probe
     bands: tuple[Band, ...] = ()  # the bands the verdicts used
     scale_bias: bool = False  # the statistics (and so the fix) divide the output bias by k too
+
+
+def decision_text(rec: Recommendation, *, has_bias: bool = True, short: bool = False) -> str:
+    """The recommendation as the one decision it is: k and what happens to the output bias.
+
+    Every place that shows a recommendation shows this text, so k is never seen without its
+    bias setting: 'k = 16, output bias divided by k too (--scale-bias)'. `has_bias`: whether
+    the head has an output bias at all; `short`: a few words for table cells and legends.
+    """
+    k = _k(rec.k)
+    if rec.k == 1:
+        return "k = 1 (no rescale)" if short else (
+            "k = 1: no rescale (projection and output bias as shipped)")
+    if not has_bias:
+        return f"k = {k} (no output bias)" if short else (
+            f"k = {k}: projection divided by {k} (the head has no output bias)")
+    if rec.scale_bias:
+        return f"k = {k}, bias divided" if short else (
+            f"k = {k}: projection and output bias divided by {k} (fix --scale-bias)")
+    return f"k = {k}, bias kept" if short else (
+        f"k = {k}: projection divided by {k}, output bias kept (fix --no-scale-bias)")
 
 
 # Statistics compared by the reference rule: the three that scale with the logits and drive
@@ -497,6 +518,7 @@ FINDING_CODES: dict[str, tuple[str, str]] = {
     "HS206": ("no-active-terms", "error"),
     "HS207": ("non-finite-statistics", "error"),
     "HS208": ("bias-dominates-activity", "warning"),
+    "HS209": ("probe-vocabulary-mismatch", "warning"),
     "HS301": ("weights-clip-in-pyserini", "warning"),
     "HS302": ("weights-coarse-in-anserini", "info"),
 }
@@ -513,8 +535,12 @@ def diagnose(
     weights: WeightStats,
     per_k: Sequence[KStats] = (),
     vocab: Mapping[str, Any] | None = None,
+    recommendation: Recommendation | None = None,
 ) -> tuple[Finding, ...]:
     """Findings about the head as shipped (k = 1), ordered by code.
+
+    `recommendation` (of the same statistics) lets HS101 say what the probe showed and what
+    was recommended instead of advising a rescale the probe may not support.
 
     `vocab` may hold n_rows (decoder rows), n_tokenizer (len(tokenizer) or None), n_real_rows
     (accepted for the caller's convenience; WeightStats already carries it), tied (bool) and
@@ -531,18 +557,8 @@ def diagnose(
         )
     found: list[Finding] = []
 
-    norm = weights.row_norm_all.mean
-    if norm > LARGE_HEAD_ROW_NORM:
-        found.append(
-            finding(
-                "HS101",
-                f"Mean decoder row norm is {_num(norm)}, above {_num(LARGE_HEAD_ROW_NORM)}: a "
-                "large head scale inflates SPLADE term weights and scores; rescale the projection "
-                "(the paper uses k = 16).",
-                norm,
-                LARGE_HEAD_ROW_NORM,
-            )
-        )
+    if weights.row_norm_all.mean > LARGE_HEAD_ROW_NORM:
+        found.append(_large_head(weights, _sorted_candidates(per_k), recommendation))
     n_rows = vocab.get("n_rows", weights.n_rows)
     n_tok = vocab.get("n_tokenizer")
     if n_tok is not None and n_rows > n_tok:
@@ -583,6 +599,42 @@ def diagnose(
     if per_k:
         found.extend(_probe_findings(per_k))
     return tuple(sorted(found, key=lambda f: f.code))
+
+
+def _large_head(weights: WeightStats, per_k: tuple[KStats, ...],
+                rec: Recommendation | None) -> Finding:
+    """HS101. The row norm is a fact about the weights; whether it harms SPLADE is what the
+    probe measures, so the message reports the probe (or says none was run), never a remedy the
+    probe does not support."""
+    norm = weights.row_norm_all.mean
+    fact = (f"Mean decoder row norm is {_num(norm)}, above {_num(LARGE_HEAD_ROW_NORM)} "
+            "(ModernBERT-base: 2.553), a fact about the weights")
+    if not per_k:
+        message = (f"{fact}; no probe was run, so the paper's k = {_k(PAPER_K)} is recommended "
+                   "from the row norm alone; inspect without --weights-only to measure what "
+                   "this head does to SPLADE's term weights and scores.")
+        return finding("HS101", message, norm, LARGE_HEAD_ROW_NORM)
+    base = next((s for s in per_k if s.k == 1), per_k[0])
+    at = f"k = {_k(base.k)}"
+    verdict = next((v for v in rec.verdicts if v.k == base.k), None) if rec else None
+    if verdict is not None and rec is not None and verdict.failed:
+        by_metric = {b.metric: b for b in rec.bands}
+        shown = "; ".join(f"{m} {_num(getattr(base, m))} is not {by_metric[m].describe()}"
+                          for m in verdict.failed)
+        probe = f"on the probe at {at}: {shown}"
+    else:
+        shown = ", ".join(f"{m} {_num(getattr(base, m))}" for m in REFERENCE_METRICS)
+        inside = " (inside every band)" if verdict is not None else ""
+        probe = f"on the probe at {at}: {shown}{inside}"
+    if rec is None:
+        message = f"{fact}; {probe}."
+    elif rec.k == base.k == 1:
+        message = (f"{fact}; {probe}, so the head is left as shipped (recommended: k = 1) "
+                   "despite its size.")
+    else:
+        message = (f"{fact}; {probe}; recommended: "
+                   f"{decision_text(rec, has_bias=weights.bias_mean is not None)}.")
+    return finding("HS101", message, norm, LARGE_HEAD_ROW_NORM)
 
 
 def _probe_findings(per_k: tuple[KStats, ...]) -> list[Finding]:
@@ -707,6 +759,7 @@ __all__ = [
     "LARGE_HEAD_ROW_NORM",
     "METRICS",
     "PAPER_K",
+    "UNKNOWN_TOKEN_SHARE",
     "REFERENCE_METRICS",
     "RULES",
     "SEVERITIES",
@@ -715,11 +768,33 @@ __all__ = [
     "KVerdict",
     "Recommendation",
     "check_bands",
+    "decision_text",
     "diagnose",
     "override_bands",
+    "probe_fit_findings",
     "recommend",
     "reference_distance",
 ]
+
+
+# Share of probe tokens mapped to the unknown token above which the probe does not fit the
+# model's vocabulary. The built-in English probe: 0% [UNK] under BERT-tiny's tokenizer, 88%
+# under a chemistry ALBERT's 591 SMILES tokens (whose probe statistics then describe [UNK]).
+UNKNOWN_TOKEN_SHARE = 0.05
+
+
+def probe_fit_findings(unknown_share: float | None) -> tuple[Finding, ...]:
+    """HS209 when too many probe tokens are unknown to the model's tokenizer."""
+    if unknown_share is None or not unknown_share > UNKNOWN_TOKEN_SHARE:
+        return ()
+    return (finding(
+        "HS209",
+        f"{_pct(unknown_share)} of the probe's tokens are unknown to the model's tokenizer "
+        f"(above {_pct(UNKNOWN_TOKEN_SHARE)}): the probe is not in the model's language, so the "
+        "probe statistics, the bands and the recommended k describe the unknown token, not the "
+        "model's text; inspect again with --probe FILE holding texts of the model's domain (one "
+        "per line, or JSONL with text or query/passage).",
+        unknown_share, UNKNOWN_TOKEN_SHARE),)
 
 
 # Serving ranges of index builders. pyserini quantises a SPLADE weight w to round(w / 5 * 256)

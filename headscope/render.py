@@ -11,7 +11,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from headscope.recommend import Recommendation
+from headscope.recommend import Recommendation, decision_text
 from headscope.report import Report
 
 # Short band names for the per-k table's last column (the reasons spell them out).
@@ -73,12 +73,71 @@ def weights_table(report: Report) -> Table:
     return t
 
 
+def duration(seconds: float) -> str:
+    """A short duration: 42 s, 3 min 05 s, 1 h 02 min."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+class ProgressLines:
+    """Progress as plain lines, for a stderr that is not a terminal (a log, CI, a pipe).
+
+    Fed the library's (phase, done, total) callbacks with the time, `update` returns the line to
+    print, or None. A phase says nothing for its first `quiet_s` seconds (so a quick phase, or a
+    refusal right after loading, leaves stderr to the one error line); after that, a line at
+    most every `every_s` seconds or per `step` of the total, whichever comes first, and one
+    when it ends. Each line has the elapsed time and an estimate of the time left (elapsed /
+    done x left: phases here advance at a steady rate per item).
+    """
+
+    def __init__(self, every_s: float = 5.0, step: float = 0.1, quiet_s: float = 2.0) -> None:
+        self.every_s = every_s
+        self.step = step
+        self.quiet_s = quiet_s
+        self._start: dict[str, float] = {}
+        self._last: dict[str, float] = {}
+        self._mark: dict[str, int] = {}  # steps of the total already reported
+        self._printed: set[str] = set()
+        self._ended: set[str] = set()
+
+    def update(self, phase: str, done: int, total: int, now: float) -> str | None:
+        steps = round(1 / self.step)
+        if phase not in self._start or (phase in self._ended and done < total):
+            # new, or run again (fix probes before and after): start over
+            self._start[phase], self._last[phase] = now, now
+            self._printed.discard(phase)
+            self._mark[phase] = done * steps // total if total > 0 else 0
+            self._ended.discard(phase)
+        if phase in self._ended:
+            return None
+        elapsed = now - self._start[phase]
+        if total <= 0 or done >= total:
+            self._ended.add(phase)
+            return f"{phase}: done in {duration(elapsed)}" if phase in self._printed else None
+        if elapsed < self.quiet_s:
+            return None
+        mark = done * steps // total  # whole steps done, in integers
+        if (phase in self._printed and mark <= self._mark[phase]
+                and now - self._last[phase] < self.every_s):
+            return None
+        self._mark[phase], self._last[phase] = max(mark, self._mark[phase]), now
+        self._printed.add(phase)
+        line = f"{phase}: {done}/{total} ({done / total:.0%}), {duration(elapsed)} elapsed"
+        if done > 0:
+            line += f", about {duration(elapsed / done * (total - done))} left"
+        return line
+
+
 def per_k_table(report: Report) -> Table:
     rec = report.recommendation
     failed = {v.k: v.failed for v in rec.verdicts} if rec else {}
-    divided = "projection and output bias" if report.probe and report.probe.scale_bias \
-        else "projection"
-    t = Table(title=f"Probe statistics per k ({divided} divided by k)", title_justify="left")
+    t = Table(title=f"Probe statistics per k ({_divided(report)})" + (
+        f"; bold: the recommendation, {decision_text(rec, has_bias=_has_bias(report), short=True)}"
+        if rec else ""), title_justify="left")
     cols = ("k", "logit p50", "pos. logits", "active q", "active p", "weight mean",
             "weight max", ">5", "cos unrel.", "score +", "start loss", "bands")
     for c in cols:
@@ -88,11 +147,26 @@ def per_k_table(report: Report) -> Table:
         verdict = Text("ok", style="green") if not fails else Text(
             "x " + ",".join(_SHORT.get(f, f) for f in fails), style="red")
         style = "bold" if rec and s.k == rec.k else None
-        t.add_row(k_label(s.k), num(s.logit_p50), f"{s.frac_positive:.1%}",
+        # "~": estimated from the token sample (exact at the counted k; docs/report.md)
+        pos = f"{s.frac_positive:.1%}" if s.frac_positive_exact else f"~{s.frac_positive:.1%}"
+        t.add_row(k_label(s.k), num(s.logit_p50), pos,
                   num(s.active_query), num(s.active_passage), num(s.term_weight_mean),
                   num(s.term_weight_max), f"{s.share_above_5:.1%}", num(s.cosine_unrelated),
                   num(s.score_pos), num(s.start_loss), verdict, style=style)
     return t
+
+
+def _has_bias(report: Report) -> bool:
+    return report.weights.bias_mean is not None
+
+
+def _divided(report: Report) -> str:
+    """What the per-k statistics divide: the projection, and the output bias or not."""
+    if not _has_bias(report):
+        return "projection divided by k; no output bias"
+    if report.probe and report.probe.scale_bias:
+        return "projection and output bias divided by k"
+    return "projection divided by k, output bias kept"
 
 
 def findings_view(report: Report) -> Group | Text:
@@ -107,11 +181,12 @@ def findings_view(report: Report) -> Group | Text:
     return Group(Text("Findings", style="bold"), *lines)
 
 
-def recommendation_view(rec: Recommendation | None) -> Panel | Text:
+def recommendation_view(rec: Recommendation | None, has_bias: bool = True) -> Panel | Text:
+    """The recommendation's headline names k and the bias setting together (one decision)."""
     if rec is None:
         return Text("No recommendation.")
     body = Text()
-    body.append(f"k = {k_label(rec.k)}", style="bold")
+    body.append(decision_text(rec, has_bias=has_bias), style="bold")
     body.append(f"  (rule: {rec.rule})\n")
     for r in rec.reasons:
         body.append(f"- {r}\n")
@@ -128,9 +203,12 @@ def report_view(report: Report) -> Group:
             parts.append(Text(
                 f"probe: {p.version} ({p.n_pairs} pairs, batch {p.batch_size}, max length "
                 f"{p.max_query_length}/{p.max_passage_length}, bias "
-                f"{'divided' if p.scale_bias else 'not divided'} by k; sha256 {p.sha256[:12]})",
+                f"{'divided' if p.scale_bias else 'not divided'} by k; sha256 {p.sha256[:12]}"
+                + (f"; {p.unknown_token_share:.1%} of its tokens unknown to the tokenizer"
+                   if p.unknown_token_share is not None else "") + ")",
                 style="dim"))
-    parts += [findings_view(report), recommendation_view(report.recommendation)]
+    parts += [findings_view(report),
+              recommendation_view(report.recommendation, _has_bias(report))]
     return Group(*parts)
 
 
@@ -148,11 +226,12 @@ def compare_table(reports: Sequence[Report], labels: Sequence[str], at_k: float 
     def pct(x):
         return "-" if x is None else f"{x:.1%}"
 
+    decisions = {id(row): "-" if r.recommendation is None else decision_text(
+        r.recommendation, has_bias=_has_bias(r), short=True) for r, row in zip(
+        reports, rows, strict=True)}
+
     def rec(row):
-        if row["recommended_k"] is None:
-            return "-"
-        bias = " (bias divided too)" if row["scale_bias"] else ""
-        return f"{k_label(row['recommended_k'])}{bias}"
+        return decisions[id(row)]
 
     lines = [
         ("decoder row norm (mean, all rows)", lambda r: num(r["row_norm_mean"])),
@@ -164,7 +243,7 @@ def compare_table(reports: Sequence[Report], labels: Sequence[str], at_k: float 
         ("cosine, unrelated passages", lambda r: num(r["cosine_unrelated"])),
         ("q.d score (positive pair)", lambda r: num(r["score_pos"])),
         ("start loss (in-batch)", lambda r: num(r["start_loss"])),
-        ("recommended k", rec),
+        ("recommendation", rec),
         ("findings (warning+)", lambda r: ", ".join(r["warnings"]) or "none"),
     ]
     for label, get in lines:
@@ -213,7 +292,9 @@ def fix_view(outcome) -> Group:
     t.add_row("verified", f"against {v.against}: {v.n_texts} texts, max |logit error| "
               f"{num(v.max_abs_logit_error)} (tolerance {num(v.logit_tolerance)}), hidden-state "
               f"drift {num(v.hidden_drift)}, {v.tensors_identical} tensors bit-identical, "
-              f"changed: {', '.join(v.tensors_changed) or 'none'}")
+              f"changed: {', '.join(outcome.changed_tensors) or 'none'}"
+              + (f"; written separately, values unchanged: {', '.join(outcome.new_tensors)}"
+                 if outcome.new_tensors else ""))
     before = next((s for s in outcome.report.per_k if s.k == 1.0), None)
     after = next((s for s in outcome.report.per_k if s.k == outcome.k), None)
     parts: list = [t]
@@ -232,6 +313,50 @@ def fix_view(outcome) -> Group:
     return Group(*parts)
 
 
+# What each finding code means, in a few words (docs/findings.md has the full table), for the
+# places that list codes without their messages (the compare table, the demo).
+FINDING_GIST = {
+    "HS101": "large head: mean decoder row norm above 1.5",
+    "HS102": "decoder rows beyond the tokenizer (never real tokens)",
+    "HS103": "decoder tied to the input embeddings",
+    "HS104": "no trained MLM head in the checkpoint",
+    "HS201": "dense at k = 1: over 10% of the vocabulary active per passage",
+    "HS202": "saturating weights: over 1% of term weights above 5",
+    "HS203": "unrelated texts look alike (cosine above 0.9)",
+    "HS204": "training would start from a very high loss (above 150)",
+    "HS205": "still dense at every k: dividing the projection cannot sparsify it",
+    "HS206": "no active term at all",
+    "HS207": "statistics are NaN or infinite",
+    "HS208": "the activity lives in the output bias: divide it too (--scale-bias)",
+    "HS209": "the probe does not fit the model's vocabulary: pass --probe FILE",
+    "HS301": "weights above 5 would clip in pyserini's 8-bit index",
+    "HS302": "weights below 0.05 are coarse in Anserini's impact index",
+}
+
+
+def finding_legend(reports: Sequence[Report]) -> Text | None:
+    """One line per warning-or-worse finding code listed for `reports`: the code and its gist."""
+    codes = sorted({f.code for r in reports for f in r.findings if f.severity != "info"})
+    if not codes:
+        return None
+    lines = [f"{code}  {FINDING_GIST.get(code, 'see docs/findings.md')}" for code in codes]
+    return Text("Findings: " + "\n          ".join(lines) + "\n(details: docs/findings.md, or "
+                "headscope inspect MODEL for the full messages)", style="dim")
+
+
+def demo_next_steps() -> Text:
+    """The commands to run after the demo."""
+    return Text(
+        "Next, on your own model (a local folder or a Hub id in your cache):\n"
+        "  headscope inspect MODEL                 measure its head and recommend k\n"
+        "  headscope fix MODEL --out ./fixed       write the rescaled checkpoint (nothing when "
+        "k = 1)\n"
+        "  headscope confirm MODEL --k K           train original and fixed side by side "
+        "(minutes)\n"
+        "  headscope demo --confirm                train this simulation as is and fixed\n"
+        "Every command and flag: headscope COMMAND --help, or docs/cli.md.")
+
+
 def demo_view(outcome) -> Group:
     """The demo: the simulation's label, the two models side by side, both recommendations."""
     sim = outcome.simulation
@@ -239,18 +364,24 @@ def demo_view(outcome) -> Group:
         f"{sim.label}\nShift {num(sim.shift)}: median token logit {num(sim.median_before)} -> "
         f"{num(sim.median_after)}; positive logits {sim.frac_positive_before:.1%} -> "
         f"{sim.frac_positive_after:.1%}; active terms per text {num(sim.active_before)} -> "
-        f"{num(sim.active_after)} of {sim.vocab_size:,}.", style="yellow")
+        f"{num(sim.active_after)} of {sim.vocab_size:,}.\nMeasured on the {sim.n_texts} probe "
+        "passages the shift was calibrated on; the table below counts the tokens of the probe's "
+        "queries too, so its median and share of positive logits differ.", style="yellow")
     parts: list = [Panel(note, title="Simulated large-head regime (not a real checkpoint)",
                          title_align="left"),
                    compare_table(outcome.reports, outcome.labels)]
+    legend = finding_legend(outcome.reports)
+    if legend is not None:
+        parts.append(legend)
     for label, rep in zip(outcome.labels, outcome.reports, strict=True):
         parts.append(Text(label, style="bold"))
         parts.append(per_k_table(rep))
-        parts.append(recommendation_view(rep.recommendation))
+        parts.append(recommendation_view(rep.recommendation, _has_bias(rep)))
     if outcome.training is not None:
         parts.append(Text("Trained side by side: the simulation as is, and fixed as recommended",
                           style="bold"))
         parts.append(training_view(outcome.training))
+    parts.append(demo_next_steps())
     return Group(*parts)
 
 

@@ -18,7 +18,7 @@ import math
 import os
 import sys
 import types
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import MISSING, dataclass, fields, is_dataclass
 from datetime import datetime, timezone
 from functools import cache
 from importlib import resources
@@ -63,9 +63,10 @@ class ProbeSummary:
     max_query_length: int  # tokens per query, at most
     max_passage_length: int  # tokens per passage, at most
     scale_bias: bool  # whether k divided the output bias too
+    unknown_token_share: float | None = None  # share of probe tokens that are [UNK] (HS209)
 
     @classmethod
-    def from_result(cls, result: Any) -> ProbeSummary:
+    def from_result(cls, result: Any, unknown_token_share: float | None = None) -> ProbeSummary:
         """From a `probe.ProbeResult` (read by attribute, so this module never imports probe)."""
         config = result.config
         return cls(
@@ -78,6 +79,7 @@ class ProbeSummary:
             max_query_length=int(config.max_query_length),
             max_passage_length=int(config.max_passage_length),
             scale_bias=bool(config.scale_bias),
+            unknown_token_share=unknown_token_share,
         )
 
 
@@ -186,16 +188,19 @@ def _decode(tp: Any, value: Any, path: str, prefix: str) -> Any:
         if not isinstance(value, dict):
             raise _type_error(prefix, path, "an object", value)
         names = [f.name for f in fields(tp)]
+        # A field added later with a default may be absent from a report written before it.
+        optional = {f.name for f in fields(tp) if f.default is not MISSING}
         for key in value:
             if key not in names:
                 raise ReportError(
                     f"{prefix} has unknown field '{_join(path, key)}'; remove it or {_REMEDY}."
                 )
         for name in names:
-            if name not in value:
+            if name not in value and name not in optional:
                 raise ReportError(f"{prefix} is missing field '{_join(path, name)}'; {_REMEDY}.")
         hints = _hints(tp)
-        return tp(**{n: _decode(hints[n], value[n], _join(path, n), prefix) for n in names})
+        return tp(**{n: _decode(hints[n], value[n], _join(path, n), prefix) for n in names
+                     if n in value})
     if origin is tuple:
         if not isinstance(value, list):
             raise _type_error(prefix, path, "a list", value)
@@ -295,6 +300,11 @@ def loads(text: str, *, source: str | None = None) -> Report:
         raise ReportError(
             f"{prefix} is not valid JSON ({e}); pass a file written by headscope inspect --json."
         ) from None
+    except RecursionError:
+        raise ReportError(
+            f"{prefix} is JSON nested too deeply to read; pass a file written by headscope "
+            "inspect --json."
+        ) from None
     return from_dict(data, source=source)
 
 
@@ -318,6 +328,10 @@ def read_json(path: str | os.PathLike[str]) -> Report:
     except UnicodeDecodeError:
         raise ReportError(
             f"Report {p} is not UTF-8 text; pass a file written by headscope inspect --json."
+        ) from None
+    except OSError as e:
+        raise ReportError(
+            f"Report {p} cannot be read ({e.strerror or e}); check the path and its permissions."
         ) from None
     return loads(text, source=str(p))
 

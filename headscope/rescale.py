@@ -1,6 +1,6 @@
-"""Divide the projection part of an MLM head's logits by k, in memory (DESIGN.md §4).
+"""Divide the projection part of an MLM head's logits by k, in memory (docs/rescale.md).
 
-For the BERT-like heads of DESIGN.md §3
+For the BERT-like heads of docs/rescale.md ("Head layouts per family")
 
     logits = W_dec · LN(act(dense(h))) + b_dec          # (B, T, V)
 

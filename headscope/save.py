@@ -6,7 +6,7 @@ byte ranges, one tensor at a time, so memory stays near one tensor), and only th
 strategy changes are recomputed, in the dtype they are stored in. The output is always
 safetensors, sharded like the source when the source was sharded, else split by `max_shard_size`.
 
-Tied-weight traps handled here (DESIGN.md §3):
+Tied-weight traps handled here (docs/rescale.md, "Head layouts per family"):
 - An untied decoder is written under its own name with ``tie_word_embeddings: false`` explicit in
   config.json, so that transformers 4.x does not re-tie it on load.
 - Every name of the model's state dict is written explicitly (BERT's
@@ -14,14 +14,23 @@ Tied-weight traps handled here (DESIGN.md §3):
   BertForMaskedLM and then initialises to zeros on reload). Only a decoder weight that stays tied
   is left out: every loader re-ties it to the input embeddings.
 
-Verification reloads the written folder with plain ``AutoModelForMaskedLM.from_pretrained`` and
-checks: no missing keys; the tie state; every tensor the rescale should not change is bit-identical
-to the loaded source model, every changed one equals the planned value; the logits on the
-verification texts equal `expected_logits` of the original's within dtype tolerance (for ``tied``:
-equal the in-memory rescaled model's, with the departure from `expected_logits` reported); last
-hidden states unchanged for untie and fold (drift reported for tied). A failure deletes the
-temporary folder and raises VerificationError; nothing is left behind on any exception,
-KeyboardInterrupt included.
+Verification, after writing (docs/rescale.md lists it for users):
+- the written files, byte for byte (no reload needed): every header entry has the planned name,
+  dtype and shape; every tensor the rescale does not change holds exactly the bytes of its source
+  (the byte range in the source file, or the source tensor of a .bin checkpoint); every changed
+  tensor holds exactly the bytes of its planned value;
+- the loaded source model: each unchanged tensor in memory equals its source value (cast to the
+  loaded dtype), so a model changed in memory after loading is refused;
+- one reload with plain ``AutoModelForMaskedLM.from_pretrained``: no missing or mismatched keys;
+  the tie state; each changed tensor as reloaded equals its planned value; and one forward pass
+  on the verification texts: the logits equal `expected_logits` of the original's within dtype
+  tolerance (for ``tied``: equal the in-memory rescaled model's, with the departure from
+  `expected_logits` reported); last hidden states unchanged for untie and fold (drift reported
+  for tied).
+Comparing bytes with the source instead of comparing every reloaded tensor with the model in
+memory reads each tensor once from each side and never materialises a second model's unchanged
+tensors. A failure deletes the temporary folder and raises VerificationError; nothing is left
+behind on any exception, KeyboardInterrupt included.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import socket
@@ -42,7 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from headscope import __version__, fileio
-from headscope.checkpoint import token_limit
+from headscope.checkpoint import containment, token_limit
 from headscope.errors import InputError, OutputExistsError, OutputWriteError, VerificationError
 from headscope.rescale import (
     RescaleSpec,
@@ -97,7 +107,7 @@ class Verification:
     logit_tolerance: float
     hidden_drift: float  # max abs change of the last hidden states vs the original
     reload_error: float | None  # tied: reloaded logits vs the in-memory rescaled model's
-    tensors_identical: int  # tensors checked bit-identical to the loaded source model
+    tensors_identical: int  # unchanged tensors checked byte-identical to the source
     tensors_changed: tuple[str, ...]  # state_dict names that changed, each equal to its plan
     tied: bool  # decoder shares storage with the input embeddings after reload
 
@@ -219,6 +229,34 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _hash_in_background(paths: Sequence[Path]) -> Callable[[], dict[str, str]]:
+    """Start hashing `paths` (sha256) on a thread; the returned function waits for the digests
+    ({file name: hex}). hashlib releases the GIL on large buffers, so the hashing overlaps with
+    writing and verifying instead of adding to them."""
+    import threading
+
+    digests: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for p in paths:
+                digests[p.name] = _sha256(p)
+        except BaseException as err:  # re-raised by the caller
+            errors.append(err)
+
+    thread = threading.Thread(target=work, name="headscope-sha256", daemon=True)
+    thread.start()
+
+    def result() -> dict[str, str]:
+        thread.join()
+        if errors:
+            raise errors[0]
+        return digests
+
+    return result
+
+
 # --------------------------------------------------------------------------------------------
 # the plan: which tensor goes where
 
@@ -231,6 +269,8 @@ class _Entry:
     nbytes: int
     stored: _Stored | None = None  # copy these bytes unchanged
     tensor: Any = None  # or write this tensor
+    model_name: str | None = None  # the model state_dict name it loads into
+    changed: bool = False  # the rescale changed it (`tensor` is its planned value)
 
 
 @dataclass
@@ -330,13 +370,14 @@ def _plan(loaded: LoadedModel, head: Head, spec: RescaleSpec, max_shard_size: in
         if model_name in changed:
             t = changed[model_name]
             return _Entry(out_name, _torch_st_dtype(t.dtype), tuple(t.shape),
-                          t.numel() * t.element_size(), tensor=t)
+                          t.numel() * t.element_size(), tensor=t, model_name=model_name,
+                          changed=True)
         if s is not None:
-            return _Entry(out_name, s.dtype, s.shape, s.nbytes, stored=s)
+            return _Entry(out_name, s.dtype, s.shape, s.nbytes, stored=s, model_name=model_name)
         assert model_name is not None  # a stored key that maps to no model name has `s`
         t = model.state_dict()[model_name].detach().cpu()
         return _Entry(out_name, _torch_st_dtype(t.dtype), tuple(t.shape),
-                      t.numel() * t.element_size(), tensor=t)
+                      t.numel() * t.element_size(), tensor=t, model_name=model_name)
 
     groups: list[list[_Entry]] = []
     covered: set[str] = set()
@@ -474,15 +515,22 @@ def _write_safetensors(path: Path, entries: list[_Entry], metadata: dict[str, st
 
 
 def _other_files(src: Path, replaced: set[str]) -> tuple[list[str], list[str]]:
-    """(files to copy unchanged, weight files in other formats left out): every file of `src`,
-    recursively, except dotfiles, config.json and headscope.json (both rewritten) and the
-    `replaced` weight files and indexes."""
+    """(files to copy unchanged, files left out): every regular file of `src`, recursively,
+    except dotfiles, config.json and headscope.json (both rewritten) and the `replaced` weight
+    files and indexes. Left out: weight files in other formats, and links out of the
+    checkpoint or special files (`checkpoint.containment`), which are never read."""
     copied, skipped = [], []
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+        if any(part.startswith(".") for part in rel.parts) or (
+                path.is_dir() and not path.is_symlink()):
             continue
         name = rel.as_posix()
+        reason = containment(src, name)
+        if reason is not None:
+            reason = "points nowhere" if reason == "missing" else reason
+            skipped.append(f"{name} ({'a link that ' if path.is_symlink() else ''}{reason})")
+            continue
         if name in ("config.json", PROVENANCE_FILE) or name in replaced:
             continue
         if path.name in _WEIGHT_INDEXES or path.suffix in _WEIGHT_SUFFIXES:
@@ -556,18 +604,181 @@ def _tolerance(dtype, expected, mask) -> float:
     return 1e-5 * scale
 
 
+_COMPARE_CHUNK = 1 << 24  # bytes compared at once
+
+
+class _Ranges:
+    """Byte ranges of files, memory-mapped read-only (no copy), as uint8 arrays. `release`
+    drops the pages of a range from this process's mapping once compared (the page cache keeps
+    them), so the process's resident memory does not grow by the files' size."""
+
+    def __init__(self) -> None:
+        self._maps: dict[Path, mmap.mmap] = {}
+
+    def reader(self, path: Path, begin: int) -> Callable[[int, int], Any]:
+        """(offset, size) -> uint8 array of the file's bytes at begin + offset."""
+        import numpy as np
+
+        if path not in self._maps:
+            with path.open("rb") as fh:
+                self._maps[path] = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        mm = self._maps[path]
+
+        def read(offset: int, size: int):
+            at = begin + offset
+            size = max(0, min(size, len(mm) - at))
+            return np.frombuffer(mm, dtype=np.uint8, count=size, offset=at)
+
+        read.release = lambda offset, size: self._release(mm, begin + offset, size)  # type: ignore[attr-defined]
+        return read
+
+    @staticmethod
+    def _release(mm: mmap.mmap, at: int, size: int) -> None:
+        if not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        page = mmap.PAGESIZE
+        first = -(-at // page) * page  # whole pages inside the range only
+        last = (at + size) // page * page
+        if last > first:
+            mm.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+    def close(self) -> None:
+        maps = list(self._maps.values())
+        self._maps.clear()
+        for mm in maps:
+            try:
+                mm.close()
+            except BufferError:  # a view is still alive; the map closes when it goes
+                pass
+
+
+def _array_reader(arr) -> Callable[[int, int], Any]:
+    return lambda offset, size: arr[offset : offset + size]
+
+
+def _equal(a, b) -> bool:
+    """Byte equality of two uint8 arrays, compared 8 bytes at a time."""
+    import numpy as np
+
+    if a.size != b.size:
+        return False
+    n = a.size - a.size % 8
+    if n and not np.array_equal(a[:n].view(np.uint64), b[:n].view(np.uint64)):
+        return False
+    return bool(np.array_equal(a[n:], b[n:]))
+
+
+def _first_difference(n: int, readers: Sequence[Callable[[int, int], Any]]) -> int | None:
+    """Index of the first reader whose n bytes differ from readers[0]'s, else None; one pass,
+    chunk by chunk (memory-bandwidth bound, far faster than hashing each side)."""
+    for offset in range(0, n, _COMPARE_CHUNK):
+        size = min(_COMPARE_CHUNK, n - offset)
+        first = readers[0](offset, size)
+        if first.size != size:
+            return 1
+        for i, read in enumerate(readers[1:], start=1):
+            if not _equal(first, read(offset, size)):
+                return i
+        for read in readers:
+            release = getattr(read, "release", None)
+            if release is not None:
+                release(offset, size)
+    return None
+
+
+def _bytes_of(t):
+    """The raw bytes of a tensor as a uint8 numpy array (CPU, contiguous; a copy only when the
+    tensor is not already so)."""
+    import numpy as np
+
+    return np.frombuffer(_tensor_bytes(t), dtype=np.uint8)
+
+
+def _verify_files(tmp: Path, plan: _Plan, loaded: LoadedModel, where: str) -> int:
+    """Byte-level checks of the written shards against the source and the plan, and of the model
+    in memory against the source; returns the number of unchanged tensors checked identical.
+    Each tensor's bytes are read once from the written file and once from the source, in the
+    same pass."""
+    import torch
+
+    state = loaded.model.state_dict()
+    ranges = _Ranges()
+    identical = 0
+    try:
+        for shard, entries in plan.shards:
+            path = tmp / shard
+            header, start = _read_header(path)
+            for e in entries:
+                info = header.get(e.name)
+                if (info is None or info.get("dtype") != e.dtype
+                        or tuple(info.get("shape", ())) != e.shape
+                        or info["data_offsets"][1] - info["data_offsets"][0] != e.nbytes):
+                    raise VerificationError(
+                        f"Tensor {e.name} of {where} is missing from {shard} or has the wrong "
+                        f"dtype or shape; nothing was kept."
+                    )
+                readers = [ranges.reader(path, start + info["data_offsets"][0])]
+                stored = e.stored
+                value = e.tensor if e.tensor is not None else (
+                    stored.tensor if stored is not None else None)
+                if value is not None:  # planned, or a .bin source tensor, or the model's own
+                    readers.append(_array_reader(_bytes_of(value)))
+                else:
+                    assert stored is not None
+                    readers.append(ranges.reader(stored.file, stored.begin))
+                # The model in memory must still be the checkpoint as stored: compared in the
+                # same pass when it holds the stored bytes (same dtype, on the CPU).
+                t = None
+                if not e.changed and e.model_name is not None and stored is not None:
+                    t = state[e.model_name].detach()
+                    if t.device.type == "cpu" and _torch_st_dtype(t.dtype) == e.dtype:
+                        readers.append(_array_reader(_bytes_of(t)))
+                        t = None
+                bad = _first_difference(e.nbytes, readers)
+                if bad == 1 and e.changed:
+                    raise VerificationError(
+                        f"Tensor {e.model_name} of {where} does not hold the rescaled value "
+                        "planned for it; nothing was kept. Report this with the checkpoint's "
+                        "config.json."
+                    )
+                if bad == 1:
+                    raise VerificationError(
+                        f"Tensor {e.name} of {where} does not hold the bytes of the source "
+                        "checkpoint although the rescale does not change it; nothing was kept."
+                    )
+                if t is not None and stored is not None:  # another dtype or device: by value
+                    bad = None if torch.equal(stored.load().to(t.dtype), t.cpu()) else 2
+                if bad == 2:
+                    raise VerificationError(
+                        f"Tensor {e.model_name} of {where} differs from the loaded source model "
+                        "although the rescale does not change it; nothing was kept. If the model "
+                        "was changed in memory after loading, save from the checkpoint as "
+                        "loaded."
+                    )
+                if not e.changed:
+                    identical += 1
+    finally:
+        ranges.close()
+    return identical
+
+
 def _verify(candidate, loaded: LoadedModel, head: Head, spec: RescaleSpec, plan: _Plan,
             reference: _Probe, memory_ref: _Probe | None, against: str,
-            where: str) -> Verification:
+            where: str, identical: int | None = None) -> Verification:
+    """Tensors, tie state and one forward pass of `candidate`. `identical`: the count from
+    `_verify_files`, whose byte checks replace comparing every unchanged tensor here (then only
+    the changed tensors are compared)."""
     import torch
 
     model = loaded.model
     orig = model.state_dict()
     cand = candidate.state_dict()
-    changed_seen, identical = [], 0
+    changed_seen, n_identical = [], 0
     for name, t in cand.items():
         if name not in orig:
             continue
+        if identical is not None and name not in plan.changed:
+            continue  # checked byte for byte in the files
         if name in plan.changed:
             want = plan.changed[name].to(device=t.device, dtype=t.dtype)
             # In memory the rescale ran on the loaded dtype, the plan on the stored one: a
@@ -588,7 +799,7 @@ def _verify(candidate, loaded: LoadedModel, head: Head, spec: RescaleSpec, plan:
                     "the rescale does not change it; nothing was kept. If the model was changed "
                     "in memory after loading, save from the checkpoint as loaded."
                 )
-            identical += 1
+            n_identical += 1
     after = find_head_of(candidate)
     if after.tied != plan.tied_out:
         state = "tied to" if after.tied else "separate from"
@@ -634,7 +845,7 @@ def _verify(candidate, loaded: LoadedModel, head: Head, spec: RescaleSpec, plan:
         logit_tolerance=tol,
         hidden_drift=drift,
         reload_error=reload_error,
-        tensors_identical=identical,
+        tensors_identical=n_identical if identical is None else identical,
         tensors_changed=tuple(sorted(changed_seen)),
         tied=after.tied,
     )
@@ -890,6 +1101,8 @@ def save_fixed(
     head = find_head(loaded)
     check_applicable(spec, family=head.layout.family, has_decoder=head.layout.decoder is not None,
                      tied=head.tied, has_norm=head.norm_weight is not None)
+    # A Hub snapshot is named by its commit; a local folder by its files' hashes (provenance).
+    source_hashes = None if (dry_run or ckpt.revision) else _hash_in_background(ckpt.weight_files)
     plan = _plan(loaded, head, spec, max_shard_size)
     inputs = _encode(loaded, verify_texts)
     replaced = {p.name for p in ckpt.weight_files} | {"model.safetensors.index.json",
@@ -971,14 +1184,18 @@ def save_fixed(
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(ckpt.path / name, tmp / name)
 
-        report("verify", 0, 1)
+        report("verify", 0, 3)
+        where = f"the checkpoint written to {tmp}"
+        identical = _verify_files(tmp, plan, loaded, where)
+        report("verify", 1, 3)
         reference, memory_ref, memory_model = references()
         del memory_model
         reloaded = _reload(tmp, loaded)
+        report("verify", 2, 3)
         verification = _verify(reloaded, loaded, head, spec, plan, reference, memory_ref,
-                               "reload", f"the checkpoint written to {tmp}")
+                               "reload", where, identical=identical)
         del reloaded
-        report("verify", 1, 1)
+        report("verify", 3, 3)
 
         previous = None
         if (ckpt.path / PROVENANCE_FILE).is_file():
@@ -992,9 +1209,7 @@ def save_fixed(
             "source": ckpt.source,
             "source_path": str(ckpt.path),
             "source_revision": ckpt.revision,
-            # A Hub snapshot is named by its commit; a local folder by its files' hashes.
-            "source_files": None if ckpt.revision else {p.name: _sha256(p)
-                                                        for p in ckpt.weight_files},
+            "source_files": None if source_hashes is None else source_hashes(),
             "model_type": ckpt.model_type,
             "k": spec.k,
             "strategy": spec.strategy,

@@ -1,6 +1,6 @@
 """Pure statistics of an MLM head and of its SPLADE representations (numpy only, no torch).
 
-Two facts from DESIGN.md §5 shape the probe statistics here:
+Two facts (docs/science.md, "Two facts that shape headscope") shape the probe statistics here:
 
 - Dividing the head's projection by k maps a raw logit x to x_k = (x - b) / k + b (bias left
   undivided, the default) or to x / k (bias divided too). Both maps are monotone increasing in x
@@ -9,8 +9,11 @@ Two facts from DESIGN.md §5 shape the probe statistics here:
   pooled values gives exactly the SPLADE representation the rescaled model would produce. One
   forward pass serves every candidate k.
 - Per-token quantities (the share of positive logits, logit percentiles) do not pool. The caller
-  counts positives per k exactly, using `positive_threshold`, and hands over a uniform sample of
-  raw token logits with their vocabulary ids so that percentiles can be taken after the transform.
+  counts positives exactly, using `positive_threshold`, at every k or at some of them (each count
+  is a pass over all token logits), and hands over a uniform sample of raw token logits with
+  their vocabulary ids. Percentiles are taken from the sample after the transform; the share of
+  positive logits at a k that was not counted is estimated from a counted k plus the sampled
+  share of logits that cross zero between the two (see `ProbeAccumulator`).
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ class KStats:
     logit_p01: float  # 1st percentile token logit at this k (reservoir sample)
     logit_p50: float  # median token logit at this k (reservoir sample)
     logit_p99: float  # 99th percentile token logit at this k
-    frac_positive: float  # exact share of token x vocab logits > 0
+    frac_positive: float  # share of token x vocab logits > 0 (exact or estimated: next fields)
     term_weight_mean: float  # mean SPLADE weight over active passage terms
     term_weight_max: float  # largest SPLADE weight over passages
     share_above_5: float  # share of active passage weights > 5 (pyserini's ceiling)
@@ -83,6 +86,8 @@ class KStats:
     score_pos: float  # mean q_i . d_i
     score_neg: float  # mean q_i . d_j, i != j
     start_loss: float  # mean in-batch InfoNCE on raw dot products, scale 1
+    frac_positive_exact: bool = True  # True: counted over every token logit; False: estimated
+    frac_positive_se: float = 0.0  # standard error of an estimated frac_positive; 0 when exact
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,8 +124,9 @@ def row_norms(matrix: np.ndarray) -> np.ndarray:
         )
     out = np.empty(m.shape[0], dtype=np.float64)  # (V,)
     for start in range(0, m.shape[0], _ROW_CHUNK):
-        block = m[start : start + _ROW_CHUNK].astype(np.float64)  # (C, E)
-        out[start : start + block.shape[0]] = np.sqrt(np.einsum("ve,ve->v", block, block))  # (C,)
+        block = m[start : start + _ROW_CHUNK]  # (C, E); einsum casts to float64 as it goes
+        out[start : start + block.shape[0]] = np.sqrt(
+            np.einsum("ve,ve->v", block, block, dtype=np.float64))  # (C,)
     return out
 
 
@@ -136,20 +142,48 @@ def _vector(name: str, value, length: int | None) -> np.ndarray | None:
     return arr
 
 
-def spectral_norm(matrix: np.ndarray) -> float:
-    """Largest singular value, by Lanczos iteration (scipy's ARPACK `svds`, k = 1).
+def spectral_norm(matrix: np.ndarray, rtol: float = 1e-14) -> float:
+    """Largest singular value, by Lanczos iteration on the Gram matrix, in float64.
 
-    Only the top singular value is needed; a full SVD took over a second for a 128 x 128 matrix
-    with this machine's OpenBLAS and was the slowest step of a weights-only inspect. A fixed
-    start vector keeps the result deterministic. Matrices too small for ARPACK use the SVD.
+    Only the top singular value is needed. With the CPU shared, multithreaded BLAS/LAPACK
+    calls stalled: a full SVD of a 768 x 768 head took 5 s, an 80 x 80 eigh 0.5 s, and scipy's
+    ARPACK (plus importing scipy.sparse) most of a second. So the products here are
+    `np.einsum` loops (no BLAS), the Lanczos vectors are fully reorthogonalised, and the
+    iteration stops when the largest Ritz value (which rises monotonically to the answer) grew
+    by less than `rtol` (relative) over 4 steps, or the Krylov space is exhausted (exact). A
+    fixed start vector keeps the result deterministic; it agrees with the SVD to ~1e-15.
     """
     m = np.asarray(matrix, dtype=np.float64)
-    if min(m.shape) < 3:
-        return float(np.linalg.svd(m, compute_uv=False)[0])
-    from scipy.sparse.linalg import svds
-
-    v0 = np.ones(min(m.shape))
-    return float(svds(m, k=1, v0=v0, tol=0, return_singular_vectors=False)[0])
+    if m.ndim != 2 or 0 in m.shape:
+        raise InputError(f"spectral_norm() expects a non-empty 2-D matrix, got shape {m.shape}.")
+    if m.shape[0] < m.shape[1]:
+        m = m.T  # (R, C), C <= R: iterate on the smaller Gram matrix m^T m (C, C)
+    n = m.shape[1]
+    basis = np.zeros((min(n, 64), n))  # (steps, C) Lanczos vectors, one per row; grows
+    alpha, beta = np.zeros(n), np.zeros(n)
+    q = np.random.default_rng(0).standard_normal(n)
+    q /= np.sqrt(np.einsum("i,i->", q, q))
+    theta = last = 0.0
+    for j in range(n):
+        if j == basis.shape[0]:
+            basis = np.concatenate([basis, np.zeros((min(j, n - j), n))])
+        basis[j] = q
+        w = np.einsum("ri,r->i", m, np.einsum("ri,i->r", m, q))  # (C,) m^T m q
+        alpha[j] = np.einsum("i,i->", w, q)
+        done = basis[: j + 1]  # (j+1, C)
+        for _ in range(2):  # full reorthogonalisation; twice is enough in floating point
+            w -= np.einsum("ki,k->i", done, np.einsum("ki,i->k", done, w))
+        beta[j] = np.sqrt(np.einsum("i,i->", w, w))
+        exhausted = j == n - 1 or beta[j] <= 1e-13 * max(abs(alpha[j]), 1e-300)
+        if exhausted or j % 4 == 3:
+            # Tridiagonal T (j+1, j+1): alpha on the diagonal, beta beside it.
+            t = np.diag(alpha[: j + 1]) + np.diag(beta[:j], 1) + np.diag(beta[:j], -1)
+            theta = float(np.linalg.eigvalsh(t)[-1])
+            if exhausted or theta - last <= rtol * theta:
+                break
+            last = theta
+        q = w / beta[j]
+    return float(np.sqrt(max(theta, 0.0)))
 
 
 def row_norm_histogram(norms: np.ndarray, real_rows: np.ndarray, bins: int = 40) -> Histogram:
@@ -317,6 +351,13 @@ class ProbeAccumulator:
       `sample_size` smallest keys are kept): a uniform sample without replacement of everything
       passed to `add_token_sample`. NaN when nothing was sampled. frac_positive is NaN when
       `add_token_counts` was never called.
+    - frac_positive is exact at every k whose positives were counted (`add_token_counts` with
+      `counted`, default all). At any other k it is estimated with the difference estimator
+      p_k = p_c + mean over the sample of (1[x_k > 0] - 1[x_c > 0]), c the first counted k: the
+      exact share at c plus the sampled share of logits that cross zero between c and k. It is
+      unbiased (the sample is uniform), its standard error (frac_positive_se) is the sample
+      standard deviation of that difference over sqrt(sample size), and it is much smaller than
+      a plain sampled share's when few logits cross zero between the two k. NaN without a sample.
     """
 
     def __init__(
@@ -343,11 +384,18 @@ class ProbeAccumulator:
         n_k = len(self.ks)
         # Token level.
         self._positive = np.zeros(n_k, dtype=np.int64)  # (K,)
+        self._counted: np.ndarray | None = None  # (K,) bool, which k were counted; fixed
         self._token_total = 0
         self._sample_values = np.empty(0, dtype=np.float64)  # (S,) S <= sample_size
         self._sample_ids = np.empty(0, dtype=np.int64)  # (S,)
         self._sample_keys = np.empty(0, dtype=np.float64)  # (S,)
-        # Pooled level; one slot per k.
+        # Pooled level; one slot per k. Only columns that are active at some k can contribute
+        # to any pooled statistic: above the smallest threshold over k (see add_batch).
+        # The floor is lowered by a relative 1e-9 so that rounding in the transform can never
+        # make a column active that the floor left out.
+        floor = np.stack([positive_threshold(k, self.bias, self.scale_bias, self.vocab_size)
+                          for k in self.ks]).min(axis=0)  # (K, V) -> (V,)
+        self._floor = floor - 1e-9 * (np.abs(floor) + 1e-30)
         self._n_queries = 0
         self._n_passages = 0
         self._n_batches = 0
@@ -365,14 +413,31 @@ class ProbeAccumulator:
 
     # -- token level ---------------------------------------------------------------------------
 
-    def add_token_counts(self, positive: np.ndarray, total: int) -> None:
+    def add_token_counts(
+        self, positive: np.ndarray, total: int, counted: Sequence[bool] | None = None
+    ) -> None:
         """positive: (K,) number of token logits > 0 after the rescale, per k; total: number of
-        token x vocabulary logits they were counted over (tokens under the attention mask x V)."""
+        token x vocabulary logits they were counted over (tokens under the attention mask x V);
+        counted: (K,) which k were counted (default all; the others' entries are ignored and
+        their share is estimated from the token sample). Every call must count the same k."""
         pos = np.asarray(positive)
         if pos.shape != (len(self.ks),):
             raise InputError(
                 f"positive counts have shape {pos.shape}, expected ({len(self.ks)},): one per k."
             )
+        mask = np.ones(len(self.ks), dtype=bool) if counted is None else np.asarray(
+            counted, dtype=bool)
+        if mask.shape != pos.shape or not mask.any():
+            raise InputError(
+                f"counted = {list(mask.ravel())} must hold one flag per k, at least one True."
+            )
+        if self._counted is not None and not np.array_equal(mask, self._counted):
+            raise InputError(
+                "add_token_counts was called with different counted k than before; count the "
+                "same k in every batch."
+            )
+        self._counted = mask
+        pos = np.where(mask, pos, 0)
         if int(total) < 0 or np.any(pos < 0) or np.any(pos > int(total)):
             raise InputError(
                 f"positive counts {pos.tolist()} are not within [0, total = {total}]; count "
@@ -429,10 +494,20 @@ class ProbeAccumulator:
             self._n_neg_batches += 1
             self._n_offdiag += n * (n - 1)
         offdiag = ~np.eye(n, dtype=bool)  # (B, B)
+        # Columns no text of the batch activates at any k add zeros to every statistic: keep the
+        # others only, (B, V) -> (B, C). A sparse head keeps a few percent of the columns.
+        floor = self._floor
+        cols = np.flatnonzero(((q_raw > floor) | (d_raw > floor)).any(axis=0))  # (C,)
+        if cols.size == 0:
+            cols = np.zeros(1, dtype=np.intp)  # one inactive column keeps the shapes (B, 1)
+        bias = self.bias
+        if cols.size < self.vocab_size:
+            q_raw, d_raw = q_raw[:, cols], d_raw[:, cols]  # (B, C)
+            bias = None if bias is None else bias[cols]  # (C,)
         for i, k in enumerate(self.ks):
-            wq = splade_weights(transform_logits(q_raw, k, self.bias, self.scale_bias))  # (B, V)
-            wd = splade_weights(transform_logits(d_raw, k, self.bias, self.scale_bias))  # (B, V)
-            active_d = wd > 0  # (B, V)
+            wq = self._weights(q_raw, k, bias, self.scale_bias)  # (B, C)
+            wd = self._weights(d_raw, k, bias, self.scale_bias)  # (B, C)
+            active_d = wd > 0  # (B, C)
             self._active_q[i] += np.count_nonzero(wq > 0)
             self._active_d[i] += np.count_nonzero(active_d)
             active_w = wd[active_d]  # (A,)
@@ -445,13 +520,48 @@ class ProbeAccumulator:
             if not has_pairs:
                 continue
             self._neg_sum[i] += scores[offdiag].sum()
-            unit = _unit_rows(wd)  # (B, V)
+            unit = _unit_rows(wd)  # (B, C)
             cos = unit @ unit.T  # (B, B)
             self._cos_sum[i] += cos[offdiag].sum()
             ce = _logsumexp_rows(scores) - np.diag(scores)  # (B,) cross-entropy, target i
             self._loss_sum[i] += ce.mean()
 
+    @staticmethod
+    def _weights(raw: np.ndarray, k: float, bias: np.ndarray | None, scale_bias: bool
+                 ) -> np.ndarray:
+        """splade_weights(transform_logits(raw, k, bias, scale_bias)), the same arithmetic in
+        one buffer: (B, C) -> (B, C)."""
+        if bias is None or scale_bias:
+            w = raw / k
+        else:
+            w = raw - bias
+            w /= k
+            w += bias
+        np.maximum(w, 0.0, out=w)
+        return np.log1p(w, out=w)
+
     # -- result --------------------------------------------------------------------------------
+
+    def _frac_positive(self, i: int) -> tuple[float, bool, float]:
+        """(share, exact, standard error) of token logits > 0 at the i-th k."""
+        nan = float("nan")
+        if self._counted is None or not self._token_total:
+            return nan, True, 0.0
+        if self._counted[i]:
+            return float(self._positive[i] / self._token_total), True, 0.0
+        c = int(np.flatnonzero(self._counted)[0])
+        n = self._sample_values.size
+        if n == 0:
+            return nan, False, nan
+        ids = self._sample_ids
+        x = self._sample_values  # (S,) raw token logits
+        pos_k = x > positive_threshold(self.ks[i], self.bias, self.scale_bias, self.vocab_size)[ids]
+        pos_c = x > positive_threshold(self.ks[c], self.bias, self.scale_bias, self.vocab_size)[ids]
+        diff = pos_k.astype(np.float64) - pos_c  # (S,) in {-1, 0, 1}
+        exact_c = self._positive[c] / self._token_total
+        est = float(np.clip(exact_c + diff.mean(), 0.0, 1.0))
+        se = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else nan
+        return est, False, se
 
     def _percentiles(self, k: float) -> tuple[float, float, float]:
         if self._sample_values.size == 0:
@@ -473,6 +583,7 @@ class ProbeAccumulator:
         out = []
         for i, k in enumerate(self.ks):
             p01, p50, p99 = self._percentiles(k)
+            frac, exact, se = self._frac_positive(i)
             n_active = self._active_d[i]
             aq = self._active_q[i] / self._n_queries
             ad = n_active / self._n_passages
@@ -483,9 +594,7 @@ class ProbeAccumulator:
                     logit_p01=p01,
                     logit_p50=p50,
                     logit_p99=p99,
-                    frac_positive=(
-                        float(self._positive[i] / self._token_total) if self._token_total else nan
-                    ),
+                    frac_positive=frac,
                     term_weight_mean=float(self._weight_sum[i] / n_active) if n_active else 0.0,
                     term_weight_max=float(self._weight_max[i]),
                     share_above_5=float(self._above_5[i] / n_active) if n_active else 0.0,
@@ -497,6 +606,8 @@ class ProbeAccumulator:
                     score_pos=float(self._pos_sum[i] / self._n_queries),
                     score_neg=float(self._neg_sum[i] / self._n_offdiag) if neg else nan,
                     start_loss=float(self._loss_sum[i] / self._n_neg_batches) if neg else nan,
+                    frac_positive_exact=exact,
+                    frac_positive_se=se,
                 )
             )
         return tuple(out)

@@ -8,17 +8,29 @@ plus the term-weight scale), joins the Trainer's logged loss, gradient norm and 
 and keeps a `ProbeRecord` per probe step. The records feed the same collapse detectors as
 headscope's own training (`HeadscopeCallback.verdict`), go into the Trainer's logs under
 ``headscope/...`` keys (so wandb or tensorboard plot them), and optionally into a JSONL file
-written with `TelemetryWriter`.
+written with `headscope.splade.telemetry.TelemetryWriter`.
 
+    from sentence_transformers.sparse_encoder import SparseEncoder, SparseEncoderTrainer
+    from sentence_transformers.sparse_encoder.modules import SpladePooling, Transformer
     from headscope.probe import builtin_probe
     from headscope.trainer_callback import HeadscopeCallback
 
+    encoder = SparseEncoder(modules=[Transformer("path/to/masked-lm",
+                                                 transformer_task="fill-mask"),
+                                     SpladePooling("max")])
     callback = HeadscopeCallback.from_probe(builtin_probe(16), every_n_steps=10,
                                             stop_on_collapse=True, jsonl="telemetry.jsonl")
     trainer = SparseEncoderTrainer(model=encoder, args=args, train_dataset=train, loss=loss)
     callback.attach(trainer)   # runs before wandb/tensorboard's on_log, so they see our keys
     trainer.train()
     callback.verdict().status  # "stable" | "degraded" | "collapsed"
+
+`stop_on_collapse=True` stops training only when collapse evidence persists: the detectors
+must find the model collapsed at `stop_patience` consecutive probes (default 3), each probe
+with evidence of its own (non-finite values in that probe's record, or dense / dead collapse
+judged on the median of the last probes up to it). One bad probe never stops a run. When it
+stops, `callback.stop_reason` says why, and the same sentence is logged as a warning on the
+``headscope.trainer_callback`` logger.
 
 Rescaling a SparseEncoder needs no helper of its own: `headscope.rescale.rescale_model` takes a
 SparseEncoder (it finds the masked LM inside) and changes it in place. Rescale before
@@ -37,6 +49,7 @@ every rank stops at the same step.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -47,10 +60,12 @@ import torch
 from transformers import TrainerCallback
 
 from headscope.errors import InputError
-from headscope.splade.detectors import COLLAPSED, Thresholds, Verdict, verdict
+from headscope.splade.detectors import COLLAPSED, Evidence, Thresholds, Verdict, non_finite, verdict
 from headscope.splade.losses import flops, positive_negative_means
 from headscope.splade.pooling import active_terms
-from headscope.splade.train import StepRecord, TelemetryWriter
+from headscope.splade.telemetry import ProbeRecord, TelemetryWriter
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments
@@ -62,7 +77,10 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class CallbackConfig:
     every_n_steps: int = 10  # probe after optimisation steps 10, 20, ... (state.global_step)
-    stop_on_collapse: bool = False  # set control.should_training_stop on a "collapsed" verdict
+    # Stop training (control.should_training_stop) once the detectors find the model collapsed
+    # at `stop_patience` consecutive probes, each with evidence of its own; see the module doc.
+    stop_on_collapse: bool = False
+    stop_patience: int = 3
     thresholds: Thresholds = Thresholds()  # of the collapse detectors
     # Make the Trainer log at every probe step, so that each record carries the loss of that
     # step and its statistics reach the Trainer's logs. False keeps your logging_steps: records
@@ -72,7 +90,7 @@ class CallbackConfig:
     log_prefix: str = "headscope/"  # key prefix in the Trainer's logs
 
     def __post_init__(self) -> None:
-        for name in ("every_n_steps", "batch_size"):
+        for name in ("every_n_steps", "batch_size", "stop_patience"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"CallbackConfig.{name} must be an integer >= 1, got {value!r}.")
@@ -96,30 +114,6 @@ class ProbeStats:
     score_neg: float  # mean q_i . d_j, i != j
     flops_q: float  # unweighted FLOPS of the probe queries, sum_j (mean_i w_ij)^2
     flops_d: float  # unweighted FLOPS of the probe passages
-
-
-@dataclass(frozen=True)
-class ProbeRecord(StepRecord):
-    """A `StepRecord` measured by `HeadscopeCallback`, plus the term-weight scale.
-
-    The inherited fields mean what they mean in `headscope.splade.train`, except:
-
-    - step: the Trainer's `state.global_step` after the update (the probe sees the model that
-      the next training step will use, as a `train` record's statistics do).
-    - loss, grad_norm, lr: the Trainer's logged "loss" (mean since its previous log),
-      "grad_norm" and "learning_rate" at this step; NaN when it logged nothing at this step.
-    - ranking_loss: the logged "base_loss" (SpladeLoss's ranking part), else "loss" (a loss
-      without components); NaN when not logged.
-    - weight_q, weight_d: the logged "query_regularizer_weight" / "document_regularizer_weight"
-      (SpladeRegularizerWeightSchedulerCallback); NaN when absent.
-    - flops_q, flops_d, active_*, score_*: measured on the probe batch, not the training batch.
-    - loss_finite, grad_finite: False only when a logged value is not finite (True when nothing
-      was logged). The Trainer's default `logging_nan_inf_filter=True` replaces a non-finite
-      step loss before logging it: set it to False to let the non_finite detector see one.
-    """
-
-    term_weight_mean: float
-    term_weight_max: float
 
 
 # Statistics added to the Trainer's logs, under CallbackConfig.log_prefix.
@@ -289,6 +283,8 @@ class HeadscopeCallback(TrainerCallback):
         self.records: list[ProbeRecord] = []
         self.vocab_size: int | None = None
         self.stopped_at: int | None = None  # the step whose verdict stopped training
+        self.stop_reason: str | None = None  # why, in one sentence (also logged)
+        self._streak: list[tuple[int, tuple[Evidence, ...]]] = []  # consecutive collapsed probes
         self._pending: tuple[int, ProbeStats] | None = None  # measured, waiting for on_log
         self._fh: IO[str] | None = None
         self._writer: TelemetryWriter | None = None
@@ -392,12 +388,34 @@ class HeadscopeCallback(TrainerCallback):
         if state.is_world_process_zero and self.jsonl is not None:
             self._write(record)
         if self.config.stop_on_collapse:
-            collapsed = _main_process_says(self.verdict().status == COLLAPSED)
-            if collapsed:
+            evidence = self._collapse_now(record)
+            self._streak = self._streak + [(step, evidence)] if evidence else []
+            persists = len(self._streak) >= self.config.stop_patience
+            if _main_process_says(persists):
                 control.should_training_stop = True
                 if self.stopped_at is None:
                     self.stopped_at = step
+                    self.stop_reason = self._why()
+                    logger.warning(self.stop_reason)
         return record
+
+    def _collapse_now(self, record: ProbeRecord) -> tuple[Evidence, ...]:
+        """Collapse evidence of the latest probe itself: non-finite values in its record, or a
+        collapsing detector (dense / dead collapse over the last probes) dated at its step."""
+        th = self.config.thresholds
+        found = [e for e in self.verdict().evidence
+                 if e.severity == COLLAPSED and e.step == record.step]
+        own = non_finite([record], th)
+        if own is not None and not any(e.detector == own.detector for e in found):
+            found.append(own)
+        return tuple(found)
+
+    def _why(self) -> str:
+        steps = ", ".join(str(step) for step, _ in self._streak)
+        latest = "; ".join(e.message for e in self._streak[-1][1]) if self._streak else ""
+        return (f"headscope stopped training at step {self.stopped_at}: collapse evidence at "
+                f"{len(self._streak)} consecutive probes (steps {steps}; stop_patience = "
+                f"{self.config.stop_patience}). Latest: {latest}.")
 
     def _write(self, record: ProbeRecord) -> None:
         if self._writer is None:

@@ -78,6 +78,28 @@ def projection_dense():
     return _simulated("projection")
 
 
+def _library_condition(name: str) -> Builder:
+    def build():
+        from headscope import checkpoint, simulate
+
+        cond = simulate.conditions()[name]
+        return checkpoint.load(checkpoint.resolve(str(cond()))), cond.description
+
+    return build
+
+
+def _register_library_conditions() -> None:
+    """Every condition of `headscope.simulate.conditions()` under its own name (simulations
+    are labelled there); the three above keep their names so earlier results stay keyed."""
+    from headscope import simulate
+
+    for name in simulate.conditions():
+        CONDITIONS.setdefault(name, _library_condition(name))
+
+
+_register_library_conditions()
+
+
 # ------------------------------------------------------------------------------------ run
 
 
@@ -479,9 +501,8 @@ def _plateau(g: dict) -> str:
 
 
 def _label(label: str) -> str:
-    """A run's label for the page: no cache path of this machine, no design-note citation."""
-    label = re.sub(r"/\S*/assets/bert-tiny-splade", "bert-tiny-splade", label)
-    return re.sub(r" \(DESIGN\.md §\d+\)", "", label)
+    """A run's label for the page: no cache path of this machine."""
+    return re.sub(r"/\S*/assets/bert-tiny-splade", "bert-tiny-splade", label)
 
 
 def report(args) -> int:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv-tf4: a second virtualenv with transformers 4.57.x, used by tests/test_tf4_compat.py
 # to check that checkpoints written by headscope (under transformers 5) load correctly under the
-# previous major, which re-ties a decoder whenever config.json allows it (DESIGN.md §3).
+# previous major, which re-ties a decoder whenever config.json allows it (docs/rescale.md).
 #
 # Deliberately NOT --system-site-packages: that would let the venv see transformers 5.
 # torch is pinned to the version the main environment uses (pip finds the local wheel/cache).

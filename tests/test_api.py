@@ -98,6 +98,9 @@ def test_inspect_real_bert_tiny(bert_tiny_dir, headscope_cache):
     assert [s.k for s in rep.per_k] == [1, 2, 4, 8, 16, 32]
     assert rep.recommendation.k in rep.recommendation.passing
     assert rep.probe.n_pairs == 4
+    # the English probe fits BERT's English vocabulary: no unknown token, no HS209
+    assert rep.probe.unknown_token_share == 0.0
+    assert "HS209" not in {f.code for f in rep.findings}
     jsonschema.Draft202012Validator(report.schema()).validate(json.loads(report.dumps(rep)))
     assert report.loads(report.dumps(rep)).weights == rep.weights
     assert not (headscope_cache / "last-inspect.json").exists()  # remember defaults to False
@@ -113,7 +116,54 @@ def test_inspect_weights_only_reads_the_files(bert_tiny_dir):
 def test_inspect_real_albert(albert_dir):
     rep = api.inspect(str(albert_dir), options=api.InspectOptions(weights_only=True))
     assert rep.model.family == "albert"
-    assert rep.weights.row_norm_all.mean == pytest.approx(1.3325, abs=1e-4)  # DESIGN.md: 1.333
+    assert rep.weights.row_norm_all.mean == pytest.approx(1.3325, abs=1e-4)  # science.md: 1.332
+
+
+def _naive_unknown_share(tokenizer, pset, config) -> float:
+    unknown = total = 0
+    for pair in pset.pairs[: config.n_pairs]:
+        for text, limit in ((pair.query, config.max_query_length),
+                            (pair.passage, config.max_passage_length)):
+            tokens = tokenizer.tokenize(text)[:limit]
+            total += len(tokens)
+            unknown += sum(t == tokenizer.unk_token for t in tokens)
+    return unknown / total
+
+
+@pytest.mark.slow
+def test_english_probe_on_the_real_chemistry_albert_is_flagged(albert_dir, tmp_path):
+    from headscope import checkpoint, probe
+
+    config = ProbeConfig(n_pairs=16)
+    rep = api.inspect(str(albert_dir), probe_config=config)
+    tokenizer = checkpoint.load_tokenizer(checkpoint.resolve(str(albert_dir)))
+    assert len(tokenizer) == 591
+    expected = _naive_unknown_share(tokenizer, probe.builtin_probe(16), config)
+    assert 0.8 < expected < 0.95  # the English probe is mostly [UNK] under SMILES tokens
+    assert rep.probe.unknown_token_share == pytest.approx(expected)
+    (hs209,) = [f for f in rep.findings if f.code == "HS209"]
+    assert (hs209.name, hs209.severity, hs209.threshold) == (
+        "probe-vocabulary-mismatch", "warning", 0.05)
+    assert hs209.value == pytest.approx(expected)
+    assert hs209.message.startswith(f"{100 * expected:.3g}% of the probe's tokens are unknown "
+                                    "to the model's tokenizer (above 5%)")
+    assert "--probe FILE" in hs209.message
+    jsonschema.Draft202012Validator(report.schema()).validate(json.loads(report.dumps(rep)))
+    assert report.loads(report.dumps(rep)).probe == rep.probe
+    # A probe in the model's own language (reaction SMILES) fits: no HS209.
+    # Reactants -> product, written atom by atom as the model's vocabulary spells SMILES.
+    reactions = [("C C ( = O ) O . O C C", "C C ( = O ) O C C . O"),
+                 ("c 1 c c c c c 1 Br . O B ( O ) c 1 c c c c c 1",
+                  "c 1 c c c ( - c 2 c c c c c 2 ) c c 1"),
+                 ("C C O . C C ( = O ) Cl", "C C O C ( C ) = O"),
+                 ("O c 1 c c c c c 1 . C I", "C O c 1 c c c c c 1")]
+    smiles = tmp_path / "reactions.jsonl"
+    smiles.write_text("".join(json.dumps({"query": q, "passage": p}) + "\n"
+                              for q, p in reactions))
+    fitted = api.inspect(str(albert_dir), probe_config=ProbeConfig(n_pairs=4),
+                         options=api.InspectOptions(probe_file=str(smiles)))
+    assert fitted.probe.unknown_token_share == 0.0
+    assert "HS209" not in {f.code for f in fitted.findings}
 
 
 def test_inspect_refuses_a_headless_model(tmp_path):
@@ -238,9 +288,14 @@ def test_fix_dry_run_and_refusals(tiny_long, tmp_path):
 
 
 def test_fix_follows_the_last_inspection(tiny_long, tmp_path):
+    import dataclasses
+
     src = tiny_long("modernbert")
-    rep = api.inspect(str(src), probe_config=SMALL, remember=True)
+    # candidates without 1, so that the recommendation asks for a fix
+    rep = api.inspect(str(src), probe_config=dataclasses.replace(SMALL, ks=(2.0, 4.0, 8.0)),
+                      remember=True)
     k = rep.recommendation.k
+    assert k != 1
     outcome = api.fix(None, str(tmp_path / "fixed"), probe_config=SMALL)
     assert outcome.source == str(src) and outcome.followed_last_inspection
     assert outcome.k == k and outcome.k_from == "last inspection's recommendation"
@@ -250,6 +305,15 @@ def test_fix_follows_the_last_inspection(tiny_long, tmp_path):
     outcome = api.fix(None, str(tmp_path / "fixed-2"), options=api.FixOptions(k=3),
                       probe_config=SMALL)
     assert outcome.k == 3 and outcome.k_from == "--k"
+    # a last inspection that recommended k = 1: no fix needed, nothing written
+    rep = api.inspect(str(src), probe_config=dataclasses.replace(SMALL, ks=(1.0,)),
+                      remember=True)
+    assert rep.recommendation.k == 1
+    outcome = api.fix(None, str(tmp_path / "fixed-3"), probe_config=SMALL)
+    assert not outcome.needed and outcome.result is None and outcome.k == 1
+    assert outcome.note.startswith(f"No fix needed: {src} is recommended k = 1 (last "
+                                   "inspection's recommendation), so its head is left as it is")
+    assert not (tmp_path / "fixed-3").exists()
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta"])
@@ -319,3 +383,95 @@ def test_demo_real_and_simulated(bert_tiny_dir):
     assert at1[outcome.labels[1]].frac_positive > 10 * at1[outcome.labels[0]].frac_positive
     assert outcome.simulation.where == "bias"
     assert outcome.simulation.frac_positive_after > outcome.simulation.frac_positive_before
+
+
+def test_every_verb_has_a_shipped_json_schema():
+    for kind in ("report", "fix", "training", "check", "compare"):
+        schema = api.json_schema(kind)
+        jsonschema.Draft202012Validator.check_schema(schema)
+        assert schema["properties"]["schema_version"] == {"const": 1}
+        assert "schema_version" in schema["required"]
+    assert api.json_schema("report") == report.schema()
+    with pytest.raises(InputError) as err:
+        api.json_schema("sweep")
+    assert str(err.value) == ("No JSON schema named 'sweep'; the schemas are report, fix, "
+                              "training, check, compare.")
+
+
+# --------------------------------------------------------------------------------------------
+# fix --k on a head whose recommendation divides the bias
+
+
+@pytest.fixture(scope="module")
+def bias_dense(tmp_path_factory) -> Path:
+    """A tiny BERT whose activity lives in its output bias (every bias +200): with the bias
+    kept no k brings its weights into their bands, so the recommendation divides it too."""
+    model = tiny_models.build_tiny("bert")
+    with torch.no_grad():
+        model.cls.predictions.bias.fill_(200.0)
+    path = tmp_path_factory.mktemp("bias-dense")
+    model.save_pretrained(str(path))
+    tiny_models.write_tokenizer(path)
+    return path
+
+
+FEW_SHORT = ProbeConfig(n_pairs=4, max_passage_length=48)
+
+
+def test_fix_with_k_refuses_to_guess_the_bias_when_the_recommendation_divides_it(bias_dense,
+                                                                                   tmp_path):
+    rec = api.inspect(str(bias_dense), probe_config=FEW_SHORT).recommendation
+    assert rec.scale_bias and rec.k == 32
+    out = tmp_path / "fixed"
+    with pytest.raises(InputError) as err:
+        api.fix(str(bias_dense), str(out), options=api.FixOptions(k=4), probe_config=FEW_SHORT)
+    assert str(err.value) == (
+        f"The recommendation for {bias_dense} divides the output bias too (k = 32 with "
+        "--scale-bias); with --k 4, say which: --scale-bias (bias divided by k too, as "
+        "recommended) or --no-scale-bias (projection only).")
+    assert not out.exists()
+    # Either explicit choice is obeyed.
+    for choice in (True, False):
+        outcome = api.fix(str(bias_dense), str(tmp_path / f"fixed-{choice}"),
+                          options=api.FixOptions(k=4, scale_bias=choice), probe_config=FEW_SHORT)
+        assert outcome.result.spec == RescaleSpec(4.0, "untie", choice)
+    # Without --k the recommendation is followed whole: k and the divided bias.
+    outcome = api.fix(str(bias_dense), str(tmp_path / "as-recommended"), probe_config=FEW_SHORT)
+    assert outcome.result.spec == RescaleSpec(32.0, "untie", True)
+
+
+def test_fix_with_k_after_an_inspection_that_divides_the_bias_refuses_too(bias_dense, tmp_path):
+    api.inspect(str(bias_dense), probe_config=FEW_SHORT, remember=True)
+    with pytest.raises(InputError) as err:
+        api.fix(None, str(tmp_path / "fixed"), options=api.FixOptions(k=8),
+                probe_config=FEW_SHORT)
+    assert str(err.value).startswith(
+        f"The recommendation for {bias_dense} divides the output bias too (k = 32 with "
+        "--scale-bias); with --k 8, say which:")
+    assert not (tmp_path / "fixed").exists()
+
+
+def test_fix_with_k_on_a_bias_keeping_recommendation_keeps_the_bias(tiny_long, tmp_path):
+    src = tiny_long("bert")
+    assert not api.inspect(str(src), probe_config=SMALL).recommendation.scale_bias
+    outcome = api.fix(str(src), str(tmp_path / "fixed"), options=api.FixOptions(k=2),
+                      probe_config=SMALL)
+    assert outcome.result.spec == RescaleSpec(2.0, "untie", False)
+    # the before/after statistics come from the bias-kept measurement, at k = 1 and k = 2
+    assert {1.0, 2.0} <= {s.k for s in outcome.report.per_k}
+    assert not outcome.report.probe.scale_bias
+
+
+def test_confirm_without_k_trains_the_whole_recommendation(bias_dense, tmp_path):
+    # The recommendation divides the bias: confirm's fixed arm must be trained that way too.
+    from headscope.probe import builtin_probe
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"query": p.query, "positive": p.passage}) + "\n"
+                             for p in builtin_probe(24).pairs))
+    outcome = api.confirm(str(bias_dense), options=api.ConfirmOptions(
+        data=str(pairs), steps=2, batch_size=4, max_passage_length=32, max_eval_queries=8))
+    fixed = outcome.arms[1]
+    assert fixed.k == 32.0
+    assert fixed.description == "projection / 32 (untie, bias divided)"
+    assert outcome.config.scale_bias is True

@@ -365,8 +365,8 @@ def test_hub_id_not_cached_offline(hub_env, tmp_path):
         ck.resolve("acme/absent", revision="v2")
     assert str(err.value) == (
         "Model 'acme/absent' at revision 'v2' is not in the Hugging Face cache and the Hub "
-        "cannot be reached; download it where the network is available (huggingface-cli "
-        "download acme/absent) or pass a local directory."
+        "cannot be reached; download it where the network is available (hf download "
+        "acme/absent --revision v2) or pass a local directory."
     )
 
 
@@ -385,7 +385,7 @@ def test_hub_id_network_failure(hub_env, tmp_path):
     assert calls == [("acme/absent", None)]
     assert str(err.value) == (
         "Model 'acme/absent' is not in the Hugging Face cache and the Hub cannot be reached; "
-        "download it where the network is available (huggingface-cli download acme/absent) or "
+        "download it where the network is available (hf download acme/absent) or "
         "pass a local directory."
     )
 
@@ -467,3 +467,23 @@ def test_token_limit_caps_at_the_position_table():
     roberta = SimpleNamespace(model_type="roberta", max_position_embeddings=514, pad_token_id=1)
     assert token_limit(roberta, 1024) == 512
     assert token_limit(SimpleNamespace(model_type="x"), 77) == 77  # no table: unchanged
+
+
+def test_tokenizer_of_a_config_without_model_type_follows_the_inferred_family(tmp_path):
+    # Only vocab.txt: AutoTokenizer cannot tell the tokenizer class without the config's
+    # model_type and used to fail with "install sentencepiece"; the tensor names say BERT.
+    folder = tiny_models.save_tiny("bert", tmp_path / "m")
+    _drop_from_config(folder, "model_type", "architectures")
+    for name in ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json"):
+        (folder / name).unlink(missing_ok=True)
+    resolved = ck.resolve(str(folder))
+    assert resolved.model_type == "bert"
+    tokenizer = ck.load_tokenizer(resolved)
+    assert len(tokenizer) == tiny_models.N_TOKENS
+    assert tokenizer.unk_token == "[UNK]" and tokenizer.cls_token == "[CLS]"
+    reference = ck.load_tokenizer(ck.resolve(str(tiny_models.save_tiny("bert", tmp_path / "r"))))
+    text = " ".join(tiny_models.vocab_tokens()[-6:]) + " unseenword"
+    assert tokenizer(text)["input_ids"] == reference(text)["input_ids"]
+    loaded = ck.load(resolved)
+    assert type(loaded.model).__name__ == "BertForMaskedLM"
+    assert loaded.tokenizer is not None and len(loaded.tokenizer) == tiny_models.N_TOKENS

@@ -30,6 +30,15 @@ FEW = "4"  # probe size where only the control flow matters
 COMMANDS = ("inspect", "fix", "check", "demo", "confirm", "sweep", "compare", "report")
 
 
+def valid(kind: str, payload: dict) -> dict:
+    """`payload` validated against the shipped JSON Schema of `kind` (api.json_schema)."""
+    from headscope import api
+
+    assert payload["schema_version"] == 1
+    jsonschema.Draft202012Validator(api.json_schema(kind)).validate(payload)
+    return payload
+
+
 @pytest.fixture(autouse=True)
 def headscope_cache(bert_tiny_dir, tmp_path, monkeypatch):
     """A private HEADSCOPE_CACHE (the "last inspection" memory lives there) that still sees the
@@ -161,7 +170,7 @@ def test_inspect_hub_id_not_in_cache(runner, tmp_path, monkeypatch):
     result = runner.invoke(main, ["inspect", "acme/no-such-bert", "--weights-only"])
     assert_refused(result, "Model 'acme/no-such-bert' is not in the Hugging Face cache and the Hub "
                    "cannot be reached; download it where the network is available "
-                   "(huggingface-cli download acme/no-such-bert) or pass a local directory.")
+                   "(hf download acme/no-such-bert) or pass a local directory.")
     assert list(empty.iterdir()) == []
 
 
@@ -246,8 +255,10 @@ def test_fix_writes_a_checkpoint_that_reloads_with_the_expected_logits(runner, b
     result = runner.invoke(main, ["fix", str(bert_tiny_dir), "--out", str(out), "--k", "4",
                                   "--n-pairs", FEW, "--json", "-"])
     assert result.exit_code == 0, result.stderr
-    summary = json.loads(result.stdout)
+    summary = valid("fix", json.loads(result.stdout))
     assert summary["k"] == 4.0 and summary["k_from"] == "--k"
+    assert summary["needed"] is True and summary["written"] is True
+    assert summary["changed_tensors"] == ["cls.predictions.decoder.weight"]
     assert summary["strategy"] == "untie" and summary["scale_bias"] is False
     assert summary["dry_run"] is False and summary["tied"] is False
     assert summary["out"] == str(out.resolve())
@@ -318,15 +329,47 @@ def test_fix_without_model_follows_the_last_inspection(runner, bert_tiny_dir, tm
     result = runner.invoke(main, ["fix", "--out", str(out), "--n-pairs", FEW, "--json", "-"])
     assert result.exit_code == 0, result.stderr
     lines = result.stderr.splitlines()
-    assert f"No MODEL given: using {bert_tiny_dir} from the last `headscope inspect`" in lines
-    assert (f"No MODEL given: acting on {bert_tiny_dir}, the model of the last `headscope "
-            f"inspect`, with k = {k:g} (last inspection's recommendation).") in lines
+    said = [line for line in lines if line.startswith("No MODEL given")]
+    assert said == [f"No MODEL given: acting on {bert_tiny_dir}, the model of the last "
+                    f"`headscope inspect`, with k = {k:g} (last inspection's recommendation)."]
     summary = json.loads(result.stdout)
     assert summary["source"] == str(bert_tiny_dir)
     assert summary["k"] == k and summary["followed_last_inspection"] is True
     assert (out / "config.json").is_file()
     meta = json.loads((out / "headscope.json").read_text())
     assert str(bert_tiny_dir) in json.dumps(meta)
+
+
+def test_fix_at_a_recommended_k_of_1_writes_nothing(runner, bert_tiny_dir, tmp_path):
+    # The real BERT-tiny is healthy: recommended k = 1, so no fix is needed.
+    out = tmp_path / "fixed"
+    result = runner.invoke(main, ["fix", str(bert_tiny_dir), "--out", str(out), "--n-pairs", FEW,
+                                  "--json", "-"])
+    assert result.exit_code == 0, result.stderr
+    note = (f"No fix needed: {bert_tiny_dir} is recommended k = 1 (recommended by the bands "
+            "rule), so its head is left as it is and nothing was written. Pass --k K to rescale "
+            "it anyway, or --force to write an unchanged copy.")
+    assert note in result.stderr.splitlines()
+    summary = valid("fix", json.loads(result.stdout))
+    assert summary["needed"] is False and summary["written"] is False
+    assert summary["k"] == 1.0 and summary["files"] == [] and summary["out"] is None
+    assert summary["changed_tensors"] == [] and summary["note"] == note
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["headscope-cache", "work"]
+    # --force writes the copy, and calls no tensor changed: dividing by 1 changes nothing.
+    result = runner.invoke(main, ["fix", str(bert_tiny_dir), "--out", str(out), "--n-pairs", FEW,
+                                  "--force", "--json", "-"])
+    assert result.exit_code == 0, result.stderr
+    summary = valid("fix", json.loads(result.stdout))
+    assert summary["written"] is True and summary["k"] == 1.0
+    assert summary["changed_tensors"] == []
+    assert summary["new_tensors"] == ["cls.predictions.decoder.weight"]  # untied, same values
+    assert (out / "model.safetensors").is_file()
+    result = runner.invoke(main, ["fix", str(bert_tiny_dir), "--out", str(tmp_path / "v"),
+                                  "--n-pairs", FEW, "--k", "1"])
+    assert result.exit_code == 0, result.stderr
+    assert "changed: none; written separately, values unchanged: " \
+           "cls.predictions.decoder.weight" in " ".join(result.stdout.split())
 
 
 def test_fix_without_model_and_without_an_inspection(runner, tmp_path, state_file):
@@ -360,7 +403,7 @@ def test_check_json_lists_every_rule(runner, bert_report):
     result = runner.invoke(main, ["check", "--report", str(bert_report), "--max-row-norm", "1",
                                   "--max-k", "2", "--max-start-loss", "0.5", "--json", "-"])
     assert result.exit_code == 1, result.stderr
-    payload = json.loads(result.stdout)
+    payload = valid("check", json.loads(result.stdout))
     assert payload["passed"] is False
     assert payload["k"] == 1
     rules = {r["name"]: r for r in payload["rules"]}
@@ -479,6 +522,22 @@ def test_demo_shows_the_real_model_and_the_labelled_simulation(runner):
     assert "bert-tiny-splade (real)" in result.stdout
     assert "bert-tiny-splade SIMULATED dense (bias)" in result.stdout
     assert "Simulated large-head regime (not a real checkpoint)" in result.stdout
+    out = " ".join(result.stdout.split())
+    # the panel says why its numbers differ from the table's
+    assert "the table below counts the tokens of the probe's queries too" in out
+    # every finding code listed is explained, and the demo ends with what to run next
+    import re
+
+    from headscope.recommend import FINDING_CODES
+    from headscope.render import FINDING_GIST
+
+    assert set(FINDING_GIST) == set(FINDING_CODES)
+    codes = set(re.findall(r"HS\d{3}", out))
+    assert codes  # the simulation has warnings
+    for code in codes:
+        assert f"{code} {FINDING_GIST[code]}" in out
+    assert out.endswith("Every command and flag: headscope COMMAND --help, or docs/cli.md.")
+    assert "headscope inspect MODEL measure its head and recommend k" in out
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -520,13 +579,30 @@ def test_compare_saved_report_and_model_json(runner, bert_report, bert_tiny_dir)
     result = runner.invoke(main, ["compare", str(bert_report), str(bert_tiny_dir),
                                   "--n-pairs", N_PAIRS, "--json", "-"])
     assert result.exit_code == 0, result.stderr
-    rows = json.loads(result.stdout)["models"]
+    rows = valid("compare", json.loads(result.stdout))["models"]
     assert [r["source"] for r in rows] == [saved["model"]["source"], str(bert_tiny_dir)]
     at1 = next(s for s in saved["per_k"] if s["k"] == 1.0)
     assert rows[0]["start_loss"] == at1["start_loss"]
     assert rows[0]["row_norm_mean"] == saved["weights"]["row_norm_all"]["mean"]
     assert rows[0]["recommended_k"] == saved["recommendation"]["k"]
     assert rows[1]["row_norm_mean"] == pytest.approx(0.682, abs=5e-4)
+
+
+def test_compare_never_heads_two_columns_alike(runner, bert_tiny_dir, tmp_path):
+    # A full and a weights-only report of one model, and the same report twice.
+    full, weights = tmp_path / "full.json", tmp_path / "weights.json"
+    for path, extra in ((full, ["--n-pairs", FEW]), (weights, ["--weights-only"])):
+        result = runner.invoke(main, ["inspect", str(bert_tiny_dir), *extra, "--json",
+                                      str(path)])
+        assert result.exit_code == 0, result.stderr
+    result = runner.invoke(main, ["compare", str(full), str(weights), str(full), "--json", "-"])
+    assert result.exit_code == 0, result.stderr
+    labels = [m["label"] for m in valid("compare", json.loads(result.stdout))["models"]]
+    assert labels == ["bert-tiny-splade (probe) #1", "bert-tiny-splade (weights only)",
+                      "bert-tiny-splade (probe) #2"]
+    table = runner.invoke(main, ["compare", str(full), str(weights)])
+    header = next(line for line in table.stdout.splitlines() if "bert-tiny-splade (" in line)
+    assert "(probe)" in header and "(weights only)" in header
 
 
 def test_compare_needs_a_source(runner):
@@ -546,6 +622,17 @@ def test_report_writes_html_and_markdown(runner, bert_report, tmp_path):
     assert "http" not in page.replace("http-equiv", "")
     assert md.read_text().count("\n| ") >= len(saved["per_k"])
     assert f"wrote {html}" in result.stderr
+
+
+def test_report_with_a_missing_folder_writes_nothing(runner, bert_report, tmp_path):
+    # The whole command is refused before anything is written: not even the --html asked for
+    # (a refused command writes nothing).
+    html, md = tmp_path / "r.html", tmp_path / "missing" / "r.md"
+    result = runner.invoke(main, ["report", str(bert_report), "--html", str(html),
+                                  "--md", str(md)])
+    assert_refused(result, f"Cannot write {md}: folder {md.parent} does not exist; create it or "
+                   "choose another path.")
+    assert not html.exists() and not md.parent.exists()
 
 
 def test_report_needs_an_output(runner, bert_report):
@@ -571,3 +658,26 @@ def test_inspect_bad_band_is_a_usage_error(runner, bert_tiny_dir):
     result = runner.invoke(main, ["inspect", str(bert_tiny_dir), "--band", "start_loss"])
     assert result.exit_code == 2
     assert "'start_loss' is not METRIC=LOW:HIGH (e.g. start_loss=:50)" in result.stderr
+
+
+def test_fix_k_without_a_bias_choice_on_a_bias_dividing_recommendation_exits_2(runner,
+                                                                                tmp_path):
+    model = tiny_models.build_tiny("bert")
+    with torch.no_grad():
+        model.cls.predictions.bias.fill_(200.0)  # activity in the bias: it must be divided
+    src = tmp_path / "bias-dense"
+    model.save_pretrained(str(src))
+    tiny_models.write_tokenizer(src)
+    out = tmp_path / "fixed"
+    result = runner.invoke(main, ["fix", str(src), "--out", str(out), "--k", "4",
+                                  "--n-pairs", FEW])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"Error: The recommendation for {src} divides the output bias too (k = 32 with "
+        "--scale-bias); with --k 4, say which: --scale-bias (bias divided by k too, as "
+        "recommended) or --no-scale-bias (projection only)."]
+    assert result.stdout == "" and not out.exists()
+    result = runner.invoke(main, ["fix", str(src), "--out", str(out), "--k", "4",
+                                  "--no-scale-bias", "--n-pairs", FEW, "--json", "-"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["scale_bias"] is False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import jsonschema
 import pytest
 import torch
 from click.testing import CliRunner
@@ -62,15 +63,67 @@ def test_confirm_fixed_arm_starts_from_the_rescaled_scores(bert_tiny_dir, tmp_pa
     assert (tmp_path / "f.png").stat().st_size > 1000
 
 
-def test_confirm_with_a_fixed_folder(bert_tiny_dir, tmp_path, FAST):
+def test_confirm_with_a_fixed_folder_and_a_log(bert_tiny_dir, tmp_path, pairs_file, FAST):
+    # `confirm --fixed DIR --log FILE` end to end: the fixed arm's k comes from DIR's
+    # provenance, and the telemetry and the summary are valid JSON throughout.
     out = tmp_path / "fixed"
     api.fix(str(bert_tiny_dir), str(out), options=api.FixOptions(k=4.0),
             probe_config=_tiny_probe())
+    log = tmp_path / "logs" / "confirm.jsonl"
+    result = CliRunner().invoke(main, [
+        "confirm", str(bert_tiny_dir), "--fixed", str(out), "--log", str(log), "--steps", "3",
+        "--batch-size", "4", "--max-passage-length", "32", "--data", str(pairs_file),
+        "--max-eval-queries", "3", "--json", "-"])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    jsonschema.Draft202012Validator(api.json_schema("training")).validate(summary)
+    assert [(a["name"], a["k"]) for a in summary["arms"]] == [("original", 1.0), ("fixed", 4.0)]
+    assert summary["arms"][1]["description"] == f"{out} (written by fix, k = 4)"
+    assert summary["evaluated"]["queries"] == 3 and summary["options"]["max_eval_queries"] == 3
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [(x["arm"], x["k"]) for x in lines] == [("original", 1.0)] * 3 + [("fixed", 4.0)] * 3
+    from headscope.splade.telemetry import read_telemetry
+
+    assert list(read_telemetry(log)) == ["original, k = 1", "fixed, k = 4"]
+    # Progress with an ETA, as plain lines (stderr is not a terminal here).
+    assert "arm 2/2: fixed: 3/3 (100%), elapsed " in result.stderr
+    assert "all arms: 6/6 (100%), elapsed " in result.stderr
+    # The same as rescaling in memory by that k.
     by_folder = api.confirm(str(bert_tiny_dir), fixed=str(out), options=FAST)
     in_memory = api.confirm(str(bert_tiny_dir), k=4.0, options=FAST)
     a = [r.loss for r in by_folder.records["fixed"]]
     b = [r.loss for r in in_memory.records["fixed"]]
     assert a == pytest.approx(b, rel=1e-4)
+
+
+def test_fixed_folder_k_reads_the_provenance_chain(tmp_path):
+    folder = tmp_path / "twice"
+    folder.mkdir()
+    (folder / "headscope.json").write_text(json.dumps({"k": 2.0, "previous": {"k": 4}}))
+    assert api.fixed_folder_k(str(folder)) == 8.0
+    (folder / "headscope.json").write_text(json.dumps({"k": None}))
+    with pytest.raises(InputError) as err:
+        api.fixed_folder_k(str(folder))
+    assert str(err.value) == (f"{folder / 'headscope.json'} records no positive k (None); "
+                              f"re-create {folder} with `headscope fix`, or use --k K instead "
+                              "of --fixed.")
+    with pytest.raises(InputError) as err:
+        api.fixed_folder_k(str(tmp_path))
+    assert str(err.value) == (f"{tmp_path} has no headscope.json, so its k is unknown; pass a "
+                              "folder written by `headscope fix`, or rescale MODEL in memory "
+                              "with --k K instead of --fixed.")
+
+
+def test_max_eval_queries_evaluates_exactly_that_many(bert_tiny_dir):
+    from headscope.splade.data import load_dataset
+
+    full = load_dataset("stdlib-ict")
+    capped = load_dataset("stdlib-ict", max_eval_queries=50)
+    assert len(full.eval.queries) > 50 and len(capped.eval.queries) == 50
+    assert capped.eval.corpus == full.eval.corpus  # the other passages stay as distractors
+    assert list(capped.eval.queries) == list(full.eval.queries)[:50]
+    with pytest.raises(InputError, match="max_eval_queries must be at least 1, got 0"):
+        load_dataset("stdlib-ict", max_eval_queries=0)
 
 
 def _tiny_probe():
@@ -95,13 +148,21 @@ def test_sweep_cli_json_has_one_arm_per_k(bert_tiny_dir, pairs_file):
     assert [a["k"] for a in payload["arms"]] == [1.0, 8.0]
     assert all(a["status"] in ("stable", "degraded", "collapsed") for a in payload["arms"])
     assert payload["options"]["steps"] == 2
+    jsonschema.Draft202012Validator(api.json_schema("training")).validate(payload)
+    # the cross-arm judgement: the best arm sits at 0, the other's interval brackets its mean
+    best = max(payload["arms"], key=lambda a: a["mrr_at_10"])
+    assert best["mrr_vs_best"] == 0.0
+    for arm in payload["arms"]:
+        low, high = arm["mrr_vs_best_interval"]
+        assert low <= arm["mrr_vs_best"] <= high
+        assert arm["mrr_vs_best"] == pytest.approx(arm["mrr_at_10"] - best["mrr_at_10"])
 
 
 def test_sweep_on_a_simulation_is_labelled(bert_tiny_dir, FAST):
     outcome = api.sweep(str(bert_tiny_dir), [1.0], options=api.ConfirmOptions(
         **{**FAST.__dict__, "simulate": "bias", "steps": 2}))
     assert outcome.simulation is not None and outcome.simulation.startswith("SIMULATION")
-    # The bias variant is dense at step 0 (DESIGN.md §6: ~24.7k of 30.5k terms per passage).
+    # The bias variant is dense at step 0 (measured: ~24.7k of 30.5k terms per passage).
     assert outcome.records["k=1"][0].active_passage > 10_000
 
 
@@ -148,26 +209,6 @@ def test_dense_arm_reports_truncated_evaluation(bert_tiny_dir, FAST):
     assert original.truncated_passages > 0
     payload = api.training_summary(outcome)
     assert payload["arms"][0]["truncated_passages"] == original.truncated_passages
-
-
-def test_fixed_arm_clearly_worse_than_the_original_is_degraded():
-    def arm(name, status, mrr):
-        return api.ArmOutcome(name=name, description="", k=1.0, status=status, evidence=(),
-                              start_loss=1.0, end_loss=0.5, max_grad_norm=1.0,
-                              active_query_end=10.0, active_passage_end=100.0, ndcg_at_10=mrr,
-                              mrr_at_10=mrr, recall_at_100=1.0)
-
-    worse = api._judge_against_original((arm("original", "stable", 0.947),
-                                         arm("fixed", "stable", 0.862)))
-    assert worse[1].status == "degraded"
-    assert worse[1].evidence == (
-        "MRR@10 0.862 is more than 0.03 below the original's 0.947: this k may over-rescale a "
-        "head that trains well as is",)
-    close = (arm("original", "stable", 0.947), arm("fixed", "stable", 0.92))
-    assert api._judge_against_original(close) == close  # within the noise: unchanged
-    collapsed = api._judge_against_original((arm("original", "stable", 0.9),
-                                             arm("fixed", "collapsed", 0.1)))
-    assert collapsed[1].status == "collapsed"  # never softened
 
 
 @pytest.fixture(scope="module")

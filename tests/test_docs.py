@@ -81,7 +81,12 @@ def test_github_actions_workflow_is_valid_yaml_and_uses_check():
     steps = workflow["jobs"]["check-head"]["steps"]
     assert workflow["name"] == "headscope" and True in workflow  # YAML reads `on:` as True
     run = "\n".join(s.get("run", "") for s in steps)
-    assert "pip install headscope" in run
+    # headscope is not on a package index: the workflow installs it from its git repository
+    assert not re.search(r"pip install headscope\b", run)
+    assert 'pip install "$HEADSCOPE_PIP_SPEC"' in run
+    spec = workflow["jobs"]["check-head"]["env"]["HEADSCOPE_PIP_SPEC"]
+    assert re.fullmatch(r"headscope @ git\+https://github\.com/OWNER/headscope@v\S+", spec)
+    assert "--index-url https://download.pytorch.org/whl/cpu" in run
     assert re.search(r"headscope check --report \S+ --policy \S+", run)
     assert "headscope inspect" in run
     # every flag the workflow passes exists
@@ -91,6 +96,26 @@ def test_github_actions_workflow_is_valid_yaml_and_uses_check():
         for line in flags:
             for flag in re.findall(r"(--[a-z-]+)", line):
                 assert flag in known, f"{flag} is not an option of headscope {command}"
+
+
+def test_readme_ci_recipe_is_a_valid_policy_and_valid_commands(tmp_path):
+    """The README's CI recipe: its policy loads as written, and every flag of its commands
+    exists."""
+    from headscope.guard import load_policy
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    recipe = text[text.index("## In CI"):text.index("## In Python")]
+    toml = re.search(r"```toml\n(.*?)```", recipe, re.DOTALL).group(1)
+    (tmp_path / "headscope.toml").write_text(toml, encoding="utf-8")
+    policy = load_policy(str(tmp_path / "headscope.toml"))
+    assert (policy.max_k, policy.max_row_norm, policy.max_start_loss) == (1, 1.5, 10)
+    assert policy.fail_on == ("error", "HS201")
+    bash = re.search(r"```bash\n(.*?)```", recipe, re.DOTALL).group(1)
+    for line in bash.strip().splitlines():
+        command = line.split()[1]
+        known = {o for p in main.commands[command].params for o in p.opts}
+        for flag in re.findall(r"(--[a-z-]+)", line):
+            assert flag in known, f"{flag} is not an option of headscope {command}"
 
 
 def test_example_python_files_compile():
@@ -157,6 +182,7 @@ def test_report_reference_is_up_to_date_and_complete():
         assert f"| `{name}` |" in text
 
 
+@pytest.mark.slow  # over 20 s: the example trains two arms in a subprocess
 def test_confirm_example_runs(bert_tiny_dir, tmp_path):
     result = subprocess.run([sys.executable, str(EXAMPLES / "confirm_short.py"), "--k", "4",
                              "--steps", "2"], env=_env(tmp_path, bert_tiny_dir), cwd=tmp_path,
@@ -169,3 +195,91 @@ def test_confirm_example_runs(bert_tiny_dir, tmp_path):
     records = (tmp_path / "confirm.jsonl").read_text().splitlines()
     assert len(records) == 4  # 2 steps x 2 arms
     assert lines[-1] == "telemetry: confirm.jsonl"
+
+
+# --------------------------------------------------------------------------------------------
+# Every Python block of the docs runs as written
+
+
+DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SLOW_MARK = "<!-- slow -->"  # on the line before a ```python fence: run only with -m slow
+
+
+def python_blocks(path: Path) -> list[tuple[int, str, bool]]:
+    """(first line number, code, slow) of each ```python block of a Markdown page, in order."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        if lines[i].strip() == "```python":
+            slow = i > 0 and lines[i - 1].strip() == SLOW_MARK
+            start = i + 1
+            end = next(j for j in range(start, len(lines)) if lines[j].strip() == "```")
+            blocks.append((start + 1, "\n".join(lines[start:end]) + "\n", slow))
+            i = end
+        i += 1
+    return blocks
+
+
+PAGES_WITH_CODE = [p for p in DOC_PAGES if python_blocks(p)]
+
+_SESSION = """
+import sys, traceback
+blocks = {blocks!r}
+namespace = {{"__name__": "__main__"}}
+for line, code in blocks:
+    try:
+        exec(compile(code, f"{page}:{{line}}", "exec"), namespace)
+    except BaseException:
+        traceback.print_exc()
+        sys.exit(f"the block at {page}:{{line}} failed")
+"""
+
+
+def _run_page(page: Path, tmp_path: Path, bert_tiny_dir: Path, *, slow: bool):
+    """Run the page's blocks in order, as one session, in a fresh folder holding `./ckpt` (the
+    real BERT-tiny SPLADE); slow blocks only when `slow`."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "ckpt").symlink_to(bert_tiny_dir, target_is_directory=True)
+    blocks = [(line, code) for line, code, is_slow in python_blocks(page) if slow or not is_slow]
+    script = tmp_path / "session.py"
+    script.write_text(_SESSION.format(blocks=blocks, page=page.relative_to(ROOT)),
+                      encoding="utf-8")
+    env = {**_env(tmp_path, bert_tiny_dir), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM":
+           "false", "WANDB_DISABLED": "true"}
+    result = subprocess.run([sys.executable, str(script)], env=env, cwd=work,
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return work
+
+
+def test_python_blocks_are_found():
+    names = {p.name for p in PAGES_WITH_CODE}
+    assert {"README.md", "api.md", "integrations.md", "json.md"} <= names
+    # the README's block runs the full default probe twice and writes a checkpoint: slow
+    assert [slow for _, _, slow in python_blocks(ROOT / "README.md")] == [True]
+    # architecture.md lists signatures, not code to run: its blocks are plain fences
+    assert "architecture.md" not in names
+    blocks = python_blocks(ROOT / "docs" / "api.md")
+    assert any(slow for _, _, slow in blocks) and sum(not slow for _, _, slow in blocks) >= 8
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES_WITH_CODE
+                                  if any(not s for _, _, s in python_blocks(p))],
+                         ids=lambda p: p.name)
+def test_python_blocks_of_the_docs_run_as_written(page, tmp_path, bert_tiny_dir):
+    work = _run_page(page, tmp_path, bert_tiny_dir, slow=False)
+    if page.name == "api.md":
+        assert (work / "fixed" / "headscope.json").is_file() and not (work / "not-written").exists()
+        assert (work / "report.html").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", [p for p in PAGES_WITH_CODE
+                                  if any(s for _, _, s in python_blocks(p))],
+                         ids=lambda p: p.name)
+def test_every_python_block_of_the_docs_runs_slow_ones_too(page, tmp_path, bert_tiny_dir):
+    work = _run_page(page, tmp_path, bert_tiny_dir, slow=True)
+    if page.name == "integrations.md":
+        rows = [json.loads(x) for x in (work / "run" / "telemetry.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [5, 10]

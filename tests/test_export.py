@@ -46,6 +46,9 @@ def confirm_log(tmp_path):
     return path
 
 
+# The six-k report's recommendation as one decision (k and the output bias together).
+DEC = "k = 16: projection divided by 16, output bias kept (fix --no-scale-bias)"
+
 # --------------------------------------------------------------------------------------------
 # HTML
 
@@ -54,8 +57,11 @@ def test_html_holds_recommendation_findings_and_per_k_numbers(page):
     report = six_k_report()
     rec = report.recommendation
     assert rec is not None and rec.k == 16.0
-    assert f'<span class="rec-k">k = {rec.k:g}</span>' in page
-    assert f"Recommended k = {rec.k:g} (rule: bands)" in page
+    # k and the output bias are one decision: both halves in the headline and the box.
+    assert f'<span class="rec-k">{DEC}</span>' in page
+    assert f'<p class="summary">Recommendation (bands rule): {DEC}; findings:' in page
+    assert ("with its MLM-head projection divided by k and its output bias kept. The "
+            "recommended row: k = 16, bias kept.") in page
     for reason in rec.reasons:
         assert f"<li>{reason}</li>" in page.replace("&#x27;", "'")
     for f in report.findings:
@@ -161,7 +167,7 @@ def test_weights_only_report_renders_without_figures():
     page = export.report_html(report)
     assert "No probe was run (weights-only report)" in page
     assert not DATA_URI.findall(page)
-    assert '<span class="rec-k">k = 16</span> (rule: paper' in page
+    assert f'<span class="rec-k">{DEC}</span> (rule: paper' in page
     md = export.report_markdown(report)
     assert "No probe was run (weights-only report)" in md
     assert "![" not in md
@@ -199,7 +205,8 @@ def test_markdown_tables_have_a_row_per_k_and_per_finding():
         assert row[-1] == ("ok" if not verdicts[s.k] else "fails " + ", ".join(verdicts[s.k]))
     findings = md_table(md, "## Findings")
     assert [r[0] for r in findings] == [f.code for f in report.findings]
-    assert f"**k = {rec.k:g}** (rule: bands" in md
+    assert f"**{DEC}** (rule: bands" in md
+    assert md.splitlines()[2].startswith(f"Recommendation (bands rule): {DEC}; findings:")
     for reason in rec.reasons:
         assert f"- {reason}" in md
     assert md.startswith("# headscope report: answerdotai/ModernBERT-base\n")
@@ -236,7 +243,7 @@ def test_write_report_writes_both_atomically(tmp_path, confirm_log):
     assert written == (html_path, md_path)
     written_html = html_path.read_text(encoding="utf-8")
     assert written_html.startswith("<!DOCTYPE html>") and written_html.endswith("</html>\n")
-    assert '<span class="rec-k">k = 16</span>' in written_html
+    assert f'<span class="rec-k">{DEC}</span>' in written_html
     assert len(DATA_URI.findall(written_html)) == 3  # with the training figure
     written_md = md_path.read_text(encoding="utf-8")
     assert (
@@ -314,3 +321,21 @@ def test_html_renders_in_headless_chromium(tmp_path, confirm_log):
     keep = os.environ.get("HEADSCOPE_SCREENSHOT")  # set to a path to look at the page
     if keep:
         shutil.copyfile(shot, keep)
+
+
+def test_a_bias_dividing_recommendation_says_so_in_every_headline():
+    from dataclasses import replace
+
+    report = six_k_report()
+    rec = report.recommendation
+    report = replace(report, recommendation=replace(rec, scale_bias=True),
+                     probe=replace(report.probe, scale_bias=True))
+    decision = "k = 16: projection and output bias divided by 16 (fix --scale-bias)"
+    page = export.report_html(report)
+    assert f'<span class="rec-k">{decision}</span>' in page
+    assert f"Recommendation (bands rule): {decision}; findings:" in page
+    assert ("with its MLM-head projection and output bias divided by k. The recommended row: "
+            "k = 16, bias divided.") in page
+    md = export.report_markdown(report)
+    assert f"**{decision}** (rule: bands" in md
+    assert "The recommended row: k = 16, bias divided." in md

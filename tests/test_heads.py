@@ -43,7 +43,8 @@ _ROBERTA = _bert_like(
     "embeddings.word_embeddings.weight",
 )
 
-# family -> (layout family, role -> state_dict name), written out by hand from DESIGN.md §3.
+# family -> (layout family, role -> state_dict name), written out by hand from docs/rescale.md
+# ("Head layouts per family").
 EXPECTED: dict[str, tuple[str, dict[str, str]]] = {
     "bert": (
         "bert",
@@ -214,14 +215,17 @@ def test_head_roles_reproduce_the_logits(loaded_family, family):
 @pytest.mark.parametrize("family", tiny_models.FAMILIES)
 def test_weights_only_equals_loaded(loaded_family, tiny_checkpoint, family):
     resolved = ck.resolve(str(tiny_checkpoint(family)))
-    layout, tensors, tied = heads.checkpoint_head_tensors(resolved)
+    stored = heads.read_head(resolved)
     head = heads.find_head(loaded_family(family))
-    assert layout == head.layout
-    assert tied == head.tied
-    assert set(tensors) == set(head.names)
+    assert stored.layout == head.layout
+    assert stored.tied == head.tied
+    assert stored.dtype == "float32"
+    assert set(stored.arrays) == set(head.names)
     state = loaded_family(family).model.state_dict()
-    for role, tensor in tensors.items():
-        assert torch.equal(tensor, state[head.names[role]]), role
+    for role, array in stored.arrays.items():
+        assert isinstance(array, np.ndarray), role
+        assert np.array_equal(array, state[head.names[role]].numpy()), role
+        assert np.array_equal(array, state[stored.names[role]].numpy()), role
 
 
 def test_tied_decoder_absent_from_file_is_not_flagged(tiny_checkpoint, loaded_family):
@@ -247,7 +251,7 @@ def _save_untied_bert(folder, write_decoder_bias: bool) -> torch.Tensor:
     model.save_pretrained(str(folder))
     if write_decoder_bias:
         # transformers 5 leaves out the decoder bias (tied to cls.predictions.bias when saved)
-        # and zero-initialises it on reload; DESIGN.md §3 says to write it explicitly.
+        # and zero-initialises it on reload; docs/rescale.md says to write it explicitly.
         weights = folder / "model.safetensors"
         tensors = load_file(str(weights))
         tensors["cls.predictions.decoder.bias"] = tensors["cls.predictions.bias"].clone()
@@ -271,14 +275,15 @@ def test_untied_decoder(tmp_path):
         feats = loaded.model.cls.predictions.transform(loaded.model.bert(ids)[0])  # (1, T, E)
     assert torch.allclose(logits, feats @ head.decoder_weight.T + head.bias, atol=1e-5)
 
-    layout, tensors, tied = heads.checkpoint_head_tensors(resolved)
-    assert not tied
-    assert torch.equal(tensors["decoder_weight"], untied)
-    assert torch.equal(tensors["bias"], head.bias)
+    stored = heads.read_head(resolved)
+    assert not stored.tied
+    assert np.array_equal(stored.decoder_weight, untied.numpy())
+    assert np.array_equal(stored.arrays["bias"], head.bias.detach().numpy())
+    assert stored.names["bias"] == "cls.predictions.decoder.bias"
 
 
 def test_untied_decoder_without_its_bias_is_refused(tmp_path):
-    """The transformers 5 trap of DESIGN.md §3: the decoder bias is lost and zero-initialised."""
+    """The transformers 5 trap of docs/rescale.md: the decoder bias is lost and zero-initialised."""
     _save_untied_bert(tmp_path, write_decoder_bias=False)
     live, files = _refusal(tmp_path)
     assert live == (
@@ -309,10 +314,10 @@ def test_real_bert_tiny_head(bert_tiny_dir):
     gamma = ck.read_tensors(resolved, ["cls.predictions.transform.LayerNorm.gamma"])
     assert torch.equal(head.norm_weight, gamma["cls.predictions.transform.LayerNorm.gamma"])
 
-    layout, tensors, tied = heads.checkpoint_head_tensors(resolved)
-    assert tied and layout.family == "bert"
-    for role, tensor in tensors.items():
-        assert torch.equal(tensor, loaded.model.state_dict()[head.names[role]]), role
+    stored = heads.read_head(resolved)
+    assert stored.tied and stored.layout.family == "bert"
+    for role, array in stored.arrays.items():
+        assert np.array_equal(array, loaded.model.state_dict()[head.names[role]].numpy()), role
 
 
 def test_real_albert_head(albert_dir):
@@ -329,11 +334,11 @@ def test_real_albert_head(albert_dir):
     assert abs(mean - 1.333) < 1e-3
     assert round(mean, 5) == 1.33246
 
-    layout, tensors, tied = heads.checkpoint_head_tensors(resolved)
-    assert tied  # the stored decoder equals the embeddings
-    assert set(tensors) == set(head.names)
-    for role, tensor in tensors.items():
-        assert torch.equal(tensor, loaded.model.state_dict()[head.names[role]]), role
+    stored = heads.read_head(resolved)  # a .bin checkpoint: read through torch
+    assert stored.tied  # the stored decoder equals the embeddings
+    assert set(stored.arrays) == set(head.names)
+    for role, array in stored.arrays.items():
+        assert np.array_equal(array, loaded.model.state_dict()[head.names[role]].numpy()), role
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,7 +351,7 @@ def _refusal(folder) -> tuple[str, str]:
     with pytest.raises(NoMLMHeadError) as live:
         heads.find_head(ck.load(resolved))
     with pytest.raises(NoMLMHeadError) as files:
-        heads.checkpoint_head_tensors(resolved)
+        heads.read_head(resolved)
     return str(live.value), str(files.value)
 
 
@@ -445,7 +450,7 @@ def test_untied_config_without_decoder_tensor_is_refused(tmp_path):
     cfg["tie_word_embeddings"] = False
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(NoMLMHeadError) as err:
-        heads.checkpoint_head_tensors(ck.resolve(str(folder)))
+        heads.read_head(ck.resolve(str(folder)))
     assert str(err.value) == (
         f"{folder} has no trained MLM head: the checkpoint stores no decoder "
         "cls.predictions.decoder.weight and config.json sets tie_word_embeddings false, so "
@@ -488,7 +493,7 @@ def test_generic_fallback(tmp_path):
     assert torch.equal(head.bias, state["cls.predictions.decoder.bias"])
 
     with pytest.raises(UnsupportedModelError) as err:
-        heads.checkpoint_head_tensors(resolved)
+        heads.read_head(resolved)
     assert str(err.value) == (
         "Reading the head from the files needs a known layout; model_type 'megatron-bert' of "
         f"{tmp_path} is not one of albert, bert, camembert, deberta-v2, distilbert, electra, "
@@ -520,10 +525,11 @@ def test_legacy_names_in_weights_only_mode(tmp_path, loaded_family):
     }
     assert "lm_head.layer_norm.gamma" in renamed
     save_file(renamed, str(weights), metadata={"format": "pt"})
-    _, tensors, _ = heads.checkpoint_head_tensors(ck.resolve(str(folder)))
+    stored = heads.read_head(ck.resolve(str(folder)))
     head = heads.find_head(loaded_family("roberta"))
-    assert torch.equal(tensors["norm_weight"], head.norm_weight)
-    assert torch.equal(tensors["norm_bias"], head.norm_bias)
+    assert stored.names["norm_weight"] == "lm_head.layer_norm.gamma"
+    assert np.array_equal(stored.arrays["norm_weight"], head.norm_weight.detach().numpy())
+    assert np.array_equal(stored.arrays["norm_bias"], head.norm_bias.detach().numpy())
 
 
 # --------------------------------------------------------------------------------------------

@@ -131,12 +131,20 @@ def test_k_grid_lines_are_the_report_numbers():
         assert ax.get_xscale() == "log"
         assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4", "8", "16", "32"]
         assert ax.get_xlabel() == "k (projection divided by k)"
-        marker = line(ax, f"recommended k = {rec.k:g}")
+        marker = line(ax, f"recommended k = {rec.k:g}, bias kept")
         assert list(marker.get_xdata()) == [rec.k, rec.k]
     assert ax_loss.get_yscale() == "log"
     assert ax_loss.get_ylabel() == "in-batch InfoNCE at step 0"
     assert ax_act.get_ylabel() == "mean active terms"
-    assert fig.get_suptitle().startswith("answerdotai/ModernBERT-base: probe statistics per k")
+    # The title names the recommendation as one decision: k and the output bias together.
+    assert fig.get_suptitle() == (
+        "answerdotai/ModernBERT-base: probe statistics per k (MLM-head projection divided by k, "
+        f"output bias kept); recommended k = {rec.k:g}, bias kept")
+    divided = replace(report, recommendation=replace(rec, scale_bias=True),
+                      probe=replace(report.probe, scale_bias=True))
+    assert plots.k_grid_figure(divided).get_suptitle() == (
+        "answerdotai/ModernBERT-base: probe statistics per k (MLM-head projection and output bias "
+        f"divided by k); recommended k = {rec.k:g}, bias divided")
 
 
 def test_k_grid_draws_the_bands_that_apply():
@@ -203,12 +211,10 @@ def test_row_norm_histogram_separates_real_rows():
     fig = plots.row_norm_figure(norms, real, paper_value=2.553)
     (ax,) = fig.axes
     bars = {c.patches[0].get_label(): c for c in ax.containers}  # hist labels a patch
-    assert set(bars) == {"real-token rows (50,285)", "rows beyond the tokenizer or unused (83)"}
+    other = f"{plots.OTHER_ROWS} (83)"
+    assert set(bars) == {"real-token rows (50,285)", other}
     heights = {k: sum(p.get_height() for p in c.patches) for k, c in bars.items()}
-    assert heights == {
-        "real-token rows (50,285)": 50285,
-        "rows beyond the tokenizer or unused (83)": 83,
-    }
+    assert heights == {"real-token rows (50,285)": 50285, other: 83}
     mean = line(ax, f"mean over all rows = {norms.mean():.4g}")
     assert mean.get_xdata()[0] == pytest.approx(norms.mean())
     assert line(ax, "paper value = 2.553").get_xdata()[0] == 2.553
@@ -276,68 +282,45 @@ def test_training_figure_rejects_empty_and_malformed_runs():
         plots.training_figure({"a": rows})
 
 
-def test_records_from_jsonl_groups_runs_and_reads_non_finite(tmp_path):
-    rows = telemetry_rows("original", 5, 2e4, 1.2) + telemetry_rows("fixed", 4, 6e2, 0.1)
-    rows[2]["loss"] = "nan"
-    rows[3]["score_pos"] = "inf"
-    rows[6]["k"] = 16  # a k key joins the label
-    path = tmp_path / "confirm.jsonl"
-    write_jsonl(path, rows)
-    runs = plots.records_from_jsonl(path)
-    assert {k: len(v) for k, v in runs.items()} == {"original": 5, "fixed": 3, "fixed, k = 16": 1}
-    assert math.isnan(runs["original"][2]["loss"])
-    assert runs["original"][3]["score_pos"] == math.inf
-    fig = plots.training_figure(runs)
-    assert math.isnan(line(fig.axes[0], "original").get_ydata()[2])
-
-
-def test_records_from_jsonl_without_run_keys_uses_the_file_stem(tmp_path):
-    rows = telemetry_rows("x", 3, 10.0, 1.0)
-    for r in rows:
-        del r["arm"]
-    path = tmp_path / "baseline.jsonl"
-    write_jsonl(path, rows)
-    assert list(plots.records_from_jsonl(path)) == ["baseline"]
-
-
-def test_records_from_jsonl_errors(tmp_path):
-    with pytest.raises(InputError, match="does not exist"):
-        plots.records_from_jsonl(tmp_path / "nope.jsonl")
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps(telemetry_rows("a", 1, 1.0, 1.0)[0]) + "\n{oops\n")
-    with pytest.raises(InputError, match=r"bad.jsonl, line 2: not valid JSON"):
-        plots.records_from_jsonl(bad)
-    row = telemetry_rows("a", 1, 1.0, 1.0)[0]
-    del row["active_passage"]
-    write_jsonl(bad, [row])
-    with pytest.raises(InputError, match="line 1: missing field\\(s\\) active_passage"):
-        plots.records_from_jsonl(bad)
-    bad.write_text("\n")
-    with pytest.raises(InputError, match="holds no records"):
-        plots.records_from_jsonl(bad)
-
-
-def test_reads_what_splade_telemetry_writer_writes(tmp_path):
-    # The real writer and record (this test imports torch through headscope.splade.train).
-    from headscope.splade.train import StepRecord, TelemetryWriter
+def test_training_figure_from_telemetry_written_and_read_back(tmp_path):
+    from headscope.splade.telemetry import StepRecord, TelemetryWriter, read_telemetry
 
     fields = {k: v for k, v in telemetry_rows("a", 1, 5.0, 5.0)[0].items() if k != "arm"}
     records = [
         StepRecord(**{**fields, "step": 0}),
         StepRecord(**{**fields, "step": 1, "loss": math.nan, "loss_finite": False}),
+        StepRecord(**{**fields, "step": 2, "loss": 3.0}),
     ]
     path = tmp_path / "t.jsonl"
-    with TelemetryWriter(path, arm="fixed") as writer:
+    with TelemetryWriter(path, arm="fixed", k=16) as writer:
         for r in records:
             writer(r)
-    runs = plots.records_from_jsonl(path)
-    assert list(runs) == ["fixed"]
-    assert [r["step"] for r in runs["fixed"]] == [0, 1]
-    assert math.isnan(runs["fixed"][1]["loss"])
-    # StepRecords themselves are accepted too, with the same line data.
-    a = plots.training_figure({"fixed": records}).axes[0].get_lines()[0].get_ydata()
-    b = plots.training_figure(runs).axes[0].get_lines()[0].get_ydata()
-    np.testing.assert_array_equal(a, b)
+    runs = read_telemetry(path)
+    fig = plots.training_figure(runs)
+    loss = line(fig.axes[0], "fixed, k = 16")
+    np.testing.assert_array_equal(loss.get_ydata(), [5.0, math.nan, 3.0])
+    # plain dicts with None for NaN (the JSON lines themselves) draw the same line
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    again = plots.training_figure({"fixed, k = 16": rows}).axes[0].get_lines()[0].get_ydata()
+    np.testing.assert_array_equal(again, loss.get_ydata())
+
+
+def test_training_figure_steps_are_integers_and_the_legend_covers_no_curve():
+    runs = {"original": telemetry_rows("original", 3, 2e4, 1.2),
+            "fixed": telemetry_rows("fixed", 3, 6e2, 0.08)}
+    fig = plots.training_figure(runs)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        assert ax.get_legend() is None  # no legend inside a panel
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    (legend,) = fig.legends
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert texts == ["original", "fixed", "solid: queries / positive pairs",
+                     "dashed: passages / other pairs"]
+    box = legend.get_window_extent()
+    for ax in fig.axes:
+        assert not box.overlaps(ax.get_window_extent())
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,6 +373,10 @@ def test_row_norm_histogram_figure_from_a_report():
         report, weights=dataclasses.replace(report.weights, row_norm_histogram=hist))
     fig = plots.row_norm_histogram_figure(report)
     ax = fig.axes[0]
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels[:2] == ["real-token rows (45)", "other rows (7)"]
+    (legend,) = fig.legends  # below the axes, covering no bar
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels[:2] == ["real-token rows (45)", "rows of no real token: beyond the tokenizer, "
+                          "or placeholders like [unused*] (7)"]
+    fig.canvas.draw()
+    assert not legend.get_window_extent().overlaps(ax.get_window_extent())
     assert ax.get_xlabel() == "decoder row L2 norm"

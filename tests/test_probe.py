@@ -22,6 +22,7 @@ from headscope.probe import (
     builtin_candidates,
     builtin_probe,
     content_sha256,
+    counted_ks,
     load_probe_file,
     run_probe,
 )
@@ -303,9 +304,11 @@ def small_probe(n: int) -> ProbeSet:
 
 
 @pytest.mark.parametrize(
-    "family, scale_bias", [("bert", False), ("bert", True), ("modernbert", False)]
+    "family, scale_bias, count_every_k",
+    [("bert", False, True), ("bert", False, False), ("bert", True, False),
+     ("modernbert", False, True)],
 )
-def test_run_probe_matches_naive(tiny_tokenizer, family, scale_bias):
+def test_run_probe_matches_naive(tiny_tokenizer, family, scale_bias, count_every_k):
     model = build_tiny(family)
     bias = model.get_output_embeddings().bias
     with torch.no_grad():  # a bias large enough that an undivided one moves the active set
@@ -319,6 +322,7 @@ def test_run_probe_matches_naive(tiny_tokenizer, family, scale_bias):
         max_passage_length=24,
         scale_bias=scale_bias,
         sample_size=50_000,
+        count_every_k=count_every_k,
     )
     calls = []
     model.train()  # run_probe must evaluate in eval mode and restore the mode
@@ -332,14 +336,25 @@ def test_run_probe_matches_naive(tiny_tokenizer, family, scale_bias):
     )
     assert model.training
     model.eval()
-    assert calls == [(4, 9), (8, 9), (9, 9)]  # batches of 4, 4 and 1 pair
+    assert calls == [(0, 9), (4, 9), (8, 9), (9, 9)]  # start, then batches of 4, 4 and 1
     assert result.n_pairs == 9 and result.config == config
     assert result.probe_sha256 == content_sha256(probe.pairs[:9])
     expected = naive_probe(model, tiny_tokenizer, bias, probe.pairs[:9], config)
+    # With the bias kept, only k = 1 is counted unless every k is asked for; the others are
+    # estimated (exact count at k = 1 plus the sampled share crossing zero) within their error.
+    counted = count_every_k or scale_bias
     exact = [f for f in expected[0] if not f.startswith("logit_p")]
     for got, exp in zip(result.per_k, expected, strict=True):
+        is_exact = counted or got.k == 1
+        assert got.frac_positive_exact is is_exact
         for name in exact:
+            if name == "frac_positive" and not is_exact:
+                assert 0 < got.frac_positive_se < 0.01
+                assert abs(got.frac_positive - exp[name]) < 4 * got.frac_positive_se
+                continue
             assert getattr(got, name) == pytest.approx(exp[name], rel=1e-9, abs=1e-12), name
+        if is_exact:
+            assert got.frac_positive_se == 0.0
         # Percentiles come from a sample: within 5% of the logit range.
         width = exp["logit_p99"] - exp["logit_p01"]
         for name in ("logit_p01", "logit_p50", "logit_p99"):
@@ -399,7 +414,7 @@ def test_real_bert_tiny_probe_is_plausible(bert_tiny_dir):
     k1, k4, k16 = result.per_k
     for s in result.per_k:
         assert all(math.isfinite(v) for v in vars(s).values())
-    # DESIGN.md: at k = 1 the logits are mostly negative (mean about -7), so SPLADE stays sparse.
+    # Measured: at k = 1 the logits are mostly negative (mean about -7), so SPLADE stays sparse.
     assert -10 < k1.logit_p50 < -4
     assert k1.logit_p99 < 0 and k1.frac_positive < 0.001
     assert 5 < k1.active_query < 300 and 20 < k1.active_passage < 1000
@@ -410,3 +425,15 @@ def test_real_bert_tiny_probe_is_plausible(bert_tiny_dir):
     # Dividing by k shrinks weights and scores: the start loss moves towards log(B).
     assert k16.term_weight_mean < k4.term_weight_mean < k1.term_weight_mean
     assert abs(k16.logit_p50) < abs(k1.logit_p50)
+
+
+def test_counted_ks():
+    """Only an undivided, non-zero bias makes the thresholds differ across k: then k = 1 (or the
+    first k) is counted exactly and the others are estimated, unless every k is asked for."""
+    bias = np.array([0.5, -1.0, 0.0])
+    assert counted_ks((1, 2, 4), bias, False, False) == (True, False, False)
+    assert counted_ks((2, 1, 4), bias, False, False) == (False, True, False)
+    assert counted_ks((2, 4), bias, False, False) == (True, False)
+    assert counted_ks((1, 2, 4), bias, False, True) == (True, True, True)
+    for b, scale in ((None, False), (bias, True), (np.zeros(3), False)):
+        assert counted_ks((1, 2, 4), b, scale, False) == (True, True, True)

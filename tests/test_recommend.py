@@ -16,6 +16,7 @@ from headscope.recommend import (
     METRICS,
     Band,
     KVerdict,
+    decision_text,
     diagnose,
     override_bands,
     prefer_divided_bias,
@@ -306,9 +307,12 @@ def test_diagnose_weight_findings_modernbert_like():
         2.553,
         1.5,
     )
+    # Without a probe the row norm is all there is: the paper's k applies, and it says so.
     assert hs101.message == (
-        "Mean decoder row norm is 2.553, above 1.5: a large head scale inflates SPLADE term "
-        "weights and scores; rescale the projection (the paper uses k = 16)."
+        "Mean decoder row norm is 2.553, above 1.5 (ModernBERT-base: 2.553), a fact about the "
+        "weights; no probe was run, so the paper's k = 16 is recommended from the row norm "
+        "alone; inspect without --weights-only to measure what this head does to SPLADE's term "
+        "weights and scores."
     )
     assert (hs102.value, hs102.threshold, hs102.severity) == (83.0, 50285.0, "info")
     assert hs102.message == (
@@ -442,3 +446,53 @@ def test_serving_findings_at_the_chosen_k():
         "or a wider quantisation range.")
     assert [f.code for f in serving_findings(table, table[1].k)] == ["HS302"]
     assert serving_findings(table, 999.0) == ()
+
+
+def test_large_head_that_the_probe_finds_harmless_is_not_told_to_rescale():
+    # A large row norm (a weight fact) on a head whose probe statistics pass every band at k = 1:
+    # the recommendation is k = 1, and HS101 must say what the probe showed, not "rescale".
+    calm = tuple(replace(s, start_loss=3.0, score_pos=20.0, term_weight_mean=0.9,
+                         share_above_5=0.0, cosine_unrelated=0.8) for s in TABLE)
+    rec = recommend(calm, bands=SIX_BANDS)
+    assert rec.k == 1
+    (hs101,) = [f for f in diagnose(weights(2.553), calm, recommendation=rec)
+                if f.code == "HS101"]
+    assert hs101.message == (
+        "Mean decoder row norm is 2.553, above 1.5 (ModernBERT-base: 2.553), a fact about the "
+        "weights; on the probe at k = 1: start_loss 3, term_weight_mean 0.9, score_pos 20 "
+        "(inside every band), so the head is left as shipped (recommended: k = 1) despite its "
+        "size."
+    )
+    assert "rescale" not in hs101.message.lower()
+    assert hs101.severity == "warning" and hs101.value == 2.553
+
+
+def test_large_head_that_the_probe_finds_harmful_reports_what_failed_and_the_decision():
+    rec = recommend(TABLE, bands=SIX_BANDS)
+    assert (rec.k, rec.scale_bias) == (8.0, False)
+    (hs101,) = [f for f in diagnose(weights(2.553), TABLE, recommendation=rec)
+                if f.code == "HS101"]
+    assert hs101.message == (
+        "Mean decoder row norm is 2.553, above 1.5 (ModernBERT-base: 2.553), a fact about the "
+        "weights; on the probe at k = 1: cosine_unrelated 0.97 is not at most 0.9; share_above_5 "
+        "0.2 is not at most 0.01; start_loss 279 is not at most 44; term_weight_mean 3.7 is not "
+        "between 0.05 and 2.5; score_pos 900 is "
+        "not at most 100; recommended: k = 8: projection divided by 8, output bias kept (fix "
+        "--no-scale-bias)."
+    )
+
+
+def test_decision_text_names_k_and_the_bias_together():
+    rec = recommend(TABLE, bands=SIX_BANDS)
+    divided = replace(rec, scale_bias=True)
+    assert decision_text(rec) == (
+        "k = 8: projection divided by 8, output bias kept (fix --no-scale-bias)")
+    assert decision_text(divided) == (
+        "k = 8: projection and output bias divided by 8 (fix --scale-bias)")
+    assert decision_text(rec, short=True) == "k = 8, bias kept"
+    assert decision_text(divided, short=True) == "k = 8, bias divided"
+    assert decision_text(rec, has_bias=False) == (
+        "k = 8: projection divided by 8 (the head has no output bias)")
+    one = replace(rec, k=1.0, scale_bias=True)
+    assert decision_text(one) == "k = 1: no rescale (projection and output bias as shipped)"
+    assert decision_text(one, short=True) == "k = 1 (no rescale)"

@@ -342,7 +342,8 @@ def test_read_json_errors(tmp_path):
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=15, max_size=15))
 def test_round_trip_any_finite_floats(values):
-    names = [f.name for f in fields(KStats) if f.name != "k"]
+    names = [f.name for f in fields(KStats) if f.type in (float, "float") and f.name != "k"
+             and f.name != "frac_positive_se"]
     per_k = (KStats(k=1.0, **dict(zip(names, values, strict=True))),)
     report = replace(realistic(), per_k=per_k)
     assert loads(dumps(report)) == report
@@ -370,3 +371,17 @@ def test_probe_summary_from_a_probe_result_like_object():
         per_k=PER_K,
     )
     assert ProbeSummary.from_result(result) == PROBE
+
+
+def test_a_report_written_before_the_frac_positive_fields_still_reads():
+    """frac_positive_exact and frac_positive_se were added with defaults (exact, 0): a report
+    without them reads as exact; any other missing field is still refused."""
+    data = json.loads(dumps(realistic()))
+    for row in data["per_k"]:
+        del row["frac_positive_exact"], row["frac_positive_se"]
+    old = from_dict(data)
+    assert all(s.frac_positive_exact and s.frac_positive_se == 0.0 for s in old.per_k)
+    assert old.per_k == realistic().per_k
+    del data["per_k"][0]["start_loss"]
+    with pytest.raises(ReportError, match=r"is missing field 'per_k\[0\]\.start_loss'"):
+        from_dict(data)

@@ -249,6 +249,91 @@ def test_wrong_logits_fail_verification(bert_tiny, tmp_path, monkeypatch):
     assert _siblings(tmp_path / "o") == []
 
 
+def _tamper_after_writing(monkeypatch, change):
+    """Let save write each shard, then apply `change(path, header, data_start)` to the file."""
+    original = save._write_safetensors
+
+    def write(path, entries, metadata, on_bytes):
+        size = original(path, entries, metadata, on_bytes)
+        header, start = save._read_header(path)
+        change(path, header, start)
+        return size
+
+    monkeypatch.setattr(save, "_write_safetensors", write)
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    with path.open("r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0x01]))
+
+
+@pytest.mark.parametrize("name, message", [
+    ("bert.encoder.layer.1.attention.self.query.weight",
+     "Tensor bert.encoder.layer.1.attention.self.query.weight of the checkpoint written to {tmp} "
+     "does not hold the bytes of the source checkpoint although the rescale does not change it; "
+     "nothing was kept."),
+    ("cls.predictions.decoder.weight",
+     "Tensor cls.predictions.decoder.weight of the checkpoint written to {tmp} does not hold the "
+     "rescaled value planned for it; nothing was kept. Report this with the checkpoint's "
+     "config.json."),
+])
+def test_a_corrupted_written_tensor_fails_verification(tmp_path, monkeypatch, name, message):
+    """One flipped bit in one tensor of the written file, unchanged or rescaled, is caught by the
+    byte comparison, before any reload."""
+    src = save_tiny("bert", tmp_path / "src")
+    loaded = _load(src)
+    _tamper_after_writing(monkeypatch, lambda path, header, start: _flip_byte(
+        path, start + header[name]["data_offsets"][1] - 1))
+    out = tmp_path / "o"
+    with pytest.raises(VerificationError) as err:
+        save_fixed(loaded, RescaleSpec(4), out, verify_texts=TEXTS)
+    tmp = str(err.value).split("written to ", 1)[1].split(" ", 1)[0]
+    assert str(err.value) == message.format(tmp=tmp)
+    assert _siblings(out) == ["src"]
+
+
+def test_a_dropped_tensor_fails_verification(tmp_path, monkeypatch):
+    src = save_tiny("bert", tmp_path / "src")
+    loaded = _load(src)
+    original = save._write_safetensors
+    dropped = "bert.encoder.layer.0.output.dense.bias"
+
+    def write(path, entries, metadata, on_bytes):
+        return original(path, [e for e in entries if e.name != dropped], metadata, on_bytes)
+
+    monkeypatch.setattr(save, "_write_safetensors", write)
+    with pytest.raises(VerificationError) as err:
+        save_fixed(loaded, RescaleSpec(4), tmp_path / "o", verify_texts=TEXTS)
+    assert str(err.value).startswith(f"Tensor {dropped} of the checkpoint written to ")
+    assert str(err.value).endswith(" is missing from model.safetensors or has the wrong dtype "
+                                   "or shape; nothing was kept.")
+    assert _siblings(tmp_path / "o") == ["src"]
+
+
+def test_reload_with_a_missing_key_fails_verification(tmp_path, monkeypatch):
+    """Past the byte checks, the reload itself must find every key (here the file check is
+    bypassed to reach it)."""
+    src = save_tiny("bert", tmp_path / "src")
+    loaded = _load(src)
+    original = save._write_safetensors
+    dropped = "bert.encoder.layer.0.output.dense.bias"
+
+    def write(path, entries, metadata, on_bytes):
+        return original(path, [e for e in entries if e.name != dropped], metadata, on_bytes)
+
+    monkeypatch.setattr(save, "_write_safetensors", write)
+    monkeypatch.setattr(save, "_verify_files", lambda tmp, plan, loaded, where: 0)
+    with pytest.raises(VerificationError) as err:
+        save_fixed(loaded, RescaleSpec(4), tmp_path / "o", verify_texts=TEXTS)
+    assert str(err.value) == (
+        f"Reloading the written checkpoint left {dropped} missing or mismatched (transformers "
+        "would initialise them at random); nothing was kept.")
+    assert _siblings(tmp_path / "o") == ["src"]
+
+
 def test_keyboard_interrupt_leaves_nothing(bert_tiny, tmp_path, monkeypatch):
     def interrupted(path, loaded):
         assert (path / "model.safetensors").is_file()  # interrupted after writing
@@ -387,7 +472,7 @@ def test_progress_reports_bytes(tmp_path):
                         progress=lambda phase, done, total: seen.append((phase, done, total)))
     writes = [s for s in seen if s[0] == "write"]
     assert writes[-1][1] == writes[-1][2] == result.weight_bytes
-    assert ("verify", 1, 1) in seen
+    assert [s for s in seen if s[0] == "verify"] == [("verify", i, 3) for i in range(4)]
     shutil.rmtree(tmp_path / "o")
 
 

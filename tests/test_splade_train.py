@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
-import json
 import math
 
 import pytest
@@ -28,11 +26,9 @@ from headscope.splade.evaluate import (
 )
 from headscope.splade.train import (
     StepRecord,
-    TelemetryWriter,
     TrainConfig,
     batch_indices,
     lr_factor,
-    read_telemetry,
     train,
     train_arms,
 )
@@ -184,27 +180,6 @@ def test_arms_share_batches_and_seed(tiny_model, tokenizer):
     assert other.records != a.train.records
 
 
-def test_telemetry_round_trip(tmp_path):
-    records = [_record(0), _record(1, loss=float("nan"), loss_finite=False)]
-    path = tmp_path / "telemetry.jsonl"
-    with TelemetryWriter(path, arm="fixed") as writer:
-        for r in records:
-            writer(r)
-    lines = path.read_text().splitlines()
-    assert len(lines) == 2
-    row = json.loads(lines[1])
-    assert row["arm"] == "fixed" and row["loss"] == "nan" and row["loss_finite"] is False
-    assert set(row) == {"arm"} | {f.name for f in dataclasses.fields(StepRecord)}
-    back = read_telemetry(path)
-    assert back[0] == records[0] and math.isnan(back[1].loss)
-    buffer = io.StringIO()
-    TelemetryWriter(buffer)(records[0])
-    assert json.loads(buffer.getvalue())["step"] == 0
-    (tmp_path / "bad.jsonl").write_text('{"step": 0}\n')
-    with pytest.raises(InputError, match=r"bad.jsonl, line 1: not a headscope telemetry record"):
-        read_telemetry(tmp_path / "bad.jsonl")
-
-
 # ---------------------------------------------------------------- evaluation on a model
 
 
@@ -322,7 +297,13 @@ def _replace(records, step, **over):
             "collapsed",
             12,
         ),
-        ("loss_spike", _replace(_healthy(), 20, loss=50.0), None, "degraded", 20),
+        (
+            "loss_spike",  # persistent: three steps above the limit
+            _replace(_replace(_replace(_healthy(), 20, loss=50.0), 21, loss=40.0), 22, loss=30.0),
+            None,
+            "degraded",
+            20,
+        ),
         (
             "dense_collapse",
             [dataclasses.replace(r, active_passage=29000.0) for r in _healthy()],

@@ -455,12 +455,41 @@ def test_start_loss_finite_and_cosine_in_unit_interval(pair, ks, bias, scale_bia
         assert r.score_neg >= 0 and r.score_pos >= 0  # non-negative weights
 
 
-@pytest.mark.parametrize("shape", [(5, 5), (7, 3), (3, 7)])
+@pytest.mark.parametrize("shape", [(5, 5), (7, 3), (3, 7), (1, 1), (2, 9), (300, 2), (128, 128),
+                                   (256, 128), (768, 768)])
 def test_spectral_norm_matches_svd(shape):
     from headscope.stats import spectral_norm
 
     m = np.random.default_rng(1).standard_normal(shape)
     assert spectral_norm(m) == pytest.approx(np.linalg.svd(m, compute_uv=False)[0], rel=1e-10)
+
+
+def test_spectral_norm_of_special_matrices():
+    from headscope.stats import spectral_norm
+
+    a, b = np.arange(1.0, 40.0), np.arange(1.0, 30.0)
+    # rank one: the Krylov space is exhausted after one step; the answer is |a| |b|
+    assert spectral_norm(np.outer(a, b)) == pytest.approx(
+        np.linalg.norm(a) * np.linalg.norm(b), rel=1e-12)
+    assert spectral_norm(np.eye(50)) == pytest.approx(1.0, rel=1e-12)  # all values equal
+    assert spectral_norm(np.zeros((4, 6))) == 0.0
+    assert spectral_norm(np.diag([3.0, -7.0, 2.0])) == pytest.approx(7.0, rel=1e-12)
+
+
+def test_spectral_norm_of_real_heads_agrees_with_arpack(bert_tiny_dir, albert_dir):
+    """The Lanczos value against scipy's ARPACK (the previous implementation) and the SVD."""
+    from scipy.sparse.linalg import svds
+
+    from headscope import checkpoint, heads
+    from headscope.stats import spectral_norm
+
+    for folder in (bert_tiny_dir, albert_dir):
+        dense = heads.read_head(checkpoint.resolve(str(folder))).arrays["dense_weight"]
+        d = np.asarray(dense, dtype=np.float64)
+        arpack = svds(d, k=1, v0=np.ones(min(d.shape)), tol=0, return_singular_vectors=False)[0]
+        assert spectral_norm(dense) == pytest.approx(arpack, rel=1e-12)
+        assert spectral_norm(dense) == pytest.approx(
+            np.linalg.svd(d, compute_uv=False)[0], rel=1e-12)
 
 
 def test_row_norm_histogram_counts_every_row_once():
@@ -477,3 +506,33 @@ def test_row_norm_histogram_counts_every_row_once():
     edges = np.histogram_bin_edges(norms, bins=40)
     np.testing.assert_allclose(h.edges, edges, rtol=1e-12)
     assert h.other == tuple(np.histogram(norms[~real], bins=np.asarray(h.edges))[0])
+
+
+def test_frac_positive_estimated_from_a_counted_k():
+    """Counted at k = 1 only: with every token logit passed as the sample, the difference
+    estimator is the exact share at every k; with a small sample it stays within 4 standard
+    errors, and is flagged as estimated."""
+    rng = np.random.default_rng(3)
+    vocab, ks = 50, (1.0, 2.0, 8.0)
+    bias = rng.normal(0, 2, vocab)
+    tokens = rng.normal(-1, 3, (400, vocab))  # (N, V) raw token logits
+    pooled = tokens.reshape(40, 10, vocab).max(axis=1)  # (B=40, V)
+    exact = [float((transform_logits(tokens, k, bias, False) > 0).mean()) for k in ks]
+    ids = np.broadcast_to(np.arange(vocab), tokens.shape)
+    counts = np.array([(transform_logits(tokens, 1.0, bias, False) > 0).sum(), 0, 0])
+    for sample_size, rel in ((tokens.size, 1e-12), (2000, None)):
+        acc = ProbeAccumulator(ks, bias, False, vocab, sample_size=sample_size, seed=1)
+        acc.add_token_counts(counts, tokens.size, counted=(True, False, False))
+        acc.add_token_sample(tokens.ravel(), ids.ravel())
+        acc.add_batch(pooled[:20], pooled[20:])
+        got = acc.result()
+        assert got[0].frac_positive == exact[0] and got[0].frac_positive_exact
+        assert got[0].frac_positive_se == 0.0
+        for s, want in zip(got[1:], exact[1:], strict=True):
+            assert not s.frac_positive_exact and s.frac_positive_se > 0
+            if rel is not None:
+                assert s.frac_positive == pytest.approx(want, rel=rel)
+            else:
+                assert abs(s.frac_positive - want) < 4 * s.frac_positive_se
+    with pytest.raises(InputError, match="different counted k than before"):
+        acc.add_token_counts(counts, tokens.size)

@@ -1,6 +1,6 @@
 """Checkpoints written by headscope (under transformers 5) must load correctly under transformers
 4.57.x, which re-ties a decoder to the input embeddings whenever config.json allows it and ties
-BERT's decoder bias to cls.predictions.bias on every load (DESIGN.md §3).
+BERT's decoder bias to cls.predictions.bias on every load (docs/rescale.md).
 
 The parent writes fixed checkpoints with every strategy (real BERT-tiny; tiny ModernBERT built
 from a config) and the logits each must produce; a child process running the `.venv-tf4`

@@ -20,7 +20,7 @@ from tiny_models import VOCAB, save_tiny  # noqa: E402
 from headscope.errors import InputError  # noqa: E402
 from headscope.probe import builtin_probe  # noqa: E402
 from headscope.splade.detectors import COLLAPSED, Thresholds, verdict  # noqa: E402
-from headscope.splade.train import StepRecord, read_telemetry  # noqa: E402
+from headscope.splade.telemetry import StepRecord, read_telemetry  # noqa: E402
 from headscope.trainer_callback import (  # noqa: E402
     LOGGED_FIELDS,
     CallbackConfig,
@@ -52,13 +52,11 @@ def tiny_dir(tmp_path_factory):
 
 
 def _encoder(path):
-    try:
-        from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
-    except ImportError:  # sentence-transformers 5.x
-        from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
     from sentence_transformers.sparse_encoder import SparseEncoder
+    from sentence_transformers.sparse_encoder.modules import SpladePooling, Transformer
 
-    return SparseEncoder(modules=[MLMTransformer(str(path)), SpladePooling("max")], device="cpu")
+    mlm = Transformer(str(path), transformer_task="fill-mask")  # ST 6: MLMTransformer deprecated
+    return SparseEncoder(modules=[mlm, SpladePooling("max")], device="cpu")
 
 
 def _train_data():
@@ -171,10 +169,13 @@ def test_jsonl_lines_parse_and_read_back(run):
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert [row["step"] for row in rows] == [2, 4, 6]
     assert {"term_weight_mean", "term_weight_max"} <= set(rows[0])
-    back = read_telemetry(path)
-    plain = [StepRecord(**{f: getattr(r, f) for f in StepRecord.__dataclass_fields__})
-             for r in callback.records]
-    assert back == plain
+    (back,) = read_telemetry(path).values()  # ProbeRecords, NaN fields included
+    assert len(back) == len(callback.records)
+    for got, want in zip(back, callback.records, strict=True):
+        assert isinstance(got, ProbeRecord) and isinstance(got, StepRecord)
+        for name in ProbeRecord.__dataclass_fields__:
+            a, b = getattr(got, name), getattr(want, name)
+            assert a == b or (math.isnan(a) and math.isnan(b)), name
 
 
 def test_verdict_runs_the_detectors_and_does_not_stop_by_default(run):
@@ -183,14 +184,78 @@ def test_verdict_runs_the_detectors_and_does_not_stop_by_default(run):
     assert callback.stopped_at is None and trainer.state.global_step == 6
 
 
-def test_stop_on_collapse_stops_at_the_first_probe(tiny_dir, tmp_path):
-    # Dead collapse fires when fewer than 1e9 terms are active: always.
-    callback = HeadscopeCallback(QUERIES, PASSAGES, every_n_steps=2, stop_on_collapse=True,
+def test_stop_on_collapse_stops_when_the_evidence_persists(tiny_dir, tmp_path, caplog):
+    # Dead collapse fires when fewer than 1e9 terms are active: at every probe.
+    callback = HeadscopeCallback(QUERIES, PASSAGES, every_n_steps=1, stop_on_collapse=True,
                                  thresholds=Thresholds(dead_active=1e9))
-    trainer, _ = _train(tiny_dir, tmp_path, callback)
-    assert trainer.state.global_step == 2
-    assert [r.step for r in callback.records] == [2] and callback.stopped_at == 2
+    with caplog.at_level("WARNING", logger="headscope.trainer_callback"):
+        trainer, _ = _train(tiny_dir, tmp_path, callback)
+    assert trainer.state.global_step == 3  # the third consecutive probe (stop_patience = 3)
+    assert [r.step for r in callback.records] == [1, 2, 3] and callback.stopped_at == 3
     assert callback.verdict().status == COLLAPSED
+    assert callback.stop_reason.startswith(
+        "headscope stopped training at step 3: collapse evidence at 3 consecutive probes (steps "
+        "1, 2, 3; stop_patience = 3). Latest: ")
+    assert "queries keep" in callback.stop_reason and "the representation died" in \
+        callback.stop_reason
+    ours = [r.getMessage() for r in caplog.records if r.name == "headscope.trainer_callback"]
+    assert ours == [callback.stop_reason]
+
+
+def _drive(callback, stats_by_step, steps, logs_by_step=None):
+    """Feed the callback's Trainer events by hand, with made-up probe statistics per step (so
+    a single bad probe can be placed exactly); returns the step training stopped at."""
+    from unittest import mock
+
+    from transformers import TrainerControl, TrainerState
+
+    import headscope.trainer_callback as tc
+
+    control = TrainerControl()
+    for step in range(1, steps + 1):
+        state = TrainerState(global_step=step, is_world_process_zero=True)
+        with mock.patch.object(tc, "measure", return_value=stats_by_step(step)):
+            callback.on_step_end(None, state, control, model=object())
+        callback.on_log(None, state, control, logs=(logs_by_step or {}).get(step, {"loss": 1.0}))
+        if control.should_training_stop:
+            return step
+    return None
+
+
+def _stats(active: float):
+    from headscope.trainer_callback import ProbeStats
+
+    return ProbeStats(vocab_size=VOCAB, active_query=active, active_passage=active,
+                      term_weight_mean=0.5, term_weight_max=2.0, score_pos=5.0, score_neg=1.0,
+                      flops_q=1.0, flops_d=1.0)
+
+
+def test_a_single_bad_probe_does_not_stop(tmp_path):
+    # One non-finite loss at step 3, then healthy probes: the run goes on.
+    callback = HeadscopeCallback(QUERIES, PASSAGES, every_n_steps=1, stop_on_collapse=True)
+    logs = {3: {"loss": math.nan}}
+    assert _drive(callback, lambda s: _stats(30.0), 8, logs) is None
+    assert callback.stopped_at is None and callback.stop_reason is None
+    assert callback.verdict().status == COLLAPSED  # the verdict still reports it
+    # A non-finite loss at three consecutive probes stops at the third.
+    callback = HeadscopeCallback(QUERIES, PASSAGES, every_n_steps=1, stop_on_collapse=True)
+    logs = {s: {"loss": math.inf} for s in (3, 4, 5)}
+    assert _drive(callback, lambda s: _stats(30.0), 8, logs) == 5
+    assert "Latest: loss is not finite at step 5." in callback.stop_reason
+
+
+def test_dead_probes_must_be_consecutive(tmp_path):
+    # tail = 1: each probe is judged on itself. Dead at 2 and 4, alive between: no stop.
+    th = Thresholds(tail=1)
+    callback = HeadscopeCallback(QUERIES, PASSAGES, every_n_steps=1, stop_on_collapse=True,
+                                 thresholds=th, stop_patience=2)
+    dead = {2, 4, 7, 8}
+    assert _drive(callback, lambda s: _stats(0.0 if s in dead else 30.0), 10) == 8
+    assert callback.stop_reason.startswith("headscope stopped training at step 8: collapse "
+                                           "evidence at 2 consecutive probes (steps 7, 8; "
+                                           "stop_patience = 2).")
+    with pytest.raises(InputError, match="stop_patience must be an integer >= 1"):
+        CallbackConfig(stop_patience=0)
 
 
 def test_force_log_off_keeps_logging_steps_and_leaves_losses_nan(tiny_dir, tmp_path):
@@ -207,7 +272,7 @@ def test_force_log_off_keeps_logging_steps_and_leaves_losses_nan(tiny_dir, tmp_p
     assert second.step == 4 and math.isfinite(second.loss)
     train_logs = [h for h in trainer.state.log_history if "loss" in h]
     assert [h["step"] for h in train_logs] == [4]
-    back = read_telemetry(tmp_path / "tel.jsonl")  # NaN survives the JSON round trip
+    (back,) = read_telemetry(tmp_path / "tel.jsonl").values()  # NaN survives as null
     assert math.isnan(back[0].loss) and back[1].loss == second.loss
 
 
@@ -317,6 +382,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow  # over 20 s: two spawned processes each import torch and transformers
 def test_every_rank_follows_the_main_process_verdict(tmp_path):
     import socket
     import subprocess

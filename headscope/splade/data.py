@@ -39,6 +39,7 @@ import hashlib
 import json
 import re
 import sys
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +90,8 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """(1-based line number, line without its newline) of a text or gzipped text file."""
     if not path.is_file():
         raise InputError(f"{path} does not exist or is not a file; check the path.")
-    opener = gzip.open if path.suffix == ".gz" else open
+    gzipped = path.suffix == ".gz"
+    opener = gzip.open if gzipped else open
     try:
         with opener(path, "rt", encoding="utf-8") as fh:
             for number, line in enumerate(fh, start=1):
@@ -98,6 +100,17 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
         raise InputError(
             f"{path} is not UTF-8 text ({err.reason}); re-encode it as UTF-8."
         ) from err
+    except (OSError, EOFError, zlib.error) as err:
+        if gzipped and not isinstance(err, PermissionError):
+            raise InputError(
+                f"{path} is not a complete gzip file ({_reason(err)}), though its name ends in "
+                ".gz; compress it with gzip, or drop the .gz suffix if it is plain text."
+            ) from err
+        raise InputError(f"{path} cannot be read ({_reason(err)}); check the file.") from err
+
+
+def _reason(err: BaseException) -> str:
+    return getattr(err, "strerror", None) or str(err) or type(err).__name__
 
 
 def _json_object(path: Path, number: int, line: str, example: str) -> dict:
@@ -108,6 +121,11 @@ def _json_object(path: Path, number: int, line: str, example: str) -> dict:
             f"{path}, line {number}: not valid JSON ({err.msg}); each line must be one object "
             f"like {example}."
         ) from err
+    except RecursionError:
+        raise InputError(
+            f"{path}, line {number}: JSON nested too deeply to read; each line must be one "
+            f"object like {example}."
+        ) from None
     if not isinstance(obj, dict):
         raise InputError(
             f"{path}, line {number}: expected a JSON object, found {type(obj).__name__}; each "
@@ -462,9 +480,10 @@ def sciq(max_eval_queries: int | None = None) -> Dataset:
 
 
 def _first_queries(ev: EvalSplit, n: int | None) -> EvalSplit:
+    """The first n judged queries of `ev` (in qrels order) with the whole corpus; all if None."""
     if n is None:
         return ev
-    kept = list(ev.qrels)[:n]
+    kept = [q for q in ev.qrels if q in ev.queries][:n]
     return EvalSplit({q: ev.queries[q] for q in kept}, ev.corpus, {q: ev.qrels[q] for q in kept})
 
 
@@ -474,6 +493,8 @@ def load_eval(source: str | Path, *, max_eval_queries: int | None = None) -> Dat
     / TSV pairs file whose every pair becomes a query with its positive as the relevant passage
     (negatives join the corpus)."""
     name = str(source)
+    if max_eval_queries is not None and max_eval_queries < 1:
+        raise InputError(f"max_eval_queries must be at least 1, got {max_eval_queries}.")
     if name in BUILTINS:
         full = load_dataset(name, max_eval_queries=max_eval_queries)
         return Dataset(full.name, full.version, (), full.eval, full.description)
@@ -483,10 +504,10 @@ def load_eval(source: str | Path, *, max_eval_queries: int | None = None) -> Dat
     if path.is_dir():
         ev = _first_queries(read_beir(path, "test"), max_eval_queries)
         return Dataset(path.name, "beir", (), ev, f"BEIR folder {path} (qrels/test.tsv)")
-    if path.suffix in (".jsonl", ".gz"):
-        pairs = read_pairs_jsonl(path)
-    elif path.suffix == ".tsv":
+    if path.name.endswith((".tsv", ".tsv.gz")):
         pairs = read_triples_tsv(path)
+    elif path.suffix in (".jsonl", ".gz"):
+        pairs = read_pairs_jsonl(path)
     else:
         raise InputError(
             f"Cannot read evaluation data {name!r}: use a built-in "
@@ -500,9 +521,19 @@ def load_eval(source: str | Path, *, max_eval_queries: int | None = None) -> Dat
 
 def load_dataset(source: str | Path, *, max_eval_queries: int | None = None) -> Dataset:
     """A built-in name, a BEIR folder (train: qrels/train.tsv, eval: qrels/test.tsv), or a JSONL
-    / TSV pairs file (eval: the pairs of the first 10% of queries by sha256, see `split_pairs`)."""
+    / TSV pairs file (eval: the pairs of the first 10% of queries by sha256, see `split_pairs`).
+
+    `max_eval_queries` keeps the first n held-out queries (of a built-in or BEIR split: with the
+    whole corpus, so the others' passages stay as distractors)."""
+    if max_eval_queries is not None and max_eval_queries < 1:
+        raise InputError(f"max_eval_queries must be at least 1, got {max_eval_queries}.")
     if str(source) == "stdlib-ict":
-        return stdlib_ict()
+        ict = stdlib_ict()
+        if max_eval_queries is None:
+            return ict
+        ev = _first_queries(ict.eval, max_eval_queries)
+        return Dataset(ict.name, ict.version, ict.train, ev,
+                       f"{ict.description}, the first {len(ev.queries)} evaluated")
     if str(source) == "boolq":
         return boolq(max_eval_queries)
     if str(source) == "sciq":
@@ -519,10 +550,10 @@ def load_dataset(source: str | Path, *, max_eval_queries: int | None = None) -> 
             )
         ev = _first_queries(read_beir(path, "test"), max_eval_queries)
         return Dataset(path.name, "beir", beir_pairs(path, "train"), ev, f"BEIR folder {path}")
-    if path.suffix in (".jsonl", ".gz"):
-        pairs = read_pairs_jsonl(path)
-    elif path.suffix == ".tsv":
+    if path.name.endswith((".tsv", ".tsv.gz")):
         pairs = read_triples_tsv(path)
+    elif path.suffix in (".jsonl", ".gz"):
+        pairs = read_pairs_jsonl(path)
     else:
         raise InputError(
             f"Cannot read training data {str(source)!r}: use a built-in ({', '.join(BUILTINS)}), "

@@ -88,6 +88,8 @@ class RetrievalMetrics:
     per_query_mrr: dict[str, float] = field(default_factory=dict)  # query id -> RR@10
     per_query_ndcg: dict[str, float] = field(default_factory=dict)  # query id -> nDCG@10
     serving: ServingMetrics | None = None
+    # MRR@10 of each judged query, in the split's qrels order (paired comparisons of arms)
+    mrr_per_query: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -343,6 +345,7 @@ def evaluate(
         per_query_mrr=per_mrr,
         per_query_ndcg=per_ndcg,
         serving=serving,
+        mrr_per_query=tuple(per_mrr[q] for q in qids),
     )
 
 

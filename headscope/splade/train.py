@@ -2,8 +2,9 @@
 
 One step: tokenize a batch, zero_grad, forward queries and passages, pool, loss (in-batch InfoNCE
 + warmed-up FLOPS on queries and passages), backward, clip, optimizer step, scheduler step. Each
-step produces a frozen `StepRecord`; `train` hands it to `callback` (which may return True to stop)
-and keeps all of them in `TrainResult`. `train_arms` trains several models on exactly the same
+step produces a frozen `StepRecord` (headscope.splade.telemetry, which also writes and reads them
+as JSONL); `train` hands it to `callback` (which may return True to stop) and keeps all of them in
+`TrainResult`. `train_arms` trains several models on exactly the same
 batches with the same seed and evaluates each on the held-out split.
 
 Optimiser and schedule follow sentence-transformers' SparseEncoderTrainer (Hugging Face Trainer
@@ -15,15 +16,12 @@ poison the weights.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
-from typing import IO, Any
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -45,6 +43,7 @@ from headscope.splade.losses import (
     regularizer_weight,
 )
 from headscope.splade.pooling import active_terms, splade_pool
+from headscope.splade.telemetry import StepRecord
 
 
 @dataclass(frozen=True)
@@ -74,29 +73,12 @@ class TrainConfig:
                 "TrainConfig.batch_size must be at least 2: the contrastive loss "
                 "needs in-batch negatives."
             )
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < float("inf")):
+            raise InputError(f"TrainConfig.lr must be a finite number > 0, got {self.lr}.")
         if not 0 <= self.warmup_ratio < 1:
             raise InputError(
                 f"TrainConfig.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}."
             )
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    step: int  # 0-based optimisation step
-    loss: float  # ranking_loss + weight_q * flops_q + weight_d * flops_d
-    ranking_loss: float
-    flops_q: float  # unweighted FLOPS of the query batch
-    flops_d: float  # unweighted FLOPS of the passages (positives and negatives)
-    weight_q: float  # regulariser weights at this step (quadratic warm-up)
-    weight_d: float
-    active_query: float  # mean non-zero terms per query
-    active_passage: float  # mean non-zero terms per passage
-    score_pos: float  # mean q_i . d_i
-    score_neg: float  # mean over every other candidate column
-    grad_norm: float  # total gradient L2 norm before clipping
-    lr: float  # learning rate used by this step
-    loss_finite: bool
-    grad_finite: bool
 
 
 @dataclass(frozen=True)
@@ -310,63 +292,3 @@ def train_arms(
         metrics = evaluate(model, tokenizer, eval_split, eval_config) if eval_split else None
         results[name] = ArmResult(name, result, metrics, before)
     return results
-
-
-# ---------------------------------------------------------------- telemetry
-
-
-def _json_float(value):
-    # JSON has no NaN or Infinity: write them as the strings Python's float() reads back.
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # "nan", "inf", "-inf"
-    return value
-
-
-class TelemetryWriter:
-    """A callback that appends each StepRecord as one JSON object per line. Extra fields (e.g.
-    {"arm": "fixed"}) are written into every line. Use as a context manager, or call close()."""
-
-    def __init__(self, target: str | Path | IO[str], **extra) -> None:
-        self._own = isinstance(target, (str, Path))
-        self._fh: IO[str] = (
-            open(target, "w", encoding="utf-8") if isinstance(target, (str, Path)) else target
-        )
-        self._extra = extra
-
-    def __call__(self, record: StepRecord) -> None:
-        row = {**self._extra, **{k: _json_float(v) for k, v in asdict(record).items()}}
-        self._fh.write(json.dumps(row, allow_nan=False) + "\n")
-        self._fh.flush()
-
-    def close(self) -> None:
-        if self._own:
-            self._fh.close()
-
-    def __enter__(self) -> TelemetryWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def read_telemetry(path: str | Path) -> list[StepRecord]:
-    """StepRecords back from a telemetry JSONL file (extra keys are ignored)."""
-    names = {f.name: f.type for f in fields(StepRecord)}
-    records = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                values: dict[str, Any] = {}
-                for name, kind in names.items():
-                    value = row[name]
-                    values[name] = float(value) if kind == "float" else value
-                records.append(StepRecord(**values))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-                raise InputError(
-                    f"{path}, line {number}: not a headscope telemetry record "
-                    f"({err}); the file must come from TelemetryWriter."
-                ) from err
-    return records
