@@ -633,6 +633,13 @@ class ConfirmOptions:
     simulate: str | None = None  # derive a dense-regime variant of MODEL first (labelled)
     log: str | None = None  # telemetry JSONL (one object per step and arm)
     figure: str | None = None  # PNG/SVG of the training curves
+    # "headscope": the open training loop of headscope.splade.train; "st": sentence-transformers'
+    # SparseEncoderTrainer with HeadscopeCallback (runs under torchrun / accelerate launch).
+    engine: str = "headscope"
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("headscope", "st"):
+            raise InputError(f"Unknown engine {self.engine!r}; choose headscope or st.")
 
     def train_config(self):
         from headscope.splade.train import TrainConfig
@@ -680,6 +687,14 @@ class TrainingOutcome:
     records: dict  # arm name -> tuple[StepRecord, ...] (for plots; not serialised)
     eval_queries: int = 0  # held-out queries every arm was evaluated on
     eval_passages: int = 0  # passages they were ranked against
+
+
+def is_main_process() -> bool:
+    """False in every process of a torchrun / accelerate launch but rank 0: they train but
+    neither write nor print."""
+    from headscope.st_engine import is_main_process as main
+
+    return main()
 
 
 def _base_model(source: str, options: ConfirmOptions, load_options, progress):
@@ -750,17 +765,19 @@ def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
     for both."""
     from contextlib import ExitStack
 
-    from headscope import fileio
+    from headscope import fileio, st_engine
     from headscope.splade.telemetry import TelemetryWriter
     from headscope.splade.train import train_arms
 
+    train_all = st_engine.train_arms if options.engine == "st" else train_arms
+    main = st_engine.is_main_process()  # under torchrun / accelerate, only rank 0 writes
     config = options.train_config()
     total = config.steps * len(arms)
     phases = {name: f"arm {i}/{len(arms)}: {name}" for i, name in enumerate(arms, start=1)}
     done = {name: 0 for name in arms}
     with ExitStack() as stack:
         writers = {}
-        if options.log:
+        if options.log and main:
             Path(options.log).parent.mkdir(parents=True, exist_ok=True)
             # Appears complete when training ends; an interrupted run leaves no partial log.
             fh = stack.enter_context(fileio.atomic_open(options.log))
@@ -770,18 +787,18 @@ def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
             if arm in writers:
                 writers[arm](record)
             done[arm] += 1
-            if progress:
+            if progress and main:
                 progress(phases[arm], done[arm], config.steps)
                 progress("all arms", sum(done.values()), total)
 
-        results = train_arms(arms, dataset.train, dataset.eval, config, callback=on_step)
+        results = train_all(arms, dataset.train, dataset.eval, config, callback=on_step)
     vocab = {name: model.config.vocab_size for name, (model, _tok) in arms.items()}
     outcomes = _judge_arms(tuple(_summarise_arm(name, descriptions[name], ks[name],
                                                 results[name], vocab[name]) for name in arms),
                            {name: results[name].metrics for name in arms})
     records = {name: tuple(results[name].train.records) for name in arms}
     figure = None
-    if options.figure:
+    if options.figure and main:
         from headscope import plots
 
         title = f"{source}" + (" (simulated dense regime)" if label else "")

@@ -567,12 +567,18 @@ def training_options(f: Callable) -> Callable:
         click.option("--simulate", type=click.Choice(["bias", "projection", "scale-only"]),
                      default=None, help="Train a labelled dense-regime SIMULATION of MODEL "
                      "(docs/demonstration.md)."),
-        click.option("--log", type=click.Path(dir_okay=False), default=None,
-                     help="Telemetry JSONL: one object per step and arm."),
+        click.option("--log", "--telemetry", "log", type=click.Path(dir_okay=False),
+                     default=None, help="Telemetry JSONL: one object per step and arm "
+                     "(--telemetry under torchrun, whose own flags take --log)."),
         click.option("--figure", type=click.Path(dir_okay=False), default=None,
                      help="Training curves as PNG or SVG."),
         click.option("--json", "json_dest", default=None, metavar="PATH|-",
                      help="Write the summary as JSON to PATH, or stdout with '-'."),
+        click.option("--engine", type=click.Choice(["headscope", "st"]), default=d("engine"),
+                     show_default=True,
+                     help="headscope: its own training loop; st: sentence-transformers' "
+                     "SparseEncoderTrainer (runs unchanged under torchrun or accelerate "
+                     "launch; only rank 0 writes and prints)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -589,6 +595,8 @@ def _confirm_options(kw: dict):
 def _report_training(outcome, json_dest) -> None:
     from headscope import api, render
 
+    if not api.is_main_process():  # another rank of a torchrun / accelerate launch
+        return
     if json_dest != "-":
         stdout.print(render.training_view(outcome))
     _emit_json(json.dumps(api.training_summary(outcome), indent=2), json_dest)
