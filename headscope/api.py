@@ -687,6 +687,9 @@ class TrainingOutcome:
     records: dict  # arm name -> tuple[StepRecord, ...] (for plots; not serialised)
     eval_queries: int = 0  # held-out queries every arm was evaluated on
     eval_passages: int = 0  # passages they were ranked against
+    # What serving engines would refuse of each trained arm's passages (HS303/HS304, from the
+    # active passage terms over its last 10 steps).
+    findings: tuple = ()
 
 
 def is_main_process() -> bool:
@@ -804,10 +807,15 @@ def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
         title = f"{source}" + (" (simulated dense regime)" if label else "")
         plots.save_figure(plots.training_figure(records, title), options.figure)
         figure = options.figure
+    from headscope.recommend import engine_findings
+
+    served = tuple(f for a in outcomes for f in engine_findings(
+        a.active_passage_end, a.k, stage=f"after training (arm {a.name})"))
     return TrainingOutcome(source=source, simulation=label, data=dataset.name, config=options,
                            arms=outcomes, log=options.log, figure=figure, records=records,
                            eval_queries=len(dataset.eval.queries) if dataset.eval else 0,
-                           eval_passages=len(dataset.eval.corpus) if dataset.eval else 0)
+                           eval_passages=len(dataset.eval.corpus) if dataset.eval else 0,
+                           findings=served)
 
 
 def fixed_folder_k(folder: str) -> float:
@@ -940,6 +948,7 @@ def training_summary(outcome: TrainingOutcome) -> dict:
         "log": outcome.log,
         "figure": outcome.figure,
         "arms": [to_dict(a) for a in outcome.arms],
+        "findings": [to_dict(f) for f in outcome.findings],
     })
 
 
