@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -760,12 +761,13 @@ def _dataset(options: ConfirmOptions):
 
 
 def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
-                        options: ConfirmOptions, progress, dataset) -> TrainingOutcome:
+                        options: ConfirmOptions, progress, dataset,
+                        configs: dict | None = None) -> TrainingOutcome:
     """Train every arm on the same batches, log telemetry, judge each, draw the curves.
 
     Progress goes to `progress` twice per step: the arm's own phase ("arm 2/3: fixed", steps of
     that arm) and the whole run ("all arms", steps of every arm), so a face can show an ETA
-    for both."""
+    for both. `configs` gives an arm its own TrainConfig (default: the options')."""
     from contextlib import ExitStack
 
     from headscope import fileio, st_engine
@@ -794,7 +796,13 @@ def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
                 progress(phases[arm], done[arm], config.steps)
                 progress("all arms", sum(done.values()), total)
 
-        results = train_all(arms, dataset.train, dataset.eval, config, callback=on_step)
+        if configs is None:
+            results = train_all(arms, dataset.train, dataset.eval, config, callback=on_step)
+        else:  # one arm at a time with its own config (each arm reseeds: the same batches)
+            results = {}
+            for name, arm in arms.items():
+                results.update(train_all({name: arm}, dataset.train, dataset.eval,
+                                         configs[name], callback=on_step))
     vocab = {name: model.config.vocab_size for name, (model, _tok) in arms.items()}
     outcomes = _judge_arms(tuple(_summarise_arm(name, descriptions[name], ks[name],
                                                 results[name], vocab[name]) for name in arms),
@@ -918,9 +926,17 @@ def _judge_arms(arms: tuple[ArmOutcome, ...], metrics: dict) -> tuple[ArmOutcome
     return tuple(out)
 
 
-def sweep(source: str, ks: Sequence[float], *, options: ConfirmOptions = ConfirmOptions(),
-          load_options=None, progress: Progress | None = None) -> TrainingOutcome:
-    """The same short training for each k (the shape of the paper's loss-curve figure)."""
+def sweep(source: str, ks: Sequence[float] | None = None, *,
+          options: ConfirmOptions = ConfirmOptions(), load_options=None,
+          progress: Progress | None = None,
+          flops_weights: Sequence[float] | None = None) -> TrainingOutcome:
+    """The same short training for each k (the shape of the paper's loss-curve figure).
+
+    With `flops_weights`, one arm per FLOPS weight λd instead (λq = λd / 20, the paper's
+    ratio), all at one k: the only k in `ks`, or the recommended k when `ks` is None."""
+    if flops_weights:
+        return _flops_sweep(source, ks, flops_weights, options, load_options, progress)
+    ks = DEFAULT_SWEEP_KS if ks is None else ks
     if not ks or any(not (k > 0) for k in ks):
         raise InputError(f"sweep needs positive k values, got {list(ks)!r}.")
     dataset = _dataset(options)
@@ -933,6 +949,45 @@ def sweep(source: str, ks: Sequence[float], *, options: ConfirmOptions = Confirm
                       f"{'divided' if options.scale_bias else 'kept'})")
         kmap[name] = float(k)
     return _train_side_by_side(source, label, arms, desc, kmap, options, progress, dataset)
+
+
+DEFAULT_SWEEP_KS = (1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def _flops_sweep(source: str, ks: Sequence[float] | None, weights: Sequence[float],
+                 options: ConfirmOptions, load_options, progress) -> TrainingOutcome:
+    """One arm per FLOPS weight at one k (see `sweep`)."""
+    from headscope.splade.losses import DEFAULT_LAMBDA_D, DEFAULT_LAMBDA_Q
+
+    if any(not (w >= 0) or not math.isfinite(w) for w in weights):
+        raise InputError(f"--flops-weight needs finite weights >= 0, got {list(weights)!r}.")
+    if ks is not None and len(ks) != 1:
+        raise InputError("--flops-weight trains every weight at one k: give a single --k, or "
+                         "none for the recommended k.")
+    dataset = _dataset(options)
+    loaded, label = _base_model(source, options, load_options, progress)
+    if ks is None:
+        from headscope import probe
+
+        rep = inspect_loaded(loaded, probe_config=probe.ProbeConfig(
+            n_pairs=64, scale_bias=options.scale_bias), progress=progress)
+        assert rep.recommendation is not None
+        k = rep.recommendation.k
+    else:
+        k = float(ks[0])
+    if not k > 0:
+        raise InputError(f"sweep needs a positive k, got {k!r}.")
+    ratio = DEFAULT_LAMBDA_Q / DEFAULT_LAMBDA_D
+    arms, desc, kmap, configs = {}, {}, {}, {}
+    for w in weights:
+        name = f"λd={w:g}"
+        arms[name] = (_rescaled_copy(loaded.model, k, options), loaded.tokenizer)
+        desc[name] = (f"projection / {k:g}, λq={w * ratio:g} λd={w:g}")
+        kmap[name] = k
+        configs[name] = replace(options.train_config(), lambda_d=float(w),
+                                lambda_q=float(w) * ratio)
+    return _train_side_by_side(source, label, arms, desc, kmap, options, progress, dataset,
+                               configs)
 
 
 def training_summary(outcome: TrainingOutcome) -> dict:

@@ -53,6 +53,16 @@ def _ks(value: str) -> tuple[float, ...]:
     return ks
 
 
+def _weights(value: str) -> tuple[float, ...]:
+    try:
+        weights = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
+    if not weights or any(not (0 <= w < float("inf")) for w in weights):
+        raise click.BadParameter(f"{value!r}: every weight must be a finite number >= 0")
+    return weights
+
+
 def _bands(specs: tuple[str, ...]):
     """--band METRIC=LOW:HIGH values -> the default bands with those overridden or added."""
     from headscope.recommend import DEFAULT_BANDS, override_bands
@@ -626,11 +636,16 @@ def confirm(model, k, fixed, json_dest, **kw):
 
 @main.command()
 @click.argument("model")
-@click.option("--k", "ks", default="1,2,4,8,16", show_default=True,
-              callback=lambda c, p, v: _ks(v), help="Divisors to train, comma-separated.")
+@click.option("--k", "ks", default=None, callback=lambda c, p, v: None if v is None else _ks(v),
+              help="Divisors to train, comma-separated [default: 1,2,4,8,16; with "
+              "--flops-weight: the recommended k].")
+@click.option("--flops-weight", "flops_weights", default=None, metavar="LIST",
+              callback=lambda c, p, v: None if v is None else _weights(v),
+              help="FLOPS weights λd to train at one k, comma-separated (λq = λd / 20, "
+              "the paper's ratio; the default λd is 0.001): one arm per weight.")
 @training_options
 @handle_errors
-def sweep(model, ks, json_dest, **kw):
+def sweep(model, ks, flops_weights, json_dest, **kw):
     """The same short training for each k: loss curves like the paper's figure."""
     from headscope import api
 
@@ -638,7 +653,8 @@ def sweep(model, ks, json_dest, **kw):
     writable(kw.get("log"), parents=True)
     _quiet_transformers()
     with progress_bar() as progress:
-        outcome = api.sweep(model, ks, options=_confirm_options(kw), progress=progress)
+        outcome = api.sweep(model, ks, options=_confirm_options(kw), progress=progress,
+                            flops_weights=flops_weights)
     _report_training(outcome, json_dest)
 
 

@@ -209,3 +209,28 @@ def test_dense_arm_reports_truncated_evaluation(bert_tiny_dir, FAST):
     assert original.truncated_passages > 0
     payload = api.training_summary(outcome)
     assert payload["arms"][0]["truncated_passages"] == original.truncated_passages
+
+
+def test_flops_weight_grid_trains_one_arm_per_weight_at_one_k(bert_tiny_dir, FAST):
+    from headscope.splade.losses import regularizer_weight
+
+    outcome = api.sweep(str(bert_tiny_dir), (4.0,), options=FAST, flops_weights=(0.0, 0.05))
+    assert [a.name for a in outcome.arms] == ["λd=0", "λd=0.05"]
+    assert [a.k for a in outcome.arms] == [4.0, 4.0]
+    zero, heavy = (outcome.records[n] for n in ("λd=0", "λd=0.05"))
+    for step, (a, b) in enumerate(zip(zero, heavy, strict=True)):
+        assert a.weight_d == 0.0 and a.weight_q == 0.0
+        assert b.weight_d == pytest.approx(regularizer_weight(step, FAST.steps, 0.05))
+        assert b.weight_q == pytest.approx(regularizer_weight(step, FAST.steps, 0.05 / 20))
+    # The regulariser is off at the first step: the same model on the same batch.
+    assert zero[0].loss == heavy[0].loss
+
+
+def test_flops_weight_grid_wants_one_k(bert_tiny_dir, pairs_file):
+    result = CliRunner().invoke(main, [
+        "sweep", str(bert_tiny_dir), "--k", "1,8", "--flops-weight", "0,0.01",
+        "--data", str(pairs_file)])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "Error: --flops-weight trains every weight at one k: give a single --k, or none for the "
+        "recommended k."]
