@@ -637,10 +637,17 @@ class ConfirmOptions:
     # "headscope": the open training loop of headscope.splade.train; "st": sentence-transformers'
     # SparseEncoderTrainer with HeadscopeCallback (runs under torchrun / accelerate launch).
     engine: str = "headscope"
+    # Comma-separated devices ("cuda:0,cuda:1"): arms train in parallel, one per device at a
+    # time, each in its own process; None trains them one after another on `device`.
+    devices: str | None = None
 
     def __post_init__(self) -> None:
         if self.engine not in ("headscope", "st"):
             raise InputError(f"Unknown engine {self.engine!r}; choose headscope or st.")
+        if self.devices is not None:
+            from headscope.scheduler import parse_devices
+
+            parse_devices(self.devices)
 
     def train_config(self):
         from headscope.splade.train import TrainConfig
@@ -796,7 +803,16 @@ def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
                 progress(phases[arm], done[arm], config.steps)
                 progress("all arms", sum(done.values()), total)
 
-        if configs is None:
+        if options.devices:  # one worker process per device, one arm each at a time
+            from headscope.scheduler import parse_devices, train_arms_on_devices
+
+            if st_engine.world_size() > 1:
+                raise InputError("--devices spreads arms over devices in one launch; under "
+                                 "torchrun or accelerate launch leave it out.")
+            results = train_arms_on_devices(
+                arms, dataset.train, dataset.eval, configs or {name: config for name in arms},
+                parse_devices(options.devices), engine=options.engine, callback=on_step)
+        elif configs is None:
             results = train_all(arms, dataset.train, dataset.eval, config, callback=on_step)
         else:  # one arm at a time with its own config (each arm reseeds: the same batches)
             results = {}

@@ -584,6 +584,9 @@ def training_options(f: Callable) -> Callable:
                      help="Training curves as PNG or SVG."),
         click.option("--json", "json_dest", default=None, metavar="PATH|-",
                      help="Write the summary as JSON to PATH, or stdout with '-'."),
+        click.option("--devices", default=d("devices"), metavar="LIST",
+                     help="Train arms in parallel, one per device at a time (e.g. "
+                     "cuda:0,cuda:1); results as in one sequential run."),
         click.option("--engine", type=click.Choice(["headscope", "st"]), default=d("engine"),
                      show_default=True,
                      help="headscope: its own training loop; st: sentence-transformers' "
