@@ -711,7 +711,9 @@ def is_main_process() -> bool:
 def _base_model(source: str, options: ConfirmOptions, load_options, progress):
     """Load MODEL and, when asked, turn it into its labelled dense-regime simulation."""
     from headscope import checkpoint, probe, simulate
+    from headscope.st_engine import bind_device
 
+    bind_device(options.device)  # under torchrun: "cuda" is this process's own GPU
     load_options = load_options or checkpoint.LoadOptions(device=options.device)
     loaded = checkpoint.load(checkpoint.resolve(source, load_options.revision), load_options)
     if loaded.tokenizer is None:

@@ -51,6 +51,20 @@ def is_main_process() -> bool:
         return True
 
 
+def bind_device(device: str) -> None:
+    """Make `device` this process's current CUDA device, so that the Trainer (which trains on
+    the current device) and plain "cuda" mean it: under torchrun / accelerate launch "cuda" is
+    the process's LOCAL_RANK device, else "cuda:N" is N. No-op for other devices."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if device == "cuda" and world_size() > 1:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    elif device.startswith("cuda:"):
+        torch.cuda.set_device(torch.device(device))
+
+
 def _dataset(pairs: Sequence[Pair], config: TrainConfig):
     """The pairs of every step in order (steps * batch_size rows): query, positive,
     negative_1..N, as `splade.train` would draw them."""
@@ -142,6 +156,7 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig | None = 
         from headscope.probe import builtin_probe
 
         probe = [(p.query, p.passage) for p in builtin_probe(16).pairs]
+    bind_device(config.device)
     dataset = _dataset(pairs, config)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="headscope-st-") as folder:
