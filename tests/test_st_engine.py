@@ -166,3 +166,34 @@ def test_two_gloo_processes_report_once_and_match_one_process(bert_tiny_dir, tmp
         assert q["weight_d"] == pytest.approx(p["weight_d"])
         assert q["ranking_loss"] == pytest.approx(p["ranking_loss"], rel=0.02, abs=1e-3)
         assert q["active_passage"] == pytest.approx(p["active_passage"], rel=0.02)
+
+
+_BROADCAST_STATS = """
+import os, sys
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+def worker(rank, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    from headscope.trainer_callback import ProbeStats, _main_process_has
+    mine = ProbeStats(vocab_size=10, active_query=float(rank), active_passage=2.0,
+                      term_weight_mean=0.5, term_weight_max=1.5, score_pos=3.0, score_neg=1.0,
+                      flops_q=0.1, flops_d=0.2)
+    got = _main_process_has(mine)  # ranks measured different statistics: rank 0's are kept
+    with open(os.path.join(out, f"rank{rank}"), "w") as fh:
+        fh.write(repr(got.active_query))
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.spawn(worker, args=(int(sys.argv[1]), sys.argv[2]), nprocs=2)
+"""
+
+
+def test_every_rank_keeps_the_main_processs_probe_statistics(tmp_path):
+    script = tmp_path / "stats.py"
+    script.write_text(_BROADCAST_STATS, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script), str(_free_port()), str(tmp_path)], env=env,
+                   check=True, timeout=300)
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["0.0", "0.0"]
