@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -634,6 +635,20 @@ class ConfirmOptions:
     simulate: str | None = None  # derive a dense-regime variant of MODEL first (labelled)
     log: str | None = None  # telemetry JSONL (one object per step and arm)
     figure: str | None = None  # PNG/SVG of the training curves
+    # "headscope": the open training loop of headscope.splade.train; "st": sentence-transformers'
+    # SparseEncoderTrainer with HeadscopeCallback (runs under torchrun / accelerate launch).
+    engine: str = "headscope"
+    # Comma-separated devices ("cuda:0,cuda:1"): arms train in parallel, one per device at a
+    # time, each in its own process; None trains them one after another on `device`.
+    devices: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("headscope", "st"):
+            raise InputError(f"Unknown engine {self.engine!r}; choose headscope or st.")
+        if self.devices is not None:
+            from headscope.scheduler import parse_devices
+
+            parse_devices(self.devices)
 
     def train_config(self):
         from headscope.splade.train import TrainConfig
@@ -688,12 +703,25 @@ class TrainingOutcome:
     eval_data: str | None = None  # the evaluation set's name when it is not data's own split
     eval_queries: int = 0  # held-out queries every arm was evaluated on
     eval_passages: int = 0  # passages they were ranked against
+    # What serving engines would refuse of each trained arm's passages (HS303/HS304, from the
+    # active passage terms over its last 10 steps).
+    findings: tuple = ()
+
+
+def is_main_process() -> bool:
+    """False in every process of a torchrun / accelerate launch but rank 0: they train but
+    neither write nor print."""
+    from headscope.st_engine import is_main_process as main
+
+    return main()
 
 
 def _base_model(source: str, options: ConfirmOptions, load_options, progress):
     """Load MODEL and, when asked, turn it into its labelled dense-regime simulation."""
     from headscope import checkpoint, probe, simulate
+    from headscope.st_engine import bind_device
 
+    bind_device(options.device)  # under torchrun: "cuda" is this process's own GPU
     load_options = load_options or checkpoint.LoadOptions(device=options.device)
     loaded = checkpoint.load(checkpoint.resolve(source, load_options.revision), load_options)
     if loaded.tokenizer is None:
@@ -759,26 +787,29 @@ def _dataset(options: ConfirmOptions):
 
 
 def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
-                        options: ConfirmOptions, progress, datasets) -> TrainingOutcome:
+                        options: ConfirmOptions, progress, datasets,
+                        configs: dict | None = None) -> TrainingOutcome:
     """Train every arm on the same batches, log telemetry, judge each, draw the curves.
 
     Progress goes to `progress` twice per step: the arm's own phase ("arm 2/3: fixed", steps of
     that arm) and the whole run ("all arms", steps of every arm), so a face can show an ETA
-    for both."""
+    for both. `configs` gives an arm its own TrainConfig (default: the options')."""
     from contextlib import ExitStack
 
-    from headscope import fileio
+    from headscope import fileio, st_engine
     from headscope.splade.telemetry import TelemetryWriter
     from headscope.splade.train import train_arms
 
     dataset, evalset = datasets
+    train_all = st_engine.train_arms if options.engine == "st" else train_arms
+    main = st_engine.is_main_process()  # under torchrun / accelerate, only rank 0 writes
     config = options.train_config()
     total = config.steps * len(arms)
     phases = {name: f"arm {i}/{len(arms)}: {name}" for i, name in enumerate(arms, start=1)}
     done = {name: 0 for name in arms}
     with ExitStack() as stack:
         writers = {}
-        if options.log:
+        if options.log and main:
             Path(options.log).parent.mkdir(parents=True, exist_ok=True)
             # Appears complete when training ends; an interrupted run leaves no partial log.
             fh = stack.enter_context(fileio.atomic_open(options.log))
@@ -788,29 +819,49 @@ def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
             if arm in writers:
                 writers[arm](record)
             done[arm] += 1
-            if progress:
+            if progress and main:
                 progress(phases[arm], done[arm], config.steps)
                 progress("all arms", sum(done.values()), total)
 
-        results = train_arms(arms, dataset.train, evalset.eval, config, eval_before=True,
-                             callback=on_step)
+        if options.devices:  # one worker process per device, one arm each at a time
+            from headscope.scheduler import parse_devices, train_arms_on_devices
+
+            if st_engine.world_size() > 1:
+                raise InputError("--devices spreads arms over devices in one launch; under "
+                                 "torchrun or accelerate launch leave it out.")
+            results = train_arms_on_devices(
+                arms, dataset.train, evalset.eval, configs or {name: config for name in arms},
+                parse_devices(options.devices), engine=options.engine, callback=on_step)
+        elif configs is None:
+            results = train_all(arms, dataset.train, evalset.eval, config, eval_before=True,
+                                callback=on_step)
+        else:  # one arm at a time with its own config (each arm reseeds: the same batches)
+            results = {}
+            for name, arm in arms.items():
+                results.update(train_all({name: arm}, dataset.train, evalset.eval,
+                                         configs[name], eval_before=True, callback=on_step))
     vocab = {name: model.config.vocab_size for name, (model, _tok) in arms.items()}
     outcomes = _judge_arms(tuple(_summarise_arm(name, descriptions[name], ks[name],
                                                 results[name], vocab[name]) for name in arms),
                            {name: results[name].metrics for name in arms})
     records = {name: tuple(results[name].train.records) for name in arms}
     figure = None
-    if options.figure:
+    if options.figure and main:
         from headscope import plots
 
         title = f"{source}" + (" (simulated dense regime)" if label else "")
         plots.save_figure(plots.training_figure(records, title), options.figure)
         figure = options.figure
+    from headscope.recommend import engine_findings
+
+    served = tuple(f for a in outcomes for f in engine_findings(
+        a.active_passage_end, a.k, stage=f"after training (arm {a.name})"))
     return TrainingOutcome(source=source, simulation=label, data=dataset.name, config=options,
                            arms=outcomes, log=options.log, figure=figure, records=records,
                            eval_data=evalset.name if options.eval_data else None,
                            eval_queries=len(evalset.eval.queries) if evalset.eval else 0,
-                           eval_passages=len(evalset.eval.corpus) if evalset.eval else 0)
+                           eval_passages=len(evalset.eval.corpus) if evalset.eval else 0,
+                           findings=served)
 
 
 def fixed_folder_k(folder: str) -> float:
@@ -913,9 +964,17 @@ def _judge_arms(arms: tuple[ArmOutcome, ...], metrics: dict) -> tuple[ArmOutcome
     return tuple(out)
 
 
-def sweep(source: str, ks: Sequence[float], *, options: ConfirmOptions = ConfirmOptions(),
-          load_options=None, progress: Progress | None = None) -> TrainingOutcome:
-    """The same short training for each k (the shape of the paper's loss-curve figure)."""
+def sweep(source: str, ks: Sequence[float] | None = None, *,
+          options: ConfirmOptions = ConfirmOptions(), load_options=None,
+          progress: Progress | None = None,
+          flops_weights: Sequence[float] | None = None) -> TrainingOutcome:
+    """The same short training for each k (the shape of the paper's loss-curve figure).
+
+    With `flops_weights`, one arm per FLOPS weight λd instead (λq = λd / 20, the paper's
+    ratio), all at one k: the only k in `ks`, or the recommended k when `ks` is None."""
+    if flops_weights:
+        return _flops_sweep(source, ks, flops_weights, options, load_options, progress)
+    ks = DEFAULT_SWEEP_KS if ks is None else ks
     if not ks or any(not (k > 0) for k in ks):
         raise InputError(f"sweep needs positive k values, got {list(ks)!r}.")
     datasets = _dataset(options)
@@ -928,6 +987,45 @@ def sweep(source: str, ks: Sequence[float], *, options: ConfirmOptions = Confirm
                       f"{'divided' if options.scale_bias else 'kept'})")
         kmap[name] = float(k)
     return _train_side_by_side(source, label, arms, desc, kmap, options, progress, datasets)
+
+
+DEFAULT_SWEEP_KS = (1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def _flops_sweep(source: str, ks: Sequence[float] | None, weights: Sequence[float],
+                 options: ConfirmOptions, load_options, progress) -> TrainingOutcome:
+    """One arm per FLOPS weight at one k (see `sweep`)."""
+    from headscope.splade.losses import DEFAULT_LAMBDA_D, DEFAULT_LAMBDA_Q
+
+    if any(not (w >= 0) or not math.isfinite(w) for w in weights):
+        raise InputError(f"--flops-weight needs finite weights >= 0, got {list(weights)!r}.")
+    if ks is not None and len(ks) != 1:
+        raise InputError("--flops-weight trains every weight at one k: give a single --k, or "
+                         "none for the recommended k.")
+    datasets = _dataset(options)
+    loaded, label = _base_model(source, options, load_options, progress)
+    if ks is None:
+        from headscope import probe
+
+        rep = inspect_loaded(loaded, probe_config=probe.ProbeConfig(
+            n_pairs=64, scale_bias=options.scale_bias), progress=progress)
+        assert rep.recommendation is not None
+        k = rep.recommendation.k
+    else:
+        k = float(ks[0])
+    if not k > 0:
+        raise InputError(f"sweep needs a positive k, got {k!r}.")
+    ratio = DEFAULT_LAMBDA_Q / DEFAULT_LAMBDA_D
+    arms, desc, kmap, configs = {}, {}, {}, {}
+    for w in weights:
+        name = f"λd={w:g}"
+        arms[name] = (_rescaled_copy(loaded.model, k, options), loaded.tokenizer)
+        desc[name] = (f"projection / {k:g}, λq={w * ratio:g} λd={w:g}")
+        kmap[name] = k
+        configs[name] = replace(options.train_config(), lambda_d=float(w),
+                                lambda_q=float(w) * ratio)
+    return _train_side_by_side(source, label, arms, desc, kmap, options, progress, datasets,
+                               configs)
 
 
 def training_summary(outcome: TrainingOutcome) -> dict:
@@ -944,6 +1042,7 @@ def training_summary(outcome: TrainingOutcome) -> dict:
         "log": outcome.log,
         "figure": outcome.figure,
         "arms": [to_dict(a) for a in outcome.arms],
+        "findings": [to_dict(f) for f in outcome.findings],
     })
 
 

@@ -53,6 +53,16 @@ def _ks(value: str) -> tuple[float, ...]:
     return ks
 
 
+def _weights(value: str) -> tuple[float, ...]:
+    try:
+        weights = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
+    if not weights or any(not (0 <= w < float("inf")) for w in weights):
+        raise click.BadParameter(f"{value!r}: every weight must be a finite number >= 0")
+    return weights
+
+
 def _bands(specs: tuple[str, ...]):
     """--band METRIC=LOW:HIGH values -> the default bands with those overridden or added."""
     from headscope.recommend import DEFAULT_BANDS, override_bands
@@ -571,12 +581,21 @@ def training_options(f: Callable) -> Callable:
         click.option("--simulate", type=click.Choice(["bias", "projection", "scale-only"]),
                      default=None, help="Train a labelled dense-regime SIMULATION of MODEL "
                      "(docs/demonstration.md)."),
-        click.option("--log", type=click.Path(dir_okay=False), default=None,
-                     help="Telemetry JSONL: one object per step and arm."),
+        click.option("--log", "--telemetry", "log", type=click.Path(dir_okay=False),
+                     default=None, help="Telemetry JSONL: one object per step and arm "
+                     "(--telemetry under torchrun, whose own flags take --log)."),
         click.option("--figure", type=click.Path(dir_okay=False), default=None,
                      help="Training curves as PNG or SVG."),
         click.option("--json", "json_dest", default=None, metavar="PATH|-",
                      help="Write the summary as JSON to PATH, or stdout with '-'."),
+        click.option("--devices", default=d("devices"), metavar="LIST",
+                     help="Train arms in parallel, one per device at a time (e.g. "
+                     "cuda:0,cuda:1); results as in one sequential run."),
+        click.option("--engine", type=click.Choice(["headscope", "st"]), default=d("engine"),
+                     show_default=True,
+                     help="headscope: its own training loop; st: sentence-transformers' "
+                     "SparseEncoderTrainer (runs unchanged under torchrun or accelerate "
+                     "launch; only rank 0 writes and prints)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -593,6 +612,8 @@ def _confirm_options(kw: dict):
 def _report_training(outcome, json_dest) -> None:
     from headscope import api, render
 
+    if not api.is_main_process():  # another rank of a torchrun / accelerate launch
+        return
     if json_dest != "-":
         stdout.print(render.training_view(outcome))
     _emit_json(json.dumps(api.training_summary(outcome), indent=2), json_dest)
@@ -622,11 +643,16 @@ def confirm(model, k, fixed, json_dest, **kw):
 
 @main.command()
 @click.argument("model")
-@click.option("--k", "ks", default="1,2,4,8,16", show_default=True,
-              callback=lambda c, p, v: _ks(v), help="Divisors to train, comma-separated.")
+@click.option("--k", "ks", default=None, callback=lambda c, p, v: None if v is None else _ks(v),
+              help="Divisors to train, comma-separated [default: 1,2,4,8,16; with "
+              "--flops-weight: the recommended k].")
+@click.option("--flops-weight", "flops_weights", default=None, metavar="LIST",
+              callback=lambda c, p, v: None if v is None else _weights(v),
+              help="FLOPS weights λd to train at one k, comma-separated (λq = λd / 20, "
+              "the paper's ratio; the default λd is 0.001): one arm per weight.")
 @training_options
 @handle_errors
-def sweep(model, ks, json_dest, **kw):
+def sweep(model, ks, flops_weights, json_dest, **kw):
     """The same short training for each k: loss curves like the paper's figure."""
     from headscope import api
 
@@ -634,7 +660,8 @@ def sweep(model, ks, json_dest, **kw):
     writable(kw.get("log"), parents=True)
     _quiet_transformers()
     with progress_bar() as progress:
-        outcome = api.sweep(model, ks, options=_confirm_options(kw), progress=progress)
+        outcome = api.sweep(model, ks, options=_confirm_options(kw), progress=progress,
+                            flops_weights=flops_weights)
     _report_training(outcome, json_dest)
 
 

@@ -521,6 +521,10 @@ FINDING_CODES: dict[str, tuple[str, str]] = {
     "HS209": ("probe-vocabulary-mismatch", "warning"),
     "HS301": ("weights-clip-in-pyserini", "warning"),
     "HS302": ("weights-coarse-in-anserini", "info"),
+    "HS303": ("too-many-terms-for-pgvector-hnsw", "warning"),
+    "HS304": ("too-many-terms-for-pgvector", "error"),
+    "HS305": ("logits-overflow-float16", "warning"),
+    "HS306": ("weights-coarse-in-bfloat16", "info"),
 }
 
 VOCAB_KEYS = ("n_rows", "n_tokenizer", "n_real_rows", "tied", "head_loaded")
@@ -826,4 +830,83 @@ def serving_findings(per_k: Sequence[KStats], k: float) -> tuple[Finding, ...]:
             "weights below 0.005; training will grow the weights, but an untrained index would "
             "be coarse.",
             stats.term_weight_mean, ANSERINI_COARSE_MEAN))
+    return (tuple(found) + engine_findings(stats.active_passage, k)
+            + precision_findings(stats.term_weight_max, stats.term_weight_mean,
+                                 stats.logit_p01, k))
+
+
+# pgvector: a sparsevec holds at most 16,000 non-zero elements, and an HNSW index accepts
+# sparsevecs of at most 1,000 (github.com/pgvector/pgvector, README: "Sparsevec Type", "HNSW").
+PGVECTOR_HNSW_NONZERO = 1000
+PGVECTOR_SPARSEVEC_NONZERO = 16000
+
+
+def engine_findings(active_passage: float, k: float,
+                    stage: str = "before training") -> tuple[Finding, ...]:
+    """What pgvector would refuse of passages with `active_passage` non-zero terms on average
+    (HS303, HS304). Qdrant sparse vectors and Elasticsearch/OpenSearch `rank_features` take any
+    number of non-zero terms; their value limits are in docs/findings.md."""
+    if not math.isfinite(active_passage):
+        return ()
+    at = f"At k = {_k(k)} {stage}" if math.isfinite(k) else stage[:1].upper() + stage[1:]
+    where = f"{at}, passages have {_num(active_passage)} non-zero terms on average"
+    if active_passage > PGVECTOR_SPARSEVEC_NONZERO:
+        return (finding(
+            "HS304",
+            f"{where}: pgvector's sparsevec type rejects vectors with more than 16,000 non-zero "
+            "elements, so most passages could not be stored; use a larger k, or keep only each "
+            "passage's largest weights before indexing.",
+            active_passage, PGVECTOR_SPARSEVEC_NONZERO),)
+    if active_passage > PGVECTOR_HNSW_NONZERO:
+        return (finding(
+            "HS303",
+            f"{where}: a pgvector HNSW index accepts sparsevecs with at most 1,000 non-zero "
+            "elements, so most passages could not be indexed (exact search still works); use "
+            "a larger k, or keep only each passage's 1,000 largest weights.",
+            active_passage, PGVECTOR_HNSW_NONZERO),)
+    return ()
+
+
+FLOAT16_MAX = 65504.0
+BFLOAT16_BITS = 8  # significand bits, the implicit one included (float16: 11, float32: 24)
+# bfloat16 is called coarse when the spacing of its logits near the largest one, carried into
+# term weights, exceeds this share of the mean term weight.
+BFLOAT16_COARSE_SHARE = 0.01
+
+
+def _spacing(x: float, bits: int) -> float:
+    """The gap between consecutive floats with `bits` significand bits near |x| > 0."""
+    return 2.0 ** (math.floor(math.log2(abs(x))) - bits + 1)
+
+
+def precision_findings(weight_max: float, weight_mean: float, logit_min: float,
+                       k: float) -> tuple[Finding, ...]:
+    """Whether encoding in half precision overflows (float16, HS305) or blurs term weights
+    (bfloat16, HS306) at this k. The largest logit is exp(weight_max) - 1 (SPLADE weights are
+    log(1 + relu(logit)), so the largest weight comes from the largest logit); `logit_min`
+    (the probe's 1st percentile logit) bounds how negative logits go."""
+    if not (math.isfinite(weight_max) and weight_max > 0):
+        return ()
+    top = math.expm1(weight_max)  # the largest passage logit
+    largest = max(top, abs(logit_min) if math.isfinite(logit_min) else 0.0)
+    found = []
+    if largest > FLOAT16_MAX:
+        found.append(finding(
+            "HS305",
+            f"At k = {_k(k)} logits reach {_num(largest)}, beyond float16's largest value "
+            "65504: a float16 forward pass gives inf, then NaN losses and weights; encode and "
+            "train in bfloat16 or float32, or use a larger k.",
+            largest, FLOAT16_MAX))
+    if top > 0 and math.isfinite(weight_mean) and weight_mean > 0:
+        # the largest weight step over the top logit's binade [2^e, 2^(e+1)): spacing / (1 + 2^e)
+        blur = _spacing(top, BFLOAT16_BITS) / (1.0 + 2.0 ** math.floor(math.log2(top)))
+        if blur > BFLOAT16_COARSE_SHARE * weight_mean:
+            dtype = "float32" if largest > FLOAT16_MAX else "float16 or float32"
+            found.append(finding(
+                "HS306",
+                f"At k = {_k(k)} bfloat16 (8 significant bits) spaces logits near the largest "
+                f"({_num(top)}) {_num(_spacing(top, BFLOAT16_BITS))} apart, so term weights "
+                f"there move in steps of {_num(blur)}, more than 1% of the mean weight "
+                f"{_num(weight_mean)}: weights closer than that collapse; encode in {dtype}.",
+                blur, BFLOAT16_COARSE_SHARE * weight_mean))
     return tuple(found)

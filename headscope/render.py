@@ -331,6 +331,10 @@ FINDING_GIST = {
     "HS209": "the probe does not fit the model's vocabulary: pass --probe FILE",
     "HS301": "weights above 5 would clip in pyserini's 8-bit index",
     "HS302": "weights below 0.05 are coarse in Anserini's impact index",
+    "HS303": "over 1,000 non-zero terms: a pgvector HNSW index refuses them",
+    "HS304": "over 16,000 non-zero terms: pgvector's sparsevec refuses them",
+    "HS305": "logits beyond float16's 65504: use bfloat16 or float32",
+    "HS306": "bfloat16 blurs term weights: use float16 or float32",
 }
 
 

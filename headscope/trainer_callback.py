@@ -42,9 +42,11 @@ earlier would not hold.
     rescale_model(encoder, RescaleSpec(k=8, strategy="untie", scale_bias=False))
 
 Multi-GPU (DDP, FSDP, DeepSpeed): every rank runs the probe, so a sharded model can gather its
-parameters, and keeps the records; only the main process (`state.is_world_process_zero`)
-writes the JSONL file. With `stop_on_collapse` the main process's verdict is broadcast, so
-every rank stops at the same step.
+parameters, then keeps the main process's statistics (broadcast at every probe step, by every
+rank), so records and verdicts are the same on every rank; the loss, its components and the
+gradient norm come from the Trainer's logs, which it already averages over the ranks. Only the
+main process (`state.is_world_process_zero`) writes the JSONL file. With `stop_on_collapse` the
+main process's verdict is broadcast, so every rank stops at the same step.
 """
 
 from __future__ import annotations
@@ -220,15 +222,21 @@ def make_record(step: int, stats: ProbeStats, logs: Mapping[str, Any]) -> ProbeR
     )
 
 
-def _main_process_says(flag: bool) -> bool:
-    """`flag` as the main process has it, on every rank (a broadcast when distributed)."""
+def _main_process_has(value: Any) -> Any:
+    """`value` as the main process has it, on every rank (a broadcast when distributed; every
+    rank must call this at the same point, as the Trainer's events guarantee)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        box = [flag]
+        box = [value]
         dist.broadcast_object_list(box, src=0)
-        return bool(box[0])
-    return flag
+        return box[0]
+    return value
+
+
+def _main_process_says(flag: bool) -> bool:
+    """`flag` as the main process has it, on every rank."""
+    return bool(_main_process_has(flag))
 
 
 # ------------------------------------------------------------------------------- the callback
@@ -335,7 +343,10 @@ class HeadscopeCallback(TrainerCallback):
             return control
         if model is None:
             raise InputError("The Trainer passed no model to HeadscopeCallback.on_step_end.")
-        stats = measure(model, self.queries, self.passages, self.config.batch_size)
+        # Every rank probes (a sharded model gathers its parameters in the forward pass), then
+        # keeps the main process's statistics, so that records and verdicts agree on every rank.
+        stats = _main_process_has(
+            measure(model, self.queries, self.passages, self.config.batch_size))
         self.vocab_size = stats.vocab_size
         self._pending = (state.global_step, stats)
         if self.config.force_log:

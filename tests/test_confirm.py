@@ -63,13 +63,19 @@ def test_confirm_fixed_arm_starts_from_the_rescaled_scores(bert_tiny_dir, tmp_pa
     assert (tmp_path / "f.png").stat().st_size > 1000
 
 
-def test_confirm_with_a_fixed_folder_and_a_log(bert_tiny_dir, tmp_path, pairs_file, FAST):
+def test_confirm_with_a_fixed_folder_and_a_log(bert_tiny_dir, tmp_path, pairs_file, FAST,
+                                              monkeypatch):
     # `confirm --fixed DIR --log FILE` end to end: the fixed arm's k comes from DIR's
     # provenance, and the telemetry and the summary are valid JSON throughout.
     out = tmp_path / "fixed"
     api.fix(str(bert_tiny_dir), str(out), options=api.FixOptions(k=4.0),
             probe_config=_tiny_probe())
     log = tmp_path / "logs" / "confirm.jsonl"
+    # Plain progress lines without their quiet first seconds, so a 3-step arm shows them too.
+    from headscope import render
+
+    quiet = render.ProgressLines
+    monkeypatch.setattr(render, "ProgressLines", lambda: quiet(every_s=0.0, quiet_s=0.0))
     result = CliRunner().invoke(main, [
         "confirm", str(bert_tiny_dir), "--fixed", str(out), "--log", str(log), "--steps", "3",
         "--batch-size", "4", "--max-passage-length", "32", "--data", str(pairs_file),
@@ -86,8 +92,10 @@ def test_confirm_with_a_fixed_folder_and_a_log(bert_tiny_dir, tmp_path, pairs_fi
 
     assert list(read_telemetry(log)) == ["original, k = 1", "fixed, k = 4"]
     # Progress with an ETA, as plain lines (stderr is not a terminal here).
-    assert "arm 2/2: fixed: 3/3 (100%), elapsed " in result.stderr
-    assert "all arms: 6/6 (100%), elapsed " in result.stderr
+    assert "arm 2/2: fixed: 1/3 (33%), " in result.stderr
+    assert " left" in result.stderr  # the estimate of the time left
+    assert "arm 2/2: fixed: done in " in result.stderr
+    assert "all arms: done in " in result.stderr
     # The same as rescaling in memory by that k.
     by_folder = api.confirm(str(bert_tiny_dir), fixed=str(out), options=FAST)
     in_memory = api.confirm(str(bert_tiny_dir), k=4.0, options=FAST)
@@ -264,3 +272,28 @@ def test_eval_data_that_cannot_be_read_exits_2(bert_tiny_dir, pairs_file, tmp_pa
         f"Error: Cannot read evaluation data {str(tmp_path / 'eval.csv')!r}: use a built-in "
         "(stdlib-ict, boolq, sciq), a BEIR folder, a .jsonl file of pairs or a .tsv file of "
         "triples."]
+
+
+def test_flops_weight_grid_trains_one_arm_per_weight_at_one_k(bert_tiny_dir, FAST):
+    from headscope.splade.losses import regularizer_weight
+
+    outcome = api.sweep(str(bert_tiny_dir), (4.0,), options=FAST, flops_weights=(0.0, 0.05))
+    assert [a.name for a in outcome.arms] == ["λd=0", "λd=0.05"]
+    assert [a.k for a in outcome.arms] == [4.0, 4.0]
+    zero, heavy = (outcome.records[n] for n in ("λd=0", "λd=0.05"))
+    for step, (a, b) in enumerate(zip(zero, heavy, strict=True)):
+        assert a.weight_d == 0.0 and a.weight_q == 0.0
+        assert b.weight_d == pytest.approx(regularizer_weight(step, FAST.steps, 0.05))
+        assert b.weight_q == pytest.approx(regularizer_weight(step, FAST.steps, 0.05 / 20))
+    # The regulariser is off at the first step: the same model on the same batch.
+    assert zero[0].loss == heavy[0].loss
+
+
+def test_flops_weight_grid_wants_one_k(bert_tiny_dir, pairs_file):
+    result = CliRunner().invoke(main, [
+        "sweep", str(bert_tiny_dir), "--k", "1,8", "--flops-weight", "0,0.01",
+        "--data", str(pairs_file)])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "Error: --flops-weight trains every weight at one k: give a single --k, or none for the "
+        "recommended k."]

@@ -277,13 +277,14 @@ def test_unknown_key_in_pyproject_check_table(tmp_path):
             "Policy key 'fail_on' in {p} has entry 'fatal'; use info, "
             "warning, error or a finding code (HS101, HS102, HS103, HS104, "
             "HS201, HS202, HS203, HS204, HS205, HS206, HS207, HS208, HS209, "
-            "HS301, HS302).",
+            "HS301, HS302, HS303, HS304, HS305, HS306).",
         ),
         (
             'ignore = ["warning"]',
             "Policy key 'ignore' in {p} has entry 'warning'; use a finding "
             "code (HS101, HS102, HS103, HS104, HS201, HS202, HS203, HS204, "
-            "HS205, HS206, HS207, HS208, HS209, HS301, HS302).",
+            "HS205, HS206, HS207, HS208, HS209, HS301, HS302, HS303, HS304, HS305, "
+            "HS306).",
         ),
     ],
 )

@@ -444,7 +444,8 @@ def test_serving_findings_at_the_chosen_k():
         f"At k = {table[0].k:g} the largest passage term weight is 7.5 (2% of active weights "
         "above 5): pyserini's 8-bit quantisation (w / 5 * 256) would clip them; use a larger k "
         "or a wider quantisation range.")
-    assert [f.code for f in serving_findings(table, table[1].k)] == ["HS302"]
+    # a mean weight of 0.01 also sits below bfloat16's weight step near the top (HS306)
+    assert [f.code for f in serving_findings(table, table[1].k)] == ["HS302", "HS306"]
     assert serving_findings(table, 999.0) == ()
 
 

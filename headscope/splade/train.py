@@ -270,9 +270,11 @@ def train_arms(
     eval_config: EvalConfig | None = None,
     eval_before: bool = False,
     callback: Callable[[str, StepRecord], bool | None] | None = None,
+    train_fn: Callable[..., TrainResult] | None = None,
 ) -> dict[str, ArmResult]:
     """Train every arm {name: (model, tokenizer)} on the same batches with the same seed (each
-    arm reseeds, so dropout masks match too), then evaluate it on `eval_split`."""
+    arm reseeds, so dropout masks match too), then evaluate it on `eval_split`. `train_fn`
+    (default `train`) trains one arm with `train`'s signature (another engine)."""
     if not arms:
         raise InputError("train_arms needs at least one arm {name: (model, tokenizer)}.")
     eval_config = eval_config or EvalConfig(
@@ -288,7 +290,7 @@ def train_arms(
             else None
         )
         arm_callback = (lambda rec, _n=name: callback(_n, rec)) if callback else None
-        result = train(model, tokenizer, pairs, config, arm_callback)
+        result = (train_fn or train)(model, tokenizer, pairs, config, arm_callback)
         metrics = evaluate(model, tokenizer, eval_split, eval_config) if eval_split else None
         results[name] = ArmResult(name, result, metrics, before)
     return results
