@@ -487,6 +487,16 @@ def _first_queries(ev: EvalSplit, n: int | None) -> EvalSplit:
     return EvalSplit({q: ev.queries[q] for q in kept}, ev.corpus, {q: ev.qrels[q] for q in kept})
 
 
+def _read_pair_file(path: Path, refusal: str) -> tuple[Pair, ...]:
+    """Pairs from a file, by its name: triples (.tsv, .tsv.gz) or JSON lines (.jsonl, .gz);
+    any other name is refused with `refusal`."""
+    if path.name.endswith((".tsv", ".tsv.gz")):
+        return read_triples_tsv(path)
+    if path.suffix in (".jsonl", ".gz"):
+        return read_pairs_jsonl(path)
+    raise InputError(refusal)
+
+
 def load_eval(source: str | Path, *, max_eval_queries: int | None = None) -> Dataset:
     """An evaluation set alone (`Dataset.train` is empty): a built-in name (its held-out split;
     "sciq" has nothing else), a BEIR folder (qrels/test.tsv; no train split needed), or a JSONL
@@ -504,16 +514,10 @@ def load_eval(source: str | Path, *, max_eval_queries: int | None = None) -> Dat
     if path.is_dir():
         ev = _first_queries(read_beir(path, "test"), max_eval_queries)
         return Dataset(path.name, "beir", (), ev, f"BEIR folder {path} (qrels/test.tsv)")
-    if path.name.endswith((".tsv", ".tsv.gz")):
-        pairs = read_triples_tsv(path)
-    elif path.suffix in (".jsonl", ".gz"):
-        pairs = read_pairs_jsonl(path)
-    else:
-        raise InputError(
-            f"Cannot read evaluation data {name!r}: use a built-in "
-            f"({', '.join(EVAL_BUILTINS)}), a BEIR folder, a .jsonl file of pairs or a .tsv "
-            "file of triples."
-        )
+    pairs = _read_pair_file(path, (
+        f"Cannot read evaluation data {name!r}: use a built-in "
+        f"({', '.join(EVAL_BUILTINS)}), a BEIR folder, a .jsonl file of pairs or a .tsv "
+        "file of triples."))
     ev = _first_queries(pairs_to_eval(pairs), max_eval_queries)
     return Dataset(path.name, hashlib.sha256(path.read_bytes()).hexdigest()[:12], (), ev,
                    f"pairs file {path}, every pair a query")
@@ -550,15 +554,9 @@ def load_dataset(source: str | Path, *, max_eval_queries: int | None = None) -> 
             )
         ev = _first_queries(read_beir(path, "test"), max_eval_queries)
         return Dataset(path.name, "beir", beir_pairs(path, "train"), ev, f"BEIR folder {path}")
-    if path.name.endswith((".tsv", ".tsv.gz")):
-        pairs = read_triples_tsv(path)
-    elif path.suffix in (".jsonl", ".gz"):
-        pairs = read_pairs_jsonl(path)
-    else:
-        raise InputError(
-            f"Cannot read training data {str(source)!r}: use a built-in ({', '.join(BUILTINS)}), "
-            "a BEIR folder, a .jsonl file of pairs or a .tsv file of triples."
-        )
+    pairs = _read_pair_file(path, (
+        f"Cannot read training data {str(source)!r}: use a built-in ({', '.join(BUILTINS)}), "
+        "a BEIR folder, a .jsonl file of pairs or a .tsv file of triples."))
     train, held = split_pairs(pairs)
     if max_eval_queries is not None:
         held = held[:max_eval_queries]
