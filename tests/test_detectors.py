@@ -20,6 +20,7 @@ from headscope.splade.detectors import (
     NOTE,
     STABLE,
     Thresholds,
+    bootstrap_interval,
     judge_arms,
     judged_status,
     normal_interval,
@@ -121,6 +122,21 @@ def test_normal_interval_matches_a_hand_computation():
     assert normal_interval(diff) == pytest.approx((mean - half, mean + half))
 
 
+def test_bootstrap_interval_is_the_percentile_interval_of_resampled_means():
+    diff = np.array([0.0, -0.5, -1.0, 0.5, -0.25, -0.75, 0.0, -0.1])
+    # the naive loop: the same generator draws, one resample at a time
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, diff.shape[0], size=(2000, diff.shape[0]))
+    means = [sum(diff[i] for i in row) / diff.shape[0] for row in idx]
+    assert bootstrap_interval(diff) == pytest.approx(tuple(np.quantile(means, [0.025, 0.975])))
+    # judge_arms uses it unless told otherwise, and accepts another interval
+    a, b = np.zeros(8), -diff
+    assert (judge_arms({"a": b, "b": a})["b"].low, judge_arms({"a": b, "b": a})["b"].high) == \
+        pytest.approx(bootstrap_interval(diff))
+    j = judge_arms({"a": b, "b": a}, interval=normal_interval)["b"]
+    assert (j.low, j.high) == pytest.approx(normal_interval(diff))
+
+
 def _rr(ranks, n=300):
     """Per-query reciprocal ranks cycling through `ranks` (0: not found in the top 10)."""
     return np.array([0.0 if r == 0 else 1.0 / r for r in (ranks * n)[:n]])
@@ -136,13 +152,13 @@ def test_an_arm_worse_than_the_best_beyond_its_interval_is_flagged():
     assert judged["k=1"].best == "k=1" and not judged["k=1"].worse
     assert judged["k=1"].message == f"MRR@10 {best.mean():.3f} is the best of the arms"
     j = judged["k=32"]
-    low, high = normal_interval(worse - best)
+    low, high = bootstrap_interval(worse - best)
     assert j.worse and (j.low, j.high) == (low, high) and high < 0
     assert j.diff == pytest.approx(worse.mean() - best.mean())
     assert j.message == (
         f"MRR@10 {worse.mean():.3f} is worse than the best arm (k=1, {best.mean():.3f}) beyond "
-        f"its interval: paired 95% interval of the difference [{low:+.3f}, {high:+.3f}] over "
-        "300 queries")
+        f"its interval: paired 95% bootstrap interval of the difference [{low:+.3f}, "
+        f"{high:+.3f}] over 300 queries")
     t = judged["k=16"]
     assert not t.worse and t.low < 0 <= t.high
     assert t.message.startswith(f"MRR@10 {tied.mean():.3f} is tied with the best arm (k=1, ")

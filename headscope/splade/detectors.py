@@ -14,8 +14,9 @@ and the threshold it crossed) or None. `verdict` runs them all and rates the arm
   the reader sees it and why it did not count.
 
 `judge_arms` compares arms trained on the same batches through their per-query metric: an arm
-whose paired difference to the best arm lies below zero over its whole interval is worse than
-the best, and `judged_status` turns that into the arm's status and a sentence saying why.
+whose paired difference to the best arm lies below zero over its whole interval (a 95% paired
+bootstrap over queries, `headscope.evidence`, the same rule as the calibration runner) is worse
+than the best, and `judged_status` turns that into the arm's status and a sentence saying why.
 `confirm` and `sweep` both use it, so they cannot disagree about the same arm.
 
 Thresholds are named fields of `Thresholds`; their values and reasons are documented there.
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from headscope import evidence
 from headscope.errors import InputError
 from headscope.splade.telemetry import StepRecord
 
@@ -326,11 +328,20 @@ def verdict(
 # Arms judged against each other
 
 
+def bootstrap_interval(diff: np.ndarray, confidence: float = evidence.CONFIDENCE
+                       ) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of paired per-query differences (queries
+    resampled with replacement, `evidence.N_BOOT` resamples, generator seeded with 0 so the
+    same results give the same interval): `judge_arms`' default."""
+    d = evidence.paired_bootstrap(diff, np.zeros_like(diff), confidence=confidence, seed=0)
+    return d.low, d.high
+
+
 def normal_interval(diff: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
     """Interval of the mean of paired per-query differences: mean +- z * sd / sqrt(n).
 
-    The stand-in until a paired bootstrap is available; any function with this signature
-    (differences -> (low, high)) can replace it in `judge_arms`.
+    A closed-form alternative to `bootstrap_interval`; any function with this signature
+    (differences -> (low, high)) can be passed to `judge_arms`.
     """
     n = diff.shape[0]
     z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
@@ -355,7 +366,7 @@ def judge_arms(
     per_query: Mapping[str, np.ndarray],
     *,
     metric: str = "MRR@10",
-    interval: Callable[[np.ndarray], tuple[float, float]] = normal_interval,
+    interval: Callable[[np.ndarray], tuple[float, float]] = bootstrap_interval,
 ) -> dict[str, ArmJudgement]:
     """Compare arms evaluated on the same queries (same order) with the best of them.
 
@@ -388,7 +399,7 @@ def judge_arms(
         diff = values - arrays[best]  # (n_queries,)
         low, high = interval(diff)
         worse = high < 0
-        span = f"paired 95% interval of the difference [{low:+.3f}, {high:+.3f}]"
+        span = f"paired 95% bootstrap interval of the difference [{low:+.3f}, {high:+.3f}]"
         if worse:
             message = (f"{metric} {means[name]:.3f} is worse than the best arm ({best}, "
                        f"{means[best]:.3f}) beyond its interval: {span} over {diff.shape[0]} "
