@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,6 +98,12 @@ def _register_library_conditions() -> None:
 
 
 _register_library_conditions()
+
+# The conditions of docs/calibration.md, in the order the page shows them. The first three keep
+# the names their earlier results are keyed by (the library calls them bert-tiny,
+# bert-tiny-bias-sim and bert-tiny-projection-sim).
+CALIBRATION_CONDITIONS = ("real-bert-tiny", "bias-dense", "projection-dense",
+                          "modernbert-matched-sim", "modernbert-mini", "bert-mini-control")
 
 
 # ------------------------------------------------------------------------------------ run
@@ -263,6 +269,62 @@ def run(args) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------- inspect
+
+INSPECTIONS = "inspections.jsonl"
+
+
+def _kstats_dicts(per_k) -> list[dict]:
+    return [{k: _finite(v) if isinstance(v, float) else v for k, v in asdict(s).items()}
+            for s in per_k]
+
+
+def inspection(name: str, loaded, label: str, commit: str, config=None) -> dict:
+    """One `inspect` line: the recommendation of `api.inspect_loaded` (bands rule) and the
+    per-k probe statistics with the output bias kept and, when the head has one, divided."""
+    from headscope import api, heads, probe
+
+    config = config or probe.ProbeConfig()
+    rep = api.inspect_loaded(loaded, probe_config=config)
+    rec = rep.recommendation
+    assert rec is not None
+    head = heads.find_head(loaded)
+    pset = probe.builtin_probe(config.n_pairs)
+    per_k = {}
+    for scale_bias in (False, True) if head.bias is not None else (False,):
+        result = probe.run_probe(loaded.model, loaded.tokenizer, head.bias, pset,
+                                 replace(config, scale_bias=scale_bias))
+        per_k["divided" if scale_bias else "kept"] = _kstats_dicts(result.per_k)
+    return {
+        "key": f"{name}|inspect|{commit}", "kind": "inspect", "condition": name,
+        "label": label, "git_commit": commit, "has_bias": head.bias is not None,
+        "probe": asdict(config),
+        "recommendation": {"k": rec.k, "scale_bias": rec.scale_bias, "rule": rec.rule,
+                           "passing": list(rec.passing)},
+        "per_k": per_k,
+    }
+
+
+def inspect_conditions(args) -> int:
+    """What `headscope inspect` (default probe, bands rule) recommends for each condition at
+    this commit, with the per-k probe statistics under both bias settings: the input of the
+    band recalibration and of the "inspect now" line of the report."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.runs) / INSPECTIONS
+    commit = git_commit()
+    for name in args.condition or CALIBRATION_CONDITIONS:
+        t0 = time.perf_counter()
+        loaded, label = CONDITIONS[name]()
+        row = inspection(name, loaded, label, commit)
+        append(out, row | {"wall_s": round(time.perf_counter() - t0, 1)})
+        rec = row["recommendation"]
+        print(f"{name}: inspect recommends {Arm(rec['k'], rec['scale_bias']).name} "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -283,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--max-runs", type=int, default=None,
                    help="stop after this many new runs (the rest resume later)")
     r.add_argument("--out", required=True)
+    i = sub.add_parser("inspect", help="record what inspect recommends for each condition now")
+    i.add_argument("--condition", action="append", choices=sorted(CONDITIONS),
+                   help="repeatable; default: every calibration condition")
+    i.add_argument("--runs", default=str(ROOT / "docs" / "calibration" / "runs"))
+    i.add_argument("--threads", type=int, default=1)
     p = sub.add_parser("report", help="regenerate docs/calibration.md tables and figures")
     p.add_argument("--runs", default=str(ROOT / "docs" / "calibration" / "runs"))
     p.add_argument("--md", default=str(ROOT / "docs" / "calibration.md"))
@@ -290,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         return run(args)
+    if args.command == "inspect":
+        return inspect_conditions(args)
     return report(args)
 
 
@@ -505,10 +574,154 @@ def _label(label: str) -> str:
     return re.sub(r"/\S*/assets/bert-tiny-splade", "bert-tiny-splade", label)
 
 
+# ------------------------------------------------------------------------- band calibration
+
+# The bounds the recalibration may move: (band metric, side) of recommend.DEFAULT_BANDS.
+FITTED_BOUNDS = (("start_loss", "high"), ("score_pos", "high"), ("term_weight_mean", "low"),
+                 ("term_weight_mean", "high"), ("share_above_5", "high"))
+
+
+def latest_inspections(rows: list[dict]) -> dict[str, dict]:
+    """The last `inspect` line of each condition (the file is appended in time order)."""
+    return {r["condition"]: r for r in rows if r["kind"] == "inspect"}
+
+
+def _per_k(dicts: list[dict]):
+    from headscope.stats import KStats
+
+    return [KStats(**{k: float(v) if isinstance(v, str) else v for k, v in d.items()})
+            for d in dicts]
+
+
+def replay(inspection: dict, bands) -> tuple[float, bool]:
+    """The bands-rule decision (k, bias divided) from recorded per-k statistics: the policy of
+    `headscope.api.inspect_loaded` (bias divided only when some band is out of reach of every
+    k with the bias kept and dividing it lets k reach more bands). A test checks that this
+    replay, with the default bands, gives what `inspect` recorded."""
+    from headscope.recommend import prefer_divided_bias, recommend, unreachable_bands
+
+    kept = recommend(_per_k(inspection["per_k"]["kept"]), rule="bands", bands=bands)
+    if inspection["has_bias"] and unreachable_bands(kept.verdicts, kept.bands):
+        divided = recommend(_per_k(inspection["per_k"]["divided"]), rule="bands", bands=bands)
+        if prefer_divided_bias(kept, divided):
+            return divided.k, True
+    return kept.k, False
+
+
+OUTCOME_TEXT = {"tied": "inside the tied-with-best set",
+                "worse": "OUTSIDE the tied-with-best set (worse than the best beyond its interval)",
+                "not run": "not run as an arm here, so not judged"}
+
+
+def _outcome(decision: tuple[float, bool], g: dict) -> str:
+    arm = Arm(decision[0], decision[1] if decision[0] != 1 else False).name
+    if arm not in g["arms"]:
+        return "not run"
+    return "tied" if arm in g["tied_mrr"].tied else "worse"
+
+
+def _with(bands, metric: str, side: str, value: float):
+    return tuple(replace(b, **{side: value}) if b.metric == metric else b for b in bands)
+
+
+def _score(bands, cases: list[tuple[dict, dict]]) -> tuple[int, int, int]:
+    outcomes = [_outcome(replay(ins, bands), g) for ins, g in cases]
+    return (outcomes.count("tied"), -outcomes.count("worse"), -outcomes.count("not run"))
+
+
+def fit_bands(cases: list[tuple[dict, dict]], start):
+    """Coordinate search over FITTED_BOUNDS (two passes): each bound moves to the candidate
+    that puts the most conditions' decisions in their tied-with-best set (then fewest worse,
+    then fewest not run); among equals, the one closest to its current value (in log ratio),
+    so a bound the evidence does not constrain stays where it was. Candidates: the current
+    value, the geometric midpoints between consecutive distinct recorded values of that
+    statistic over the fitted conditions (every k, both bias settings), half the smallest and
+    twice the largest."""
+    import numpy as np
+
+    bands = tuple(start)
+    for _ in range(2):
+        for metric, side in FITTED_BOUNDS:
+            current = next(getattr(b, side) for b in bands if b.metric == metric)
+            if current is None:
+                continue
+            values = sorted({float(d[metric]) for ins, _g in cases
+                             for dicts in ins["per_k"].values() for d in dicts
+                             if float(d[metric]) > 0 and math.isfinite(float(d[metric]))})
+            mids = [float(np.sqrt(a * b)) for a, b in zip(values, values[1:], strict=False)]
+            if values:  # one step beyond either end: "every recorded value inside / outside"
+                mids += [values[0] / 2, values[-1] * 2]
+            band = next(b for b in bands if b.metric == metric)
+            other = band.high if side == "low" else band.low
+            candidates = sorted(v for v in set(mids) | {current} if other is None
+                                or (v <= other if side == "low" else v >= other))
+            best = max(candidates, key=lambda v: (
+                _score(_with(bands, metric, side, v), cases),
+                -abs(math.log(v / current))))
+            bands = _with(bands, metric, side, best)
+    return bands
+
+
+def calibration_cases(groups: list[dict], inspections: dict[str, dict]) -> dict[str, tuple]:
+    """condition -> (inspection, group) for every condition with an inspection and a judged
+    group; of several groups (step counts) of one condition, the one with the most seeds x arms."""
+    cases: dict[str, tuple] = {}
+    for g in groups:
+        if g["condition"] not in inspections or g.get("tied_mrr") is None:
+            continue
+        size = len(g["seeds"]) * len(g["arms"])
+        old = cases.get(g["condition"])
+        if old is None or size > len(old[1]["seeds"]) * len(old[1]["arms"]):
+            cases[g["condition"]] = (inspections[g["condition"]], g)
+    return cases
+
+
+def _bands_text(bands) -> str:
+    return "; ".join(f"{b.metric} {b.describe()}" for b in bands)
+
+
+def band_section(groups: list[dict], inspections: dict[str, dict]) -> list[str]:
+    """Leave-one-condition-out check of the bands, and the fit on every condition."""
+    return band_section_from_cases(calibration_cases(groups, inspections))
+
+
+def band_section_from_cases(cases: dict[str, tuple]) -> list[str]:
+    from headscope.recommend import DEFAULT_BANDS
+
+    if len(cases) < 2:
+        return ["Band calibration needs inspections and judged runs of at least two "
+                "conditions (`calibrate.py inspect`)."]
+
+    def decision_text(d: tuple[float, bool]) -> str:
+        return Arm(d[0], d[1] if d[0] != 1 else False).name
+
+    out = ["| condition | tied-with-best set | default bands decide | outcome | "
+           "left-out fit decides | outcome |", "|---|---|---|---|---|---|"]
+    loco = []
+    for name, (ins, g) in cases.items():
+        others = [c for n, c in cases.items() if n != name]
+        fitted = fit_bands(others, DEFAULT_BANDS)
+        now, held = replay(ins, DEFAULT_BANDS), replay(ins, fitted)
+        loco.append((name, _outcome(held, g), fitted))
+        out.append(f"| {name} | {{{', '.join(g['tied_mrr'].tied)}}} | {decision_text(now)} | "
+                   f"{_outcome(now, g)} | {decision_text(held)} | {_outcome(held, g)} |")
+    all_fit = fit_bands(list(cases.values()), DEFAULT_BANDS)
+    hits = sum(o == "tied" for _, o, _ in loco)
+    out += ["", f"Left out one condition at a time: the bands fitted on the others put the "
+            f"held-out condition's decision in its tied-with-best set for **{hits} of "
+            f"{len(loco)}** conditions.", "",
+            f"- Default bands now: {_bands_text(DEFAULT_BANDS)}.",
+            f"- Fitted on every condition: {_bands_text(all_fit)}."]
+    for name, _o, fitted in loco:
+        out.append(f"- Fitted without {name}: {_bands_text(fitted)}.")
+    return out
+
+
 def report(args) -> int:
     runs_dir, md = Path(args.runs), Path(args.md)
     rows = read_rows(runs_dir)
     groups = analyse(rows)
+    inspections = latest_inspections(rows)
     figures = Path(args.figures)
     shown = runs_dir.resolve()
     shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
@@ -523,9 +736,19 @@ def report(args) -> int:
                 f"{g['eval']}", "", f"*{_label(g['label'])}*", ""]
         rec = (g["recommendation"] or {}).get("recommendation")
         if rec:
-            out.append(f"`inspect` recommends k = {rec['k']:g}, bias "
-                       f"{'divided' if rec['scale_bias'] else 'kept'} (rule {rec['rule']}; "
-                       f"passing ks: {', '.join(f'{k:g}' for k in rec['passing']) or 'none'}).")
+            out.append(f"When these runs started, `inspect` (64 probe pairs) recommended k = "
+                       f"{rec['k']:g}, bias {'divided' if rec['scale_bias'] else 'kept'} (rule "
+                       f"{rec['rule']}; passing ks: "
+                       f"{', '.join(f'{k:g}' for k in rec['passing']) or 'none'}); that arm is "
+                       "marked (recommended) below.")
+            out.append("")
+        now = inspections.get(g["condition"])
+        if now and g.get("tied_mrr") is not None:
+            r = now["recommendation"]
+            decision = (float(r["k"]), bool(r["scale_bias"]))
+            out.append(f"**`inspect` now** (commit {now['git_commit'][:7]}, default probe of "
+                       f"{now['probe']['n_pairs']} pairs) recommends "
+                       f"**{Arm(*decision).name}**: {OUTCOME_TEXT[_outcome(decision, g)]}.")
             out.append("")
         out += [f"**Verdict:** {_verdict(g)}", ""]
         out += _arm_table(g) + [""]
@@ -539,6 +762,8 @@ def report(args) -> int:
         if t is not None:
             out.append(f"nDCG@10 tied-with-best set: {{{', '.join(t.tied)}}} (best {t.best}).")
         out += ["", _plateau(g), "", f"![{name}](calibration/{fig_path.name})", ""]
+    out += ["### The bands, recalibrated and checked leaving one condition out", ""]
+    out += band_section(groups, inspections) + [""]
     out.append(END)
     text = md.read_text(encoding="utf-8") if md.is_file() else f"{BEGIN}\n{END}\n"
     head, _, rest = text.partition(BEGIN)

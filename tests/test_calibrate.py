@@ -112,3 +112,82 @@ def test_grid_resumes_and_report_is_regenerated_from_the_lines(calibrate, tiny_c
     assert (tmp_path / "fig" / "tiny-bert-test-2steps-pairs.jsonl-pairs.jsonl.png").is_file()
     assert calibrate.main(report) == 0
     assert md.read_text() == text
+
+
+# ------------------------------------------------------------------ inspections and the bands
+
+
+@pytest.mark.parametrize(("where", "expected"), [(None, (1.0, False)), ("bias", (16.0, True))])
+def test_replay_gives_what_inspect_recommends(calibrate, bert_tiny_dir, where, expected):
+    """The band fit replays the bands rule from recorded statistics; with the default bands it
+    must decide what `inspect` decided, including the bias fallback of the bias simulation."""
+    from headscope import checkpoint, probe, simulate
+    from headscope.recommend import DEFAULT_BANDS
+
+    loaded = checkpoint.load(checkpoint.resolve(str(bert_tiny_dir)))
+    if where is not None:
+        texts = [p.passage for p in probe.builtin_probe(32).pairs]
+        simulate.make_dense_variant(loaded.model, loaded.tokenizer, texts, where=where)
+    row = calibrate.inspection("test", loaded, "label", "abc", probe.ProbeConfig(n_pairs=32))
+    rec = row["recommendation"]
+    assert (rec["k"], rec["scale_bias"]) == expected
+    assert set(row["per_k"]) == {"kept", "divided"} and row["has_bias"]
+    assert [d["k"] for d in row["per_k"]["kept"]] == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+    assert calibrate.replay(row, DEFAULT_BANDS) == expected
+    # The line is JSON (no NaN): it is appended as it is.
+    json.dumps(row, allow_nan=False)
+
+
+def _case(calibrate, name, losses, tied):
+    """A condition whose per-k start losses are `losses` (k = 1, 4, 16; every other statistic
+    inside its default band) and whose tied-with-best set is `tied` among the three arms."""
+    from headscope import evidence
+
+    base = {"logit_p01": -5.0, "logit_p50": -2.0, "logit_p99": 1.0, "frac_positive": 0.01,
+            "term_weight_mean": 0.5, "term_weight_max": 2.0, "share_above_5": 0.0,
+            "active_query": 20.0, "active_passage": 100.0, "active_query_share": 0.001,
+            "active_passage_share": 0.003, "cosine_unrelated": 0.5, "score_pos": 10.0,
+            "score_neg": 5.0}
+    stats = [dict(base, k=k, start_loss=loss) for k, loss in zip((1.0, 4.0, 16.0), losses,
+                                                                  strict=True)]
+    ins = {"condition": name, "has_bias": True, "per_k": {"kept": stats, "divided": stats}}
+    arms = ["k=1", "k=4/bias kept", "k=16/bias kept"]
+    tied_set = evidence.TiedSet(best=tied[0], means={}, tied=tuple(tied), differences={})
+    return ins, {"condition": name, "arms": arms, "tied_mrr": tied_set, "seeds": [0, 1, 2]}
+
+
+def test_band_fit_and_leave_one_out_by_hand(calibrate):
+    from headscope.recommend import DEFAULT_BANDS
+
+    start = next(b.high for b in DEFAULT_BANDS if b.metric == "start_loss")
+    assert start == 150.0  # the hand computation below starts from this bound
+    a = _case(calibrate, "A", (500.0, 100.0, 10.0), ["k=4/bias kept"])
+    b = _case(calibrate, "B", (200.0, 60.0, 5.0), ["k=1"])
+    # Default bands: A passes from k = 4 (tied), B from k = 4 too (worse: only k = 1 is tied).
+    assert calibrate._outcome(calibrate.replay(a[0], DEFAULT_BANDS), a[1]) == "tied"
+    assert calibrate._outcome(calibrate.replay(b[0], DEFAULT_BANDS), b[1]) == "worse"
+
+    def bound(bands):
+        return next(x.high for x in bands if x.metric == "start_loss")
+
+    # Both: the bound must admit B's 200 at k = 1 and refuse A's 500: the only midpoint
+    # between them is sqrt(200 * 500).
+    both = calibrate.fit_bands([a, b], DEFAULT_BANDS)
+    assert bound(both) == pytest.approx((200 * 500) ** 0.5)
+    assert [calibrate.replay(c[0], both) for c in (a, b)] == [(4.0, False), (1.0, False)]
+    # Other bounds had nothing to fit on (one recorded value each): unchanged.
+    assert [x for x in both if x.metric != "start_loss"] == \
+        [x for x in DEFAULT_BANDS if x.metric != "start_loss"]
+    # Fitted on B alone: B's values are 5, 60, 200; admitting 200 needs a bound above it, and
+    # the only candidate there is twice the largest, 400. A left out is then decided right.
+    only_b = calibrate.fit_bands([b], DEFAULT_BANDS)
+    assert bound(only_b) == 400.0
+    assert calibrate.replay(a[0], only_b) == (4.0, False)
+    # Fitted on A alone: the default 150 already decides A right and stays; B is then wrong.
+    assert bound(calibrate.fit_bands([a], DEFAULT_BANDS)) == 150.0
+    # The page's section says so.
+    text = "\n".join(calibrate.band_section_from_cases({"A": a, "B": b}))
+    assert "| A | {k=4/bias kept} | k=4/bias kept | tied | k=4/bias kept | tied |" in text
+    assert "| B | {k=1} | k=4/bias kept | worse | k=4/bias kept | worse |" in text
+    assert "for **1 of 2** conditions" in text
+    assert "start_loss at most 316" in text
