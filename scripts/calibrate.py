@@ -577,8 +577,11 @@ def _label(label: str) -> str:
 # ------------------------------------------------------------------------- band calibration
 
 # The bounds the recalibration may move: (band metric, side) of recommend.DEFAULT_BANDS.
-FITTED_BOUNDS = (("start_loss", "high"), ("score_pos", "high"), ("term_weight_mean", "low"),
-                 ("term_weight_mean", "high"), ("share_above_5", "high"))
+# An open side (None) may close: a start loss too LOW to learn from is as plausible as one too
+# high (an already-trained head whose in-batch loss is near zero gets little gradient).
+FITTED_BOUNDS = (("start_loss", "high"), ("start_loss", "low"), ("score_pos", "high"),
+                 ("term_weight_mean", "low"), ("term_weight_mean", "high"),
+                 ("share_above_5", "high"))
 
 
 def latest_inspections(rows: list[dict]) -> dict[str, dict]:
@@ -633,18 +636,16 @@ def fit_bands(cases: list[tuple[dict, dict]], start):
     """Coordinate search over FITTED_BOUNDS (two passes): each bound moves to the candidate
     that puts the most conditions' decisions in their tied-with-best set (then fewest worse,
     then fewest not run); among equals, the one closest to its current value (in log ratio),
-    so a bound the evidence does not constrain stays where it was. Candidates: the current
-    value, the geometric midpoints between consecutive distinct recorded values of that
-    statistic over the fitted conditions (every k, both bias settings), half the smallest and
-    twice the largest."""
+    so a bound the evidence does not constrain stays where it was (an open side stays open;
+    closing one, the loosest candidate wins). Candidates: the current value, the geometric
+    midpoints between consecutive distinct recorded values of that statistic over the fitted
+    conditions (every k, both bias settings), half the smallest and twice the largest."""
     import numpy as np
 
     bands = tuple(start)
     for _ in range(2):
         for metric, side in FITTED_BOUNDS:
             current = next(getattr(b, side) for b in bands if b.metric == metric)
-            if current is None:
-                continue
             values = sorted({float(d[metric]) for ins, _g in cases
                              for dicts in ins["per_k"].values() for d in dicts
                              if float(d[metric]) > 0 and math.isfinite(float(d[metric]))})
@@ -653,11 +654,21 @@ def fit_bands(cases: list[tuple[dict, dict]], start):
                 mids += [values[0] / 2, values[-1] * 2]
             band = next(b for b in bands if b.metric == metric)
             other = band.high if side == "low" else band.low
-            candidates = sorted(v for v in set(mids) | {current} if other is None
-                                or (v <= other if side == "low" else v >= other))
+            candidates = [v for v in set(mids) if other is None
+                          or (v <= other if side == "low" else v >= other)] + [current]
+
+            def keep(v: float | None, current: float | None = current, side: str = side):
+                """Larger is a smaller change: the current value, then the closest (or, closing
+                an open side, the loosest) candidate."""
+                if v == current:
+                    return (1, 0.0)
+                assert v is not None
+                if current is None:
+                    return (0, -v if side == "low" else v)
+                return (0, -abs(math.log(v / current)))
+
             best = max(candidates, key=lambda v: (
-                _score(_with(bands, metric, side, v), cases),
-                -abs(math.log(v / current))))
+                _score(_with(bands, metric, side, v), cases), keep(v)))
             bands = _with(bands, metric, side, best)
     return bands
 

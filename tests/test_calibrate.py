@@ -191,3 +191,18 @@ def test_band_fit_and_leave_one_out_by_hand(calibrate):
     assert "| B | {k=1} | k=4/bias kept | worse | k=4/bias kept | worse |" in text
     assert "for **1 of 2** conditions" in text
     assert "start_loss at most 316" in text
+
+
+def test_band_fit_may_close_an_open_side(calibrate):
+    from headscope.recommend import DEFAULT_BANDS
+
+    assert next(b.low for b in DEFAULT_BANDS if b.metric == "start_loss") is None
+    # An already-trained head: loss 0.1 at k = 1 learns nothing; k = 4 was the best arm.
+    c = _case(calibrate, "C", (0.1, 2.5, 2.8), ["k=4/bias kept"])
+    assert calibrate.replay(c[0], DEFAULT_BANDS) == (1.0, False)
+    fitted = calibrate.fit_bands([c], DEFAULT_BANDS)
+    band = next(b for b in fitted if b.metric == "start_loss")
+    # Candidates for the low side: 0.05, sqrt(0.1 * 2.5) = 0.5, sqrt(2.5 * 2.8), 5.6; only 0.5
+    # puts k = 4 first (2.6458 skips to k = 16, 0.05 keeps k = 1).
+    assert (band.low, band.high) == (pytest.approx(0.5), 150.0)
+    assert calibrate.replay(c[0], fitted) == (4.0, False)
