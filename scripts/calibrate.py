@@ -416,7 +416,8 @@ def analyse(rows: list[dict]) -> list[dict]:
         if r["kind"] == "run":
             groups.setdefault(_group_key(r), []).append(r)
     out = []
-    for key in sorted(groups):
+    order = {name: i for i, name in enumerate(CALIBRATION_CONDITIONS)}
+    for key in sorted(groups, key=lambda k: (order.get(k[0], len(order)), k)):
         runs = groups[key]
         by_arm: dict[str, dict[int, dict]] = {}
         for r in runs:
@@ -728,6 +729,30 @@ def band_section_from_cases(cases: dict[str, tuple]) -> list[str]:
     return out
 
 
+def summary_table(groups: list[dict], inspections: dict[str, dict]) -> list[str]:
+    """One row per condition: where today's recommendation lands against the tied-with-best
+    set of its main grid (the group with the most seeds x arms)."""
+    cases = calibration_cases(groups, inspections)
+    lines = ["### Where the recommendation lands, per condition", "",
+             "| condition | kind | grid | arms run | `inspect` recommends now | best arm "
+             "(MRR@10) | tied-with-best set | the recommendation is |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, (ins, g) in cases.items():
+        r = ins["recommendation"]
+        decision = (float(r["k"]), bool(r["scale_bias"]))
+        tied = g["tied_mrr"]
+        kind = "**simulation**" if g["label"].startswith("SIMULATION") else "real"
+        lines.append(
+            f"| {name} | {kind} | {g['steps']} steps × {len(g['seeds'])} seeds | "
+            f"{', '.join(g['arms'])} | {Arm(*decision).name} | {tied.best} "
+            f"({tied.means[tied.best]:.3f}) | {{{', '.join(tied.tied)}}} | "
+            f"{OUTCOME_TEXT[_outcome(decision, g)]} |")
+    missing = [c for c in CALIBRATION_CONDITIONS if c not in cases]
+    if missing:
+        lines += ["", f"No judged grid yet: {', '.join(missing)}."]
+    return lines
+
+
 def report(args) -> int:
     runs_dir, md = Path(args.runs), Path(args.md)
     rows = read_rows(runs_dir)
@@ -738,6 +763,7 @@ def report(args) -> int:
     shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
     out = [BEGIN, "", f"Generated from {len(rows)} lines in `{shown}/` "
            "by `python scripts/calibrate.py report`; do not edit by hand.", ""]
+    out += summary_table(groups, inspections) + [""]
     for g in groups:
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{g['condition']}-{g['steps']}steps-"
                       f"{Path(g['data']).name}-{Path(g['eval']).name}")
