@@ -628,19 +628,20 @@ def _with(bands, metric: str, side: str, value: float):
     return tuple(replace(b, **{side: value}) if b.metric == metric else b for b in bands)
 
 
-def _score(bands, cases: list[tuple[dict, dict]]) -> tuple[int, int, int]:
-    outcomes = [_outcome(replay(ins, bands), g) for ins, g in cases]
-    return (outcomes.count("tied"), -outcomes.count("worse"), -outcomes.count("not run"))
+def _score(bands, cases: list[tuple[dict, dict]]) -> int:
+    """How many conditions the bands decide inside their tied-with-best set. A decision on an
+    arm that was not run counts as a miss, like one outside the set: nothing says it is good."""
+    return sum(_outcome(replay(ins, bands), g) == "tied" for ins, g in cases)
 
 
 def fit_bands(cases: list[tuple[dict, dict]], start):
     """Coordinate search over FITTED_BOUNDS (two passes): each bound moves to the candidate
-    that puts the most conditions' decisions in their tied-with-best set (then fewest worse,
-    then fewest not run); among equals, the one closest to its current value (in log ratio),
-    so a bound the evidence does not constrain stays where it was (an open side stays open;
-    closing one, the loosest candidate wins). Candidates: the current value, the geometric
-    midpoints between consecutive distinct recorded values of that statistic over the fitted
-    conditions (every k, both bias settings), half the smallest and twice the largest."""
+    that puts the most conditions' decisions in their tied-with-best set; among equals, the one
+    closest to its current value (in log ratio), so a bound the evidence does not constrain
+    stays where it was (an open side stays open; closing one, the loosest candidate wins).
+    Candidates: the current value, the geometric midpoints between consecutive distinct
+    recorded values of that statistic over the fitted conditions (every k, both bias
+    settings), half the smallest and twice the largest."""
     import numpy as np
 
     bands = tuple(start)
