@@ -21,7 +21,6 @@ every k exactly at the cost of one more pass over the logits per k.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import math
 import re
@@ -33,7 +32,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from headscope.checkpoint import token_limit
 from headscope.errors import InputError
 from headscope.stats import KStats, ProbeAccumulator, positive_threshold
 
@@ -506,24 +504,16 @@ def counted_ks(ks: Sequence[float], bias: np.ndarray | None, scale_bias: bool,
 
 
 def _forward(model, tokenizer, texts: list[str], max_length: int, device: torch.device):
+    """Float32 logits (B, T, V) of `texts` and their attention mask (B, T), on `device`."""
     import torch
 
-    enc = tokenizer(
-        texts, padding=True, truncation=True, max_length=token_limit(model, max_length),
-        return_tensors="pt"
-    )
-    # Only what the model's forward accepts: a BERT tokenizer's token_type_ids would break a
-    # ModernBERT forward.
-    accepted = inspect.signature(model.forward).parameters
-    inputs = {
-        key: enc[key].to(device)
-        for key in ("input_ids", "attention_mask", "token_type_ids")
-        if key in enc and key in accepted
-    }
-    logits = model(**inputs).logits  # (B, T, V)
+    from headscope.splade.encode import forward, tokenize
+
+    batch = tokenize(model, tokenizer, texts, max_length)
+    logits = forward(model, batch, device).logits  # (B, T, V)
     if logits.dtype != torch.float32:
         logits = logits.float()  # thresholds and pooling in float32 for half-precision models
-    return logits, enc["attention_mask"].to(device)  # (B, T, V), (B, T)
+    return logits, batch["attention_mask"].to(device)  # (B, T, V), (B, T)
 
 
 def run_probe(

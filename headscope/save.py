@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from headscope import __version__, fileio
-from headscope.checkpoint import containment, token_limit
+from headscope.checkpoint import containment
 from headscope.errors import InputError, OutputExistsError, OutputWriteError, VerificationError
 from headscope.rescale import (
     RescaleSpec,
@@ -567,12 +567,10 @@ class _Probe:
 def _encode(loaded: LoadedModel, texts: Sequence[str]) -> dict[str, Any]:
     import torch
 
-    tok = loaded.tokenizer
-    if tok is not None:
-        enc = tok(list(texts), padding=True, truncation=True,
-                  max_length=token_limit(loaded.model, 128),
-                  return_tensors="pt")
-        return dict(enc)
+    from headscope.splade.encode import tokenize
+
+    if loaded.tokenizer is not None:
+        return dict(tokenize(loaded.model, loaded.tokenizer, texts, 128))
     # Without a tokenizer: fixed pseudo-random ids, one row per text.
     gen = torch.Generator().manual_seed(0)
     vocab = int(loaded.model.config.vocab_size)
@@ -583,9 +581,11 @@ def _encode(loaded: LoadedModel, texts: Sequence[str]) -> dict[str, Any]:
 def _forward(model, inputs: dict[str, Any]) -> _Probe:
     import torch
 
+    from headscope.splade.encode import forward
+
     device = next(model.parameters()).device
     with torch.no_grad():
-        out = model(**{k: v.to(device) for k, v in inputs.items()}, output_hidden_states=True)
+        out = forward(model, inputs, device, output_hidden_states=True)
     mask = inputs["attention_mask"].bool()
     return _Probe(inputs, out.logits.float().cpu(), out.hidden_states[-1].float().cpu(), mask)
 

@@ -151,10 +151,11 @@ def _median(values) -> float:
     return float((lower.double() + upper.double()) / 2)
 
 
-def _encode_all(tokenizer, texts: Sequence[str], variant: DenseVariant):
+def _encode_all(mlm, tokenizer, texts: Sequence[str], variant: DenseVariant):
+    from headscope.splade.encode import tokenize
+
     return [
-        tokenizer(list(texts[i:i + variant.batch_size]), padding=True, truncation=True,
-                  max_length=variant.max_length, return_tensors="pt")
+        tokenize(mlm, tokenizer, texts[i:i + variant.batch_size], variant.max_length)
         for i in range(0, len(texts), variant.batch_size)
     ]
 
@@ -162,6 +163,9 @@ def _encode_all(tokenizer, texts: Sequence[str], variant: DenseVariant):
 def _measure(mlm, batches, variant: DenseVariant):
     """Stream the texts through `mlm`; return (Activity, sampled logits, their vocab ids)."""
     import torch
+
+    from headscope.splade.encode import forward
+    from headscope.splade.pooling import max_logits
 
     device = next(mlm.parameters()).device
     n_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
@@ -171,13 +175,12 @@ def _measure(mlm, batches, variant: DenseVariant):
     active: list[float] = []
     with torch.no_grad():
         for enc in batches:
-            enc = {k: v.to(device) for k, v in enc.items()}
-            logits = mlm(**enc).logits.float()  # (B, T, V)
-            mask = enc["attention_mask"].bool()  # (B, T)
+            logits = forward(mlm, enc, device).logits.float()  # (B, T, V)
+            mask = enc["attention_mask"].to(device).bool()  # (B, T)
             real = logits[mask]  # (N, V) logits of non-padding tokens
             positive += int((real > 0).sum())
             sampler.add(real.cpu())
-            pooled = logits.masked_fill(~mask[..., None], float("-inf")).amax(dim=1)  # (B, V)
+            pooled = max_logits(logits, mask)  # (B, V)
             active += (pooled > 0).sum(dim=1).float().tolist()
             del logits, real, pooled
     values, ids = sampler.result()
@@ -197,7 +200,7 @@ def measure_activity(model, tokenizer, texts: Sequence[str],
     """Median token logit, share of positive logits and active terms per text of `model`."""
     _check_texts(tokenizer, texts)
     mlm = unwrap_mlm(model)
-    return _measure(mlm, _encode_all(tokenizer, texts, variant), variant)[0]
+    return _measure(mlm, _encode_all(mlm, tokenizer, texts, variant), variant)[0]
 
 
 def _check_texts(tokenizer, texts: Sequence[str]) -> None:
@@ -266,7 +269,7 @@ def make_dense_variant(model, tokenizer, texts: Sequence[str], where: str = "bia
     source = getattr(config, "_name_or_path", "") or type(mlm).__name__
     head = find_head_of(mlm)
     variant = replace(variant, max_length=token_limit(mlm, variant.max_length))
-    batches = _encode_all(tokenizer, texts, variant)
+    batches = _encode_all(mlm, tokenizer, texts, variant)
     before, values, ids = _measure(mlm, batches, variant)
 
     shift, scale = 0.0, 1.0
@@ -407,15 +410,17 @@ def _pooled(mlm, tokenizer, texts: Sequence[str], batch_size: int, max_length: i
     """Max-pooled logits over each text's tokens: (N, V)."""
     import torch
 
+    from headscope.splade.encode import forward, tokenize
+    from headscope.splade.pooling import max_logits
+
     device = next(mlm.parameters()).device
     out = []
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
-            enc = tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True,
-                            max_length=max_length, return_tensors="pt").to(device)
-            logits = mlm(**enc).logits.float()  # (B, T, V)
-            mask = enc["attention_mask"].bool()[..., None]  # (B, T, 1)
-            out.append(logits.masked_fill(~mask, float("-inf")).amax(dim=1).cpu())  # (B, V)
+            enc = tokenize(mlm, tokenizer, texts[i:i + batch_size], max_length)
+            logits = forward(mlm, enc, device).logits.float()  # (B, T, V)
+            mask = enc["attention_mask"].to(device)  # (B, T)
+            out.append(max_logits(logits, mask).cpu())  # (B, V)
     return torch.cat(out)  # (N, V)
 
 
@@ -553,6 +558,7 @@ def _write_simulation(name: str, cache: Path, apply: Callable[[Any, Any], Any]) 
     import torch
 
     from headscope import assets, checkpoint
+    from headscope.splade.encode import forward
 
     target = cache / name
     if (target / "config.json").is_file():
@@ -569,8 +575,8 @@ def _write_simulation(name: str, cache: Path, apply: Callable[[Any, Any], Any]) 
         again = checkpoint.load(checkpoint.resolve(str(tmp)))
         enc = tokenizer(_probe_texts("passage", 4), padding=True, return_tensors="pt")
         with torch.no_grad():
-            before = loaded.model(**enc).logits
-            after = again.model(**enc).logits
+            before = forward(loaded.model, enc).logits
+            after = forward(again.model, enc).logits
         if not torch.allclose(before, after, atol=1e-4, rtol=1e-5):
             raise RuntimeError(f"The saved {name} simulation does not reproduce its logits "
                                f"(max diff {float((before - after).abs().max()):.3g}).")

@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from headscope.checkpoint import token_limit
 from headscope.errors import InputError
 from headscope.splade.data import EvalSplit
-from headscope.splade.pooling import splade_pool
+from headscope.splade.encode import splade_encode, tokenize
 
 DEPTH = 100  # retrieved passages per query: enough for Recall@100
 SERVING_TERMS = 2048  # the default cap of the separate, labelled serving figure
@@ -120,18 +119,8 @@ def _batches(model, tokenizer, texts: Sequence[str], *, max_length: int, batch_s
         with torch.no_grad():
             for start in range(0, len(order), batch_size):
                 ids = order[start : start + batch_size]
-                batch = tokenizer(
-                    [texts[i] for i in ids],
-                    padding=True,
-                    truncation=True,
-                    max_length=token_limit(model, max_length),
-                    return_tensors="pt",
-                )
-                mask = batch["attention_mask"].to(device)
-                logits = model(
-                    input_ids=batch["input_ids"].to(device), attention_mask=mask
-                ).logits  # (B, T, V)
-                yield ids, splade_pool(logits, mask).float().cpu()  # (B, V)
+                batch = tokenize(model, tokenizer, [texts[i] for i in ids], max_length)
+                yield ids, splade_encode(model, batch, device).float().cpu()  # (B, V)
     finally:
         model.train(was_training)
 

@@ -39,12 +39,11 @@ def splade_pool(
             f"SPLADE pooling needs logits (B, T, V) and an attention mask (B, T); got "
             f"{tuple(logits.shape)} and {tuple(attention_mask.shape)}."
         )
-    keep = attention_mask.bool().unsqueeze(-1)  # (B, T, 1)
     if mode == "max":
-        # Masked tokens become -inf so they never win the max; relu maps an all-masked row to 0.
-        pooled = logits.masked_fill(~keep, float("-inf")).amax(dim=1)  # (B, V)
-        weights = torch.log1p(torch.relu(pooled))  # (B, V)
+        # relu maps an all-masked row (-inf) to 0.
+        weights = torch.log1p(torch.relu(max_logits(logits, attention_mask)))  # (B, V)
     else:
+        keep = attention_mask.bool().unsqueeze(-1)  # (B, T, 1)
         weights = (torch.log1p(torch.relu(logits)) * keep).sum(dim=1)  # (B, V)
     if zero_ids is not None:
         ids = sorted(set(int(i) for i in zero_ids))
@@ -53,6 +52,17 @@ def splade_pool(
             column_keep[ids] = 0
             weights = weights * column_keep  # (B, V)
     return weights
+
+
+def max_logits(logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Raw logits (B, T, V) max-pooled over the tokens the mask (B, T) keeps: (B, V).
+
+    A masked token becomes -inf so it never wins the max (an all-masked row stays -inf). Because
+    log1p(relu(.)) is monotone, splade weights are log1p(relu()) of this; the simulations work on
+    the raw pooled logits directly.
+    """
+    keep = attention_mask.bool().unsqueeze(-1)  # (B, T, 1)
+    return logits.masked_fill(~keep, float("-inf")).amax(dim=1)  # (B, V)
 
 
 def active_terms(weights: torch.Tensor) -> torch.Tensor:

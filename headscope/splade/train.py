@@ -29,6 +29,7 @@ import torch
 from headscope.checkpoint import token_limit
 from headscope.errors import InputError
 from headscope.splade.data import EvalSplit, Pair
+from headscope.splade.encode import splade_encode, tokenize
 from headscope.splade.evaluate import EvalConfig, RetrievalMetrics, evaluate
 from headscope.splade.losses import (
     DEFAULT_LAMBDA_D,
@@ -42,7 +43,7 @@ from headscope.splade.losses import (
     positive_negative_means,
     regularizer_weight,
 )
-from headscope.splade.pooling import active_terms, splade_pool
+from headscope.splade.pooling import active_terms
 from headscope.splade.telemetry import StepRecord
 
 
@@ -124,27 +125,12 @@ def tokenize_batch(tokenizer, pairs: Sequence[Pair], config: TrainConfig) -> dic
             f"({sorted(n_neg)}); give every pair the same number."
         )
     negatives = [p.negatives[i] for i in range(n_neg.pop()) for p in pairs]  # negative-major
-    queries = tokenizer(
-        [p.query for p in pairs],
-        padding=True,
-        truncation=True,
-        max_length=config.max_query_length,
-        return_tensors="pt",
-    )
-    passages = tokenizer(
-        [p.positive for p in pairs] + negatives,
-        padding=True,
-        truncation=True,
-        max_length=config.max_passage_length,
-        return_tensors="pt",
+    # The lengths are already capped at the model's position table (train does that once).
+    queries = tokenize(None, tokenizer, [p.query for p in pairs], config.max_query_length)
+    passages = tokenize(
+        None, tokenizer, [p.positive for p in pairs] + negatives, config.max_passage_length
     )
     return {"queries": queries, "passages": passages}
-
-
-def _weights(model, encoded, device: str) -> torch.Tensor:
-    mask = encoded["attention_mask"].to(device)
-    logits = model(input_ids=encoded["input_ids"].to(device), attention_mask=mask).logits
-    return splade_pool(logits, mask)  # (B, V)
 
 
 def lr_factor(step: int, total: int, warmup_ratio: float) -> float:
@@ -201,8 +187,8 @@ def train(
         lr = optimizer.param_groups[0]["lr"]
 
         optimizer.zero_grad(set_to_none=True)
-        q = _weights(model, batch["queries"], config.device)  # (B, V)
-        d = _weights(model, batch["passages"], config.device)  # (B * (1 + N), V)
+        q = splade_encode(model, batch["queries"], config.device)  # (B, V)
+        d = splade_encode(model, batch["passages"], config.device)  # (B * (1 + N), V)
         b, vocab_size = q.shape
         # passages are [positives (B), first negatives (B), ...]: (N * B, V) -> (B, N, V)
         negatives = d[b:].view(-1, b, vocab_size).transpose(0, 1) if d.shape[0] > b else None
