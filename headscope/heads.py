@@ -11,6 +11,7 @@ nothing.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -352,16 +353,36 @@ def _check_trained(head: Head, missing: frozenset[str], source: str) -> None:
     raise NoMLMHeadError(source, reason)
 
 
-def find_head(loaded: LoadedModel) -> Head:
-    """Live handles to the MLM head of `loaded.model`; NoMLMHeadError when absent or new."""
-    model = loaded.model
-    source = loaded.checkpoint.source
-    layout = layout_for(loaded.checkpoint.model_type, model.config)
+def find_head(
+    model: Any,
+    model_type: str | None = None,
+    *,
+    missing_keys: Collection[str] = frozenset(),
+    source: str | None = None,
+) -> Head:
+    """Live handles to the MLM head of `model`; NoMLMHeadError when absent or newly initialised.
+
+    model: a transformers masked LM (or a `checkpoint.LoadedModel`, which supplies the three
+    others: its checkpoint's model type and source, and the keys transformers initialised).
+    model_type: the family's model type (default: the config's); missing_keys: the state_dict
+    names transformers newly initialised on loading (a head among them is refused); source:
+    how messages name the model (default: the config's name or path, else the class name).
+    """
+    if hasattr(model, "checkpoint") and hasattr(model, "missing_keys"):  # a LoadedModel
+        loaded: LoadedModel = model
+        return find_head(loaded.model, loaded.checkpoint.model_type,
+                         missing_keys=loaded.missing_keys, source=loaded.checkpoint.source)
+    config = model.config
+    if model_type is None:
+        model_type = str(getattr(config, "model_type", "") or "")
+    if source is None:
+        source = getattr(config, "_name_or_path", "") or type(model).__name__
+    layout = layout_for(model_type, config)
     if layout.family != "generic" and _layout_present(model, layout):
         head = _head_from_layout(model, layout)
     else:
-        head = _generic_head(model, source, loaded.checkpoint.model_type)
-    _check_trained(head, loaded.missing_keys, source)
+        head = _generic_head(model, source, model_type)
+    _check_trained(head, frozenset(missing_keys), source)
     return head
 
 

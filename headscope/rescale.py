@@ -216,20 +216,10 @@ def _set_tie_flag(model: Any, tied: bool) -> None:
 
 
 def find_head_of(mlm: Any, source: str | None = None) -> Head:
-    """`heads.find_head` for a bare model that did not come from `checkpoint.load` (a
-    SparseEncoder's MLM, a model built from a config): it sees no missing keys."""
-    from pathlib import Path
-
+    """`heads.find_head` of a bare model (no missing keys known); kept for existing callers."""
     from headscope import heads
-    from headscope.checkpoint import Checkpoint, LoadedModel, LoadOptions
 
-    config = mlm.config
-    name = source or getattr(config, "_name_or_path", "") or type(mlm).__name__
-    ckpt = Checkpoint(source=name, path=Path(name), revision=None,
-                      model_type=str(getattr(config, "model_type", "") or ""),
-                      config=config.to_dict(), weight_files=(), weight_format="safetensors")
-    return heads.find_head(LoadedModel(checkpoint=ckpt, model=mlm, tokenizer=None,
-                                       missing_keys=frozenset(), options=LoadOptions()))
+    return heads.find_head(mlm, source=source)
 
 
 def rescale_model(model: Any, spec: RescaleSpec, head: Head | None = None) -> RescaleResult:
@@ -245,7 +235,10 @@ def rescale_model(model: Any, spec: RescaleSpec, head: Head | None = None) -> Re
     if not isinstance(spec, RescaleSpec):
         raise InputError(f"spec must be a RescaleSpec, got {type(spec).__name__}.")
     mlm = unwrap_mlm(model)
-    head = head if head is not None else find_head_of(mlm)
+    if head is None:
+        from headscope.heads import find_head
+
+        head = find_head(mlm)
     layout = head.layout
     check_applicable(spec, family=layout.family, has_decoder=layout.decoder is not None,
                      tied=head.tied, has_norm=head.norm_weight is not None)
@@ -284,6 +277,8 @@ def rescale_model(model: Any, spec: RescaleSpec, head: Head | None = None) -> Re
                     continue  # the same Parameter as "embeddings"
                 target.copy_(value)
                 changed += [n for n in _aliases(mlm, target) if n not in changed]
-    after = find_head_of(mlm)
+    # untie gave the decoder a Parameter of its own; the others divided Parameters in place,
+    # which leaves the tie as it was.
+    tied = False if spec.strategy == "untie" else head.tied
     return RescaleResult(spec=spec, changed=tuple(sorted(changed)), untied=untied,
-                         tied=after.tied, family=layout.family)
+                         tied=tied, family=layout.family)

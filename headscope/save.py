@@ -54,11 +54,11 @@ from typing import TYPE_CHECKING, Any
 from headscope import __version__, fileio
 from headscope.checkpoint import containment
 from headscope.errors import InputError, OutputExistsError, OutputWriteError, VerificationError
+from headscope.heads import find_head
 from headscope.rescale import (
     RescaleSpec,
     check_applicable,
     expected_logits,
-    find_head_of,
     rescale_model,
     rescaled_roles,
 )
@@ -800,7 +800,7 @@ def _verify(candidate, loaded: LoadedModel, head: Head, spec: RescaleSpec, plan:
                     "in memory after loading, save from the checkpoint as loaded."
                 )
             n_identical += 1
-    after = find_head_of(candidate)
+    after = find_head(candidate)
     if after.tied != plan.tied_out:
         state = "tied to" if after.tied else "separate from"
         raise VerificationError(
@@ -1069,14 +1069,15 @@ def save_fixed(
     stats_after: Any = None,
     progress: Progress | None = None,
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+    head: Head | None = None,
 ) -> FixResult:
     """Write `loaded`'s checkpoint rescaled by `spec` to `out` and verify it by reloading.
 
     `loaded.model` is not modified. With `dry_run` the rescale is applied to a copy in memory and
     verified there; nothing is written. `stats_before`/`stats_after` (dicts or dataclasses of
-    JSON values) are stored in headscope.json.
+    JSON values) are stored in headscope.json. `head`: `heads.find_head(loaded)` when the
+    caller has it already (found here otherwise).
     """
-    from headscope.heads import find_head
     from headscope.simulate import is_simulation
 
     if not isinstance(spec, RescaleSpec):
@@ -1098,7 +1099,7 @@ def save_fixed(
     after = _jsonable(stats_after, "stats_after")
     report = progress or (lambda phase, done, total: None)
 
-    head = find_head(loaded)
+    head = head if head is not None else find_head(loaded)
     check_applicable(spec, family=head.layout.family, has_decoder=head.layout.decoder is not None,
                      tied=head.tied, has_norm=head.norm_weight is not None)
     # A Hub snapshot is named by its commit; a local folder by its files' hashes (provenance).

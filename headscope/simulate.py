@@ -39,7 +39,8 @@ from typing import Any
 
 from headscope.checkpoint import token_limit
 from headscope.errors import InputError
-from headscope.rescale import RescaleSpec, find_head_of, rescale_model, unwrap_mlm
+from headscope.heads import find_head
+from headscope.rescale import RescaleSpec, rescale_model, unwrap_mlm
 
 WHERE = ("bias", "projection", "scale-only")
 CONFIG_KEY = "headscope_simulation"
@@ -267,7 +268,7 @@ def make_dense_variant(model, tokenizer, texts: Sequence[str], where: str = "bia
             "checkpoint."
         )
     source = getattr(config, "_name_or_path", "") or type(mlm).__name__
-    head = find_head_of(mlm)
+    head = find_head(mlm)
     variant = replace(variant, max_length=token_limit(mlm, variant.max_length))
     batches = _encode_all(mlm, tokenizer, texts, variant)
     before, values, ids = _measure(mlm, batches, variant)
@@ -473,7 +474,7 @@ def make_modernbert_matched(model, tokenizer, queries: Sequence[str],
     if getattr(config, CONFIG_KEY, None):
         raise InputError("This model is already a headscope simulation; start from the real "
                          "checkpoint.")
-    head = find_head_of(mlm)
+    head = find_head(mlm)
     if head.bias is None or head.norm_weight is None or head.norm_bias is None:
         raise InputError(
             f"The ModernBERT-matched simulation needs an output bias and a head LayerNorm with a "
@@ -486,8 +487,8 @@ def make_modernbert_matched(model, tokenizer, queries: Sequence[str],
                           .float().sum(dim=1).mean())
     scale = options.row_norm / row_before
     changed = set(rescale_model(mlm, RescaleSpec(1.0 / scale, "untie"), head=head).changed)
-    changed |= set(rescale_model(mlm, RescaleSpec(1.0 / options.gain, "fold")).changed)
-    head = find_head_of(mlm)
+    head = find_head(mlm)  # untie gave the decoder a new Parameter; fold divides in place
+    changed |= set(rescale_model(mlm, RescaleSpec(1.0 / options.gain, "fold"), head=head).changed)
     # The density goes into the projection path, as in the "projection" variant, so that every
     # rescale divides it with the rest of the projection and k never changes which terms are
     # active (the published count was measured at k = 8). beta += delta * u adds delta * (W u)_j
@@ -503,7 +504,6 @@ def make_modernbert_matched(model, tokenizer, queries: Sequence[str],
     with torch.no_grad():
         norm_bias.add_((shift * u).to(norm_bias.dtype))
     changed.add(head.names["norm_bias"])
-    head = find_head_of(mlm)
     row_after = float(head.decoder_weight.detach().float().norm(dim=1).mean())
     active_after = float((_pooled(mlm, tokenizer, queries, options.batch_size, max_length) > 0)
                          .float().sum(dim=1).mean())

@@ -17,7 +17,7 @@ import torch
 
 from headscope import assets, checkpoint, probe, simulate
 from headscope.errors import InputError
-from headscope.rescale import find_head_of
+from headscope.heads import find_head
 
 TARGET_SHARE = 28051 / 50368  # ModernBERT-base, active terms per query at step 0
 
@@ -53,7 +53,7 @@ def _active_per_text(model, tokenizer, texts, max_length):
 
 def test_matched_row_norm_is_modernbert_base(matched):
     model, _, info = matched
-    w = find_head_of(model).decoder_weight.detach().double().numpy()  # (V, E)
+    w = find_head(model).decoder_weight.detach().double().numpy()  # (V, E)
     naive = np.mean([np.sqrt(sum(x * x for x in row)) for row in w[:2000]])
     assert np.linalg.norm(w, axis=1).mean() == pytest.approx(2.553, abs=1e-4)
     assert naive == pytest.approx(np.linalg.norm(w[:2000], axis=1).mean(), rel=1e-9)
@@ -62,7 +62,7 @@ def test_matched_row_norm_is_modernbert_base(matched):
     assert info.projection_scale == pytest.approx(2.553 / info.row_norm_before)
     # Untied: the input embeddings are the real model's.
     emb = model.get_input_embeddings().weight
-    assert find_head_of(model).decoder_weight.data_ptr() != emb.data_ptr()
+    assert find_head(model).decoder_weight.data_ptr() != emb.data_ptr()
     assert float(emb.detach().norm(dim=1).mean()) == pytest.approx(0.6819, abs=1e-4)
 
 
@@ -117,7 +117,7 @@ def test_matched_start_loss_per_k(matched):
     """The probe's start loss: of order 1e3-1e4 at k = 1 and within the published 6e2-2e3 at
     k = 16; activity does not depend on k (the density lives in the projection)."""
     model, tok, _ = matched
-    result = probe.run_probe(model, tok, find_head_of(model).bias, probe.builtin_probe(256),
+    result = probe.run_probe(model, tok, find_head(model).bias, probe.builtin_probe(256),
                              probe.ProbeConfig(ks=(1, 8, 16)))
     by_k = {s.k: s for s in result.per_k}
     assert by_k[1.0].start_loss == pytest.approx(MATCHED_LOSS[1], rel=0.02)
@@ -260,7 +260,7 @@ def test_modernbert_mini_fix_reloads_with_expected_logits(mini_report, tmp_path)
     with torch.no_grad():
         before = original.model(**enc).logits
         after = fixed(**enc).logits
-    bias = find_head_of(original.model).bias
+    bias = find_head(original.model).bias
     spec = RescaleSpec(k, "untie", scale_bias)
     torch.testing.assert_close(after, expected_logits(before, bias, spec), atol=1e-4, rtol=1e-4)
 

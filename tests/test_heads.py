@@ -376,6 +376,30 @@ def test_headless_bert_is_refused(tmp_path):
     )
 
 
+def test_find_head_takes_what_it_needs(tmp_path):
+    """The model, its model type and the keys transformers initialised: the same head and the
+    same refusal as from the LoadedModel that carries them."""
+    folder = tiny_models.save_headless_bert(tmp_path / "m")
+    loaded = ck.load(ck.resolve(str(folder)))
+    live, _ = _refusal(folder)
+    with pytest.raises(NoMLMHeadError) as err:
+        heads.find_head(loaded.model, "bert", missing_keys=loaded.missing_keys, source=str(folder))
+    assert str(err.value) == live
+    # Without missing keys the (random) head is found; the source defaults to the config's path.
+    head = heads.find_head(loaded.model)
+    assert head.layout.family == "bert" and head.decoder_weight is (
+        loaded.model.cls.predictions.decoder.weight)
+    model = tiny_models.build_tiny("roberta")
+    model.config._name_or_path = ""
+    with pytest.raises(NoMLMHeadError) as err:
+        heads.find_head(model, missing_keys={"lm_head.dense.weight"})
+    assert str(err.value) == (
+        "RobertaForMaskedLM has no trained MLM head: transformers newly initialised head "
+        "tensor(s) lm_head.dense.weight, so the head is partly random; pass a checkpoint whose "
+        "whole head was trained."
+    )
+
+
 def test_stripped_head_is_refused(tmp_path):
     folder = tiny_models.save_bert_without_head(tmp_path / "m")
     live, _ = _refusal(folder)

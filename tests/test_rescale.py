@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from headscope.errors import InputError
+from headscope.heads import find_head
 from headscope.rescale import (
     STRATEGIES,
     RescaleSpec,
     expected_logits,
-    find_head_of,
     rescale_model,
 )
 from tests.tiny_models import FAMILIES, build_tiny, save_tiny
@@ -95,7 +95,7 @@ def _exact_cases():
 @pytest.mark.parametrize("family,strategy,scale_bias", list(_exact_cases()))
 def test_untie_and_fold_divide_projection_exactly(family, strategy, scale_bias):
     model = build_tiny(family)
-    head = find_head_of(model)
+    head = find_head(model)
     spec = RescaleSpec(4.0, strategy, scale_bias)
     inputs = _inputs(model)
     logits, hidden = _run(model, inputs)
@@ -116,9 +116,10 @@ def test_untie_and_fold_divide_projection_exactly(family, strategy, scale_bias):
     assert torch.equal(fixed_hidden, hidden)  # the encoder is untouched
     assert torch.equal(model.get_input_embeddings().weight, emb_before)
     assert result.changed and result.spec == spec
+    assert result.tied is find_head(model).tied  # what a fresh discovery sees
     if strategy == "untie":
         assert result.tied is False and model.config.tie_word_embeddings is False
-        after = find_head_of(model)
+        after = find_head(model)
         assert after.decoder_weight.data_ptr() != model.get_input_embeddings().weight.data_ptr()
         # transformers must not re-tie it when asked to tie again
         model.tie_weights()
@@ -129,7 +130,7 @@ def test_untie_and_fold_divide_projection_exactly(family, strategy, scale_bias):
 
 def test_fold_modernbert_divides_weight_only():
     model = build_tiny("modernbert")
-    head = find_head_of(model)
+    head = find_head(model)
     assert head.norm_bias is None
     w = head.norm_weight.detach().clone()
     result = rescale_model(model, RescaleSpec(8, "fold"))
@@ -140,7 +141,7 @@ def test_fold_modernbert_divides_weight_only():
 
 def test_fold_without_layernorm_refuses():
     model = build_tiny("bert")
-    head = find_head_of(model)
+    head = find_head(model)
     head.norm_weight = None  # as the generic layout reports a head without a LayerNorm
     with pytest.raises(InputError) as err:
         rescale_model(model, RescaleSpec(8, "fold"), head=head)

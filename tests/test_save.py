@@ -498,3 +498,25 @@ def test_bfloat16_load_keeps_float32_files(tmp_path):
                        src_t["bert.embeddings.word_embeddings.weight"] / 3)
     v = result.verification
     assert 0 < v.logit_tolerance and v.max_abs_logit_error <= v.logit_tolerance
+
+
+def test_head_passed_down_is_not_discovered_again(bert_tiny, tmp_path, monkeypatch):
+    """With the caller's head, save_fixed discovers a head only in the model it reloaded."""
+    from headscope import heads
+
+    seen = []
+
+    def counting(model, *args, **kwargs):
+        seen.append(model)
+        return heads.find_head(model, *args, **kwargs)
+
+    monkeypatch.setattr(save, "find_head", counting)
+    head = heads.find_head(bert_tiny)
+    result = save_fixed(bert_tiny, RescaleSpec(4, "untie"), tmp_path / "fixed",
+                        verify_texts=TEXTS, head=head)
+    assert result.verification.against == "reload"
+    assert len(seen) == 1 and seen[0] is not bert_tiny and seen[0] is not bert_tiny.model
+    seen.clear()
+    save_fixed(bert_tiny, RescaleSpec(4, "untie"), tmp_path / "dry", verify_texts=TEXTS,
+               dry_run=True)
+    assert seen[0] is bert_tiny  # found here when not given

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from headscope.errors import InputError
-from headscope.rescale import RescaleSpec, expected_logits, find_head_of
+from headscope.heads import find_head
+from headscope.rescale import RescaleSpec, expected_logits
 from headscope.simulate import (
     CONFIG_KEY,
     DenseVariant,
@@ -72,7 +73,7 @@ def test_bias_variant_is_dense_with_median_zero(bert_tiny, passages):
 
 def test_projection_variant_moves_layernorm_bias_only(bert_tiny, passages):
     model, tok = bert_tiny.model, bert_tiny.tokenizer
-    head = find_head_of(model)
+    head = find_head(model)
     bias = head.bias.detach().clone()
     decoder = head.decoder_weight.detach().clone()
     beta = head.norm_bias.detach().clone()
