@@ -639,8 +639,12 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
-def _load_bin(path: Path) -> dict[str, torch.Tensor]:
-    """A whole .bin state dict on CPU; memory-mapped when the file's format allows it."""
+def read_bin(path: Path) -> dict[str, torch.Tensor]:
+    """A whole .bin state dict on CPU; memory-mapped when the file's format allows it.
+
+    The one reader of .bin weights (checkpoint and save): torch's restricted unpickler only
+    (code in the file is refused with `unsafe_pickle_error`), WeightFileError for a damaged file
+    or anything but a dict of named tensors."""
     import pickle
 
     import torch
@@ -682,7 +686,7 @@ def tensor_names(ckpt: Checkpoint) -> list[str]:
     path = ckpt.weight_files[0]
     if ckpt.weight_format == "safetensors":
         return list(read_safetensors_header(path).tensors)
-    return list(_load_bin(path))
+    return list(read_bin(path))
 
 
 def stored_shapes(ckpt: Checkpoint) -> dict[str, tuple[int, ...]]:
@@ -693,7 +697,7 @@ def stored_shapes(ckpt: Checkpoint) -> dict[str, tuple[int, ...]]:
         if ckpt.weight_format == "safetensors":
             shapes.update({n: t.shape for n, t in read_safetensors_header(path).tensors.items()})
         else:
-            shapes.update({n: tuple(t.shape) for n, t in _load_bin(path).items()})
+            shapes.update({n: tuple(t.shape) for n, t in read_bin(path).items()})
     return shapes
 
 
@@ -728,7 +732,7 @@ def read_tensors(ckpt: Checkpoint, names) -> dict[str, torch.Tensor]:
             except (SafetensorError, TypeError) as err:  # e.g. a dtype torch cannot hold
                 raise _damaged(path, _first_line(err)) from err
         else:
-            state = _load_bin(path)
+            state = read_bin(path)
             absent = [n for n in file_names if n not in state]
             if absent:
                 raise _absent_error(ckpt, absent)
@@ -824,7 +828,7 @@ def tensor_infos(ckpt: Checkpoint) -> dict[str, TensorInfo]:
         if ckpt.weight_format == "safetensors":
             out.update(safetensors_header(path))
         else:
-            for name, tensor in _load_bin(path).items():
+            for name, tensor in read_bin(path).items():
                 dtype = str(tensor.dtype).replace("torch.", "")
                 out[name] = TensorInfo(name, path, dtype, tuple(tensor.shape), None, None)
     return out

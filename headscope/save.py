@@ -52,8 +52,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from headscope import __version__, fileio
-from headscope.checkpoint import containment
-from headscope.errors import InputError, OutputExistsError, OutputWriteError, VerificationError
+from headscope.checkpoint import containment, read_bin, read_safetensors_header
+from headscope.errors import (
+    InputError,
+    OutputExistsError,
+    OutputWriteError,
+    VerificationError,
+    WeightFileError,
+)
 from headscope.heads import find_head
 from headscope.rescale import (
     RescaleSpec,
@@ -170,21 +176,6 @@ class _Stored:
         return torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(self.shape)
 
 
-def _read_header(path: Path) -> tuple[dict, int]:
-    """(header dict, absolute offset of the data section) of a safetensors file."""
-    with path.open("rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise InputError(f"{path} is not a safetensors file (too short); re-download it.")
-        (size,) = struct.unpack("<Q", head)
-        try:
-            header = json.loads(fh.read(size))
-        except ValueError as err:
-            raise InputError(f"{path} has a damaged safetensors header ({err}); re-download "
-                             "it.") from err
-    return header, 8 + size
-
-
 def _torch_st_dtype(dtype) -> str:
     name = str(dtype).removeprefix("torch.")
     for st, torch_name in _ST_DTYPES.items():
@@ -196,28 +187,14 @@ def _torch_st_dtype(dtype) -> str:
 
 def _read_source(ckpt) -> list[list[_Stored]]:
     """Every stored tensor, grouped by source file (in index order), in file order."""
-    import torch
-
     files: list[list[_Stored]] = []
     for path in ckpt.weight_files:
-        stored: list[_Stored] = []
         if ckpt.weight_format == "safetensors":
-            header, start = _read_header(path)
-            items = [(k, v) for k, v in header.items() if k != "__metadata__"]
-            items.sort(key=lambda kv: kv[1]["data_offsets"][0])
-            for key, info in items:
-                b, e = info["data_offsets"]
-                stored.append(_Stored(key, path, info["dtype"], tuple(info["shape"]),
-                                      start + b, start + e))
+            files.append([_Stored(key, path, t.dtype, t.shape, t.begin, t.end)
+                          for key, t in read_safetensors_header(path).tensors.items()])
         else:
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # written before torch 1.6's zip format: no mmap
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            for key, tensor in state.items():
-                stored.append(_Stored(key, path, _torch_st_dtype(tensor.dtype),
-                                      tuple(tensor.shape), tensor=tensor))
-        files.append(stored)
+            files.append([_Stored(key, path, _torch_st_dtype(tensor.dtype), tuple(tensor.shape),
+                                  tensor=tensor) for key, tensor in read_bin(path).items()])
     return files
 
 
@@ -707,17 +684,19 @@ def _verify_files(tmp: Path, plan: _Plan, loaded: LoadedModel, where: str) -> in
     try:
         for shard, entries in plan.shards:
             path = tmp / shard
-            header, start = _read_header(path)
+            try:
+                header = read_safetensors_header(path).tensors
+            except WeightFileError as err:
+                raise VerificationError(f"{err} ({where}); nothing was kept.") from err
             for e in entries:
                 info = header.get(e.name)
-                if (info is None or info.get("dtype") != e.dtype
-                        or tuple(info.get("shape", ())) != e.shape
-                        or info["data_offsets"][1] - info["data_offsets"][0] != e.nbytes):
+                if (info is None or info.dtype != e.dtype or info.shape != e.shape
+                        or info.end - info.begin != e.nbytes):
                     raise VerificationError(
                         f"Tensor {e.name} of {where} is missing from {shard} or has the wrong "
                         f"dtype or shape; nothing was kept."
                     )
-                readers = [ranges.reader(path, start + info["data_offsets"][0])]
+                readers = [ranges.reader(path, info.begin)]
                 stored = e.stored
                 value = e.tensor if e.tensor is not None else (
                     stored.tensor if stored is not None else None)

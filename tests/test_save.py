@@ -250,13 +250,13 @@ def test_wrong_logits_fail_verification(bert_tiny, tmp_path, monkeypatch):
 
 
 def _tamper_after_writing(monkeypatch, change):
-    """Let save write each shard, then apply `change(path, header, data_start)` to the file."""
+    """Let save write each shard, then apply `change(path, tensors)` to the file (tensors: name ->
+    checkpoint.StoredTensor, absolute byte ranges)."""
     original = save._write_safetensors
 
     def write(path, entries, metadata, on_bytes):
         size = original(path, entries, metadata, on_bytes)
-        header, start = save._read_header(path)
-        change(path, header, start)
+        change(path, checkpoint.read_safetensors_header(path).tensors)
         return size
 
     monkeypatch.setattr(save, "_write_safetensors", write)
@@ -285,8 +285,8 @@ def test_a_corrupted_written_tensor_fails_verification(tmp_path, monkeypatch, na
     byte comparison, before any reload."""
     src = save_tiny("bert", tmp_path / "src")
     loaded = _load(src)
-    _tamper_after_writing(monkeypatch, lambda path, header, start: _flip_byte(
-        path, start + header[name]["data_offsets"][1] - 1))
+    _tamper_after_writing(monkeypatch, lambda path, tensors: _flip_byte(
+        path, tensors[name].end - 1))
     out = tmp_path / "o"
     with pytest.raises(VerificationError) as err:
         save_fixed(loaded, RescaleSpec(4), out, verify_texts=TEXTS)
