@@ -157,14 +157,29 @@ def _prose(block: str) -> str | None:
     return text
 
 
+def prose_blocks(doc: str) -> list[str | None]:
+    """The paragraphs (blank-line separated) of one reference-manual topic, in order: each as
+    one line of prose, or None where it looks like code, grammar, a heading or a list.
+
+    With `split_sentences`, the one text recipe over `pydoc_data.topics`: the built-in probe
+    packs runs of prose paragraphs into pairs, `splade.data.stdlib_ict` cuts one pair from each.
+    """
+    return [_prose(block) for block in re.split(r"\n[ \t]*\n", doc) if block.strip()]
+
+
+def stdlib_topics() -> list[str]:
+    """The topics of Python's reference manual (`pydoc_data.topics`), in the order of their
+    names."""
+    from pydoc_data.topics import topics  # reference-manual prose, part of the stdlib
+
+    return [topics[name] for name in sorted(topics)]
+
+
 def _topic_pairs(doc: str) -> list[ProbePair]:
     """Pairs from one topic: runs of consecutive prose paragraphs are split into sentences and
     packed greedily into query + passage windows."""
     runs: list[list[str]] = [[]]
-    for block in re.split(r"\n[ \t]*\n", doc):
-        if not block.strip():
-            continue
-        text = _prose(block)
+    for text in prose_blocks(doc):
         if text is None:
             if runs[-1]:
                 runs.append([])
@@ -209,11 +224,9 @@ def builtin_candidates() -> tuple[ProbePair, ...]:
     Ordering by the sha256 of each pair interleaves topics (a batch holds unrelated texts) and
     makes builtin_probe(n) a prefix of builtin_probe(m) for n < m.
     """
-    from pydoc_data.topics import topics  # reference-manual prose, part of the stdlib
-
     seen: dict[str, ProbePair] = {}
-    for name in sorted(topics):
-        for pair in _topic_pairs(topics[name]):
+    for doc in stdlib_topics():
+        for pair in _topic_pairs(doc):
             seen.setdefault(_pair_key(pair), pair)
     return tuple(seen[key] for key in sorted(seen))
 

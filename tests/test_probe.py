@@ -7,6 +7,7 @@ import hashlib
 import inspect
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,19 @@ def test_builtin_probe_is_deterministic_and_sized():
         for p in a.pairs
     )
     assert a.sha256 == hashlib.sha256(lines.encode("utf-8")).hexdigest()
+
+
+# sha256 of builtin_probe(256) per Python version (pydoc_data.topics changes between versions);
+# recommendations and documented numbers depend on these pairs staying as they are.
+BUILTIN_PROBE_SHA256 = {
+    (3, 11): "016218157a896e9a923dc1e1db1040bd6ca1e579720f56eca71cd2fcd1bf952b",
+}
+
+
+@pytest.mark.skipif(sys.version_info[:2] not in BUILTIN_PROBE_SHA256,
+                    reason="the built-in probe's content is pinned for other Python versions")
+def test_builtin_probe_content_is_pinned():
+    assert builtin_probe(256).sha256 == BUILTIN_PROBE_SHA256[sys.version_info[:2]]
 
 
 def test_builtin_pairs_are_inverse_cloze_prose():

@@ -225,6 +225,26 @@ def test_stdlib_ict_is_deterministic_and_well_formed():
     assert not any(q in p.positive or q == p.query for p in ds.train for q in held)
 
 
+def test_stdlib_ict_splits_sentences_as_the_probe_does():
+    """One sentence rule over pydoc_data.topics: every stdlib-ict pair is a prose paragraph
+    split by the built-in probe's `split_sentences`, one sentence out as the query."""
+    from headscope import probe
+
+    cuts = set()
+    for doc in probe.stdlib_topics():
+        for paragraph in data._prose_paragraphs(doc):
+            sentences = probe.split_sentences(paragraph)
+            for i, sentence in enumerate(sentences):
+                cuts.add((sentence, " ".join(sentences[:i] + sentences[i + 1:])))
+    ds = data.stdlib_ict()
+    assert {(p.query, p.positive) for p in ds.train} <= cuts
+    held = {(ds.eval.queries[q], ds.eval.corpus[next(iter(j))]) for q, j in ds.eval.qrels.items()}
+    assert held <= cuts and len(held) == len(ds.eval.queries)
+    # "e.g. the" does not end a sentence, a quoted capital after a full stop does
+    assert probe.split_sentences('Use e.g. the  manual. "True" is\n returned.') == [
+        "Use e.g. the manual.", '"True" is returned.']
+
+
 def test_boolq_builtin():
     ds = data.boolq()
     assert len(ds.train) == 9427

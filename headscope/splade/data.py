@@ -11,9 +11,10 @@ Malformed input raises `InputError` naming the file and line.
 
 Built-ins (fixed, documented splits; see `BUILTINS`):
 - "stdlib-ict": inverse-cloze pairs from the prose of Python's reference manual
-  (`pydoc_data.topics`; zero download). Each prose paragraph of at least two sentences and 25
-  words gives one pair: a sentence (chosen by the paragraph's sha256) is the query, the paragraph
-  without it the positive. Paragraphs are ordered by sha256; the first 20% are held out, and
+  (`pydoc_data.topics`; zero download). Each prose paragraph of at least two sentences (the
+  built-in probe's sentence rule, `probe.split_sentences`) and 25 words gives one pair: a
+  sentence (chosen by the paragraph's sha256) is the query, the paragraph without it the
+  positive. Paragraphs are ordered by sha256; the first 20% are held out, and
   training paragraphs that contain a held-out query sentence are dropped. The eval corpus is the
   held-out positives plus every training paragraph in full, as distractors. The text
   follows the running Python version, so `Dataset.version` names it.
@@ -335,9 +336,6 @@ def pairs_to_eval(pairs: Sequence[Pair], distractors: Sequence[str] = ()) -> Eva
 # ---------------------------------------------------------------- built-ins
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"])")
-
-
 def _prose_paragraphs(text: str) -> Iterator[str]:
     """Paragraphs of reference-manual prose: a block of equally indented lines that starts with a
     capital and ends with a full stop; code blocks, headings and lists fail one of these."""
@@ -352,18 +350,18 @@ def _prose_paragraphs(text: str) -> Iterator[str]:
 
 def stdlib_ict() -> Dataset:
     """Inverse-cloze pairs from `pydoc_data.topics` (see the module docstring)."""
-    from pydoc_data.topics import topics
+    from headscope.probe import split_sentences, stdlib_topics
 
     paragraphs: set[str] = set()
-    for key in sorted(topics):
-        for paragraph in _prose_paragraphs(topics[key]):
-            sentences = _SENTENCE_END.split(paragraph)
+    for doc in stdlib_topics():
+        for paragraph in _prose_paragraphs(doc):
+            sentences = split_sentences(paragraph)
             if len(sentences) >= 2 and len(paragraph.split()) >= ICT_MIN_WORDS:
                 paragraphs.add(paragraph)
     ordered = sorted(paragraphs, key=_sha)  # a fixed order that no dict or set order leaks into
     pairs = []
     for paragraph in ordered:
-        sentences = _SENTENCE_END.split(paragraph)
+        sentences = split_sentences(paragraph)
         i = int(_sha(paragraph)[:8], 16) % len(sentences)
         rest = " ".join(sentences[:i] + sentences[i + 1 :])
         pairs.append(Pair(sentences[i], rest))
@@ -375,7 +373,7 @@ def stdlib_ict() -> Dataset:
     kept = [
         (para, pair)
         for para, pair in zip(ordered[n_eval:], pairs[n_eval:], strict=True)
-        if not any(q in para for q in held_queries)
+        if not any(q in " ".join(para.split()) for q in held_queries)  # sentences: spaces collapsed
     ]
     train = tuple(pair for _, pair in kept)
     version = f"python-{sys.version_info.major}.{sys.version_info.minor}"
