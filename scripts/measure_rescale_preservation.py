@@ -35,6 +35,7 @@ from scipy.stats import kendalltau, spearmanr
 
 from headscope import assets, checkpoint, probe
 from headscope.rescale import RescaleSpec, rescale_model
+from headscope.splade.encode import splade_encode, tokenize
 
 GENSIM = "gensim==4.3.3"
 GENSIM_WHEEL = "gensim-4.3.3-cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
@@ -72,12 +73,8 @@ def pooled_weights(model, tokenizer, texts: list[str], max_length: int) -> np.nd
     """SPLADE term weights max_t log(1 + relu(logit)), (N, V), in batches of 32."""
     out = []
     for i in range(0, len(texts), 32):
-        enc = tokenizer(texts[i : i + 32], padding=True, truncation=True, max_length=max_length,
-                        return_tensors="pt")
-        logits = model(**enc).logits  # (B, T, V)
-        mask = enc["attention_mask"].unsqueeze(-1).bool()  # (B, T, 1)
-        weights = torch.log1p(torch.relu(logits)).masked_fill(~mask, 0.0)  # (B, T, V)
-        out.append(weights.amax(dim=1).double().numpy())  # (B, V)
+        batch = tokenize(model, tokenizer, texts[i : i + 32], max_length)
+        out.append(splade_encode(model, batch).double().numpy())  # (B, V)
     return np.concatenate(out)
 
 
