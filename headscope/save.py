@@ -293,17 +293,13 @@ def _shard_name(source: Path, i: int, n: int, sharded_source: bool) -> str:
     return f"model-{i + 1:05d}-of-{n:05d}.safetensors"
 
 
-def _plan(loaded: LoadedModel, head: Head, spec: RescaleSpec, max_shard_size: int) -> _Plan:
-    ckpt = loaded.checkpoint
-    model = loaded.model
-    files = _read_source(ckpt)
-    aliases = _alias_groups(model)
+def _stored_names(files: list[list[_Stored]], aliases: dict[str, list[str]], prefix: str
+                  ) -> tuple[dict[str, str], dict[str, _Stored]]:
+    """(stored key -> the model name it loads into, model name -> a stored tensor holding its
+    value, tied aliases included)."""
+    key_to_name: dict[str, str] = {}
+    stored_of: dict[str, _Stored] = {}
     model_names = set(aliases)
-    prefix = (getattr(model, "base_model_prefix", "") or "")
-    prefix = prefix + "." if prefix else ""
-
-    key_to_name: dict[str, str] = {}  # stored key -> model name
-    stored_of: dict[str, _Stored] = {}  # model name -> a stored tensor holding its value
     for stored_list in files:
         for s in stored_list:
             name = _model_name_for(s.key, model_names, prefix)
@@ -311,9 +307,14 @@ def _plan(loaded: LoadedModel, head: Head, spec: RescaleSpec, max_shard_size: in
                 key_to_name[s.key] = name
                 for alias in aliases[name]:
                     stored_of.setdefault(alias, s)
+    return key_to_name, stored_of
 
-    # New head tensors, computed from the stored values (so in the dtype they are stored in).
-    # Only the roles the strategy reads are loaded, each stored tensor once.
+
+def _planned_values(head: Head, spec: RescaleSpec, stored_of: dict[str, _Stored],
+                    aliases: dict[str, list[str]], weight_format: str) -> dict[str, Any]:
+    """model name -> new value of every tensor the rescale changes, computed from the stored
+    values (so in the dtype they are stored in). Only the roles the strategy reads are loaded,
+    each stored tensor once."""
     needed = {"untie": ("decoder_weight",), "tied": ("embeddings",),
               "fold": ("norm_weight", "norm_bias")}[spec.strategy]
     needed += ("bias",) if spec.scale_bias else ()
@@ -326,7 +327,7 @@ def _plan(loaded: LoadedModel, head: Head, spec: RescaleSpec, max_shard_size: in
             keys.append(stored_of[name].key)
     # The loaded values are private copies: divide them in place (no second copy of a V x E
     # matrix), unless two roles were read from the same stored tensor (then from .bin, shared).
-    private = len(set(keys)) == len(keys) and ckpt.weight_format == "safetensors"
+    private = len(set(keys)) == len(keys) and weight_format == "safetensors"
     new = rescaled_roles(spec, roles, inplace=private)
     del roles
     changed: dict[str, Any] = {}
@@ -336,26 +337,34 @@ def _plan(loaded: LoadedModel, head: Head, spec: RescaleSpec, max_shard_size: in
             else aliases.get(name, [name])
         for target in targets:
             changed[target] = value
+    return changed
 
-    tied_out = head.tied and spec.strategy != "untie"
-    skip = set()
-    dec_name = head.names.get("decoder_weight")
-    if tied_out and dec_name and dec_name != head.names.get("embeddings"):
-        skip.add(dec_name)  # every loader re-ties it to the input embeddings
 
-    def entry(out_name: str, model_name: str | None, s: _Stored | None) -> _Entry:
-        if model_name in changed:
-            t = changed[model_name]
-            return _Entry(out_name, _torch_st_dtype(t.dtype), tuple(t.shape),
-                          t.numel() * t.element_size(), tensor=t, model_name=model_name,
-                          changed=True)
-        if s is not None:
-            return _Entry(out_name, s.dtype, s.shape, s.nbytes, stored=s, model_name=model_name)
-        assert model_name is not None  # a stored key that maps to no model name has `s`
-        t = model.state_dict()[model_name].detach().cpu()
+def _entry(model, changed: dict[str, Any], out_name: str, model_name: str | None,
+           s: _Stored | None) -> _Entry:
+    """What to write under `out_name`: the planned value, else the stored bytes, else (a name
+    the files do not store) the model's own tensor."""
+    if model_name in changed:
+        t = changed[model_name]
         return _Entry(out_name, _torch_st_dtype(t.dtype), tuple(t.shape),
-                      t.numel() * t.element_size(), tensor=t, model_name=model_name)
+                      t.numel() * t.element_size(), tensor=t, model_name=model_name,
+                      changed=True)
+    if s is not None:
+        return _Entry(out_name, s.dtype, s.shape, s.nbytes, stored=s, model_name=model_name)
+    assert model_name is not None  # a stored key that maps to no model name has `s`
+    t = model.state_dict()[model_name].detach().cpu()
+    return _Entry(out_name, _torch_st_dtype(t.dtype), tuple(t.shape),
+                  t.numel() * t.element_size(), tensor=t, model_name=model_name)
 
+
+def _entry_groups(loaded: LoadedModel, head: Head, files: list[list[_Stored]],
+                  aliases: dict[str, list[str]], key_to_name: dict[str, str],
+                  stored_of: dict[str, _Stored], changed: dict[str, Any], skip: set[str]
+                  ) -> list[list[_Entry]]:
+    """One list of entries per source file, in its order; names the files do not store (a tied
+    decoder, BERT's decoder bias) are written explicitly, next to the stored tensor they
+    alias."""
+    model = loaded.model
     groups: list[list[_Entry]] = []
     covered: set[str] = set()
     home: dict[str, int] = {}  # model name -> index of the group its stored value lives in
@@ -369,36 +378,57 @@ def _plan(loaded: LoadedModel, head: Head, spec: RescaleSpec, max_shard_size: in
                     home.setdefault(alias, gi)
             if name in skip:
                 continue
-            entries.append(entry(s.key, name, s))
+            entries.append(_entry(model, changed, s.key, name, s))
         groups.append(entries)
-    # Names the files do not store (a tied decoder, BERT's decoder bias): written explicitly,
-    # next to the stored tensor they alias.
     fallback = home.get(head.names.get("embeddings", ""), len(groups) - 1)
-    for name in sorted(model_names - covered - skip):
-        groups[home.get(name, fallback)].append(entry(name, name, stored_of.get(name)))
+    for name in sorted(set(aliases) - covered - skip):
+        groups[home.get(name, fallback)].append(
+            _entry(model, changed, name, name, stored_of.get(name)))
+    return groups
+
+
+def _shards(ckpt, groups: list[list[_Entry]], sharded_source: bool, max_shard_size: int
+            ) -> list[tuple[str, list[_Entry]]]:
+    """(file name, entries) of every output file: a sharded source keeps its shards; a single
+    file is cut into shards of at most `max_shard_size` bytes (one file when all fit)."""
+    if sharded_source:
+        n = len(groups)
+        return [(_shard_name(ckpt.weight_files[i], i, n, True), g) for i, g in enumerate(groups)]
+    chunks: list[list[_Entry]] = [[]]
+    size = 0
+    for e in (e for g in groups for e in g):
+        if chunks[-1] and size + e.nbytes > max_shard_size:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(e)
+        size += e.nbytes
+    if len(chunks) == 1:
+        return [("model.safetensors", chunks[0])]
+    n = len(chunks)
+    return [(f"model-{i + 1:05d}-of-{n:05d}.safetensors", c) for i, c in enumerate(chunks)]
+
+
+def _plan(loaded: LoadedModel, head: Head, spec: RescaleSpec, max_shard_size: int) -> _Plan:
+    """What to write: every stored tensor (its bytes, or its rescaled value) grouped into
+    output files."""
+    ckpt = loaded.checkpoint
+    files = _read_source(ckpt)
+    aliases = _alias_groups(loaded.model)
+    prefix = (getattr(loaded.model, "base_model_prefix", "") or "")
+    key_to_name, stored_of = _stored_names(files, aliases, prefix + "." if prefix else "")
+    changed = _planned_values(head, spec, stored_of, aliases, ckpt.weight_format)
+
+    tied_out = head.tied and spec.strategy != "untie"
+    skip = set()
+    dec_name = head.names.get("decoder_weight")
+    if tied_out and dec_name and dec_name != head.names.get("embeddings"):
+        skip.add(dec_name)  # every loader re-ties it to the input embeddings
+    groups = _entry_groups(loaded, head, files, aliases, key_to_name, stored_of, changed, skip)
 
     sharded_source = len(files) > 1 or (ckpt.path / (
         "model.safetensors.index.json" if ckpt.weight_format == "safetensors"
         else "pytorch_model.bin.index.json")).is_file()
-    if sharded_source:
-        n = len(groups)
-        shards = [(_shard_name(ckpt.weight_files[i], i, n, True), g) for i, g in enumerate(groups)]
-    else:
-        flat = [e for g in groups for e in g]
-        chunks: list[list[_Entry]] = [[]]
-        size = 0
-        for e in flat:
-            if chunks[-1] and size + e.nbytes > max_shard_size:
-                chunks.append([])
-                size = 0
-            chunks[-1].append(e)
-            size += e.nbytes
-        if len(chunks) == 1:
-            shards = [("model.safetensors", chunks[0])]
-        else:
-            n = len(chunks)
-            shards = [(f"model-{i + 1:05d}-of-{n:05d}.safetensors", c)
-                      for i, c in enumerate(chunks)]
+    shards = _shards(ckpt, groups, sharded_source, max_shard_size)
     source_bytes = sum(p.stat().st_size for p in ckpt.weight_files)
     return _Plan(shards=shards, sharded=len(shards) > 1 or sharded_source, changed=changed,
                  tied_out=tied_out, source_bytes=source_bytes)
@@ -1036,6 +1066,119 @@ def _fsync_tree(folder: Path) -> None:
 # the verb
 
 
+def _check_arguments(loaded: LoadedModel, spec: RescaleSpec, verify_texts: Sequence[str],
+                     max_shard_size: int) -> None:
+    from headscope.simulate import is_simulation
+
+    if not isinstance(spec, RescaleSpec):
+        raise InputError(f"spec must be a RescaleSpec, got {type(spec).__name__}.")
+    if isinstance(verify_texts, str) or not verify_texts:
+        raise InputError("verify_texts must be a non-empty sequence of strings; the written "
+                         "model is checked on them.")
+    if max_shard_size < 1:
+        raise InputError(f"max_shard_size must be >= 1 byte, got {max_shard_size!r}.")
+    if is_simulation(loaded.model):
+        raise InputError(
+            "The loaded model is an in-memory headscope simulation; save_fixed writes from the "
+            f"checkpoint files of {loaded.checkpoint.source}, which do not hold it."
+        )
+
+
+_INDEX = "model.safetensors.index.json"
+
+
+def _metadata(ckpt, spec: RescaleSpec, plan: _Plan) -> dict[str, str]:
+    """The safetensors metadata of every written shard (and of the index)."""
+    return {
+        "format": "pt",
+        "headscope_version": __version__,
+        "headscope_source": ckpt.source,
+        "headscope_k": repr(spec.k),
+        "headscope_strategy": spec.strategy,
+        "headscope_scale_bias": "true" if spec.scale_bias else "false",
+        "headscope_tie_word_embeddings": "true" if plan.tied_out else "false",
+    }
+
+
+def _write_checkpoint(tmp: Path, ckpt, spec: RescaleSpec, plan: _Plan, copied: Sequence[str],
+                      report: Progress) -> None:
+    """The weights (and their index when sharded), config.json and the copied files, in `tmp`."""
+    metadata = _metadata(ckpt, spec, plan)
+    total = plan.weight_bytes
+    done = 0
+
+    def on_bytes(n: int) -> None:
+        nonlocal done
+        done += n
+        report("write", done, total)
+
+    weight_map: dict[str, str] = {}
+    for name, entries in plan.shards:
+        _write_safetensors(tmp / name, entries, metadata, on_bytes)
+        weight_map.update({e.name: name for e in entries})
+    if plan.sharded:
+        index = {"metadata": {"total_size": total, **metadata},
+                 "weight_map": dict(sorted(weight_map.items()))}
+        fileio.write_text(tmp / _INDEX, json.dumps(index, indent=2) + "\n")
+    config = dict(ckpt.config)
+    config["tie_word_embeddings"] = plan.tied_out
+    fileio.write_text(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for name in copied:
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ckpt.path / name, tmp / name)
+
+
+def _verify_written(tmp: Path, loaded: LoadedModel, head: Head, spec: RescaleSpec, plan: _Plan,
+                    references: Callable[[], tuple[_Probe, _Probe | None, Any]],
+                    report: Progress) -> Verification:
+    """The files in `tmp` byte for byte against the source and the plan, then a reload of them
+    and one forward pass against the expected logits."""
+    report("verify", 0, 3)
+    where = f"the checkpoint written to {tmp}"
+    identical = _verify_files(tmp, plan, loaded, where)
+    report("verify", 1, 3)
+    reference, memory_ref, memory_model = references()
+    del memory_model
+    reloaded = _reload(tmp, loaded)
+    report("verify", 2, 3)
+    verification = _verify(reloaded, loaded, head, spec, plan, reference, memory_ref,
+                           "reload", where, identical=identical)
+    del reloaded
+    report("verify", 3, 3)
+    return verification
+
+
+def _provenance(ckpt, spec: RescaleSpec, plan: _Plan, verification: Verification,
+                source_files: dict[str, str] | None, before: Any, after: Any,
+                files: Sequence[str]) -> dict[str, Any]:
+    """headscope.json: what was written, from what, and how it verified."""
+    previous = None
+    if (ckpt.path / PROVENANCE_FILE).is_file():
+        try:
+            previous = json.loads((ckpt.path / PROVENANCE_FILE).read_text())
+        except ValueError:
+            previous = None
+    return {
+        "headscope_version": __version__,
+        "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "source": ckpt.source,
+        "source_path": str(ckpt.path),
+        "source_revision": ckpt.revision,
+        "source_files": source_files,
+        "model_type": ckpt.model_type,
+        "k": spec.k,
+        "strategy": spec.strategy,
+        "scale_bias": spec.scale_bias,
+        "tie_word_embeddings": plan.tied_out,
+        "changed_tensors": list(verification.tensors_changed),
+        "verification": asdict(verification),
+        "stats_before": before,
+        "stats_after": after,
+        "previous": previous,
+        "files": list(files),  # every file written: what a later --overwrite may replace
+    }
+
+
 def save_fixed(
     loaded: LoadedModel,
     spec: RescaleSpec,
@@ -1056,21 +1199,12 @@ def save_fixed(
     verified there; nothing is written. `stats_before`/`stats_after` (dicts or dataclasses of
     JSON values) are stored in headscope.json. `head`: `heads.find_head(loaded)` when the
     caller has it already (found here otherwise).
-    """
-    from headscope.simulate import is_simulation
 
-    if not isinstance(spec, RescaleSpec):
-        raise InputError(f"spec must be a RescaleSpec, got {type(spec).__name__}.")
-    if isinstance(verify_texts, str) or not verify_texts:
-        raise InputError("verify_texts must be a non-empty sequence of strings; the written "
-                         "model is checked on them.")
-    if max_shard_size < 1:
-        raise InputError(f"max_shard_size must be >= 1 byte, got {max_shard_size!r}.")
-    if is_simulation(loaded.model):
-        raise InputError(
-            "The loaded model is an in-memory headscope simulation; save_fixed writes from the "
-            f"checkpoint files of {loaded.checkpoint.source}, which do not hold it."
-        )
+    Steps: plan every output tensor; write into a temporary sibling of `out`; check the written
+    bytes against the source and the plan, then reload and compare one forward pass; write the
+    provenance; rename into place. Nothing is left behind on failure.
+    """
+    _check_arguments(loaded, spec, verify_texts, max_shard_size)
     ckpt = loaded.checkpoint
     out = Path(out).expanduser().resolve()
     check_out(ckpt.path, out, overwrite)
@@ -1085,12 +1219,10 @@ def save_fixed(
     source_hashes = None if (dry_run or ckpt.revision) else _hash_in_background(ckpt.weight_files)
     plan = _plan(loaded, head, spec, max_shard_size)
     inputs = _encode(loaded, verify_texts)
-    replaced = {p.name for p in ckpt.weight_files} | {"model.safetensors.index.json",
-                                                      "pytorch_model.bin.index.json"}
+    replaced = {p.name for p in ckpt.weight_files} | {_INDEX, "pytorch_model.bin.index.json"}
     copied, skipped = _other_files(ckpt.path, replaced)
     weight_names = tuple(name for name, _ in plan.shards)
-    index_name = "model.safetensors.index.json"
-    files = sorted({*weight_names, *( [index_name] if plan.sharded else []), "config.json",
+    files = sorted({*weight_names, *([_INDEX] if plan.sharded else []), "config.json",
                     PROVENANCE_FILE, *copied})
     largest = max(sum(e.nbytes for e in entries) for _, entries in plan.shards)
 
@@ -1121,15 +1253,6 @@ def save_fixed(
         report("verify", 1, 1)
         return result(verification)
 
-    metadata = {
-        "format": "pt",
-        "headscope_version": __version__,
-        "headscope_source": ckpt.source,
-        "headscope_k": repr(spec.k),
-        "headscope_strategy": spec.strategy,
-        "headscope_scale_bias": "true" if spec.scale_bias else "false",
-        "headscope_tie_word_embeddings": "true" if plan.tied_out else "false",
-    }
     created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
     installed = False
     tmp: Path | None = None
@@ -1140,68 +1263,12 @@ def save_fixed(
         fileio.write_text(tmp / WRITING_MARKER, json.dumps(
             {"headscope_version": __version__, "pid": os.getpid(), "host": socket.gethostname(),
              "out": str(out)}) + "\n")
-        total = plan.weight_bytes
-        done = 0
+        _write_checkpoint(tmp, ckpt, spec, plan, copied, report)
 
-        def on_bytes(n: int) -> None:
-            nonlocal done
-            done += n
-            report("write", done, total)
-
-        weight_map: dict[str, str] = {}
-        for name, entries in plan.shards:
-            _write_safetensors(tmp / name, entries, metadata, on_bytes)
-            weight_map.update({e.name: name for e in entries})
-        if plan.sharded:
-            index = {"metadata": {"total_size": total, **metadata},
-                     "weight_map": dict(sorted(weight_map.items()))}
-            fileio.write_text(tmp / index_name, json.dumps(index, indent=2) + "\n")
-        config = dict(ckpt.config)
-        config["tie_word_embeddings"] = plan.tied_out
-        fileio.write_text(tmp / "config.json",
-                          json.dumps(config, indent=2, sort_keys=True) + "\n")
-        for name in copied:
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(ckpt.path / name, tmp / name)
-
-        report("verify", 0, 3)
-        where = f"the checkpoint written to {tmp}"
-        identical = _verify_files(tmp, plan, loaded, where)
-        report("verify", 1, 3)
-        reference, memory_ref, memory_model = references()
-        del memory_model
-        reloaded = _reload(tmp, loaded)
-        report("verify", 2, 3)
-        verification = _verify(reloaded, loaded, head, spec, plan, reference, memory_ref,
-                               "reload", where, identical=identical)
-        del reloaded
-        report("verify", 3, 3)
-
-        previous = None
-        if (ckpt.path / PROVENANCE_FILE).is_file():
-            try:
-                previous = json.loads((ckpt.path / PROVENANCE_FILE).read_text())
-            except ValueError:
-                previous = None
-        provenance = {
-            "headscope_version": __version__,
-            "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-            "source": ckpt.source,
-            "source_path": str(ckpt.path),
-            "source_revision": ckpt.revision,
-            "source_files": None if source_hashes is None else source_hashes(),
-            "model_type": ckpt.model_type,
-            "k": spec.k,
-            "strategy": spec.strategy,
-            "scale_bias": spec.scale_bias,
-            "tie_word_embeddings": plan.tied_out,
-            "changed_tensors": list(verification.tensors_changed),
-            "verification": asdict(verification),
-            "stats_before": before,
-            "stats_after": after,
-            "previous": previous,
-            "files": files,  # every file written: what a later --overwrite may replace
-        }
+        verification = _verify_written(tmp, loaded, head, spec, plan, references, report)
+        provenance = _provenance(ckpt, spec, plan, verification,
+                                 None if source_hashes is None else source_hashes(),
+                                 before, after, files)
         fileio.write_text(tmp / PROVENANCE_FILE, json.dumps(provenance, indent=2) + "\n")
         _fsync_tree(tmp)
         _install(tmp, out, overwrite)
