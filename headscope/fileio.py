@@ -9,14 +9,16 @@ leaves an older file at the destination as it was; an ``OSError`` becomes `Outpu
 (exit 2) naming the destination.
 
 `check_writable` and `check_writable_folder` let a command refuse an unwritable destination
-before any slow work. Standard library only (no numpy, no torch): every layer may use it.
+before any slow work; `build_once` builds a cached folder (an asset, a simulation) in a
+temporary sibling and renames it into place. Standard library only (no numpy, no torch):
+every layer may use it.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, cast
@@ -196,25 +198,34 @@ def _probe(folder: Path) -> str | None:
 _ELSEWHERE = "choose another path"
 
 
+def _nearest_existing(folder: Path) -> Path:
+    """`folder`, or its nearest ancestor that exists."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _refuse_unwritable(path: Path, folder: Path) -> None:
+    """Refuse `path` unless `folder` (an existing path) is a folder a file can be created in."""
+    if not folder.is_dir():
+        raise OutputWriteError(str(path), f"{folder} is not a folder", _ELSEWHERE)
+    why = _probe(folder)
+    if why:
+        raise OutputWriteError(str(path), why, _ELSEWHERE)
+
+
 def check_writable(path: PathLike, *, parents: bool = False) -> Path:
     """Refuse (OutputWriteError) a file destination that cannot be written: its folder is
     missing (allowed with `parents`: the nearest existing ancestor must be writable), not a
     folder or not writable, or the path is a folder. Nothing is left behind."""
     path = Path(path)
-    parent = path.parent
     if path.is_dir():
         raise OutputWriteError(str(path), "it is a folder", "choose a file path")
-    if parents:
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
+    parent = _nearest_existing(path.parent) if parents else path.parent
     if not parent.exists():
         raise OutputWriteError(str(path), f"folder {parent} does not exist",
                                "create it or choose another path")
-    if not parent.is_dir():
-        raise OutputWriteError(str(path), f"{parent} is not a folder", _ELSEWHERE)
-    why = _probe(parent)
-    if why:
-        raise OutputWriteError(str(path), why, _ELSEWHERE)
+    _refuse_unwritable(path, parent)
     return path
 
 
@@ -224,16 +235,32 @@ def check_writable_folder(path: PathLike) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputWriteError(str(path), "it is a file", "choose a folder")
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise OutputWriteError(str(path), f"{ancestor} is not a folder", _ELSEWHERE)
-    why = _probe(ancestor)
-    if why:
-        raise OutputWriteError(str(path), why, _ELSEWHERE)
+    _refuse_unwritable(path, _nearest_existing(path.parent))
     return path
 
 
-__all__ = ["atomic_open", "check_writable", "check_writable_folder", "exchange", "fsync_dir",
-           "make_temp_dir", "umask", "write_bytes", "write_text"]
+def build_once(target: PathLike, marker: str, build: Callable[[Path], object]) -> Path:
+    """The folder `target`, built on first use. When `target/marker` exists it is returned as
+    it is; otherwise `build(tmp)` fills a new temporary sibling (the user's umask), which then
+    replaces whatever stands at `target` (an older, unfinished folder) in one rename. `marker`
+    is a file every finished build holds. An interrupted or failed build leaves nothing."""
+    import shutil
+
+    target = Path(target)
+    if (target / marker).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temp_dir(target.parent, f".{target.name}-")
+    try:
+        build(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+__all__ = ["atomic_open", "build_once", "check_writable", "check_writable_folder", "exchange",
+           "fsync_dir", "make_temp_dir", "umask", "write_bytes", "write_text"]

@@ -552,25 +552,17 @@ def _probe_texts(kind: str, n: int) -> list[str]:
 def _write_simulation(name: str, cache: Path, apply: Callable[[Any, Any], Any]) -> Path:
     """Build the simulation of the real BERT-tiny into cache/name once: temp folder, reload and
     compare logits, then rename into place."""
-    import shutil
-    import tempfile
-
     import torch
 
-    from headscope import assets, checkpoint
+    from headscope import assets, checkpoint, fileio
     from headscope.splade.encode import forward
 
-    target = cache / name
-    if (target / "config.json").is_file():
-        return target
-    loaded = checkpoint.load(checkpoint.resolve(str(assets.fetch("bert-tiny-splade"))))
-    tokenizer = loaded.tokenizer
-    assert tokenizer is not None  # the asset ships tokenizer.json
-    apply(loaded.model, tokenizer)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
-    try:
-        loaded.model.save_pretrained(str(tmp))
+    def build(tmp: Path) -> None:
+        loaded = checkpoint.load(checkpoint.resolve(str(assets.fetch("bert-tiny-splade"))))
+        tokenizer = loaded.tokenizer
+        assert tokenizer is not None  # the asset ships tokenizer.json
+        apply(loaded.model, tokenizer)
+        loaded.model.save_pretrained(str(tmp))  # config.json: the mark of a finished build
         tokenizer.save_pretrained(str(tmp))
         again = checkpoint.load(checkpoint.resolve(str(tmp)))
         enc = tokenizer(_probe_texts("passage", 4), padding=True, return_tensors="pt")
@@ -580,13 +572,8 @@ def _write_simulation(name: str, cache: Path, apply: Callable[[Any, Any], Any]) 
         if not torch.allclose(before, after, atol=1e-4, rtol=1e-5):
             raise RuntimeError(f"The saved {name} simulation does not reproduce its logits "
                                f"(max diff {float((before - after).abs().max()):.3g}).")
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return fileio.build_once(cache / name, "config.json", build)
 
 
 def _real(asset: str, local: bool) -> Callable[[Path], Path]:

@@ -676,3 +676,62 @@ def test_disk_full_while_writing_markdown_leaves_no_figures_folder(tmp_path, mon
     with pytest.raises(OutputWriteError, match="No space left on device"):
         export.write_report(six_k_report(), md=docs / "r.md")
     assert list(docs.iterdir()) == []
+
+
+def test_check_writable_and_check_writable_folder_messages(tmp_path):
+    """Both walk up to the nearest existing ancestor the same way; their refusals word for
+    word."""
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "f").write_text("x")
+    cases = [
+        (lambda: fileio.check_writable(d), f"Cannot write {d}: it is a folder; choose a file "
+         "path."),
+        (lambda: fileio.check_writable(d / "no" / "r.json"), f"Cannot write {d / 'no' / 'r.json'}"
+         f": folder {d / 'no'} does not exist; create it or choose another path."),
+        (lambda: fileio.check_writable(d / "f" / "r.json"), f"Cannot write {d / 'f' / 'r.json'}: "
+         f"{d / 'f'} is not a folder; choose another path."),
+        (lambda: fileio.check_writable(d / "f" / "a" / "r.json", parents=True),
+         f"Cannot write {d / 'f' / 'a' / 'r.json'}: {d / 'f'} is not a folder; choose another "
+         "path."),
+        (lambda: fileio.check_writable_folder(d / "f"), f"Cannot write {d / 'f'}: it is a file; "
+         "choose a folder."),
+        (lambda: fileio.check_writable_folder(d / "f" / "a" / "b"), f"Cannot write "
+         f"{d / 'f' / 'a' / 'b'}: {d / 'f'} is not a folder; choose another path."),
+    ]
+    for call, message in cases:
+        with pytest.raises(OutputWriteError) as err:
+            call()
+        assert str(err.value) == message
+    assert fileio.check_writable(d / "new" / "r.json", parents=True) == d / "new" / "r.json"
+    assert fileio.check_writable_folder(d / "x" / "y") == d / "x" / "y"
+    assert sorted(p.name for p in d.iterdir()) == ["f"]  # nothing created, no probe left
+
+
+def test_build_once_builds_a_folder_once_and_leaves_nothing_on_failure(tmp_path):
+    cache = tmp_path / "cache"
+    calls = []
+
+    def build(folder):
+        calls.append(folder)
+        assert folder.parent == cache and folder.name.startswith(".sim-")
+        (folder / "data.txt").write_text("built")
+        (folder / "done").write_text("")
+
+    target = fileio.build_once(cache / "sim", "done", build)
+    assert target == cache / "sim" and (target / "data.txt").read_text() == "built"
+    assert target.stat().st_mode & 0o777 == 0o777 & ~umask()  # the user's umask, not 0o700
+    assert fileio.build_once(cache / "sim", "done", build) == target and len(calls) == 1
+    # A folder without the marker (an older, unfinished build) is rebuilt and replaced.
+    (target / "done").unlink()
+    (target / "stale.txt").write_text("old")
+    fileio.build_once(cache / "sim", "done", build)
+    assert len(calls) == 2 and sorted(p.name for p in target.iterdir()) == ["data.txt", "done"]
+
+    def fail(folder):
+        (folder / "half.txt").write_text("half")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fileio.build_once(cache / "other", "done", fail)
+    assert sorted(p.name for p in cache.iterdir()) == ["sim"]
