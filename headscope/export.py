@@ -34,9 +34,9 @@ from headscope.plots import (
     training_figure,
 )
 from headscope.recommend import decision_text
-from headscope.render import num
 from headscope.report import Report
 from headscope.splade.telemetry import read_telemetry
+from headscope.stats import METRIC_REGISTRY, k_text, number, percent
 
 Telemetry = Mapping[str, Sequence[Mapping[str, Any]]]
 PathLike = str | os.PathLike[str]
@@ -57,17 +57,14 @@ def _num(x: float | int | None) -> str:
         return "n/a"
     if math.isinf(x):
         return "inf" if x > 0 else "-inf"
-    return num(x, digits=4)  # the terminal's compact format, one more significant digit
+    return number(x, 4)  # the one number format, one more significant digit than the terminal
 
 
 def _pct(x: float) -> str:
-    if not math.isfinite(x):
-        return _num(x)
-    return f"{100 * x:.3g}%"
+    return percent(x) if math.isfinite(x) else _num(x)
 
 
-def _k(k: float) -> str:
-    return f"{k:g}"
+_k = k_text
 
 
 def _yes(flag: bool) -> str:
@@ -184,23 +181,15 @@ def _weights_table(report: Report) -> _Table:
     return _Table(("statistic", "all rows", "real-token rows"), tuple(rows))
 
 
-# (header, KStats field, formatter). A share band that has no column of its own marks the
-# column of the absolute count (_MARK_AS).
-_PER_K_COLUMNS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
-    ("logit p01", "logit_p01", _num),
-    ("logit p50", "logit_p50", _num),
-    ("logit p99", "logit_p99", _num),
-    ("positive logits", "frac_positive", _pct),
-    ("active / query", "active_query", _num),
-    ("active / passage", "active_passage", _num),
-    ("passage share", "active_passage_share", _pct),
-    ("weight mean", "term_weight_mean", _num),
-    ("weight max", "term_weight_max", _num),
-    ("weights > 5", "share_above_5", _pct),
-    ("cosine unrelated", "cosine_unrelated", _num),
-    ("score +", "score_pos", _num),
-    ("score −", "score_neg", _num),
-    ("start loss", "start_loss", _num),
+# (header, KStats field, formatter), headers from the metric registry. A share band that has
+# no column of its own marks the column of the absolute count (_MARK_AS).
+_PER_K_COLUMNS: tuple[tuple[str, str, Callable[[float], str]], ...] = tuple(
+    (METRIC_REGISTRY[field].column, field,
+     _pct if METRIC_REGISTRY[field].unit == "share" else _num)
+    for field in ("logit_p01", "logit_p50", "logit_p99", "frac_positive", "active_query",
+                  "active_passage", "active_passage_share", "term_weight_mean",
+                  "term_weight_max", "share_above_5", "cosine_unrelated", "score_pos",
+                  "score_neg", "start_loss")
 )
 _MARK_AS = {"active_query_share": "active_query"}
 
@@ -269,18 +258,10 @@ def _training_table(runs: Telemetry) -> _Table:
                 f"{bad:,}",
             )
         )
-    headers = (
-        "run",
-        "steps",
-        "first loss",
-        "last loss",
-        "lowest loss",
-        "active / query",
-        "active / passage",
-        "score +",
-        "score −",
-        "skipped steps",
-    )
+    headers = ("run", "steps", "first loss", "last loss", "lowest loss",
+               *(METRIC_REGISTRY[m].column for m in ("active_query", "active_passage",
+                                                      "score_pos", "score_neg")),
+               "skipped steps")
     return _Table(headers, tuple(rows))
 
 

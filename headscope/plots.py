@@ -26,6 +26,7 @@ from matplotlib.ticker import MaxNLocator, NullLocator
 
 from headscope import fileio
 from headscope.errors import InputError
+from headscope.stats import METRIC_REGISTRY, k_text, number
 
 if TYPE_CHECKING:
     from headscope.recommend import Band
@@ -75,7 +76,7 @@ def k_grid_figure(report: Report) -> Figure:
     _log_y(ax_act, [s.active_query for s in per_k] + [s.active_passage for s in per_k])
 
     losses = [s.start_loss for s in per_k]
-    ax_loss.plot(ks, losses, marker="o", color="C3", label="start loss")
+    ax_loss.plot(ks, losses, marker="o", color="C3", label=METRIC_REGISTRY["start_loss"].label)
     for band in bands:
         if band.metric == "start_loss":
             _band_lines(ax_loss, band, 1.0, "band")
@@ -86,14 +87,15 @@ def k_grid_figure(report: Report) -> Figure:
             color="0.55",
             linestyle="-.",
             linewidth=1,
-            label=f"chance: ln {report.probe.batch_size} = {chance:.3g}",
+            label=f"chance: ln {report.probe.batch_size} = {number(chance, 3)}",
         )
     ax_loss.set_ylabel("in-batch InfoNCE at step 0")
     ax_loss.set_title("Start loss")
     _log_y(ax_loss, losses)
 
     ax_w.plot(
-        ks, [s.term_weight_mean for s in per_k], marker="o", color="C2", label="mean term weight"
+        ks, [s.term_weight_mean for s in per_k], marker="o", color="C2",
+        label=METRIC_REGISTRY["term_weight_mean"].label,
     )
     for band in bands:
         if band.metric == "term_weight_mean":
@@ -150,7 +152,7 @@ def logit_figure(report: Report) -> Figure:
         [100.0 * s.frac_positive for s in per_k],
         marker="o",
         color="C4",
-        label="positive logits",
+        label=METRIC_REGISTRY["frac_positive"].label,
     )
     for band in _bands(report):
         if band.metric == "frac_positive":
@@ -189,7 +191,7 @@ def row_norm_histogram_figure(report: Report) -> Figure:
         ax.stairs(h.other, h.edges, fill=True, alpha=0.6, color="C3",
                   label=f"{OTHER_ROWS} ({sum(h.other):,})")
     mean = report.weights.row_norm_all.mean
-    ax.axvline(mean, color="black", linestyle="--", label=f"mean, all rows: {mean:.3f}")
+    ax.axvline(mean, color="black", linestyle="--", label=f"mean, all rows: {number(mean)}")
     ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xlabel("decoder row L2 norm")
     ax.set_ylabel("rows")
@@ -237,7 +239,7 @@ def row_norm_figure(
                 label=f"{OTHER_ROWS} ({other.size:,})")
     mean = float(finite.mean())
     ax.axvline(
-        mean, color="k", linestyle="--", linewidth=1.2, label=f"mean over all rows = {mean:.4g}"
+        mean, color="k", linestyle="--", linewidth=1.2, label=f"mean over all rows = {number(mean)}"
     )
     if paper_value is not None:
         ax.axvline(
@@ -245,7 +247,7 @@ def row_norm_figure(
             color="C2",
             linestyle=":",
             linewidth=1.5,
-            label=f"paper value = {paper_value:.4g}",
+            label=f"paper value = {number(paper_value)}",
         )
     ax.set_yscale("log")
     ax.set_xlabel("L2 norm of a decoder row")
@@ -398,7 +400,7 @@ def _band_lines(ax, band: Band, scale: float, label: str) -> None:
             color="0.35",
             linestyle="--",
             linewidth=1,
-            label=f"{label}: {word} {_fmt(bound * scale)}",
+            label=f"{label}: {word} {number(bound * scale)}",
         )
 
 
@@ -412,7 +414,7 @@ def _mark_recommended(ax, report: Report) -> None:
 
 def _k_axis(ax, ks: Sequence[float]) -> None:
     ax.set_xscale("log", base=2)
-    ax.set_xticks(list(ks), [f"{k:g}" for k in ks])
+    ax.set_xticks(list(ks), [k_text(k) for k in ks])
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("k (projection divided by k)")
     ax.grid(True, alpha=0.3)
@@ -422,10 +424,6 @@ def _log_y(ax, values: Sequence[float]) -> None:
     """Log y axis when there is something positive to show on it."""
     if any(math.isfinite(v) and v > 0 for v in values):
         ax.set_yscale("log", nonpositive="mask")
-
-
-def _fmt(x: float) -> str:
-    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
 
 
 def _plain(text: str) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from headscope.errors import InputError
-from headscope.stats import KStats, WeightStats
+from headscope.stats import PYSERINI_CEILING, KStats, WeightStats, k_text, number, percent
 
 SEVERITIES = ("info", "warning", "error")
 RULES = ("bands", "paper", "reference")
@@ -129,10 +129,14 @@ BAND_TERM_WEIGHT_MEAN = Band(
     "docs/demonstration.md: a mean of 0.043 (bias simulation, k = 64) trained worse than 0.161 "
     "(k = 16), and 0.092 trained stably (projection, k = 16).",
 )
+# The mean positive q.d score above which a run explodes: the confirm detectors' limit
+# (splade.detectors.Thresholds.score_limit) and the high end of the score band are this number.
+SCORE_LIMIT = 1000.0
+
 BAND_SCORE_POS = Band(
     "score_pos",
     None,
-    1000.0,
+    SCORE_LIMIT,
     "The confirm detectors' score-explosion limit (1e3): in docs/demonstration.md every arm "
     "above it at step 0 had a gradient-norm blow-up (2.5e3-1.2e4); arms at 110-480 trained "
     "well.",
@@ -733,22 +737,11 @@ def _probe_findings(per_k: tuple[KStats, ...]) -> list[Finding]:
 
 
 # --------------------------------------------------------------------------------------------
-# Number formatting for sentences
+# Number formatting for sentences: the one format of headscope.stats (12,000, never 1.2e+04)
 
-
-def _num(x: float) -> str:
-    """4 significant digits, no exponent for ordinary magnitudes: 0.682, 279, 2.553, 1.2e+04."""
-    if not math.isfinite(x):
-        return str(x)
-    return f"{x:.4g}"
-
-
-def _k(k: float) -> str:
-    return f"{k:g}"
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.3g}%"
+_num = number
+_k = k_text
+_pct = percent
 
 
 __all__ = [
@@ -802,9 +795,9 @@ def probe_fit_findings(unknown_share: float | None) -> tuple[Finding, ...]:
 
 
 # Serving ranges of index builders. pyserini quantises a SPLADE weight w to round(w / 5 * 256)
-# in 8 bits, so weights above 5 clip; Anserini's impact index stores round(w * 100), so a weight
-# below 0.005 is lost and a mean weight near 0.05 keeps only ~5 quantisation levels.
-PYSERINI_CEILING = 5.0
+# in 8 bits, so weights above 5 clip (stats.PYSERINI_CEILING); Anserini's impact index stores
+# round(w * 100), so a weight below 0.005 is lost and a mean weight near 0.05 keeps only ~5
+# quantisation levels.
 ANSERINI_COARSE_MEAN = 0.05
 
 

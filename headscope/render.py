@@ -3,7 +3,6 @@ nothing here computes statistics or prints (the CLI prints)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from rich.console import Group, RenderableType
@@ -13,31 +12,17 @@ from rich.text import Text
 
 from headscope.recommend import Recommendation, decision_text
 from headscope.report import Report
+from headscope.stats import BAND_ABBREV, METRIC_REGISTRY, k_text, number
 
-# Short band names for the per-k table's last column (the reasons spell them out).
-_SHORT = {"active_passage_share": "active", "cosine_unrelated": "cos", "share_above_5": ">5",
-          "start_loss": "loss", "term_weight_mean": "weight", "score_pos": "score"}
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
 def num(x: float | None, digits: int = 3) -> str:
-    """Compact number: 3 significant digits, thousands separators for big counts."""
-    if x is None:
-        return "-"
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    ax = abs(x)
-    if ax >= 1000:
-        return f"{x:,.0f}"
-    if ax == 0:
-        return "0"
-    if ax < 1e-3:
-        return f"{x:.2e}"
-    return f"{x:.{digits}g}"
+    """Compact number for the terminal: `stats.number` with 3 significant digits; '-' for None."""
+    return "-" if x is None else number(x, digits)
 
 
-def k_label(k: float) -> str:
-    return f"{k:g}"
+k_label = k_text  # a candidate k as typed
 
 
 def _model_lines(report: Report) -> Table:
@@ -132,20 +117,25 @@ class ProgressLines:
         return line
 
 
+# The per-k table's statistic columns, between k and the band verdict.
+_PER_K_METRICS = ("logit_p50", "frac_positive", "active_query", "active_passage",
+                  "term_weight_mean", "term_weight_max", "share_above_5", "cosine_unrelated",
+                  "score_pos", "start_loss")
+
+
 def per_k_table(report: Report) -> Table:
     rec = report.recommendation
     failed = {v.k: v.failed for v in rec.verdicts} if rec else {}
     t = Table(title=f"Probe statistics per k ({_divided(report)})" + (
         f"; bold: the recommendation, {decision_text(rec, has_bias=_has_bias(report), short=True)}"
         if rec else ""), title_justify="left")
-    cols = ("k", "logit p50", "pos. logits", "active q", "active p", "weight mean",
-            "weight max", ">5", "cos unrel.", "score +", "start loss", "bands")
+    cols = ("k", *(METRIC_REGISTRY[m].short for m in _PER_K_METRICS), "bands")
     for c in cols:
         t.add_column(c, justify="right")
     for s in report.per_k:
         fails = failed.get(s.k, ())
         verdict = Text("ok", style="green") if not fails else Text(
-            "x " + ",".join(_SHORT.get(f, f) for f in fails), style="red")
+            "x " + ",".join(BAND_ABBREV.get(f, f) for f in fails), style="red")
         style = "bold" if rec and s.k == rec.k else None
         # "~": estimated from the token sample (exact at the counted k; docs/report.md)
         pos = f"{s.frac_positive:.1%}" if s.frac_positive_exact else f"~{s.frac_positive:.1%}"
@@ -302,13 +292,10 @@ def fix_view(outcome) -> Group:
         c = Table(title="Probe statistics, before and after", title_justify="left")
         for col in ("statistic", "before (k = 1)", f"after (k = {k_label(outcome.k)})"):
             c.add_column(col, justify="left" if col == "statistic" else "right")
-        for label, attr in (("mean term weight", "term_weight_mean"),
-                            ("max term weight", "term_weight_max"),
-                            ("active terms / passage", "active_passage"),
-                            ("cosine, unrelated", "cosine_unrelated"),
-                            ("q.d score (positive)", "score_pos"),
-                            ("start loss", "start_loss")):
-            c.add_row(label, num(getattr(before, attr)), num(getattr(after, attr)))
+        for attr in ("term_weight_mean", "term_weight_max", "active_passage",
+                     "cosine_unrelated", "score_pos", "start_loss"):
+            c.add_row(METRIC_REGISTRY[attr].label, num(getattr(before, attr)),
+                      num(getattr(after, attr)))
         parts.append(c)
     return Group(*parts)
 

@@ -91,6 +91,87 @@ class KStats:
 
 
 # --------------------------------------------------------------------------------------------
+# Metric registry and the one number format
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How one statistic is named and shown, wherever it is shown (terminal, HTML/Markdown,
+    figures, check rules): every face reads its words and its format from here."""
+
+    name: str  # the KStats field (or, for row_norm_mean, the WeightStats statistic)
+    label: str  # words for sentences and figure labels: "start loss"
+    column: str  # the document table header (HTML/Markdown): "active / query"
+    short: str  # the terminal table header, kept narrow: "active q"
+    unit: str  # "" (a plain number), "terms" (a count of vocabulary terms) or "share" (0-1)
+
+    def format(self, x: float | None) -> str:
+        """The value in this metric's unit: shares as percentages, the rest as `number`."""
+        if x is None:
+            return "-"
+        return percent(x) if self.unit == "share" else number(x, 4)
+
+
+# Every per-k statistic of KStats (and the paper's row norm) in one place. `short` keeps the
+# terminal's per-k table within 120 columns; `abbrev` in BAND_ABBREV names a failed band there.
+METRIC_REGISTRY: dict[str, Metric] = {m.name: m for m in (
+    Metric("logit_p01", "token logit p01", "logit p01", "logit p01", ""),
+    Metric("logit_p50", "token logit median", "logit p50", "logit p50", ""),
+    Metric("logit_p99", "token logit p99", "logit p99", "logit p99", ""),
+    Metric("frac_positive", "positive logits", "positive logits", "pos. logits", "share"),
+    Metric("term_weight_mean", "mean term weight", "weight mean", "weight mean", ""),
+    Metric("term_weight_max", "max term weight", "weight max", "weight max", ""),
+    Metric("share_above_5", "share of term weights above 5", "weights > 5", ">5", "share"),
+    Metric("active_query", "active terms / query", "active / query", "active q", "terms"),
+    Metric("active_passage", "active terms / passage", "active / passage", "active p", "terms"),
+    Metric("active_query_share", "active query share", "query share", "q share", "share"),
+    Metric("active_passage_share", "active passage share", "passage share", "p share", "share"),
+    Metric("cosine_unrelated", "cosine between unrelated passages", "cosine unrelated",
+           "cos unrel.", ""),
+    Metric("score_pos", "q.d score (positive)", "score +", "score +", ""),
+    Metric("score_neg", "q.d score (negative)", "score −", "score -", ""),
+    Metric("start_loss", "start loss", "start loss", "start loss", ""),
+    Metric("row_norm_mean", "mean decoder row norm", "row norm mean", "row norm", ""),
+)}
+
+# A failed band in the terminal's per-k table, in a word or two (the reasons spell it out).
+BAND_ABBREV = {"active_passage_share": "active", "cosine_unrelated": "cos", "share_above_5": ">5",
+               "start_loss": "loss", "term_weight_mean": "weight", "score_pos": "score"}
+
+
+def number(x: float, digits: int = 4) -> str:
+    """The one number format of headscope's messages, tables and figures.
+
+    Thousands separators and no decimals from 1,000 up (12,000, never 1.2e+04); `digits`
+    significant digits below (0.682, 279, 2.553); an exponent only under 0.001 (1.23e-04);
+    'nan', 'inf' and '-inf' for what is not finite. The terminal's tables use 3 digits,
+    sentences and documents 4.
+    """
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    ax = abs(x)
+    if ax >= 1000:
+        return f"{x:,.0f}"
+    if ax == 0:
+        return "0"
+    if ax < 1e-3:
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}g}"
+
+
+def percent(x: float) -> str:
+    """A share (0-1) as a percentage with 3 significant digits: 12.3%, 0.5%, 100%."""
+    if not math.isfinite(x):
+        return str(x)
+    return f"{100 * x:.3g}%"
+
+
+def k_text(k: float) -> str:
+    """A candidate k as typed: 1, 16, 0.5."""
+    return f"{k:g}"
+
+
+# --------------------------------------------------------------------------------------------
 # Weight statistics
 
 

@@ -497,3 +497,11 @@ def test_decision_text_names_k_and_the_bias_together():
     one = replace(rec, k=1.0, scale_bias=True)
     assert decision_text(one) == "k = 1: no rescale (projection and output bias as shipped)"
     assert decision_text(one, short=True) == "k = 1 (no rescale)"
+
+
+def test_the_score_band_and_the_score_explosion_limit_are_one_constant():
+    from headscope.recommend import BAND_SCORE_POS, SCORE_LIMIT
+    from headscope.splade.detectors import Thresholds
+
+    assert BAND_SCORE_POS.high == Thresholds().score_limit == SCORE_LIMIT == 1000.0
+    assert BAND_SCORE_POS.describe() == "at most 1,000"

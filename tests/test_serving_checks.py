@@ -22,14 +22,14 @@ def test_pgvector_limits_on_hand_counts():
     assert (hnsw.code, hnsw.severity, hnsw.value, hnsw.threshold) == ("HS303", "warning",
                                                                       1500.0, 1000)
     assert hnsw.message == (
-        "At k = 4 before training, passages have 1500 non-zero terms on average: a pgvector "
+        "At k = 4 before training, passages have 1,500 non-zero terms on average: a pgvector "
         "HNSW index accepts sparsevecs with at most 1,000 non-zero elements, so most passages "
         "could not be indexed (exact search still works); use a larger k, or keep only each "
         "passage's 1,000 largest weights.")
     (rejected,) = engine_findings(20000.0, 1.0, stage="after training")
     assert rejected.code == "HS304" and rejected.severity == "error"
     assert rejected.message.startswith(
-        "At k = 1 after training, passages have 2e+04 non-zero terms on average: pgvector's "
+        "At k = 1 after training, passages have 20,000 non-zero terms on average: pgvector's "
         "sparsevec type rejects vectors with more than 16,000 non-zero elements")
 
 
@@ -47,7 +47,7 @@ def test_float16_overflow_on_hand_logits():
     (overflow, coarse) = precision_findings(big, 0.01, -5.0, 1.0)
     assert overflow.code == "HS305" and overflow.value == pytest.approx(70000.0)
     assert overflow.message == (
-        "At k = 1 logits reach 7e+04, beyond float16's largest value 65504: a float16 forward "
+        "At k = 1 logits reach 70,000, beyond float16's largest value 65504: a float16 forward "
         "pass gives inf, then NaN losses and weights; encode and train in bfloat16 or float32, "
         "or use a larger k.")
     assert coarse.code == "HS306" and coarse.message.endswith("encode in float32.")
@@ -98,7 +98,7 @@ def test_reported_step_bounds_real_bfloat16_rounding_on_bert_tiny(bert_tiny_dir)
 def test_after_training_counts_name_the_arm():
     (found,) = engine_findings(1200.0, float("nan"), stage="after training (arm fixed)")
     assert found.message.startswith(
-        "After training (arm fixed), passages have 1200 non-zero terms on average: a pgvector "
+        "After training (arm fixed), passages have 1,200 non-zero terms on average: a pgvector "
         "HNSW index accepts")
     (found,) = engine_findings(1200.0, 8.0, stage="after training (arm k=8)")
-    assert found.message.startswith("At k = 8 after training (arm k=8), passages have 1200")
+    assert found.message.startswith("At k = 8 after training (arm k=8), passages have 1,200")

@@ -536,3 +536,44 @@ def test_frac_positive_estimated_from_a_counted_k():
                 assert abs(s.frac_positive - want) < 4 * s.frac_positive_se
     with pytest.raises(InputError, match="different counted k than before"):
         acc.add_token_counts(counts, tokens.size)
+
+
+# --------------------------------------------------------------------------------------------
+# The metric registry and the one number format
+
+
+def test_number_is_one_format_for_sentences_tables_and_figures():
+    from headscope.stats import k_text, number, percent
+
+    assert [number(x) for x in (12000.0, 12345.6, 1000.0, 999.96, 2.553, 0.682, 0.0)] == [
+        "12,000", "12,346", "1,000", "1000", "2.553", "0.682", "0"]
+    assert [number(x, 3) for x in (-12000.0, 279.4, 0.000123456)] == ["-12,000", "279",
+                                                                      "1.23e-04"]
+    assert [number(x) for x in (math.nan, math.inf, -math.inf)] == ["nan", "inf", "-inf"]
+    assert [percent(x) for x in (0.123456, 0.005, 1.0)] == ["12.3%", "0.5%", "100%"]
+    assert [k_text(k) for k in (1.0, 16.0, 0.5)] == ["1", "16", "0.5"]
+
+
+def test_a_finding_and_the_tables_print_a_big_number_alike():
+    """The defect the one format fixes: a finding printed 1.2e+04 beside a table's 12,000."""
+    from headscope.recommend import engine_findings
+    from headscope.render import num
+
+    (found,) = engine_findings(12000.0, 4.0)
+    assert "passages have 12,000 non-zero terms" in found.message
+    assert num(12000.0) == "12,000"
+
+
+def test_the_metric_registry_covers_every_per_k_statistic():
+    from dataclasses import fields
+
+    from headscope.stats import METRIC_REGISTRY
+
+    per_k = {f.name for f in fields(KStats)} - {"k", "frac_positive_exact", "frac_positive_se"}
+    assert per_k <= set(METRIC_REGISTRY)
+    assert set(METRIC_REGISTRY) - per_k == {"row_norm_mean"}
+    for name, metric in METRIC_REGISTRY.items():
+        assert metric.name == name and metric.unit in ("", "terms", "share")
+    assert METRIC_REGISTRY["share_above_5"].format(0.0123) == "1.23%"
+    assert METRIC_REGISTRY["active_passage"].format(37999.0) == "37,999"
+    assert METRIC_REGISTRY["start_loss"].format(None) == "-"

@@ -34,6 +34,7 @@ import numpy as np
 
 from headscope import evidence
 from headscope.errors import InputError
+from headscope.recommend import SCORE_LIMIT
 from headscope.splade.telemetry import StepRecord
 
 if TYPE_CHECKING:  # evaluate imports torch; the detectors read telemetry files without it
@@ -77,7 +78,7 @@ class Thresholds:
     sparsify_drop: float = 0.1
     # Score explosion: |mean positive score| above `score_limit` at any step. Trained SPLADE
     # dot products are in the tens; ModernBERT at k = 1 starts with a loss of 2e4.
-    score_limit: float = 1e3
+    score_limit: float = SCORE_LIMIT
     # No learning: mean ranking loss of the last `edge_share` of steps is not below
     # (1 - `min_drop`) times that of the first `edge_share` of steps, and still above
     # `settled_loss` (an already trained SPLADE starts and ends low; chance level with 16
