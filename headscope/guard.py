@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 from headscope.errors import PolicyError
 from headscope.recommend import FINDING_CODES, SEVERITIES
 from headscope.report import Report
+from headscope.stats import METRIC_REGISTRY, k_text, number
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -249,159 +250,124 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-_PER_K_RULES = (
-    ("max_start_loss", "start_loss", "start loss"),
-    ("max_active_passage_share", "active_passage_share", "active passage share"),
-    ("max_cosine_unrelated", "cosine_unrelated", "cosine between unrelated passages"),
-    ("max_share_above_5", "share_above_5", "share of term weights above 5"),
+# --- the rules: one function per policy key, evaluated in this table's order ----------------
+# A rule gets the report, the policy and the k the per-k rules read; the policy key's value
+# switches it on (None and False switch it off, and so does an empty fail_on).
+
+
+def _head_loaded(report: Report, policy: Policy, k: float | None) -> RuleResult:
+    ok = report.model.head_loaded
+    return RuleResult("require_head_loaded", True, ok, ok,
+                      "The MLM head was loaded from the checkpoint." if ok else
+                      "The MLM head was not loaded from the checkpoint (newly initialised).")
+
+
+def _has_probe(report: Report, policy: Policy, k: float | None) -> RuleResult:
+    ok = bool(report.per_k)
+    return RuleResult("require_probe", True, ok, ok,
+                      f"The report has probe statistics at {len(report.per_k)} k values." if ok
+                      else "The report is weights-only; run headscope inspect with a probe.")
+
+
+def _row_norm(report: Report, policy: Policy, k: float | None) -> RuleResult:
+    assert policy.max_row_norm is not None
+    return _at_most("max_row_norm", METRIC_REGISTRY["row_norm_mean"].label,
+                    report.weights.row_norm_all.mean, policy.max_row_norm)
+
+
+def _recommended_k(report: Report, policy: Policy, k: float | None) -> RuleResult:
+    assert policy.max_k is not None
+    rec = report.recommendation
+    if rec is None:
+        return RuleResult("max_k", policy.max_k, None, False,
+                          "The report has no recommendation; re-run headscope inspect.")
+    return _at_most("max_k", "recommended k", rec.k, policy.max_k)
+
+
+def _per_k_rule(key: str, metric: str) -> Callable[[Report, Policy, float | None], RuleResult]:
+    """The rule `key`: the per-k statistic `metric` at the checked k is at most the limit."""
+    label = METRIC_REGISTRY[metric].label
+
+    def rule(report: Report, policy: Policy, k: float | None) -> RuleResult:
+        limit = getattr(policy, key)
+        stats = next((s for s in report.per_k if s.k == k), None)
+        if stats is None:
+            if not report.per_k:
+                why = "the report is weights-only (no probe statistics)"
+            elif k is None:
+                why = "the report has no recommended k"
+            else:
+                why = (f"the report has no statistics at k = {k_text(k)} (measured: "
+                       f"{', '.join(k_text(s.k) for s in report.per_k)})")
+            return RuleResult(key, limit, None, False, f"Cannot check {label}: {why}.")
+        assert k is not None
+        return _at_most(key, f"{label} at k = {k_text(k)}", getattr(stats, metric), limit)
+
+    return rule
+
+
+def _passing_k(report: Report, policy: Policy, k: float | None) -> RuleResult:
+    rec = report.recommendation
+    if rec is None or not rec.verdicts:
+        return RuleResult("require_passing_k", True, None, False,
+                          "Cannot check the bands: the report has no per-k verdicts (weights-only "
+                          "or no recommendation).")
+    ok = bool(rec.passing)
+    return RuleResult("require_passing_k", True, ok, ok,
+                      f"Candidates inside every band: {', '.join(map(k_text, rec.passing))}."
+                      if ok else "No candidate k falls inside every band.")
+
+
+def _findings(report: Report, policy: Policy, k: float | None) -> RuleResult:
+    hits = [f for f in report.findings if f.code not in policy.ignore
+            and (f.code in policy.fail_on or f.severity in policy.fail_on)]
+    codes = ", ".join(f"{f.code} {f.name} ({f.severity})" for f in hits)
+    return RuleResult("fail_on", ", ".join(policy.fail_on),
+                      ", ".join(f.code for f in hits) or "none", not hits,
+                      f"Findings that fail the check: {codes}." if hits
+                      else f"No finding matches fail_on ({', '.join(policy.fail_on)}).")
+
+
+# (policy key, rule), in the order a check lists them.
+CHECK_RULES: tuple[tuple[str, Callable[[Report, Policy, float | None], RuleResult]], ...] = (
+    ("require_head_loaded", _head_loaded),
+    ("require_probe", _has_probe),
+    ("max_row_norm", _row_norm),
+    ("max_k", _recommended_k),
+    ("max_start_loss", _per_k_rule("max_start_loss", "start_loss")),
+    ("max_active_passage_share", _per_k_rule("max_active_passage_share",
+                                             "active_passage_share")),
+    ("max_cosine_unrelated", _per_k_rule("max_cosine_unrelated", "cosine_unrelated")),
+    ("max_share_above_5", _per_k_rule("max_share_above_5", "share_above_5")),
+    ("require_passing_k", _passing_k),
+    ("fail_on", _findings),
 )
 
 
 def evaluate(report: Report, policy: Policy = Policy()) -> CheckResult:
     """Evaluate every rule the policy switches on; the check passes when all of them pass."""
-    rules: list[RuleResult] = []
     rec = report.recommendation
     k = policy.at_k if policy.at_k is not None else (rec.k if rec is not None else None)
-
-    if policy.require_head_loaded:
-        ok = report.model.head_loaded
-        rules.append(
-            RuleResult(
-                "require_head_loaded",
-                True,
-                ok,
-                ok,
-                "The MLM head was loaded from the checkpoint."
-                if ok
-                else "The MLM head was not loaded from the checkpoint (newly initialised).",
-            )
-        )
-    if policy.require_probe:
-        ok = bool(report.per_k)
-        rules.append(
-            RuleResult(
-                "require_probe",
-                True,
-                ok,
-                ok,
-                f"The report has probe statistics at {len(report.per_k)} k values."
-                if ok
-                else "The report is weights-only; run headscope inspect with a probe.",
-            )
-        )
-    if policy.max_row_norm is not None:
-        rules.append(
-            _at_most(
-                "max_row_norm",
-                "mean decoder row norm",
-                report.weights.row_norm_all.mean,
-                policy.max_row_norm,
-            )
-        )
-    if policy.max_k is not None:
-        if rec is None:
-            rules.append(
-                RuleResult(
-                    "max_k",
-                    policy.max_k,
-                    None,
-                    False,
-                    "The report has no recommendation; re-run headscope inspect.",
-                )
-            )
-        else:
-            rules.append(_at_most("max_k", "recommended k", rec.k, policy.max_k))
-    for key, metric, label in _PER_K_RULES:
-        limit = getattr(policy, key)
-        if limit is None:
-            continue
-        stats = next((s for s in report.per_k if s.k == k), None)
-        if stats is None:
-            why = (
-                "the report is weights-only (no probe statistics)"
-                if not report.per_k
-                else "the report has no recommended k"
-                if k is None
-                else f"the report has no statistics at k = {k:g} (measured: "
-                f"{', '.join(f'{s.k:g}' for s in report.per_k)})"
-            )
-            rules.append(
-                RuleResult(
-                    key,
-                    limit,
-                    None,
-                    False,
-                    f"Cannot check {label}: {why}.",
-                )
-            )
-            continue
-        rules.append(_at_most(key, f"{label} at k = {k:g}", getattr(stats, metric), limit))
-    if policy.require_passing_k:
-        if rec is None or not rec.verdicts:
-            rules.append(
-                RuleResult(
-                    "require_passing_k",
-                    True,
-                    None,
-                    False,
-                    "Cannot check the bands: the report has no per-k verdicts (weights-only or no "
-                    "recommendation).",
-                )
-            )
-        else:
-            ok = bool(rec.passing)
-            shown = ", ".join(f"{x:g}" for x in rec.passing)
-            rules.append(
-                RuleResult(
-                    "require_passing_k",
-                    True,
-                    ok,
-                    ok,
-                    f"Candidates inside every band: {shown}."
-                    if ok
-                    else "No candidate k falls inside every band.",
-                )
-            )
-    if policy.fail_on:
-        hits = [
-            f
-            for f in report.findings
-            if f.code not in policy.ignore
-            and (f.code in policy.fail_on or f.severity in policy.fail_on)
-        ]
-        codes = ", ".join(f"{f.code} {f.name} ({f.severity})" for f in hits)
-        rules.append(
-            RuleResult(
-                "fail_on",
-                ", ".join(policy.fail_on),
-                ", ".join(f.code for f in hits) or "none",
-                not hits,
-                f"Findings that fail the check: {codes}."
-                if hits
-                else f"No finding matches fail_on ({', '.join(policy.fail_on)}).",
-            )
-        )
-    return CheckResult(all(r.passed for r in rules), k, tuple(rules), policy)
+    rules = tuple(rule(report, policy, k) for key, rule in CHECK_RULES
+                  if getattr(policy, key) not in (None, False, ()))
+    return CheckResult(all(r.passed for r in rules), k, rules, policy)
 
 
 def _at_most(name: str, label: str, measured: float, limit: float) -> RuleResult:
+    """Measured (4 significant digits) against the limit (as typed: up to 6 digits)."""
     if not math.isfinite(measured):
-        return RuleResult(
-            name,
-            limit,
-            measured,
-            False,
-            f"The {label} was not measured (NaN); it must be at most {limit:g}.",
-        )
+        return RuleResult(name, limit, measured, False,
+                          f"The {label} was not measured (NaN); it must be at most "
+                          f"{number(limit, 6)}.")
     ok = measured <= limit
-    verdict = "within" if ok else "above"
-    return RuleResult(
-        name, limit, measured, ok, f"The {label} is {measured:.4g}, {verdict} the limit {limit:g}."
-    )
+    return RuleResult(name, limit, measured, ok,
+                      f"The {label} is {number(measured)}, {'within' if ok else 'above'} the "
+                      f"limit {number(limit, 6)}.")
 
 
 __all__ = [
     "POLICY_KEYS",
+    "CHECK_RULES",
     "CheckResult",
     "Policy",
     "RuleResult",

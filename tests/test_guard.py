@@ -113,6 +113,24 @@ def test_thresholds_pass_and_fail_with_numbers():
     assert [x.name for x in result.failed] == ["max_row_norm"]
 
 
+def test_every_rule_switched_on_is_listed_in_table_order_with_the_one_number_format():
+    from headscope.guard import CHECK_RULES
+
+    policy = Policy(max_k=8, max_row_norm=2.0, max_start_loss=12000.0,
+                    max_active_passage_share=0.5, max_cosine_unrelated=0.9,
+                    max_share_above_5=0.01, require_probe=True, require_passing_k=True)
+    result = evaluate(report(), policy)
+    switched_off = {"at_k", "ignore"}  # not rules: they say where and what the rules read
+    assert sorted(key for key, _ in CHECK_RULES) == sorted(k for k in POLICY_KEYS
+                                                     if k not in switched_off)
+    assert [r.name for r in result.rules] == [key for key, _ in CHECK_RULES]
+    # a limit of 12,000 is shown as the tables show it, not as 1.2e+04
+    assert result.rules[4].message == "The start loss at k = 4 is 30, within the limit 12,000."
+    # False and None switch a rule off; so does an empty fail_on
+    off = evaluate(report(), Policy(require_head_loaded=False, fail_on=()))
+    assert off.rules == () and off.passed
+
+
 def test_at_k_reads_another_k_and_reports_missing_k():
     result = evaluate(report(), Policy(max_start_loss=5.0, at_k=16))
     assert result.k == 16.0
