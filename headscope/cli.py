@@ -544,11 +544,11 @@ def compare(sources, revision, dtype, device, trust_remote_code, probe_file, ks,
 @handle_errors
 def report_cmd(report_path, html, md, confirm_log):
     """Render a JSON report saved by `inspect --json` as HTML and/or Markdown."""
-    from headscope import api
+    from headscope import export
 
     writable(html, md)
-    for path in api.write_report_documents(report_path, html=html, md=md,
-                                           confirm_log=confirm_log):
+    for path in export.write_report_documents(report_path, html=html, md=md,
+                                              confirm_log=confirm_log):
         stderr.print(f"wrote {path}", markup=False)
 
 
@@ -609,11 +609,26 @@ def _confirm_options(kw: dict):
     return ConfirmOptions(**{k: v for k, v in kw.items() if k in names})
 
 
+def _train(json_dest, kw: dict, verb: Callable) -> None:
+    """confirm / sweep: refuse unwritable outputs, run `verb(options, progress)`, report."""
+    writable(json_dest, kw.get("figure"))
+    writable(kw.get("log"), parents=True)
+    _quiet_transformers()
+    with progress_bar() as progress:
+        outcome = verb(_confirm_options(kw), progress)
+    _report_training(outcome, json_dest)
+
+
 def _report_training(outcome, json_dest) -> None:
     from headscope import api, render
 
     if not api.is_main_process():  # another rank of a torchrun / accelerate launch
         return
+    if outcome.config.figure:
+        from headscope import plots
+
+        plots.save_training_figure(outcome, outcome.config.figure)
+        outcome = replace(outcome, figure=outcome.config.figure)
     if json_dest != "-":
         stdout.print(render.training_view(outcome))
     _emit_json(json.dumps(api.training_summary(outcome), indent=2), json_dest)
@@ -632,13 +647,8 @@ def confirm(model, k, fixed, json_dest, **kw):
     """Train MODEL and its fixed version side by side; say whether each trains stably."""
     from headscope import api
 
-    writable(json_dest, kw.get("figure"))
-    writable(kw.get("log"), parents=True)
-    _quiet_transformers()
-    with progress_bar() as progress:
-        outcome = api.confirm(model, k=k, fixed=fixed, options=_confirm_options(kw),
-                              progress=progress)
-    _report_training(outcome, json_dest)
+    _train(json_dest, kw, lambda options, progress: api.confirm(
+        model, k=k, fixed=fixed, options=options, progress=progress))
 
 
 @main.command()
@@ -656,13 +666,8 @@ def sweep(model, ks, flops_weights, json_dest, **kw):
     """The same short training for each k: loss curves like the paper's figure."""
     from headscope import api
 
-    writable(json_dest, kw.get("figure"))
-    writable(kw.get("log"), parents=True)
-    _quiet_transformers()
-    with progress_bar() as progress:
-        outcome = api.sweep(model, ks, options=_confirm_options(kw), progress=progress,
-                            flops_weights=flops_weights)
-    _report_training(outcome, json_dest)
+    _train(json_dest, kw, lambda options, progress: api.sweep(
+        model, ks, options=options, progress=progress, flops_weights=flops_weights))
 
 
 def policy_flags(f: Callable) -> Callable:

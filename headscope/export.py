@@ -617,8 +617,21 @@ def write_report(
     return tuple(written)
 
 
+def write_report_documents(report_path: PathLike, *, html: PathLike | None = None,
+                           md: PathLike | None = None,
+                           confirm_log: Sequence[PathLike] = ()) -> tuple[Path, ...]:
+    """Render a JSON report saved by `inspect --json` as a self-contained HTML and/or Markdown
+    document (`headscope report`); read without torch."""
+    from headscope.report import read_json
+
+    if not html and not md:
+        raise InputError("Pass --html OUT.html and/or --md OUT.md to say what to write.")
+    return write_report(read_json(report_path), html=html, md=md,
+                        confirm_log=list(confirm_log) or None)
+
+
 def _write_bytes(path: Path, data: bytes) -> Path:
     return fileio.write_bytes(path, data)  # temp file, fsync, rename; the user's umask
 
 
-__all__ = ["report_html", "report_markdown", "write_report"]
+__all__ = ["report_html", "report_markdown", "write_report", "write_report_documents"]

@@ -29,6 +29,7 @@ from headscope.errors import InputError
 from headscope.stats import METRIC_REGISTRY, k_text, number
 
 if TYPE_CHECKING:
+    from headscope.api import TrainingOutcome
     from headscope.recommend import Band
     from headscope.report import Report
     from headscope.splade.telemetry import StepRecord
@@ -319,6 +320,13 @@ def training_figure(runs: Mapping[str, Records], title: str | None = None) -> Fi
     return fig
 
 
+def save_training_figure(outcome: TrainingOutcome, path: str | os.PathLike[str]) -> Path:
+    """Draw the training curves of a confirm or sweep run (`training_figure` of its records,
+    titled with its model and whether it is a simulation) and save them (`save_figure`)."""
+    title = outcome.source + (" (simulated dense regime)" if outcome.simulation else "")
+    return save_figure(training_figure(outcome.records, title), path)
+
+
 def _series(records: Records, name: str, run: str) -> np.ndarray:
     out = np.empty(len(records), dtype=np.float64)  # (steps,)
     for i, rec in enumerate(records):
@@ -440,5 +448,6 @@ __all__ = [
     "logit_figure",
     "row_norm_figure",
     "save_figure",
+    "save_training_figure",
     "training_figure",
 ]

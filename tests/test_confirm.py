@@ -60,6 +60,11 @@ def test_confirm_fixed_arm_starts_from_the_rescaled_scores(bert_tiny_dir, tmp_pa
     assert first_fixed["k"] == 4.0
     assert first_fixed["loss"] == pytest.approx(fixed.loss)
     assert outcome.arms[1].start_loss == pytest.approx(fixed.loss)
+    assert outcome.figure is None  # the verbs draw nothing: the face draws the curves
+    assert not (tmp_path / "f.png").exists()
+    from headscope import plots
+
+    plots.save_training_figure(outcome, opts.figure)
     assert (tmp_path / "f.png").stat().st_size > 1000
 
 
@@ -202,7 +207,7 @@ def test_sweep_arms_share_one_parameterisation(bert_tiny_dir, FAST):
 
     model = AutoModelForMaskedLM.from_pretrained(str(bert_tiny_dir))
     for k in (1.0, 2.0):
-        clone = api._rescaled_copy(model, k, FAST)
+        clone = api.training._rescaled_copy(model, k, FAST)
         dec = clone.get_output_embeddings().weight
         emb = clone.get_input_embeddings().weight
         assert dec.data_ptr() != emb.data_ptr()
@@ -254,8 +259,8 @@ def test_sweep_evaluates_on_another_set_and_reports_zero_shot(bert_tiny_dir, pai
     model = AutoModelForMaskedLM.from_pretrained(str(bert_tiny_dir))
     tokenizer = AutoTokenizer.from_pretrained(str(bert_tiny_dir))
     split = splade_data.load_eval(beir_eval_only, max_eval_queries=300).eval
-    expected = evaluate(api._rescaled_copy(model, 8.0, api.ConfirmOptions()), tokenizer, split,
-                        EvalConfig(max_query_length=32, max_passage_length=32))
+    expected = evaluate(api.training._rescaled_copy(model, 8.0, api.ConfirmOptions()), tokenizer,
+                        split, EvalConfig(max_query_length=32, max_passage_length=32))
     arm = payload["arms"][1]
     assert arm["name"] == "k=8"
     assert arm["zero_shot_mrr_at_10"] == pytest.approx(expected.mrr_at_10)
@@ -297,3 +302,25 @@ def test_flops_weight_grid_wants_one_k(bert_tiny_dir, pairs_file):
     assert result.stderr.strip().splitlines() == [
         "Error: --flops-weight trains every weight at one k: give a single --k, or none for the "
         "recommended k."]
+
+
+def test_confirm_options_pass_exactly_the_shared_fields_to_train_config():
+    from dataclasses import fields
+
+    from headscope.api.training import TRAIN_FIELDS
+    from headscope.splade.train import TrainConfig
+
+    shared = {f.name for f in fields(TrainConfig)} & {f.name for f in fields(api.ConfirmOptions)}
+    assert set(TRAIN_FIELDS) == shared
+    options = api.ConfirmOptions(steps=7, batch_size=3, lr=1e-4, max_query_length=9,
+                                 max_passage_length=11, seed=5, device="cpu")
+    config = options.train_config()
+    assert {name: getattr(config, name) for name in TRAIN_FIELDS} == {
+        name: getattr(options, name) for name in TRAIN_FIELDS}
+    default = TrainConfig()
+    for f in fields(TrainConfig):
+        if f.name not in TRAIN_FIELDS:
+            assert getattr(config, f.name) == getattr(default, f.name)
+    # the two defaults that differ on purpose (a quick CPU check vs the library's training)
+    assert (api.ConfirmOptions().steps, default.steps) == (100, 150)
+    assert (api.ConfirmOptions().max_passage_length, default.max_passage_length) == (64, 128)

@@ -1,0 +1,59 @@
+"""The demo: the real BERT-tiny SPLADE beside its labelled simulation of a large head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from headscope.api.inspecting import Progress, inspect_loaded
+from headscope.api.training import ConfirmOptions, TrainingOutcome, confirm
+from headscope.report import Report
+
+if TYPE_CHECKING:
+    from headscope.simulate import SimulationInfo
+
+@dataclass(frozen=True)
+class DemoOutcome:
+    labels: tuple[str, ...]
+    reports: tuple[Report, ...]  # real model first, then the simulation
+    simulation: SimulationInfo
+    training: TrainingOutcome | None = None  # the simulation trained as is vs fixed (--confirm)
+
+
+DEMO_ASSET = "bert-tiny-splade"
+
+
+def demo(*, probe_config=None, where: str = "bias", confirm_options: ConfirmOptions | None = None,
+         progress: Progress | None = None) -> DemoOutcome:
+    """The real BERT-tiny SPLADE (from a pinned PyPI wheel) against its simulated large-head
+    ("dense regime") variant, inspected side by side. Needs no model hub.
+
+    With `confirm_options`, the simulation is then trained as is and fixed as recommended (its
+    k, and the bias switch it recommends), side by side on the same batches.
+    """
+    import copy
+
+    from headscope import assets, checkpoint, probe, simulate
+
+    probe_config = probe_config or probe.ProbeConfig()
+    path = assets.fetch(DEMO_ASSET, progress=(lambda msg: progress(msg, 0, 1)) if progress
+                        else None)
+    loaded = checkpoint.load(checkpoint.resolve(str(path)))
+    real = inspect_loaded(loaded, probe_config=probe_config, source=f"{DEMO_ASSET} (real)",
+                          progress=progress)
+    variant = copy.copy(loaded)
+    variant.model = copy.deepcopy(loaded.model)
+    texts = [p.passage for p in probe.builtin_probe(probe_config.n_pairs).pairs]
+    info = simulate.make_dense_variant(variant.model, loaded.tokenizer, texts, where=where)
+    label = f"{DEMO_ASSET} SIMULATED dense ({where})"
+    dense = inspect_loaded(variant, probe_config=probe_config, source=label, progress=progress)
+    training = None
+    if confirm_options is not None:
+        rec = dense.recommendation
+        assert rec is not None
+        training = confirm(str(path), k=rec.k, progress=progress, options=replace(
+            confirm_options, simulate=where, scale_bias=rec.scale_bias))
+    return DemoOutcome(labels=(f"{DEMO_ASSET} (real)", label), reports=(real, dense),
+                       simulation=info, training=training)
+
+

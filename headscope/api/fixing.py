@@ -1,0 +1,192 @@
+"""The fix verb: write a rescaled checkpoint, verified by reloading; and the k a folder it wrote
+was rescaled by."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from headscope.api.inspecting import InspectOptions, Progress, inspect_loaded, probe_set
+from headscope.api.memory import last_inspection
+from headscope.errors import InputError
+from headscope.report import Report, to_dict
+
+if TYPE_CHECKING:
+    from headscope.save import FixResult
+
+@dataclass(frozen=True)
+class FixOptions:
+    """How `fix` rescales. The CLI reads its defaults from here.
+
+    `untie` is the default: the paper's "rescale the projection", exact at step 0 and leaving
+    the input embeddings alone. It stays the default until `confirm` measurements say otherwise.
+    """
+
+    k: float | None = None  # None: the recommended k
+    strategy: str = "untie"  # "untie" | "tied" | "fold"
+    scale_bias: bool | None = None  # divide the output bias too; None: as recommended (else no)
+    dry_run: bool = False
+    overwrite: bool = False
+    # Write even when the recommended k is 1 (no rescale needed); an explicit k always writes.
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class FixOutcome:
+    source: str
+    k: float
+    k_from: str  # "--k" | "recommendation" | "last inspection"
+    followed_last_inspection: bool  # MODEL was omitted: acted on the last `inspect`
+    report: Report  # the original model's inspection (statistics before)
+    result: FixResult | None  # None: the recommended k is 1, so nothing was written
+
+    @property
+    def needed(self) -> bool:
+        """Whether a fix was written (or, in a dry run, verified): False at a recommended k = 1."""
+        return self.result is not None
+
+    @property
+    def note(self) -> str:
+        if self.result is None:
+            return (f"No fix needed: {self.source} is recommended k = 1 ({self.k_from}), so its "
+                    "head is left as it is and nothing was written. Pass --k K to rescale it "
+                    "anyway, or --force to write an unchanged copy.")
+        if self.followed_last_inspection:
+            note = (f"No MODEL given: acting on {self.source}, the model of the last "
+                    f"`headscope inspect`, with k = {self.k:g} ({self.k_from}).")
+        else:
+            note = f"Fixing {self.source} with k = {self.k:g} ({self.k_from})."
+        if self.result.cleaned:
+            note += (" Removed the temporary folder(s) an interrupted run left: "
+                     f"{', '.join(self.result.cleaned)}.")
+        return note
+
+    @property
+    def changed_tensors(self) -> tuple[str, ...]:
+        """Tensors whose values the fix changed. At k = 1 none did: dividing by 1 is exact, and
+        an untied decoder is a new tensor holding the same values (see `new_tensors`)."""
+        if self.result is None or self.k == 1:
+            return ()
+        return self.result.verification.tensors_changed
+
+    @property
+    def new_tensors(self) -> tuple[str, ...]:
+        """Tensors written in their own right although their values did not change (a decoder
+        untied at k = 1)."""
+        if self.result is None or self.k != 1:
+            return ()
+        return self.result.verification.tensors_changed
+
+
+def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), load_options=None,
+        probe_config=None, progress: Progress | None = None) -> FixOutcome:
+    """Write a corrected checkpoint of `source` to `out`, verified by reloading.
+
+    `source=None` acts on the model of the last `inspect` (see `last_inspection`), with its
+    recommended k unless `options.k` is given.
+    """
+    from headscope import checkpoint, probe, save
+    from headscope.rescale import RescaleSpec
+
+    load_options = load_options or checkpoint.LoadOptions()
+    followed = source is None
+    k, k_from, scale_bias = options.k, "--k", options.scale_bias
+    # An explicit k with the bias switch left open: the recommendation is one decision (k,
+    # bias), so when it divides the bias, fix must not silently keep it (the variant that
+    # trains worst) or divide it unasked; it refuses and names both flags.
+    open_bias = k is not None and scale_bias is None
+    if followed:
+        last = last_inspection()
+        source = last.source
+        load_options = replace(load_options, revision=load_options.revision or last.revision)
+        if k is None and last.k is not None:
+            k, k_from = last.k, "last inspection's recommendation"
+            if scale_bias is None:
+                scale_bias = last.scale_bias
+        elif open_bias:
+            if last.k is not None and last.scale_bias:
+                _refuse_open_bias(source, last.k, float(options.k or 0.0))
+            scale_bias = False  # the recommendation keeps the bias: so does this k
+    assert source is not None
+    probe_config = probe_config or probe.ProbeConfig()
+    if k is not None:
+        RescaleSpec(k, options.strategy, bool(scale_bias))  # validate before the slow part
+        # With the bias switch open, measure the recommendation's full grid to learn it.
+        ks = {1.0, float(k)} | (set(probe_config.ks) if scale_bias is None else set())
+        probe_config = replace(probe_config, ks=tuple(sorted(ks)))
+    probe_config = replace(probe_config, scale_bias=bool(scale_bias))
+    ckpt = checkpoint.resolve(source, load_options.revision)
+    save.check_out(ckpt.path, Path(out).resolve(), options.overwrite)  # before the slow part
+    loaded = checkpoint.load(ckpt, load_options)
+    # The bias-divided re-measurement may only replace the statistics when the bias switch is
+    # still open (scale_bias None: follow the recommendation, or learn it to refuse).
+    before = inspect_loaded(loaded, probe_config=probe_config, progress=progress,
+                            options=InspectOptions(bias_fallback=scale_bias is None))
+    if open_bias and scale_bias is None:
+        assert before.recommendation is not None and k is not None
+        if before.recommendation.scale_bias:
+            _refuse_open_bias(source, before.recommendation.k, float(k))
+        scale_bias = False  # the recommendation keeps the bias: so does this k
+    if k is None:
+        assert before.recommendation is not None
+        k, k_from = before.recommendation.k, f"recommended by the {before.recommendation.rule} rule"
+        if scale_bias is None:
+            scale_bias = before.recommendation.scale_bias
+    if k == 1 and k_from != "--k" and not options.force:
+        return FixOutcome(source=source, k=1.0, k_from=k_from, followed_last_inspection=followed,
+                          report=before, result=None)
+    spec = RescaleSpec(float(k), options.strategy, bool(scale_bias))
+    stats_before = next(s for s in before.per_k if s.k == 1.0)
+    stats_after = next(s for s in before.per_k if s.k == spec.k)
+    pset = probe_set(None, 8)
+    texts = [p.passage for p in pset.pairs]
+    result = save.save_fixed(loaded, spec, out, overwrite=options.overwrite,
+                             dry_run=options.dry_run, verify_texts=texts,
+                             stats_before=to_dict({"weights": before.weights,
+                                                   "probe_at_k1": stats_before}),
+                             stats_after=to_dict({"probe_predicted": stats_after}),
+                             progress=progress)
+    return FixOutcome(source=source, k=spec.k, k_from=k_from, followed_last_inspection=followed,
+                      report=before, result=result)
+
+
+def _refuse_open_bias(source: str, rec_k: float, k: float) -> None:
+    raise InputError(
+        f"The recommendation for {source} divides the output bias too (k = {rec_k:g} with "
+        f"--scale-bias); with --k {k:g}, say which: --scale-bias (bias divided by k too, as "
+        "recommended) or --no-scale-bias (projection only)."
+    )
+
+
+# The version of every JSON summary below (fix, training, check, compare); each has a JSON
+# Schema shipped in headscope/schema/ (see `json_schema`) and documented in docs/json.md.
+def fixed_folder_k(folder: str) -> float:
+    """The k a folder written by `fix` was rescaled by, from its provenance (headscope.json);
+    a fix of a fixed checkpoint multiplies the ks of the chain."""
+    from headscope.save import PROVENANCE_FILE
+
+    path = Path(folder) / PROVENANCE_FILE
+    try:
+        provenance = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(
+            f"{folder} has no {PROVENANCE_FILE}, so its k is unknown; pass a folder written by "
+            "`headscope fix`, or rescale MODEL in memory with --k K instead of --fixed."
+        ) from None
+    except ValueError as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); re-create {folder} with "
+                         "`headscope fix`, or use --k K instead of --fixed.") from None
+    k = 1.0
+    entry = provenance
+    while isinstance(entry, dict):
+        value = entry.get("k")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise InputError(f"{path} records no positive k ({value!r}); re-create {folder} "
+                             "with `headscope fix`, or use --k K instead of --fixed.")
+        k *= float(value)
+        entry = entry.get("previous")
+    return k
+
+

@@ -1,0 +1,347 @@
+"""The measuring verbs: inspect (one model, several models weights-only), check (a policy
+against an inspection or a saved report) and compare (several side by side)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from headscope.api.memory import remember_inspection
+from headscope.errors import HeadscopeError, InputError, ModelErrors
+from headscope.recommend import (
+    DEFAULT_BANDS,
+    Band,
+    diagnose,
+    finding,
+    prefer_divided_bias,
+    probe_fit_findings,
+    recommend,
+    serving_findings,
+    unreachable_bands,
+)
+from headscope.report import ModelInfo, ProbeSummary, Report, make_report
+from headscope.stats import WeightStats
+
+if TYPE_CHECKING:
+    from headscope.guard import CheckResult
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+@dataclass(frozen=True)
+class InspectOptions:
+    """What `inspect` measures. The CLI reads its defaults from here."""
+
+    weights_only: bool = False
+    probe_file: str | None = None
+    rule: str = "bands"  # "bands" | "paper" | "reference"
+    reference: str | None = None  # checkpoint whose k=1 statistics the model should match
+    # When some band is out of reach of every k with the output bias kept, also measure with
+    # the bias divided and recommend that (with --scale-bias) when k then reaches more bands.
+    bias_fallback: bool = True
+
+
+def probe_set(probe_file: str | None, n_pairs: int):
+    from headscope import probe
+
+    if probe_file:
+        return probe.load_probe_file(probe_file)
+    return probe.builtin_probe(n_pairs)
+
+
+def _weight_stats(head, vocab) -> WeightStats:
+    from headscope import stats
+
+    def np32(t):
+        return None if t is None else t.detach().float().cpu().numpy()
+
+    return stats.weight_stats(
+        np32(head.decoder_weight),
+        vocab.real_rows,
+        bias=np32(head.bias),
+        norm_weight=np32(head.norm_weight),
+        norm_bias=np32(head.norm_bias),
+        dense_weight=np32(head.dense_weight),
+    )
+
+
+def _model_info(ckpt, layout, vocab, weights: WeightStats, *, tied: bool, dtype: str,
+                device: str, weights_only: bool, source: str | None = None) -> ModelInfo:
+    arch = (ckpt.config.get("architectures") or [None])[0]
+    return ModelInfo(
+        source=source or ckpt.source,
+        revision=ckpt.revision,
+        model_type=ckpt.model_type,
+        family=layout.family,
+        architecture=arch,
+        dtype=dtype,
+        device=device,
+        n_rows=vocab.n_rows,
+        n_tokenizer=vocab.n_tokenizer,
+        hidden_size=weights.hidden_size,
+        tied=tied,
+        head_loaded=True,
+        special_tokens=tuple(vocab.special_tokens),
+        weights_only=weights_only,
+    )
+
+
+def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = InspectOptions(),
+                   bands: Sequence[Band] = DEFAULT_BANDS, reference_per_k=None,
+                   source: str | None = None, progress: Progress | None = None) -> Report:
+    """Inspect a model already in memory (a `checkpoint.LoadedModel`)."""
+    from headscope import heads, probe
+
+    probe_config = probe_config or probe.ProbeConfig()
+    head = heads.find_head(loaded)
+    vocab = heads.vocab_info(head.decoder_weight.shape[0], loaded.tokenizer)
+    weights = _weight_stats(head, vocab)
+    if loaded.tokenizer is None:
+        raise InputError(
+            f"{loaded.checkpoint.source} has no tokenizer files, so probe statistics cannot be "
+            "computed; add the tokenizer to the folder or pass --weights-only."
+        )
+    pset = probe_set(options.probe_file, probe_config.n_pairs)
+    cb = (lambda done, total: progress("probe", done, total)) if progress else None
+    result = probe.run_probe(loaded.model, loaded.tokenizer, head.bias, pset, probe_config, cb)
+    rec = recommend(result.per_k, rule=options.rule, bands=bands, weights=weights,
+                    reference=reference_per_k)
+    findings = diagnose(weights, result.per_k, vocab_fields(vocab, tied=head.tied), rec)
+    if (options.rule == "bands" and options.bias_fallback and not probe_config.scale_bias
+            and head.bias is not None
+            and unreachable_bands(rec.verdicts, rec.bands)):
+        # Some band is out of reach of every k with the bias kept. Every logit tends to its
+        # bias as k grows, so a head whose activity lives in the bias needs the bias divided
+        # too: measure that, and recommend it when k then reaches more bands.
+        cb2 = (lambda done, total: progress("probe (bias divided)", done, total)) if progress \
+            else None
+        scaled = probe.run_probe(loaded.model, loaded.tokenizer, head.bias, pset,
+                                 replace(probe_config, scale_bias=True), cb2)
+        rec2 = recommend(scaled.per_k, rule="bands", bands=bands, weights=weights)
+        if prefer_divided_bias(rec, rec2):
+            result = scaled
+            note = (f"With the output bias kept, no k brings "
+                    f"{', '.join(b.metric for b in unreachable_bands(rec.verdicts, rec.bands))} "
+                    f"into its band: the head's activity lives in its output bias. With the bias "
+                    f"divided by k too, k reaches more bands; fix with --scale-bias.")
+            rec = replace(rec2, reasons=(note,) + rec2.reasons, scale_bias=True)
+            findings = diagnose(weights, scaled.per_k, vocab_fields(vocab, tied=head.tied),
+                                rec) + (finding("HS208", note, rec2.k, None),)
+    unknown = probe.unknown_token_share(loaded.tokenizer, pset, probe_config)
+    findings = findings + probe_fit_findings(unknown) + serving_findings(result.per_k, rec.k)
+    info = _model_info(loaded.checkpoint, head.layout, vocab, weights, tied=head.tied,
+                       dtype=loaded.options.dtype, device=loaded.options.device,
+                       weights_only=False, source=source)
+    return make_report(info, weights, probe=ProbeSummary.from_result(
+                           result, unknown_token_share=unknown),
+                       per_k=result.per_k, findings=findings, recommendation=rec)
+
+
+def vocab_fields(vocab, *, tied: bool, head_loaded: bool = True) -> dict:
+    """The vocabulary and head facts `diagnose` needs, as plain values."""
+    return {
+        "n_rows": vocab.n_rows,
+        "n_tokenizer": vocab.n_tokenizer,
+        "n_real_rows": int(vocab.real_rows.sum()),
+        "tied": tied,
+        "head_loaded": head_loaded,
+    }
+
+
+def inspect(source: str, *, load_options=None, probe_config=None,
+            options: InspectOptions = InspectOptions(), bands: Sequence[Band] = DEFAULT_BANDS,
+            progress: Progress | None = None, remember: bool = False) -> Report:
+    """Load a masked-LM checkpoint, measure its head, recommend k.
+
+    `remember=True` records the result so that a following `fix` without a model acts on it.
+    """
+    from headscope import checkpoint
+
+    load_options = load_options or checkpoint.LoadOptions()
+    ckpt = checkpoint.resolve(source, load_options.revision)
+    if options.weights_only:
+        _refuse_unused_with_weights_only(load_options, options)
+        report = _inspect_weights_only(ckpt, load_options)
+    else:
+        if options.probe_file:
+            probe_set(options.probe_file, 0)  # a bad probe file is refused before loading
+        reference_per_k = None
+        if options.rule == "reference" or options.reference:
+            if not options.reference:
+                raise InputError(
+                    "--rule reference needs --reference CKPT (the checkpoint to match).")
+            ref = inspect(options.reference, load_options=replace(load_options, revision=None),
+                          probe_config=probe_config, options=InspectOptions(
+                              probe_file=options.probe_file), bands=bands, progress=progress)
+            reference_per_k = ref.per_k
+            options = replace(options, rule="reference")
+        if progress:
+            progress("load", 0, 1)
+        loaded = checkpoint.load(ckpt, load_options)
+        if progress:
+            progress("load", 1, 1)
+        report = inspect_loaded(loaded, probe_config=probe_config, options=options, bands=bands,
+                                reference_per_k=reference_per_k, progress=progress)
+    if remember:
+        remember_inspection(report)
+    return report
+
+
+def _refuse_unused_with_weights_only(load_options, options: InspectOptions) -> None:
+    """Weights-only reads tensors from the files: no model runs, no probe is read. A flag that
+    would change neither is refused, not silently ignored."""
+    unused = [flag for flag, given in (
+        (f"--device {load_options.device}", load_options.device != "cpu"),
+        (f"--dtype {load_options.dtype}", load_options.dtype != "float32"),
+        (f"--probe {options.probe_file}", bool(options.probe_file)),
+        ("--reference", bool(options.reference) or options.rule == "reference"),
+    ) if given]
+    if unused:
+        raise InputError(
+            f"{', '.join(unused)} has no effect with --weights-only, which reads the head "
+            "tensors from the files as stored and runs no model; drop it, or drop "
+            "--weights-only to measure on that device/dtype/probe."
+        )
+
+
+def _inspect_weights_only(ckpt, load_options) -> Report:
+    """Head tensors straight from the files: no model is instantiated, no probe is run, and for
+    safetensors checkpoints neither torch nor transformers is imported."""
+    from headscope import checkpoint, heads, stats
+
+    head = heads.read_head(ckpt)
+    vocab = heads.vocab_info(head.decoder_weight.shape[0],
+                             checkpoint.read_vocabulary(ckpt, load_options))
+    arrays = head.arrays
+    weights = stats.weight_stats(arrays["decoder_weight"], vocab.real_rows,
+                                 bias=arrays.get("bias"), norm_weight=arrays.get("norm_weight"),
+                                 norm_bias=arrays.get("norm_bias"),
+                                 dense_weight=arrays.get("dense_weight"))
+    rec = recommend((), rule="paper", weights=weights)
+    findings = diagnose(weights, (), vocab_fields(vocab, tied=head.tied), rec)
+    info = _model_info(ckpt, head.layout, vocab, weights, tied=head.tied, dtype=head.dtype,
+                       device="cpu", weights_only=True)
+    return make_report(info, weights, findings=findings, recommendation=rec)
+
+
+def _each_model(sources: Sequence[str], verb: Callable) -> tuple:
+    """`verb(source)` for every source, in order. A model that fails does not stop the others:
+    ModelErrors then names every failing model, and nothing is returned."""
+    if not sources:
+        raise InputError("Pass at least one MODEL.")
+    results, failures = [], []
+    for source in sources:
+        try:
+            results.append(verb(source))
+        except HeadscopeError as err:
+            failures.append((source, err))
+    if failures:
+        raise ModelErrors(failures)
+    return tuple(results)
+
+
+def inspect_many(sources: Sequence[str], *, load_options=None,
+                 options: InspectOptions = InspectOptions(weights_only=True)
+                 ) -> tuple[Report, ...]:
+    """Weights-only reports of several checkpoints (a model-zoo scan), in the order given.
+
+    Every model is read before anything is returned; when some cannot be, ModelErrors names
+    each with its error. A full inspection (probe) of several models is refused: use `compare`.
+    """
+    if not options.weights_only:
+        raise InputError(
+            f"{len(sources)} MODELs given without --weights-only; several models are inspected "
+            "only from their weights (a full inspection loads each one and runs the probe): pass "
+            "--weights-only, or inspect one MODEL at a time."
+        )
+    return _each_model(sources, lambda source: inspect(source, load_options=load_options,
+                                                       options=options))
+
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    report: Report
+    result: CheckResult
+
+
+def check(source: str | None = None, *, report_path: str | None = None,
+          policy_path: str | None = None, overrides: dict | None = None,
+          search_dir: str | None = None, load_options=None, probe_config=None,
+          options: InspectOptions = InspectOptions(),
+          progress: Progress | None = None) -> CheckOutcome:
+    """Evaluate a policy against a fresh inspection of `source`, or a saved report.
+
+    With `report_path` nothing imports torch, so CI can re-check saved reports anywhere.
+    """
+    from headscope import guard
+    from headscope import report as report_mod
+
+    if (source is None) == (report_path is None):
+        raise InputError("Pass either MODEL or --report R.json to check, not both or neither.")
+    policy = guard.load_policy(policy_path, overrides, search_dir)
+    if report_path is not None:
+        rep = report_mod.read_json(report_path)
+    else:
+        assert source is not None
+        rep = inspect(source, load_options=load_options, probe_config=probe_config,
+                      options=options, progress=progress)
+    return CheckOutcome(rep, guard.evaluate(rep, policy))
+
+
+
+def check_many(sources: Sequence[str], *, policy_path: str | None = None,
+               overrides: dict | None = None, search_dir: str | None = None, load_options=None,
+               options: InspectOptions = InspectOptions(weights_only=True)
+               ) -> tuple[CheckOutcome, ...]:
+    """One policy against the weights-only reports of several checkpoints, in the order given
+    (`inspect_many`: ModelErrors names every model that cannot be read)."""
+    from headscope import guard
+
+    policy = guard.load_policy(policy_path, overrides, search_dir)
+    reports = inspect_many(sources, load_options=load_options, options=options)
+    return tuple(CheckOutcome(rep, guard.evaluate(rep, policy)) for rep in reports)
+
+
+def compare(sources: Sequence[str], *, load_options=None, probe_config=None,
+            progress: Progress | None = None) -> tuple[Report, ...]:
+    """Reports for several checkpoints or saved JSON reports, in the order given.
+
+    A source that is an existing `.json` file is read as a saved report (no torch needed for
+    it); anything else is inspected. Compare reports made with the same probe: each report
+    records its probe's sha256.
+    """
+    from headscope import report as report_mod
+
+    if not sources:
+        raise InputError("compare needs at least one MODEL or saved report.")
+    reports = []
+    for source in sources:
+        if source.endswith(".json") and Path(source).is_file():
+            reports.append(report_mod.read_json(source))
+        else:
+            reports.append(inspect(source, load_options=load_options,
+                                   probe_config=probe_config, progress=progress))
+    return tuple(reports)
+
+
+def compare_labels(reports: Sequence[Report]) -> tuple[str, ...]:
+    """Column labels for `compare`: each model's folder name, made unique. Reports of one source
+    differ by "weights only" / "probe" (a full and a weights-only report of one model), then
+    by their position (#1, #2, ...)."""
+    base = [os.path.basename(r.model.source.rstrip("/")) or r.model.source for r in reports]
+    labels = list(base)
+    for i, r in enumerate(reports):
+        if base.count(base[i]) > 1:
+            labels[i] = f"{base[i]} ({'weights only' if r.model.weights_only else 'probe'})"
+    for i in range(len(labels)):
+        if labels.count(labels[i]) > 1:
+            same = [j for j, lab in enumerate(labels) if lab == labels[i]]
+            for n, j in enumerate(same, start=1):
+                labels[j] = f"{labels[j]} #{n}"
+    return tuple(labels)
+
+
