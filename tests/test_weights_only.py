@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import struct
 import subprocess
@@ -473,19 +472,9 @@ def test_check_several_models_all_passing(runner, bert_tiny_dir, modernbert_dir)
 
 def _architecture_torch_column() -> dict[str, str]:
     """Module -> its "imports torch?" cell, from the layer table of docs/architecture.md."""
-    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 4 and cells[0].isdigit():
-            # "splade/detectors" is the module splade.detectors; "splade/" the package
-            names = [n.rstrip("/").replace("/", ".")
-                     for n in re.findall(r"`([a-z_/]+)`", cells[1])]
-            # A cell of a row of several modules speaks of those it names ("`cli` lazily").
-            named = [n for n in names if f"`{n}`" in cells[3]]
-            for name in names:
-                out[name] = cells[3] if not named or name in named else "yes"
-    return out
+    from test_architecture import torch_column
+
+    return torch_column()
 
 
 def test_torch_free_modules_of_the_architecture_import_without_torch():
