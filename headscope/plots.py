@@ -447,6 +447,7 @@ __all__ = [
     "k_grid_figure",
     "logit_figure",
     "row_norm_figure",
+    "row_norm_histogram_figure",
     "save_figure",
     "save_training_figure",
     "training_figure",

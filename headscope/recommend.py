@@ -745,6 +745,7 @@ _pct = percent
 
 
 __all__ = [
+    "ANSERINI_COARSE_MEAN",
     "BAND_ACTIVE_PASSAGE_SHARE",
     "BAND_COSINE_UNRELATED",
     "BAND_SCORE_POS",
@@ -753,13 +754,17 @@ __all__ = [
     "BAND_TERM_WEIGHT_MEAN",
     "DEFAULT_BANDS",
     "FINDING_CODES",
+    "FLOAT16_MAX",
     "LARGE_HEAD_ROW_NORM",
     "METRICS",
     "PAPER_K",
-    "UNKNOWN_TOKEN_SHARE",
+    "PGVECTOR_HNSW_NONZERO",
+    "PGVECTOR_SPARSEVEC_NONZERO",
     "REFERENCE_METRICS",
     "RULES",
+    "SCORE_LIMIT",
     "SEVERITIES",
+    "UNKNOWN_TOKEN_SHARE",
     "Band",
     "Finding",
     "KVerdict",
@@ -767,10 +772,16 @@ __all__ = [
     "check_bands",
     "decision_text",
     "diagnose",
+    "engine_findings",
+    "finding",
     "override_bands",
+    "precision_findings",
+    "prefer_divided_bias",
     "probe_fit_findings",
     "recommend",
     "reference_distance",
+    "serving_findings",
+    "unreachable_bands",
 ]
 
 

@@ -342,21 +342,6 @@ def schema() -> dict[str, Any]:
     return json.loads(text)
 
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "ModelInfo",
-    "ProbeSummary",
-    "Report",
-    "dumps",
-    "from_dict",
-    "loads",
-    "make_report",
-    "read_json",
-    "schema",
-    "to_dict",
-    "utc_now",
-    "write_json",
-]
 
 
 def key_statistics(report: Report, at_k: float = 1.0) -> dict[str, Any]:
@@ -390,3 +375,21 @@ def key_statistics(report: Report, at_k: float = 1.0) -> dict[str, Any]:
 
 def _finite_or_none(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ModelInfo",
+    "ProbeSummary",
+    "Report",
+    "dumps",
+    "from_dict",
+    "key_statistics",
+    "loads",
+    "make_report",
+    "read_json",
+    "schema",
+    "to_dict",
+    "utc_now",
+    "write_json",
+]
