@@ -191,7 +191,7 @@ def test_judge_arms_refuses_what_it_cannot_pair():
 
 
 def _arm(name, status="stable", k=1.0):
-    return api.ArmOutcome(name=name, description="", k=k, status=status, evidence=(),
+    return api.ArmSummary(name=name, description="", k=k, status=status, evidence=(),
                           start_loss=1.0, end_loss=0.5, max_grad_norm=1.0, active_query_end=10.0,
                           active_passage_end=100.0, ndcg_at_10=None, mrr_at_10=None,
                           recall_at_100=1.0)

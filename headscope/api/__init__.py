@@ -47,6 +47,7 @@ from headscope.api.summaries import (
 from headscope.api.training import (
     DEFAULT_SWEEP_KS,
     ArmOutcome,
+    ArmSummary,
     ConfirmOptions,
     TrainingOutcome,
     confirm,
@@ -71,6 +72,7 @@ __all__ = [
     "SUMMARY_KINDS",
     "SUMMARY_SCHEMA_VERSION",
     "ArmOutcome",
+    "ArmSummary",
     "CheckOutcome",
     "ConfirmOptions",
     "DemoOutcome",

@@ -73,7 +73,9 @@ TRAIN_FIELDS = ("steps", "batch_size", "lr", "max_query_length", "max_passage_le
 
 
 @dataclass(frozen=True)
-class ArmOutcome:
+class ArmSummary:
+    """One trained arm in a few numbers: its verdict, losses, activity and held-out metrics."""
+
     name: str  # "original", "fixed", "k=8", ...
     description: str  # what the arm's model is
     k: float
@@ -103,13 +105,16 @@ class ArmOutcome:
     mrr_vs_best_interval: tuple[float, float] | None = None
 
 
+ArmOutcome = ArmSummary  # its earlier name: a summary of one arm, not a verb's outcome
+
+
 @dataclass(frozen=True)
 class TrainingOutcome:
     source: str
     simulation: str | None  # the simulation's label when MODEL was turned into a dense variant
     data: str
     config: ConfirmOptions
-    arms: tuple[ArmOutcome, ...]
+    arms: tuple[ArmSummary, ...]
     log: str | None
     figure: str | None  # where a face drew the curves (plots.save_training_figure), else None
     records: dict  # arm name -> tuple[StepRecord, ...] (for plots; not serialised)
@@ -159,7 +164,7 @@ def _rescaled_copy(model, k: float, options: ConfirmOptions):
     return clone
 
 
-def _summarise_arm(name, description, k, result, vocab_size) -> ArmOutcome:
+def _summarise_arm(name, description, k, result, vocab_size) -> ArmSummary:
     import statistics
 
     from headscope.splade.detectors import NOTE, verdict
@@ -169,7 +174,7 @@ def _summarise_arm(name, description, k, result, vocab_size) -> ArmOutcome:
     tail = records[-10:]
     m, before = result.metrics, result.metrics_before
     serving = m.serving if m else None
-    return ArmOutcome(
+    return ArmSummary(
         name=name, description=description, k=k, status=v.status,
         evidence=tuple(("note: " if e.severity == NOTE else "") + e.message for e in v.evidence),
         start_loss=records[0].loss, end_loss=statistics.median(r.loss for r in tail),
@@ -317,7 +322,7 @@ def confirm(source: str, *, k: float | None = None, fixed: str | None = None,
     return outcome
 
 
-def _judge_arms(arms: tuple[ArmOutcome, ...], metrics: dict) -> tuple[ArmOutcome, ...]:
+def _judge_arms(arms: tuple[ArmSummary, ...], metrics: dict) -> tuple[ArmSummary, ...]:
     """Apply the cross-arm judgement (its rule lives in splade.detectors) to every arm: one
     that evaluates worse than the best arm beyond its interval is flagged, and a verdict the
     metrics contradict says so."""
