@@ -6,7 +6,11 @@ module it marks "no" or "lazily" with torch and transformers blocked."""
 from __future__ import annotations
 
 import ast
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,6 +21,15 @@ ALLOWED_UPWARD = {
     # a moved name kept importable from its old home, resolved lazily on first use
     ("api", "export"): "api.write_report_documents is export.write_report_documents",
 }
+
+
+def run_json(code: str, **kwargs):
+    """Run `code` in a fresh interpreter on this checkout; what it prints, read as JSON."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, **kwargs)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
 
 
 def table_rows() -> list[tuple[int, list[str], str]]:

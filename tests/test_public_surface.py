@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import ast
 import importlib
-import json
-import os
-import subprocess
-import sys
 
-from test_architecture import PACKAGE, ROOT, _modules
+from test_architecture import PACKAGE, ROOT, _modules, run_json
 
 
 def test_headscope_reaches_the_verbs_and_options_without_importing_torch():
@@ -33,11 +29,7 @@ def test_headscope_reaches_the_verbs_and_options_without_importing_torch():
             "assert headscope.guard.Policy is headscope.Policy  # modules, on first use too\n"
             "try:\n    headscope.nothing\nexcept AttributeError as e:\n    missing = str(e)\n"
             "print(json.dumps([light, heavy, missing]))\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=120)
-    assert run.returncode == 0, run.stderr
-    light, heavy, missing = json.loads(run.stdout)
+    light, heavy, missing = run_json(code)
     assert light == [] and heavy == []
     assert missing == "module 'headscope' has no attribute 'nothing'"
 

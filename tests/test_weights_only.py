@@ -488,11 +488,9 @@ def test_torch_free_modules_of_the_architecture_import_without_torch():
             f"for m in {torch_free!r}:\n    importlib.import_module('headscope.' + m)\n"
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'transformers', 'matplotlib') and sys.modules[m] is not None)))\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=120)
-    assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout) == []
+    from test_architecture import run_json
+
+    assert run_json(code) == []
     # The cells say which readers stay torch-free; the test above runs them end to end.
     assert "read_head" in column["heads"] and "read_arrays" in column["checkpoint"]
 
