@@ -12,7 +12,7 @@ from rich.text import Text
 
 from headscope.recommend import Recommendation, decision_text
 from headscope.report import Report
-from headscope.stats import BAND_ABBREV, METRIC_REGISTRY, k_text, number
+from headscope.stats import BAND_ABBREV, METRIC_REGISTRY, k_text, number, percent
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -138,10 +138,10 @@ def per_k_table(report: Report) -> Table:
             "x " + ",".join(BAND_ABBREV.get(f, f) for f in fails), style="red")
         style = "bold" if rec and s.k == rec.k else None
         # "~": estimated from the token sample (exact at the counted k; docs/report.md)
-        pos = f"{s.frac_positive:.1%}" if s.frac_positive_exact else f"~{s.frac_positive:.1%}"
+        pos = percent(s.frac_positive) if s.frac_positive_exact else f"~{percent(s.frac_positive)}"
         t.add_row(k_label(s.k), num(s.logit_p50), pos,
                   num(s.active_query), num(s.active_passage), num(s.term_weight_mean),
-                  num(s.term_weight_max), f"{s.share_above_5:.1%}", num(s.cosine_unrelated),
+                  num(s.term_weight_max), percent(s.share_above_5), num(s.cosine_unrelated),
                   num(s.score_pos), num(s.start_loss), verdict, style=style)
     return t
 
@@ -194,7 +194,7 @@ def report_view(report: Report) -> Group:
                 f"probe: {p.version} ({p.n_pairs} pairs, batch {p.batch_size}, max length "
                 f"{p.max_query_length}/{p.max_passage_length}, bias "
                 f"{'divided' if p.scale_bias else 'not divided'} by k; sha256 {p.sha256[:12]}"
-                + (f"; {p.unknown_token_share:.1%} of its tokens unknown to the tokenizer"
+                + (f"; {percent(p.unknown_token_share)} of its tokens unknown to the tokenizer"
                    if p.unknown_token_share is not None else "") + ")",
                 style="dim"))
     parts += [findings_view(report),
@@ -214,7 +214,7 @@ def compare_table(reports: Sequence[Report], labels: Sequence[str], at_k: float 
     rows = [key_statistics(r, at_k) for r in reports]
 
     def pct(x):
-        return "-" if x is None else f"{x:.1%}"
+        return "-" if x is None else percent(x)
 
     decisions = {id(row): "-" if r.recommendation is None else decision_text(
         r.recommendation, has_bias=_has_bias(r), short=True) for r, row in zip(
@@ -353,8 +353,8 @@ def demo_view(outcome) -> Group:
     sim = outcome.simulation
     note = Text(
         f"{sim.label}\nShift {num(sim.shift)}: median token logit {num(sim.median_before)} -> "
-        f"{num(sim.median_after)}; positive logits {sim.frac_positive_before:.1%} -> "
-        f"{sim.frac_positive_after:.1%}; active terms per text {num(sim.active_before)} -> "
+        f"{num(sim.median_after)}; positive logits {percent(sim.frac_positive_before)} -> "
+        f"{percent(sim.frac_positive_after)}; active terms per text {num(sim.active_before)} -> "
         f"{num(sim.active_after)} of {sim.vocab_size:,}.\nMeasured on the {sim.n_texts} probe "
         "passages the shift was calibrated on; the table below counts the tokens of the probe's "
         "queries too, so its median and share of positive logits differ.", style="yellow")
