@@ -63,3 +63,12 @@ def test_every_all_lists_what_other_modules_import_and_nothing_else():
     for module, names in alls.items():
         mod = importlib.import_module("headscope." + module if module else "headscope")
         assert [n for n in sorted(names) if not hasattr(mod, n)] == [], module
+
+
+def test_names_that_moved_stay_importable_from_their_old_home():
+    from headscope import api, export
+
+    assert api.write_report_documents is export.write_report_documents
+    assert api.ArmOutcome is api.ArmSummary
+    for name in api.__all__:
+        assert getattr(api, name) is not None
