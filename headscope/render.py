@@ -226,13 +226,10 @@ def compare_table(reports: Sequence[Report], labels: Sequence[str], at_k: float 
     lines = [
         ("decoder row norm (mean, all rows)", lambda r: num(r["row_norm_mean"])),
         ("output bias mean", lambda r: num(r["bias_mean"])),
-        ("logit median", lambda r: num(r["logit_p50"])),
-        ("positive logits", lambda r: pct(r["frac_positive"])),
-        ("active terms / query", lambda r: num(r["active_query"])),
-        ("active terms / passage", lambda r: num(r["active_passage"])),
-        ("cosine, unrelated passages", lambda r: num(r["cosine_unrelated"])),
-        ("q.d score (positive pair)", lambda r: num(r["score_pos"])),
-        ("start loss (in-batch)", lambda r: num(r["start_loss"])),
+        *((METRIC_REGISTRY[m].label,
+           lambda r, m=m: (pct if METRIC_REGISTRY[m].unit == "share" else num)(r[m]))
+          for m in ("logit_p50", "frac_positive", "active_query", "active_passage",
+                    "cosine_unrelated", "score_pos", "start_loss")),
         ("recommendation", rec),
         ("findings (warning+)", lambda r: ", ".join(r["warnings"]) or "none"),
     ]

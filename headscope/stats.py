@@ -116,7 +116,7 @@ class Metric:
 # terminal's per-k table within 120 columns; `abbrev` in BAND_ABBREV names a failed band there.
 METRIC_REGISTRY: dict[str, Metric] = {m.name: m for m in (
     Metric("logit_p01", "token logit p01", "logit p01", "logit p01", ""),
-    Metric("logit_p50", "token logit median", "logit p50", "logit p50", ""),
+    Metric("logit_p50", "logit median", "logit p50", "logit p50", ""),
     Metric("logit_p99", "token logit p99", "logit p99", "logit p99", ""),
     Metric("frac_positive", "positive logits", "positive logits", "pos. logits", "share"),
     Metric("term_weight_mean", "mean term weight", "weight mean", "weight mean", ""),
