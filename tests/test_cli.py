@@ -62,7 +62,7 @@ def runner() -> CliRunner:
 def state_file(headscope_cache) -> Path:
     from headscope import api
 
-    path = api.memory._state_file()
+    path = api.memory.state_file()
     assert path.parent == headscope_cache  # never the user's real memory
     return path
 

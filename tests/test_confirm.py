@@ -207,7 +207,7 @@ def test_sweep_arms_share_one_parameterisation(bert_tiny_dir, FAST):
 
     model = AutoModelForMaskedLM.from_pretrained(str(bert_tiny_dir))
     for k in (1.0, 2.0):
-        clone = api.training._rescaled_copy(model, k, FAST)
+        clone = api.training.rescaled_copy(model, k, FAST)
         dec = clone.get_output_embeddings().weight
         emb = clone.get_input_embeddings().weight
         assert dec.data_ptr() != emb.data_ptr()
@@ -259,7 +259,7 @@ def test_sweep_evaluates_on_another_set_and_reports_zero_shot(bert_tiny_dir, pai
     model = AutoModelForMaskedLM.from_pretrained(str(bert_tiny_dir))
     tokenizer = AutoTokenizer.from_pretrained(str(bert_tiny_dir))
     split = splade_data.load_eval(beir_eval_only, max_eval_queries=300).eval
-    expected = evaluate(api.training._rescaled_copy(model, 8.0, api.ConfirmOptions()), tokenizer,
+    expected = evaluate(api.training.rescaled_copy(model, 8.0, api.ConfirmOptions()), tokenizer,
                         split, EvalConfig(max_query_length=32, max_passage_length=32))
     arm = payload["arms"][1]
     assert arm["name"] == "k=8"

@@ -207,9 +207,9 @@ def test_confirm_and_sweep_judge_the_same_arm_the_same_way():
     k1 = _rr([1, 1, 2, 1, 1, 1, 1, 3, 1, 1])
     k16 = k1.copy()
     k16[::4] = 0.25
-    confirm = api.training._judge_arms((_arm("original"), _arm("fixed", k=16.0)),
+    confirm = api.training.judge_summaries((_arm("original"), _arm("fixed", k=16.0)),
                               {"original": _with(k1), "fixed": _with(k16)})
-    sweep = api.training._judge_arms(
+    sweep = api.training.judge_summaries(
         tuple(_arm(f"k={k:g}", k=k) for k in (1.0, 4.0, 16.0)),
         {"k=1": _with(k1), "k=4": _with(k1), "k=16": _with(k16)})
     fixed, k16_arm = confirm[1], sweep[2]
@@ -222,4 +222,4 @@ def test_confirm_and_sweep_judge_the_same_arm_the_same_way():
         f"MRR@10 {k1.mean():.3f} is tied with the best arm (k=1, ")
     # without per-query results (no evaluation) nothing is judged
     bare = (_arm("original"), _arm("fixed"))
-    assert api.training._judge_arms(bare, {"original": None, "fixed": None}) == bare
+    assert api.training.judge_summaries(bare, {"original": None, "fixed": None}) == bare

@@ -572,7 +572,7 @@ def test_fix_without_model_refuses_an_inspection_made_elsewhere(bert_tiny_dir, t
 def test_fix_without_model_refuses_an_old_inspection(bert_tiny_dir, workspace, hours, said,
                                                      no_loading):
     created = datetime.now(timezone.utc) - timedelta(hours=hours)
-    api.memory._state_file().write_text(json.dumps({
+    api.memory.state_file().write_text(json.dumps({
         "source": str(bert_tiny_dir), "revision": None, "k": 4.0, "rule": "bands",
         "scale_bias": False, "created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "cwd": str(workspace)}))
@@ -583,7 +583,7 @@ def test_fix_without_model_refuses_an_old_inspection(bert_tiny_dir, workspace, h
 
 def test_a_recent_inspection_here_is_followed(bert_tiny_dir, workspace):
     created = datetime.now(timezone.utc) - timedelta(hours=23)
-    api.memory._state_file().write_text(json.dumps({
+    api.memory.state_file().write_text(json.dumps({
         "source": str(bert_tiny_dir), "revision": None, "k": 4.0, "rule": "bands",
         "scale_bias": False, "created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "cwd": str(workspace)}))

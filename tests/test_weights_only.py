@@ -279,7 +279,7 @@ def _torch_path(folder: Path) -> tuple[dict, dict]:
     loaded = ck.load(ck.resolve(str(folder)))
     head = heads.find_head(loaded)
     vocab = heads.vocab_info(head.decoder_weight.shape[0], loaded.tokenizer)
-    weights = report_mod.to_dict(api.inspecting._weight_stats(head, vocab))
+    weights = report_mod.to_dict(api.inspecting.head_weight_stats(head, vocab))
     facts = {"family": head.layout.family, "n_rows": vocab.n_rows,
              "n_tokenizer": vocab.n_tokenizer, "hidden_size": head.decoder_weight.shape[1],
              "tied": head.tied, "special_tokens": list(vocab.special_tokens),

@@ -52,7 +52,8 @@ def probe_set(probe_file: str | None, n_pairs: int):
     return probe.builtin_probe(n_pairs)
 
 
-def _weight_stats(head, vocab) -> WeightStats:
+def head_weight_stats(head, vocab) -> WeightStats:
+    """`stats.weight_stats` of a loaded model's head (`heads.Head`), over `vocab.real_rows`."""
     from headscope import stats
 
     def np32(t):
@@ -98,7 +99,7 @@ def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = Inspe
     probe_config = probe_config or probe.ProbeConfig()
     head = heads.find_head(loaded)
     vocab = heads.vocab_info(head.decoder_weight.shape[0], loaded.tokenizer)
-    weights = _weight_stats(head, vocab)
+    weights = head_weight_stats(head, vocab)
     if loaded.tokenizer is None:
         raise InputError(
             f"{loaded.checkpoint.source} has no tokenizer files, so probe statistics cannot be "

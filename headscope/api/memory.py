@@ -12,7 +12,8 @@ from headscope.errors import InputError
 from headscope.report import Report
 
 
-def _state_file() -> Path:
+def state_file() -> Path:
+    """Where the last inspection is recorded: last-inspect.json in headscope's cache."""
     from headscope.assets import cache_root
 
     return cache_root() / "last-inspect.json"
@@ -47,7 +48,7 @@ def remember_inspection(report: Report) -> None:
                            k=rec.k if rec else None, rule=rec.rule if rec else None,
                            scale_bias=rec.scale_bias if rec else False,
                            created=report.created, cwd=os.getcwd())
-    path = _state_file()
+    path = state_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fileio.write_text(path, json.dumps(state.__dict__, indent=2) + "\n")
@@ -64,7 +65,7 @@ def last_inspection() -> LastInspection:
     LAST_INSPECTION_MAX_AGE_HOURS ago; else InputError saying to pass MODEL."""
     from datetime import datetime, timezone
 
-    path = _state_file()
+    path = state_file()
     if not path.exists():
         raise InputError(
             "No model given and no earlier inspection to follow; pass MODEL, or run "

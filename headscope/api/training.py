@@ -152,7 +152,8 @@ def _base_model(source: str, options: ConfirmOptions, load_options, progress):
     return loaded, label
 
 
-def _rescaled_copy(model, k: float, options: ConfirmOptions):
+def rescaled_copy(model, k: float, options: ConfirmOptions):
+    """A deep copy of `model` rescaled by k with the options' strategy and bias switch."""
     import copy
 
     from headscope.rescale import RescaleSpec, rescale_model
@@ -259,7 +260,7 @@ def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
                 results.update(train_all({name: arm}, dataset.train, evalset.eval,
                                          configs[name], eval_before=True, callback=on_step))
     vocab = {name: model.config.vocab_size for name, (model, _tok) in arms.items()}
-    outcomes = _judge_arms(tuple(_summarise_arm(name, descriptions[name], ks[name],
+    outcomes = judge_summaries(tuple(_summarise_arm(name, descriptions[name], ks[name],
                                                 results[name], vocab[name]) for name in arms),
                            {name: results[name].metrics for name in arms})
     records = {name: tuple(results[name].train.records) for name in arms}
@@ -310,7 +311,7 @@ def confirm(source: str, *, k: float | None = None, fixed: str | None = None,
             # trained with the bias divided.
             if rep.recommendation.scale_bias:
                 options = replace(options, scale_bias=True)
-        fixed_model = _rescaled_copy(base, k, options)
+        fixed_model = rescaled_copy(base, k, options)
         k_used = k
         fixed_desc = (f"projection / {k:g} ({options.strategy}, bias "
                       f"{'divided' if options.scale_bias else 'kept'})")
@@ -322,7 +323,7 @@ def confirm(source: str, *, k: float | None = None, fixed: str | None = None,
     return outcome
 
 
-def _judge_arms(arms: tuple[ArmSummary, ...], metrics: dict) -> tuple[ArmSummary, ...]:
+def judge_summaries(arms: tuple[ArmSummary, ...], metrics: dict) -> tuple[ArmSummary, ...]:
     """Apply the cross-arm judgement (its rule lives in splade.detectors) to every arm: one
     that evaluates worse than the best arm beyond its interval is flagged, and a verdict the
     metrics contradict says so."""
@@ -365,7 +366,7 @@ def sweep(source: str, ks: Sequence[float] | None = None, *,
     arms, desc, kmap = {}, {}, {}
     for k in ks:
         name = f"k={k:g}"
-        arms[name] = (_rescaled_copy(loaded.model, float(k), options), loaded.tokenizer)
+        arms[name] = (rescaled_copy(loaded.model, float(k), options), loaded.tokenizer)
         desc[name] = (f"projection / {k:g} ({options.strategy}, bias "
                       f"{'divided' if options.scale_bias else 'kept'})")
         kmap[name] = float(k)
@@ -402,7 +403,7 @@ def _flops_sweep(source: str, ks: Sequence[float] | None, weights: Sequence[floa
     arms, desc, kmap, configs = {}, {}, {}, {}
     for w in weights:
         name = f"λd={w:g}"
-        arms[name] = (_rescaled_copy(loaded.model, k, options), loaded.tokenizer)
+        arms[name] = (rescaled_copy(loaded.model, k, options), loaded.tokenizer)
         desc[name] = (f"projection / {k:g}, λq={w * ratio:g} λd={w:g}")
         kmap[name] = k
         configs[name] = replace(options.train_config(), lambda_d=float(w),
