@@ -272,8 +272,9 @@ def load_options(f: Callable) -> Callable:
 
 def probe_options(f: Callable) -> Callable:
     from headscope.probe import ProbeConfig
+    from headscope.stats import k_text
 
-    ks = ",".join(f"{k:g}" for k in _default(ProbeConfig, "ks"))
+    ks = ",".join(k_text(k) for k in _default(ProbeConfig, "ks"))
     f = click.option("--scale-bias/--no-scale-bias", default=_default(ProbeConfig, "scale_bias"),
                      show_default=True, help="Whether k divides the output bias too.")(f)
     f = click.option("--batch-size", type=int, default=_default(ProbeConfig, "batch_size"),

@@ -114,23 +114,10 @@ def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = Inspe
     if (options.rule == "bands" and options.bias_fallback and not probe_config.scale_bias
             and head.bias is not None
             and unreachable_bands(rec.verdicts, rec.bands)):
-        # Some band is out of reach of every k with the bias kept. Every logit tends to its
-        # bias as k grows, so a head whose activity lives in the bias needs the bias divided
-        # too: measure that, and recommend it when k then reaches more bands.
-        cb2 = (lambda done, total: progress("probe (bias divided)", done, total)) if progress \
-            else None
-        scaled = probe.run_probe(loaded.model, loaded.tokenizer, head.bias, pset,
-                                 replace(probe_config, scale_bias=True), cb2)
-        rec2 = recommend(scaled.per_k, rule="bands", bands=bands, weights=weights)
-        if prefer_divided_bias(rec, rec2):
-            result = scaled
-            note = (f"With the output bias kept, no k brings "
-                    f"{', '.join(b.metric for b in unreachable_bands(rec.verdicts, rec.bands))} "
-                    f"into its band: the head's activity lives in its output bias. With the bias "
-                    f"divided by k too, k reaches more bands; fix with --scale-bias.")
-            rec = replace(rec2, reasons=(note,) + rec2.reasons, scale_bias=True)
-            findings = diagnose(weights, scaled.per_k, vocab_fields(vocab, tied=head.tied),
-                                rec) + (finding("HS208", note, rec2.k, None),)
+        divided = _with_bias_divided(loaded, head, pset, probe_config, rec, weights, vocab,
+                                     bands, progress)
+        if divided is not None:
+            result, rec, findings = divided
     unknown = probe.unknown_token_share(loaded.tokenizer, pset, probe_config)
     findings = findings + probe_fit_findings(unknown) + serving_findings(result.per_k, rec.k)
     info = _model_info(loaded.checkpoint, head.layout, vocab, weights, tied=head.tied,
@@ -139,6 +126,32 @@ def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = Inspe
     return make_report(info, weights, probe=ProbeSummary.from_result(
                            result, unknown_token_share=unknown),
                        per_k=result.per_k, findings=findings, recommendation=rec)
+
+
+def _with_bias_divided(loaded, head, pset, probe_config, rec, weights, vocab, bands,
+                       progress: Progress | None):
+    """The bias fallback (InspectOptions.bias_fallback) once some band is out of reach of every k
+    with the output bias kept: every logit tends to its bias as k grows, so a head whose
+    activity lives in the bias needs the bias divided too. Measure that, and return (probe
+    result, recommendation, findings) with the bias divided when k then reaches more bands
+    (recommend.prefer_divided_bias, with HS208 saying why); None keeps the bias."""
+    from headscope import probe
+
+    cb = (lambda done, total: progress("probe (bias divided)", done, total)) if progress \
+        else None
+    scaled = probe.run_probe(loaded.model, loaded.tokenizer, head.bias, pset,
+                             replace(probe_config, scale_bias=True), cb)
+    rec2 = recommend(scaled.per_k, rule="bands", bands=bands, weights=weights)
+    if not prefer_divided_bias(rec, rec2):
+        return None
+    note = (f"With the output bias kept, no k brings "
+            f"{', '.join(b.metric for b in unreachable_bands(rec.verdicts, rec.bands))} "
+            f"into its band: the head's activity lives in its output bias. With the bias "
+            f"divided by k too, k reaches more bands; fix with --scale-bias.")
+    divided = replace(rec2, reasons=(note,) + rec2.reasons, scale_bias=True)
+    findings = diagnose(weights, scaled.per_k, vocab_fields(vocab, tied=head.tied),
+                        divided) + (finding("HS208", note, rec2.k, None),)
+    return scaled, divided, findings
 
 
 def vocab_fields(vocab, *, tied: bool, head_loaded: bool = True) -> dict:
