@@ -256,6 +256,38 @@ def test_fix_each_strategy_reloads_with_the_expected_logits(tiny_long, tmp_path,
         assert torch.allclose(y, x / 4, atol=1e-5)
 
 
+def test_fix_discovers_the_loaded_models_head_once(tiny_long, tmp_path, monkeypatch):
+    """The inspection before the fix and the writer share one discovery of the loaded model's
+    head; the others are in other models (the rescaled copy written, the reloaded checkpoint)."""
+    from headscope import checkpoint, heads, save
+
+    found, loads, depth = [], [], [0]
+    real_find, real_load = heads.find_head, checkpoint.load
+
+    def counting(model, *args, **kwargs):
+        if not depth[0]:  # find_head(loaded) calls itself on loaded.model: one discovery
+            found.append(model)
+        depth[0] += 1
+        try:
+            return real_find(model, *args, **kwargs)
+        finally:
+            depth[0] -= 1
+
+    def loading(*args, **kwargs):
+        loads.append(real_load(*args, **kwargs))
+        return loads[-1]
+
+    monkeypatch.setattr(heads, "find_head", counting)
+    monkeypatch.setattr(save, "find_head", counting)
+    monkeypatch.setattr(checkpoint, "load", loading)
+    outcome = api.fix(str(tiny_long("bert")), str(tmp_path / "fixed"),
+                      options=api.FixOptions(k=4), probe_config=SMALL)
+    assert outcome.result.verification.against == "reload"
+    (loaded,) = loads
+    assert sum(m is loaded or m is loaded.model for m in found) == 1
+    assert len(found) >= 2  # the reloaded fixed checkpoint is checked on its own
+
+
 def test_fix_dry_run_and_refusals(tiny_long, tmp_path):
     src = tiny_long("bert")
     out = tmp_path / "fixed"

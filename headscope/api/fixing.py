@@ -87,7 +87,7 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
     `source=None` acts on the model of the last `inspect` (see `last_inspection`), with its
     recommended k unless `options.k` is given.
     """
-    from headscope import checkpoint, probe, save
+    from headscope import checkpoint, heads, probe, save
     from headscope.rescale import RescaleSpec
 
     load_options = load_options or checkpoint.LoadOptions()
@@ -122,7 +122,8 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
     loaded = checkpoint.load(ckpt, load_options)
     # The bias-divided re-measurement may only replace the statistics when the bias switch is
     # still open (scale_bias None: follow the recommendation, or learn it to refuse).
-    before = inspect_loaded(loaded, probe_config=probe_config, progress=progress,
+    head = heads.find_head(loaded)  # once: the inspection and the writer share it
+    before = inspect_loaded(loaded, probe_config=probe_config, progress=progress, head=head,
                             options=InspectOptions(bias_fallback=scale_bias is None))
     if open_bias and scale_bias is None:
         assert before.recommendation is not None and k is not None
@@ -142,7 +143,7 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
     stats_after = next(s for s in before.per_k if s.k == spec.k)
     pset = probe_set(None, 8)
     texts = [p.passage for p in pset.pairs]
-    result = save.save_fixed(loaded, spec, out, overwrite=options.overwrite,
+    result = save.save_fixed(loaded, spec, out, head=head, overwrite=options.overwrite,
                              dry_run=options.dry_run, verify_texts=texts,
                              stats_before=to_dict({"weights": before.weights,
                                                    "probe_at_k1": stats_before}),

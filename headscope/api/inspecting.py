@@ -92,12 +92,14 @@ def _model_info(ckpt, layout, vocab, weights: WeightStats, *, tied: bool, dtype:
 
 def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = InspectOptions(),
                    bands: Sequence[Band] = DEFAULT_BANDS, reference_per_k=None,
-                   source: str | None = None, progress: Progress | None = None) -> Report:
-    """Inspect a model already in memory (a `checkpoint.LoadedModel`)."""
+                   source: str | None = None, progress: Progress | None = None,
+                   head=None) -> Report:
+    """Inspect a model already in memory (a `checkpoint.LoadedModel`). `head`: its
+    `heads.find_head(loaded)` when the caller has it already (found here otherwise)."""
     from headscope import heads, probe
 
     probe_config = probe_config or probe.ProbeConfig()
-    head = heads.find_head(loaded)
+    head = head if head is not None else heads.find_head(loaded)
     vocab = heads.vocab_info(head.decoder_weight.shape[0], loaded.tokenizer)
     weights = head_weight_stats(head, vocab)
     if loaded.tokenizer is None:
