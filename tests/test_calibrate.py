@@ -117,7 +117,7 @@ def test_grid_resumes_and_report_is_regenerated_from_the_lines(calibrate, tiny_c
 # ------------------------------------------------------------------ inspections and the bands
 
 
-@pytest.mark.parametrize(("where", "expected"), [(None, (1.0, False)), ("bias", (16.0, True))])
+@pytest.mark.parametrize(("where", "expected"), [(None, (4.0, False)), ("bias", (16.0, True))])
 def test_replay_gives_what_inspect_recommends(calibrate, bert_tiny_dir, where, expected):
     """The band fit replays the bands rule from recorded statistics; with the default bands it
     must decide what `inspect` decided, including the bias fallback of the bias simulation."""
@@ -157,8 +157,7 @@ def _case(calibrate, name, losses, tied):
 
 
 def test_band_fit_and_leave_one_out_by_hand(calibrate):
-    from headscope.recommend import DEFAULT_BANDS
-
+    DEFAULT_BANDS = calibrate.prior_bands()  # every fit starts from the pre-calibration bands
     start = next(b.high for b in DEFAULT_BANDS if b.metric == "start_loss")
     assert start == 150.0  # the hand computation below starts from this bound
     a = _case(calibrate, "A", (500.0, 100.0, 10.0), ["k=4/bias kept"])
@@ -187,15 +186,16 @@ def test_band_fit_and_leave_one_out_by_hand(calibrate):
     assert bound(calibrate.fit_bands([a], DEFAULT_BANDS)) == 150.0
     # The page's section says so.
     text = "\n".join(calibrate.band_section_from_cases({"A": a, "B": b}))
-    assert "| A | {k=4/bias kept} | k=4/bias kept | tied | k=4/bias kept | tied |" in text
-    assert "| B | {k=1} | k=4/bias kept | worse | k=4/bias kept | worse |" in text
-    assert "for **1 of 2** conditions" in text
-    assert "start_loss at most 316" in text
+    assert "| A | {k=4/bias kept} | k=4/bias kept | tied | k=4/bias kept | tied | " in text
+    assert "| B | {k=1} | k=4/bias kept | worse | k=4/bias kept | worse | " in text
+    assert ("the bands before calibration (fitted on none of these runs) **1 of 2**; bands "
+            "fitted with the condition left out **1 of 2**") in text
+    assert "- Fitted on every condition: share_above_5 at most 0.01; start_loss at most 316" \
+        in text
 
 
 def test_band_fit_may_close_an_open_side(calibrate):
-    from headscope.recommend import DEFAULT_BANDS
-
+    DEFAULT_BANDS = calibrate.prior_bands()
     assert next(b.low for b in DEFAULT_BANDS if b.metric == "start_loss") is None
     # An already-trained head: loss 0.1 at k = 1 learns nothing; k = 4 was the best arm.
     c = _case(calibrate, "C", (0.1, 2.5, 2.8), ["k=4/bias kept"])

@@ -118,7 +118,7 @@ def test_inspect_json_to_stdout_is_only_json_and_valid(runner, bert_tiny_dir, st
     assert payload["model"]["tied"] is True
     assert payload["model"]["n_rows"] == 30522
     assert round(payload["weights"]["row_norm_all"]["mean"], 3) == 0.682
-    assert payload["recommendation"]["k"] == 1
+    assert payload["recommendation"]["k"] == 4  # docs/calibration.md: its best arm
     assert payload["probe"]["n_pairs"] == 16
     assert [s["k"] for s in payload["per_k"]] == [1, 2, 4, 8, 16, 32]
     assert "{" not in result.stderr
@@ -341,12 +341,17 @@ def test_fix_without_model_follows_the_last_inspection(runner, bert_tiny_dir, tm
 
 
 def test_fix_at_a_recommended_k_of_1_writes_nothing(runner, bert_tiny_dir, tmp_path):
-    # The real BERT-tiny is healthy: recommended k = 1, so no fix is needed.
+    # BERT-tiny once fixed at its recommended k = 4 is inside every band unscaled: recommended
+    # k = 1, so fixing it again is not needed.
+    src = tmp_path / "fixed4"
+    result = runner.invoke(main, ["fix", str(bert_tiny_dir), "--out", str(src), "--k", "4",
+                                  "--no-scale-bias", "--n-pairs", FEW])
+    assert result.exit_code == 0, result.stderr
     out = tmp_path / "fixed"
-    result = runner.invoke(main, ["fix", str(bert_tiny_dir), "--out", str(out), "--n-pairs", FEW,
+    result = runner.invoke(main, ["fix", str(src), "--out", str(out), "--n-pairs", FEW,
                                   "--json", "-"])
     assert result.exit_code == 0, result.stderr
-    note = (f"No fix needed: {bert_tiny_dir} is recommended k = 1 (recommended by the bands "
+    note = (f"No fix needed: {src} is recommended k = 1 (recommended by the bands "
             "rule), so its head is left as it is and nothing was written. Pass --k K to rescale "
             "it anyway, or --force to write an unchanged copy.")
     assert note in result.stderr.splitlines()
@@ -355,9 +360,9 @@ def test_fix_at_a_recommended_k_of_1_writes_nothing(runner, bert_tiny_dir, tmp_p
     assert summary["k"] == 1.0 and summary["files"] == [] and summary["out"] is None
     assert summary["changed_tensors"] == [] and summary["note"] == note
     assert not out.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["headscope-cache", "work"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed4", "headscope-cache", "work"]
     # --force writes the copy, and calls no tensor changed: dividing by 1 changes nothing.
-    result = runner.invoke(main, ["fix", str(bert_tiny_dir), "--out", str(out), "--n-pairs", FEW,
+    result = runner.invoke(main, ["fix", str(src), "--out", str(out), "--n-pairs", FEW,
                                   "--force", "--json", "-"])
     assert result.exit_code == 0, result.stderr
     summary = valid("fix", json.loads(result.stdout))
@@ -365,6 +370,7 @@ def test_fix_at_a_recommended_k_of_1_writes_nothing(runner, bert_tiny_dir, tmp_p
     assert summary["changed_tensors"] == []
     assert summary["new_tensors"] == ["cls.predictions.decoder.weight"]  # untied, same values
     assert (out / "model.safetensors").is_file()
+    # On a tied head, k = 1 unties the decoder and changes no value.
     result = runner.invoke(main, ["fix", str(bert_tiny_dir), "--out", str(tmp_path / "v"),
                                   "--n-pairs", FEW, "--k", "1"])
     assert result.exit_code == 0, result.stderr
@@ -405,7 +411,7 @@ def test_check_json_lists_every_rule(runner, bert_report):
     assert result.exit_code == 1, result.stderr
     payload = valid("check", json.loads(result.stdout))
     assert payload["passed"] is False
-    assert payload["k"] == 1
+    assert payload["k"] == 4
     rules = {r["name"]: r for r in payload["rules"]}
     assert list(rules) == ["require_head_loaded", "max_row_norm", "max_k", "max_start_loss",
                            "fail_on"]
@@ -414,7 +420,7 @@ def test_check_json_lists_every_rule(runner, bert_report):
     assert rules["max_row_norm"]["threshold"] == 1.0
     assert round(rules["max_row_norm"]["measured"], 3) == 0.682
     assert rules["max_row_norm"]["passed"] is True
-    assert rules["max_k"]["measured"] == 1 and rules["max_k"]["passed"] is True
+    assert rules["max_k"]["measured"] == 4 and rules["max_k"]["passed"] is False
     assert rules["max_start_loss"]["passed"] is False
     assert rules["max_start_loss"]["measured"] > 0.5
     assert rules["fail_on"]["threshold"] == "error" and rules["fail_on"]["passed"] is True

@@ -13,7 +13,7 @@ import pytest
 
 from headscope.errors import PolicyError
 from headscope.guard import POLICY_KEYS, Policy, RuleResult, evaluate, load_policy
-from headscope.recommend import diagnose, recommend
+from headscope.recommend import Band, diagnose, recommend
 from headscope.report import ModelInfo, make_report, write_json
 from headscope.stats import KStats, Summary, WeightStats
 
@@ -70,6 +70,14 @@ MODEL = ModelInfo(
     False,
 )
 PER_K = (kstats(1.0, 279.0), kstats(4.0, 30.0), kstats(16.0, 7.0))
+# The policy mechanics are tested against a fixed band set (the defaults before the calibration
+# of docs/calibration.md), so that recalibrating DEFAULT_BANDS does not change these cases.
+GUARD_BANDS = (
+    Band("share_above_5", None, 0.01, "test"),
+    Band("start_loss", None, 150.0, "test"),
+    Band("term_weight_mean", 0.08, 2.5, "test"),
+    Band("score_pos", None, 1000.0, "test"),
+)
 
 
 def report(per_k=PER_K, model=MODEL, weights=WEIGHTS):
@@ -79,7 +87,7 @@ def report(per_k=PER_K, model=MODEL, weights=WEIGHTS):
         weights,
         per_k=per_k,
         findings=diagnose(weights, per_k, vocab),
-        recommendation=recommend(per_k, weights=weights),
+        recommendation=recommend(per_k, weights=weights, bands=GUARD_BANDS),
         created="2026-07-01T12:00:00Z",
     )
 

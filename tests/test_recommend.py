@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from headscope.errors import InputError
 from headscope.recommend import (
+    ACTIVITY_METRICS,
     DEFAULT_BANDS,
     FINDING_CODES,
     METRICS,
@@ -158,6 +159,26 @@ def test_unreachable_band_does_not_veto_every_k():
         "active_passage_share"]
 
 
+def test_a_magnitude_band_out_of_reach_takes_the_closest_k():
+    # A head on a larger scale than the grid: its start loss stays above 44 at every k (k divides
+    # it), so the ks inside the other bands (8, 16, 32) are ranked by how close they come to it:
+    # 32 (shortfall (60 - 44) / 44) beats 16 ((130 - 44) / 44) and 8.
+    huge = tuple(replace(s, start_loss=1920.0 / s.k) for s in TABLE)
+    rec = recommend(huge, bands=SIX_BANDS)
+    assert rec.k == 32.0 and rec.passing == ()
+    assert rec.reasons[0] == (
+        "k = 32 is, of the candidates inside every band that some candidate k reaches "
+        "(candidates: 1, 2, 4, 8, 16, 32; passing: 8, 16, 32), the one closest to the band of "
+        "start_loss, which no candidate reaches.")
+    assert rec.reasons[-1] == (
+        "start_loss is outside its band (at most 44) at every candidate k, so the candidate "
+        "closest to the band was taken; k divides this statistic, so other candidates (--ks) "
+        "may reach it.")
+    # The old rule (ignore it, take the smallest k inside the rest) would have said 8, where the
+    # start loss is 240, five times its band.
+    assert next(s for s in huge if s.k == 8).start_loss == 240.0
+
+
 def test_prefer_divided_bias_when_k_reaches_more_bands():
     kept = recommend(tuple(replace(s, active_passage_share=0.75, start_loss=300.0)
                            for s in TABLE), bands=SIX_BANDS)
@@ -240,7 +261,11 @@ def test_override_bands_by_metric_name():
     changed = next(b for b in bands if b.metric == "start_loss")
     assert (changed.low, changed.high) == (None, 10.0)
     assert changed.provenance.startswith("Overridden by the user (default at most 150: ")
-    assert recommend(TABLE, bands=bands).k == 16.0
+    # start loss <= 10 from k = 16; the default term-weight band (at most 0.2757) is out of
+    # reach at every k of TABLE (0.5 at k = 32), so the k closest to it among 16 and 32 wins.
+    assert recommend(TABLE, bands=bands).k == 32.0
+    assert recommend(TABLE, bands=override_bands({"start_loss": (None, 10.0),
+                                                  "term_weight_mean": (0.08, 2.5)})).k == 16.0
     added = override_bands({"logit_p99": (None, 1.0)})
     assert added[-1] == Band("logit_p99", None, 1.0, "Added by the user.")
 
@@ -420,13 +445,26 @@ def test_bands_rule_properties(rows):
     rec = recommend(table, bands=SIX_BANDS)
     inside = [s.k for s in table if all(b.contains(getattr(s, b.metric)) for b in SIX_BANDS)]
     assert rec.passing == tuple(inside)
-    # Bands no k reaches do not choose k; the smallest k inside all the others wins.
-    skip = {b.metric for b in unreachable_bands(rec.verdicts, SIX_BANDS)}
+    # Bands no k reaches do not veto every k; of the ks inside all the others, the smallest
+    # wins, unless a band k moves is out of reach: then the one closest to it (then smaller k).
+    unreachable = unreachable_bands(rec.verdicts, SIX_BANDS)
+    skip = {b.metric for b in unreachable}
+    chase = [b for b in unreachable if b.metric not in ACTIVITY_METRICS]
     reachable_ok = [v.k for v in rec.verdicts if not set(v.failed) - skip]
     if inside:
         assert not skip and reachable_ok == inside
-    if reachable_ok:
+    if reachable_ok and not chase:
         assert rec.k == reachable_ok[0]  # the smallest such k, never a larger one
+    elif reachable_ok:
+        by_k = {s.k: s for s in table}
+
+        def shortfall(k):  # a naive loop over the out-of-reach bands
+            total = 0.0
+            for b in chase:
+                total -= b.margin(getattr(by_k[k], b.metric))
+            return total
+
+        assert rec.k == min(reachable_ok, key=lambda k: (shortfall(k), k))
     else:
         fewest = min(len(v.failed) for v in rec.verdicts)
         assert len(next(v for v in rec.verdicts if v.k == rec.k).failed) == fewest

@@ -1,10 +1,14 @@
 """The recommendation on a real checkpoint and its labelled simulations (issue: recommend).
 
-The real BERT-tiny SPLADE must get k = 1. Its dense-regime simulations must get k >= 8: the
+The real BERT-tiny SPLADE must get k = 4, its best arm in docs/calibration.md (its mean term
+weight at k = 1, 0.60, is above the calibrated band). Its dense-regime simulations must get
+k >= 8: the
 "bias" variant (density in the output bias) with the bias divided too, the "projection" variant
 (density in the head LayerNorm's bias) with the projection alone. The "scale-only" variant (its
-projection x16) trained unharmed in our measurements and gets k = 1: its logits stay mostly
-negative, relu keeps it sparse, and its start loss is already inside the band.
+projection x16) gets k = 32, the largest candidate: at k = 32 it is the real BERT-tiny at k = 2,
+whose mean term weight (0.38) is still above the calibrated band, so the closest candidate wins.
+It is not one of the calibrated conditions (docs/demonstration.md saw k = 1 and k = 16 both
+train well on it in 100 steps, one seed, with pruned metrics).
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ def _inspect(path, where):
 
 @pytest.mark.parametrize(
     ("where", "k", "scale_bias"),
-    [(None, 1.0, False), ("bias", 16.0, True), ("projection", 8.0, False),
-     ("scale-only", 1.0, False)],
+    [(None, 4.0, False), ("bias", 16.0, True), ("projection", 8.0, False),
+     ("scale-only", 32.0, False)],
 )
 def test_recommended_k(bert_tiny_dir, where, k, scale_bias):
     report = _inspect(bert_tiny_dir, where)
