@@ -11,7 +11,14 @@ separate, labelled field), the zero-shot (step 0) metrics of the same arm, per-s
 the configuration, the seed and the git commit. It also writes one "recommendation" line per
 condition: what `inspect` recommends for that condition's model at that commit.
 
-`report` regenerates the tables and figures of docs/calibration.md from those lines alone.
+`inspect` appends, per calibration condition, what `headscope inspect` recommends at this commit
+(default probe) with its per-k probe statistics under both bias settings.
+
+`report` regenerates the tables and figures of docs/calibration.md from those lines alone: per
+condition, the paired comparison of its arms and where the recommendation lands against the
+tied-with-best set; then the band fit (`fit_bands`: forward selection of single bound moves,
+starting from the pre-calibration bands) checked leaving one condition out, replaying the bands
+rule on the recorded statistics (`replay`).
 
 A condition is a named function returning (checkpoint.LoadedModel, label); add one with
 `@condition("name")` (a simulation must say so in its label). Thin over the library: training,
