@@ -20,27 +20,55 @@ import warnings
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 
 from headscope import __version__
-from headscope.api import FixOptions
 from headscope.errors import EXIT_INTERNAL, HeadscopeError, HeadscopeWarning, ModelErrors
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class _LazyConsole:
+    """A rich Console made on first use: importing rich costs more than a whole weights-only
+    `inspect --json -` run spends in its own code, and that run prints through click alone."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def get(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
 # Piped or redirected, rich would fall back to 80 columns and cut table cells ("-6.…"); give
-# data a fixed, wide width unless a terminal or COLUMNS says otherwise.
-stdout = Console(soft_wrap=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS")
-                 else 160)
+# data a fixed, wide width unless a terminal or COLUMNS says otherwise (decided at import, as
+# when the Console was made here).
+stdout = _LazyConsole(soft_wrap=False,
+                      width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
 # Messages are whole lines: never wrapped (a path cut in two cannot be copied), never
 # highlighted.
-stderr = Console(stderr=True, soft_wrap=True, highlight=False)
+stderr = _LazyConsole(stderr=True, soft_wrap=True, highlight=False)
 
 
 def _default(cls: type, name: str) -> Any:
     """CLI defaults come from the option dataclasses, so --help and the API never disagree."""
     return next(f.default for f in fields(cls) if f.name == name)
+
+
+def _fix_options() -> type:
+    from headscope.api import FixOptions
+
+    return FixOptions
 
 
 def _ks(value: str) -> tuple[float, ...]:
@@ -219,7 +247,7 @@ def progress_bar():
         return
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
-                   console=stderr, transient=True)
+                   console=stderr.get(), transient=True)
     tasks: dict[str, Any] = {}
 
     def update(phase: str, done: int, total: int) -> None:
@@ -365,6 +393,47 @@ def main() -> None:
     """Diagnose and calibrate the MLM head of a pretrained encoder before SPLADE training."""
 
 
+class _Commands(dict):
+    """The group's commands by name, in the order they are defined. A command registered with
+    `lazy_command` is stored as its factory and built on first use (running it, its --help, or
+    the group's --help), so the modules its flags' defaults come from (guard.Policy,
+    api.ConfirmOptions) are imported only then: `inspect` never imports them."""
+
+    def __getitem__(self, name: str) -> click.Command:
+        command = super().__getitem__(name)
+        if not isinstance(command, click.Command):
+            command = command()
+            super().__setitem__(name, command)
+        return command
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self[name] if name in self else default
+
+    def values(self) -> list[click.Command]:  # type: ignore[override]
+        return [self[name] for name in self]
+
+    def items(self) -> list[tuple[str, click.Command]]:  # type: ignore[override]
+        return [(name, self[name]) for name in self]
+
+    def add_factory(self, name: str, factory: Callable[[], click.Command]) -> None:
+        super().__setitem__(name, factory)
+
+
+_COMMANDS = _Commands(main.commands)
+main.commands = _COMMANDS
+
+
+def lazy_command(name: str) -> Callable[[Callable[[], click.Command]], Callable]:
+    """Register `factory` (which builds and returns the command NAME) with the group, to be
+    called on the command's first use."""
+
+    def register(factory: Callable[[], click.Command]) -> Callable[[], click.Command]:
+        _COMMANDS.add_factory(name, factory)
+        return factory
+
+    return register
+
+
 @main.command()
 @click.argument("models", nargs=-1, required=True, metavar="MODEL...")
 @load_options
@@ -432,7 +501,7 @@ def inspect(models, revision, dtype, device, trust_remote_code, probe_file, ks, 
 @click.option("--k", "k", type=float, default=None,
               help="Divisor of the head projection. Default: the recommended k.")
 @click.option("--strategy", type=click.Choice(["untie", "tied", "fold"]),
-              default=_default(FixOptions, "strategy"), show_default=True,
+              default=_default(_fix_options(), "strategy"), show_default=True,
               help="Which parameters carry the factor (docs/rescale.md).")
 @click.option("--scale-bias/--no-scale-bias", default=None,
               help="Divide the output bias by k too. Default: as the recommendation says; "
@@ -635,40 +704,48 @@ def _report_training(outcome, json_dest) -> None:
     _emit_json(json.dumps(api.training_summary(outcome), indent=2), json_dest)
 
 
-@main.command()
-@click.argument("model")
-@click.option("--k", "k", type=float, default=None,
-              help="Rescale MODEL in memory by k for the fixed arm (default: the recommended "
-              "k, with the output bias divided when the recommendation divides it).")
-@click.option("--fixed", type=click.Path(file_okay=False), default=None,
-              help="A folder written by `headscope fix` to use as the fixed arm.")
-@training_options
-@handle_errors
-def confirm(model, k, fixed, json_dest, **kw):
-    """Train MODEL and its fixed version side by side; say whether each trains stably."""
-    from headscope import api
+@lazy_command("confirm")
+def _confirm_command() -> click.Command:
+    @click.command()
+    @click.argument("model")
+    @click.option("--k", "k", type=float, default=None,
+                  help="Rescale MODEL in memory by k for the fixed arm (default: the recommended "
+                  "k, with the output bias divided when the recommendation divides it).")
+    @click.option("--fixed", type=click.Path(file_okay=False), default=None,
+                  help="A folder written by `headscope fix` to use as the fixed arm.")
+    @training_options
+    @handle_errors
+    def confirm(model, k, fixed, json_dest, **kw):
+        """Train MODEL and its fixed version side by side; say whether each trains stably."""
+        from headscope import api
 
-    _train(json_dest, kw, lambda options, progress: api.confirm(
-        model, k=k, fixed=fixed, options=options, progress=progress))
+        _train(json_dest, kw, lambda options, progress: api.confirm(
+            model, k=k, fixed=fixed, options=options, progress=progress))
+
+    return confirm
 
 
-@main.command()
-@click.argument("model")
-@click.option("--k", "ks", default=None, callback=lambda c, p, v: None if v is None else _ks(v),
-              help="Divisors to train, comma-separated [default: 1,2,4,8,16; with "
-              "--flops-weight: the recommended k].")
-@click.option("--flops-weight", "flops_weights", default=None, metavar="LIST",
-              callback=lambda c, p, v: None if v is None else _weights(v),
-              help="FLOPS weights λd to train at one k, comma-separated (λq = λd / 20, "
-              "the paper's ratio; the default λd is 0.001): one arm per weight.")
-@training_options
-@handle_errors
-def sweep(model, ks, flops_weights, json_dest, **kw):
-    """The same short training for each k: loss curves like the paper's figure."""
-    from headscope import api
+@lazy_command("sweep")
+def _sweep_command() -> click.Command:
+    @click.command()
+    @click.argument("model")
+    @click.option("--k", "ks", default=None, callback=lambda c, p, v: None if v is None else _ks(v),
+                  help="Divisors to train, comma-separated [default: 1,2,4,8,16; with "
+                  "--flops-weight: the recommended k].")
+    @click.option("--flops-weight", "flops_weights", default=None, metavar="LIST",
+                  callback=lambda c, p, v: None if v is None else _weights(v),
+                  help="FLOPS weights λd to train at one k, comma-separated (λq = λd / 20, "
+                  "the paper's ratio; the default λd is 0.001): one arm per weight.")
+    @training_options
+    @handle_errors
+    def sweep(model, ks, flops_weights, json_dest, **kw):
+        """The same short training for each k: loss curves like the paper's figure."""
+        from headscope import api
 
-    _train(json_dest, kw, lambda options, progress: api.sweep(
-        model, ks, options=options, progress=progress, flops_weights=flops_weights))
+        _train(json_dest, kw, lambda options, progress: api.sweep(
+            model, ks, options=options, progress=progress, flops_weights=flops_weights))
+
+    return sweep
 
 
 def policy_flags(f: Callable) -> Callable:
@@ -692,60 +769,65 @@ def policy_flags(f: Callable) -> Callable:
     return f
 
 
-@main.command()
-@click.argument("models", nargs=-1, metavar="[MODEL]...")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
-              help="Check a saved JSON report instead of a model (works without torch).")
-@click.option("--policy", "policy_path", type=click.Path(dir_okay=False), default=None,
-              help="Policy TOML file, or a pyproject.toml with [tool.headscope]. Default: the "
-              "nearest pyproject.toml's [tool.headscope], if any.")
-@click.option("--weights-only", is_flag=True,
-              help="Check statistics read from the files only (as inspect --weights-only: no "
-              "probe, no torch for safetensors). Accepts several MODELs.")
-@policy_flags
-@probe_options
-@click.option("--json", "json_dest", default=None, metavar="PATH|-",
-              help="Write the check result as JSON to PATH, or stdout with '-'. Several "
-              "MODELs: JSON Lines, one result per line.")
-@handle_errors
-def check(models, report_path, policy_path, weights_only, probe_file, ks, n_pairs, batch_size,
-          scale_bias, json_dest, **policy):
-    """CI guard: exit 0 when MODEL (or --report) meets the policy, 1 when it does not.
+@lazy_command("check")
+def _check_command() -> click.Command:
+    @click.command()
+    @click.argument("models", nargs=-1, metavar="[MODEL]...")
+    @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+                  help="Check a saved JSON report instead of a model (works without torch).")
+    @click.option("--policy", "policy_path", type=click.Path(dir_okay=False), default=None,
+                  help="Policy TOML file, or a pyproject.toml with [tool.headscope]. Default: the "
+                  "nearest pyproject.toml's [tool.headscope], if any.")
+    @click.option("--weights-only", is_flag=True,
+                  help="Check statistics read from the files only (as inspect --weights-only: no "
+                  "probe, no torch for safetensors). Accepts several MODELs.")
+    @policy_flags
+    @probe_options
+    @click.option("--json", "json_dest", default=None, metavar="PATH|-",
+                  help="Write the check result as JSON to PATH, or stdout with '-'. Several "
+                  "MODELs: JSON Lines, one result per line.")
+    @handle_errors
+    def check(models, report_path, policy_path, weights_only, probe_file, ks, n_pairs, batch_size,
+              scale_bias, json_dest, **policy):
+        """CI guard: exit 0 when MODEL (or --report) meets the policy, 1 when it does not.
 
-    With --weights-only, several MODELs may be given (a model-zoo scan): one PASS/FAIL line per
-    model on stderr; exit 1 when any fails, 2 when any cannot be read (naming it).
-    """
-    from headscope import api
+        With --weights-only, several MODELs may be given (a model-zoo scan): one PASS/FAIL line per
+        model on stderr; exit 1 when any fails, 2 when any cannot be read (naming it).
+        """
+        from headscope import api
 
-    writable(json_dest)
-    overrides = {k: (tuple(v) if isinstance(v, tuple) else v) for k, v in policy.items()
-                 if v is not None and v != ()}
-    options = api.InspectOptions(weights_only=weights_only, probe_file=probe_file)
-    if models:
-        _quiet_transformers(lazily=weights_only)
-    if len(models) > 1 and report_path is None:
-        outcomes = api.check_many(models, policy_path=policy_path, overrides=overrides,
-                                  options=options)
-        for o in outcomes:
-            failed = ", ".join(r.name for r in o.result.failed)
-            stderr.print(f"PASS {o.report.model.source}" if o.result.passed
-                         else f"FAIL {o.report.model.source} ({failed})", markup=False)
-    else:
-        with nullcontext() if weights_only else progress_bar() as progress:
-            outcomes = (api.check(models[0] if models else None, report_path=report_path,
-                                  policy_path=policy_path, overrides=overrides,
-                                  progress=progress, options=options,
-                                  probe_config=_probe_config(ks, n_pairs, batch_size, scale_bias)
-                                  if models else None),)
-    if json_dest != "-":
-        from headscope import render
+        writable(json_dest)
+        overrides = {k: (tuple(v) if isinstance(v, tuple) else v) for k, v in policy.items()
+                     if v is not None and v != ()}
+        options = api.InspectOptions(weights_only=weights_only, probe_file=probe_file)
+        if models:
+            _quiet_transformers(lazily=weights_only)
+        if len(models) > 1 and report_path is None:
+            outcomes = api.check_many(models, policy_path=policy_path, overrides=overrides,
+                                      options=options)
+            for o in outcomes:
+                failed = ", ".join(r.name for r in o.result.failed)
+                stderr.print(f"PASS {o.report.model.source}" if o.result.passed
+                             else f"FAIL {o.report.model.source} ({failed})", markup=False)
+        else:
+            with nullcontext() if weights_only else progress_bar() as progress:
+                probe_config = (_probe_config(ks, n_pairs, batch_size, scale_bias) if models
+                                else None)
+                outcomes = (api.check(models[0] if models else None, report_path=report_path,
+                                      policy_path=policy_path, overrides=overrides,
+                                      progress=progress, options=options,
+                                      probe_config=probe_config),)
+        if json_dest != "-":
+            from headscope import render
 
-        for o in outcomes:
-            stdout.print(render.check_view(o.result, o.report))
-    payloads = [api.check_summary(o) for o in outcomes]
-    _emit_json(json.dumps(payloads[0], indent=2) if len(payloads) == 1 else
-               _json_lines(payloads), json_dest)
-    sys.exit(0 if all(o.result.passed for o in outcomes) else 1)
+            for o in outcomes:
+                stdout.print(render.check_view(o.result, o.report))
+        payloads = [api.check_summary(o) for o in outcomes]
+        _emit_json(json.dumps(payloads[0], indent=2) if len(payloads) == 1 else
+                   _json_lines(payloads), json_dest)
+        sys.exit(0 if all(o.result.passed for o in outcomes) else 1)
+
+    return check
 
 
 if __name__ == "__main__":  # pragma: no cover

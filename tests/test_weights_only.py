@@ -510,3 +510,61 @@ def test_weights_only_imports_neither_torch_nor_transformers(tmp_path, modernber
                          timeout=120, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout) == []
+
+
+def test_weights_only_inspect_imports_only_what_it_uses(tmp_path, modernbert_dir):
+    """The CLI imports each command's modules when it runs: a weights-only `inspect --json -`
+    imports neither rich (nothing is drawn), nor the policy, training, demo or rendering
+    modules (the flags of `check`, `confirm` and `sweep` take their defaults from them), and a
+    table still comes out when asked for."""
+    code = ("import json, sys, contextlib, io\nfrom headscope.cli import main\n"
+            "out = io.StringIO()\n"
+            "with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
+            f"    main(['inspect', {str(modernbert_dir)!r}, '--weights-only', '--json', '-'])\n"
+            "json.loads(out.getvalue())\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'rich' or m in "
+            "('headscope.guard', 'headscope.api.training', 'headscope.api.demo', "
+            "'headscope.api.summaries', 'headscope.render', 'tomllib'))))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == []
+
+
+def test_commands_built_on_first_use_are_the_same_commands(runner):
+    """`check`, `confirm` and `sweep` are built when first used; the group lists every command
+    in the order they are defined, and each lazily built one is built once."""
+    from headscope.cli import main as group
+
+    assert list(group.commands) == ["inspect", "fix", "demo", "compare", "report", "confirm",
+                                    "sweep", "check"]
+    check = group.commands["check"]
+    assert group.commands.get("check") is check and dict(group.commands.items())["check"] is check
+    assert check.name == "check" and "--max-row-norm" in {o for p in check.params for o in p.opts}
+    assert group.get_command(None, "sweep") is group.commands["sweep"]  # type: ignore[arg-type]
+    assert group.commands.get("nothing") is None
+    listing = runner.invoke(group, ["--help"]).stdout
+    for name in group.commands:
+        assert f"  {name} " in listing
+    result = runner.invoke(group, ["chek"])
+    assert result.exit_code == 2
+    assert "Did you mean 'check'?" in result.stderr
+
+
+def test_api_names_resolve_lazily_and_demo_stays_the_verb():
+    """headscope.api imports each submodule on first use of one of its names; loading the
+    submodule `api.demo` first does not turn `api.demo` into the module."""
+    code = ("import json, sys\nimport headscope.api.demo\nfrom headscope import api\n"
+            "from headscope.api.demo import demo\n"
+            "first = sorted(m for m in sys.modules if m.startswith('headscope.api.'))\n"
+            "ok = [api.demo is demo, callable(api.demo), api.FixOptions.__module__,\n"
+            "      api.ArmOutcome is api.ArmSummary]\n"
+            "try:\n    api.nothing\nexcept AttributeError as e:\n    ok.append(str(e))\n"
+            "print(json.dumps([first, ok]))\n")
+    from test_architecture import run_json
+
+    first, ok = run_json(code)
+    assert "headscope.api.summaries" not in first
+    assert ok == [True, True, "headscope.api.fixing", True,
+                  "module 'headscope.api' has no attribute 'nothing'"]
