@@ -10,11 +10,17 @@ The checkpoint is built once (with torch) into the temp folder, never into the r
   2. MINIMAL below: open the file with safetensors' numpy API, read the decoder tensor, print
      its mean row norm.
 
-One warm-up run of each fills the page cache; then the pairs run interleaved, so that load from
-other processes hits both alike. Prints each pair's wall time and CPU time (user + system: less
-sensitive to a shared machine), the medians and their ratios.
+One warm-up run of each fills the page cache and the bytecode cache; then the pairs run
+interleaved, so that load from other processes hits both alike. Prints each pair's wall time and
+CPU time (user + system: less sensitive to a shared machine), the medians and their ratios.
 
-    python benchmarks/bench_weights_only.py [--pairs 5] [--model DIR]
+Bytecode: an installed package has its modules compiled once (pip compiles them at install; a
+source checkout caches them on first import). Where PYTHONDONTWRITEBYTECODE is set (as on the
+machine these figures come from), every run would compile headscope's modules again (~0.04 s
+CPU) while numpy and safetensors load their installed bytecode, so both commands run with a
+private cache (PYTHONPYCACHEPREFIX under the checkpoint's folder) unless `--no-bytecode-cache`.
+
+    python benchmarks/bench_weights_only.py [--pairs 5] [--model DIR] [--no-bytecode-cache]
 """
 
 from __future__ import annotations
@@ -84,11 +90,11 @@ def build(path: Path) -> None:
         "{" + ", ".join(f'"{n}": "{t}"' for n, t in zip(names, specials, strict=True)) + "}\n")
 
 
-def run(cmd: list[str]) -> tuple[float, float, str]:
+def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
     """Wall seconds, CPU seconds (user + system, the child alone) and stdout of one run."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
@@ -100,30 +106,40 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
                         help="checkpoint folder; built there when absent")
+    parser.add_argument("--no-bytecode-cache", action="store_true",
+                        help="run both commands with this environment's bytecode setting")
     args = parser.parse_args()
+    env = None
+    if not args.no_bytecode_cache:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env["PYTHONPYCACHEPREFIX"] = str(args.model.parent / "pycache")
+    bytecode = "cached" if env is not None or not sys.dont_write_bytecode else "compiled each run"
     build(args.model)
     size = (args.model / "model.safetensors").stat().st_size
     cli = [sys.executable, "-m", "headscope", "inspect", str(args.model), "--weights-only",
            "--json", "-"]
     minimal = [sys.executable, "-c", MINIMAL, str(args.model)]
-    _, _, out_cli = run(cli)  # warm-up: page cache, bytecode
-    _, _, out_min = run(minimal)
+    load_before = os.getloadavg()[0]
+    _, _, out_cli = run(cli, env)  # warm-up: page cache, bytecode
+    _, _, out_min = run(minimal, env)
     mean_cli = json.loads(out_cli)["weights"]["row_norm_all"]["mean"]
     print(f"{args.model} ({size / 1e6:.0f} MB); mean row norm: CLI {mean_cli:.6f}, "
-          f"minimal {float(out_min):.6f}")
+          f"minimal {float(out_min):.6f}; bytecode {bytecode}")
     print(f"{'pair':>6} {'CLI wall':>9} {'minimal':>8} {'ratio':>6}   {'CLI cpu':>8} "
           f"{'minimal':>8} {'ratio':>6}")
     runs: list[tuple[float, float, float, float]] = []
     for n in range(args.pairs):
-        a, ca, _ = run(cli)
-        b, cb, _ = run(minimal)
+        a, ca, _ = run(cli, env)
+        b, cb, _ = run(minimal, env)
         runs.append((a, b, ca, cb))
         print(f"{n + 1:>6} {a:>8.2f}s {b:>7.2f}s {a / b:>5.2f}x   {ca:>7.2f}s {cb:>7.2f}s "
               f"{ca / cb:>5.2f}x")
     a, b, ca, cb = (statistics.median(r[i] for r in runs) for i in range(4))
     print(f"{'median':>6} {a:>8.2f}s {b:>7.2f}s {a / b:>5.2f}x   {ca:>7.2f}s {cb:>7.2f}s "
           f"{ca / cb:>5.2f}x   (target <= 1.5x wall)")
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on "
+          f"{os.cpu_count()} CPUs")
+
 
 if __name__ == "__main__":
     main()
