@@ -451,3 +451,37 @@ def test_counted_ks():
     assert counted_ks((1, 2, 4), bias, False, True) == (True, True, True)
     for b, scale in ((None, False), (bias, True), (np.zeros(3), False)):
         assert counted_ks((1, 2, 4), b, scale, False) == (True, True, True)
+
+
+@pytest.mark.parametrize("active_share", [0.01, 0.2, 0.6])
+def test_token_counts_and_pooling_match_a_naive_loop(active_share):
+    """The CPU reduction against a plain loop over the tokens under the mask: max-pooled logits
+    and, per threshold, the tokens x columns above it. A head where few columns ever exceed
+    their threshold (compared on those columns alone) and one where most do (the full pass)
+    give the naive counts exactly, with right, left and inner padding."""
+    from headscope.probe import _Reducer
+
+    rng = np.random.default_rng(int(active_share * 100))
+    n_b, n_t, vocab = 4, 9, 400
+    logits = rng.normal(size=(n_b, n_t, vocab)).astype(np.float32) - 6.0  # all below 0
+    hot = rng.random(vocab) < active_share  # columns with some logit above the thresholds
+    logits[:, :, hot] += rng.normal(6.0, 3.0, size=(n_b, n_t, int(hot.sum())))
+    mask = np.ones((n_b, n_t), dtype=np.int64)
+    mask[0, 6:] = 0  # right padding
+    mask[1, :3] = 0  # left padding
+    mask[2, [2, 5]] = 0  # holes: rows gathered, not viewed
+    mask[3, :] = 0  # nothing under the mask
+    thresholds = np.stack([np.zeros(vocab), rng.normal(0.5, 1.0, vocab)]).astype(np.float32)
+    reduce = _Reducer(thresholds, np.array([0, 1, -1]), 1, torch.Generator().manual_seed(0))
+    red = reduce(torch.from_numpy(logits.copy()), torch.from_numpy(mask))
+    counts = [0, 0]
+    for b in range(n_b):
+        rows = [logits[b, t] for t in range(n_t) if mask[b, t]]
+        want = np.max(rows, axis=0) if rows else np.full(vocab, -np.inf, dtype=np.float32)
+        assert np.array_equal(red.pooled[b], want), b
+        for u in range(2):
+            counts[u] += sum(int(v > thresholds[u, c]) for row in rows
+                             for c, v in enumerate(row))
+    assert red.positive.tolist() == [*counts, 0]
+    assert red.total == int(mask.sum()) * vocab
+    assert counts[0] > 0
