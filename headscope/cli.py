@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from headscope import __version__
+from headscope.api import FixOptions  # api.fixing alone: headscope.api imports on first use
 from headscope.errors import EXIT_INTERNAL, HeadscopeError, HeadscopeWarning, ModelErrors
 
 if TYPE_CHECKING:
@@ -63,12 +64,6 @@ stderr = _LazyConsole(stderr=True, soft_wrap=True, highlight=False)
 def _default(cls: type, name: str) -> Any:
     """CLI defaults come from the option dataclasses, so --help and the API never disagree."""
     return next(f.default for f in fields(cls) if f.name == name)
-
-
-def _fix_options() -> type:
-    from headscope.api import FixOptions
-
-    return FixOptions
 
 
 def _ks(value: str) -> tuple[float, ...]:
@@ -501,7 +496,7 @@ def inspect(models, revision, dtype, device, trust_remote_code, probe_file, ks, 
 @click.option("--k", "k", type=float, default=None,
               help="Divisor of the head projection. Default: the recommended k.")
 @click.option("--strategy", type=click.Choice(["untie", "tied", "fold"]),
-              default=_default(_fix_options(), "strategy"), show_default=True,
+              default=_default(FixOptions, "strategy"), show_default=True,
               help="Which parameters carry the factor (docs/rescale.md).")
 @click.option("--scale-bias/--no-scale-bias", default=None,
               help="Divide the output bias by k too. Default: as the recommendation says; "
