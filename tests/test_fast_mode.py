@@ -47,7 +47,7 @@ def test_fast_mode_recommends_as_the_default_on_bert_tiny_and_its_simulations(be
         simulate.make_dense_variant(loaded.model, loaded.tokenizer, texts, where=where)
     default, fast = _recommendations(loaded)
     _same(default, fast)
-    # the values measured while choosing the fast mode's sizes (docs/benchmarks.md)
-    assert (default.k, default.scale_bias) == {None: (1.0, False), "bias": (16.0, True),
+    # the recommendations of the calibrated bands (docs/calibration.md; tests/test_recommend_real)
+    assert (default.k, default.scale_bias) == {None: (4.0, False), "bias": (16.0, True),
                                                "projection": (8.0, False),
-                                               "scale-only": (1.0, False)}[where]
+                                               "scale-only": (32.0, False)}[where]
