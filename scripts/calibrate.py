@@ -297,11 +297,17 @@ def inspection(name: str, loaded, label: str, commit: str, config=None) -> dict:
     assert rec is not None
     head = heads.find_head(loaded)
     pset = probe.builtin_probe(config.n_pairs)
-    per_k = {}
+    # The report holds the statistics of the bias setting it recommended from; probe only the
+    # other one (the same probe set and configuration, so the same numbers a second pass gives).
+    assert rep.probe is not None
+    per_k = {"divided" if rep.probe.scale_bias else "kept": _kstats_dicts(rep.per_k)}
     for scale_bias in (False, True) if head.bias is not None else (False,):
-        result = probe.run_probe(loaded.model, loaded.tokenizer, head.bias, pset,
-                                 replace(config, scale_bias=scale_bias))
-        per_k["divided" if scale_bias else "kept"] = _kstats_dicts(result.per_k)
+        name_k = "divided" if scale_bias else "kept"
+        if name_k not in per_k:
+            result = probe.run_probe(loaded.model, loaded.tokenizer, head.bias, pset,
+                                     replace(config, scale_bias=scale_bias))
+            per_k[name_k] = _kstats_dicts(result.per_k)
+    per_k = {b: per_k[b] for b in ("kept", "divided") if b in per_k}
     return {
         "key": f"{name}|inspect|{commit}", "kind": "inspect", "condition": name,
         "label": label, "git_commit": commit, "has_bias": head.bias is not None,

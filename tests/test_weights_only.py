@@ -505,11 +505,9 @@ def test_weights_only_imports_neither_torch_nor_transformers(tmp_path, modernber
             f"    main([{'inspect'!r}, {str(model)!r}, '--weights-only', '--json', '-'])\n"
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'transformers', 'matplotlib', 'scipy'))))\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=120, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout) == []
+    from test_architecture import run_json
+
+    assert run_json(code, cwd=tmp_path) == []
 
 
 def test_weights_only_inspect_imports_only_what_it_uses(tmp_path, modernbert_dir):
@@ -525,11 +523,9 @@ def test_weights_only_inspect_imports_only_what_it_uses(tmp_path, modernbert_dir
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'rich' or m in "
             "('headscope.guard', 'headscope.api.training', 'headscope.api.demo', "
             "'headscope.api.summaries', 'headscope.render', 'tomllib'))))\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=120, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout) == []
+    from test_architecture import run_json
+
+    assert run_json(code, cwd=tmp_path) == []
 
 
 def test_commands_built_on_first_use_are_the_same_commands(runner):
