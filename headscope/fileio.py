@@ -60,8 +60,10 @@ def fsync_dir(folder: PathLike) -> None:
             os.close(fd)
 
 
-def write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write `data` to `path` atomically (temporary sibling, fsync, rename)."""
+def write_bytes(path: PathLike, data: bytes, *, sync: bool = True) -> Path:
+    """Write `data` to `path` atomically (temporary sibling, fsync, rename). `sync=False` leaves
+    out the two fsyncs, for a file inside a folder its writer flushes as a whole before renaming
+    the folder into place: each of them waits for every write in flight on the file system."""
     path = Path(path)
     tmp = _temp_sibling(path)
     try:
@@ -74,7 +76,8 @@ def write_bytes(path: PathLike, data: bytes) -> Path:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -84,13 +87,14 @@ def write_bytes(path: PathLike, data: bytes) -> Path:
         if isinstance(err, OSError):
             raise OutputWriteError(str(path), _reason(err)) from err
         raise
-    fsync_dir(path.parent)
+    if sync:
+        fsync_dir(path.parent)
     return path
 
 
-def write_text(path: PathLike, text: str) -> Path:
-    """Write `text` (UTF-8) to `path` atomically."""
-    return write_bytes(path, text.encode("utf-8"))
+def write_text(path: PathLike, text: str, *, sync: bool = True) -> Path:
+    """Write `text` (UTF-8) to `path` atomically (see `write_bytes`)."""
+    return write_bytes(path, text.encode("utf-8"), sync=sync)
 
 
 class _Writer:

@@ -1,10 +1,12 @@
 """Write a fixed checkpoint: temporary sibling folder, verify by reload, atomic rename, provenance.
 
 The weights are written from the source checkpoint's *files*, not from the model in memory: every
-tensor the rescale does not change is copied byte for byte (safetensors sources are copied as raw
-byte ranges, one tensor at a time, so memory stays near one tensor), and only the head tensors the
-strategy changes are recomputed, in the dtype they are stored in. The output is always
-safetensors, sharded like the source when the source was sharded, else split by `max_shard_size`.
+tensor the rescale does not change is copied byte for byte, and only the head tensors the strategy
+changes are recomputed, in the dtype they are stored in. Tensors keep the source file's order
+(when that keeps each aligned to its element size), so a safetensors source's unchanged tensors
+are copied as a few long byte ranges, in the kernel where it can (copy_file_range), never held in
+memory. The output is always safetensors, sharded like the source when the source was sharded,
+else split by `max_shard_size`.
 
 Tied-weight traps handled here (docs/rescale.md, "Head layouts per family"):
 - An untied decoder is written under its own name with ``tie_word_embeddings: false`` explicit in
@@ -31,6 +33,13 @@ Comparing bytes with the source instead of comparing every reloaded tensor with 
 memory reads each tensor once from each side and never materialises a second model's unchanged
 tensors. A failure deletes the temporary folder and raises VerificationError; nothing is left
 behind on any exception, KeyboardInterrupt included.
+
+What does not depend on the main thread's work runs beside it on threads (`_in_background`): the
+sha256 of the source files (provenance), the original's forward pass on the verification texts
+(during the write), the flush of the weight files to disk and the reload with its forward pass
+(both during the byte checks, which report first when they fail). Every file is flushed again,
+with the folder, before the rename; threads running torch are waited for before leaving on a
+failure (an interpreter exiting under a running forward pass aborts).
 """
 
 from __future__ import annotations
@@ -49,7 +58,7 @@ from contextlib import suppress
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from headscope import __version__, fileio
 from headscope.checkpoint import containment, read_bin, read_safetensors_header
@@ -75,6 +84,7 @@ if TYPE_CHECKING:
     from headscope.heads import Head
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
+_T = TypeVar("_T")
 
 PROVENANCE_FILE = "headscope.json"
 # Inside a temporary folder while it is being written: who writes it (a killed run's folder is
@@ -190,8 +200,9 @@ def _read_source(ckpt) -> list[list[_Stored]]:
     files: list[list[_Stored]] = []
     for path in ckpt.weight_files:
         if ckpt.weight_format == "safetensors":
-            files.append([_Stored(key, path, t.dtype, t.shape, t.begin, t.end)
-                          for key, t in read_safetensors_header(path).tensors.items()])
+            stored = [_Stored(key, path, t.dtype, t.shape, t.begin, t.end)
+                      for key, t in read_safetensors_header(path).tensors.items()]
+            files.append(sorted(stored, key=lambda s: s.begin))
         else:
             files.append([_Stored(key, path, _torch_st_dtype(tensor.dtype), tuple(tensor.shape),
                                   tensor=tensor) for key, tensor in read_bin(path).items()])
@@ -206,32 +217,46 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _hash_in_background(paths: Sequence[Path]) -> Callable[[], dict[str, str]]:
-    """Start hashing `paths` (sha256) on a thread; the returned function waits for the digests
-    ({file name: hex}). hashlib releases the GIL on large buffers, so the hashing overlaps with
-    writing and verifying instead of adding to them."""
+def _in_background(work: Callable[[], _T], name: str) -> Callable[[], _T]:
+    """Start `work` on a thread; the returned function waits for it and returns its result, or
+    raises its error. What runs there releases the GIL for most of its time (hashing, fsync,
+    torch), so on two cores or more it overlaps with the main thread's writing and checking
+    instead of adding to them."""
     import threading
 
-    digests: dict[str, str] = {}
+    outcome: list[Any] = []
     errors: list[BaseException] = []
 
-    def work() -> None:
+    def run() -> None:
         try:
-            for p in paths:
-                digests[p.name] = _sha256(p)
+            outcome.append(work())
         except BaseException as err:  # re-raised by the caller
             errors.append(err)
 
-    thread = threading.Thread(target=work, name="headscope-sha256", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
 
-    def result() -> dict[str, str]:
+    def result() -> _T:
         thread.join()
         if errors:
             raise errors[0]
-        return digests
+        return outcome[0]
 
     return result
+
+
+def _hash_in_background(paths: Sequence[Path]) -> Callable[[], dict[str, str]]:
+    """sha256 of `paths` on a thread: {file name: hex} when the returned function is called."""
+    return _in_background(lambda: {p.name: _sha256(p) for p in paths}, "headscope-sha256")
+
+
+def _fsync_files(paths: Sequence[Path]) -> None:
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,56 +472,82 @@ def _tensor_bytes(t) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy())
 
 
-def _copy_range(stored: _Stored, out, buf: bytearray | None,
-                on_bytes: Callable[[int], None]) -> None:
-    """Append the stored bytes of one tensor to `out`: in the kernel (copy_file_range) where
-    the platform has it, else through `buf`."""
-    left = stored.nbytes
-    with stored.file.open("rb") as src:
-        if buf is None:
-            out.flush()
-            offset = stored.begin
-            while left:
-                try:
-                    got = os.copy_file_range(src.fileno(), out.fileno(), min(left, 1 << 30),
-                                             offset)
-                except OSError:  # e.g. across file systems on old kernels
-                    buf = bytearray(_COPY_CHUNK)
-                    break
-                if not got:
-                    raise InputError(f"{stored.file} ended inside tensor {stored.key}; "
-                                     "re-download the checkpoint.")
-                offset += got
-                left -= got
-                on_bytes(got)
-            out.seek(0, os.SEEK_END)
-            if not left:
-                return
-            src.seek(offset)
+def _itemsize(dtype: str) -> int:
+    return {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
+            "I16": 2, "U16": 2}.get(dtype, 1)
+
+
+def _layout(entries: list[_Entry]) -> list[_Entry]:
+    """The order of `entries` in the data section. Their own order (the source file's, with
+    tensors not stored there at the end) when it leaves every tensor aligned to its element
+    size: the unchanged tensors then lie in the output as they lie in the source, and are
+    copied in a few long runs. Otherwise, as safetensors itself orders them: by element size,
+    largest first, then by name, which aligns every offset."""
+    offset = 0
+    for e in entries:
+        if offset % _itemsize(e.dtype):
+            return sorted(entries, key=lambda e: (-_itemsize(e.dtype), e.name))
+        offset += e.nbytes
+    return list(entries)
+
+
+def _runs(ordered: list[_Entry]) -> list[tuple[Path, int, int] | _Entry]:
+    """What to append, in order: (file, begin, end) byte ranges of the source, one per run of
+    stored tensors that lie back to back there (in the order written), and the entries whose
+    bytes come from memory (planned values, tensors of .bin sources, the model's own)."""
+    runs: list[tuple[Path, int, int] | _Entry] = []
+    for e in ordered:
+        s = e.stored
+        if s is None or s.tensor is not None:
+            runs.append(e)
+            continue
+        last = runs[-1] if runs else None
+        if isinstance(last, tuple) and last[0] == s.file and last[2] == s.begin:
+            runs[-1] = (s.file, last[1], s.end)
         else:
-            src.seek(stored.begin)
-        chunk = buf if buf is not None else bytearray(_COPY_CHUNK)
-        while left:
-            view = memoryview(chunk)[: min(left, _COPY_CHUNK)]
+            runs.append((s.file, s.begin, s.end))
+    return runs
+
+
+def _copy_range(file: Path, begin: int, end: int, out, on_bytes: Callable[[int], None]) -> None:
+    """Append bytes [begin, end) of `file` to `out`: in the kernel (copy_file_range) where the
+    platform has it, else through a buffer."""
+    def ended() -> InputError:
+        return InputError(f"{file} ended inside the tensor data at byte {offset}; re-download "
+                          "the checkpoint.")
+
+    offset = begin
+    out.flush()
+    with file.open("rb") as src:
+        if hasattr(os, "copy_file_range"):
+            try:
+                while offset < end:
+                    got = os.copy_file_range(src.fileno(), out.fileno(),
+                                             min(end - offset, 1 << 30), offset)
+                    if not got:
+                        raise ended()
+                    offset += got
+                    on_bytes(got)
+            except OSError:  # e.g. across file systems on old kernels: the buffer below
+                pass
+            out.seek(0, os.SEEK_END)
+        src.seek(offset)
+        chunk = bytearray(min(_COPY_CHUNK, end - offset))
+        while offset < end:
+            view = memoryview(chunk)[: min(end - offset, _COPY_CHUNK)]
             got = src.readinto(view)
             if not got:
-                raise InputError(f"{stored.file} ended inside tensor {stored.key}; "
-                                 "re-download the checkpoint.")
+                raise ended()
             out.write(view[:got])
-            left -= got
+            offset += got
             on_bytes(got)
 
 
 def _write_safetensors(path: Path, entries: list[_Entry], metadata: dict[str, str],
                        on_bytes: Callable[[int], None]) -> int:
-    """Stream `entries` into a safetensors file; returns the file size. Tensors are ordered by
-    element size, largest first, then by name (as safetensors itself does), so that every data
-    offset is aligned to its element size."""
-    def itemsize(e: _Entry) -> int:
-        return {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
-                "I16": 2, "U16": 2}.get(e.dtype, 1)
-
-    ordered = sorted(entries, key=lambda e: (-itemsize(e), e.name))
+    """Stream `entries` into a safetensors file (in the order `_layout` gives); returns the file
+    size. The caller flushes it to disk (`_flush_in_background`)."""
+    ordered = _layout(entries)
     header: dict[str, Any] = {"__metadata__": metadata}
     offset = 0
     for e in ordered:
@@ -505,19 +556,16 @@ def _write_safetensors(path: Path, entries: list[_Entry], metadata: dict[str, st
         offset += e.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-    buf: bytearray | None = None if hasattr(os, "copy_file_range") else bytearray(_COPY_CHUNK)
     with path.open("wb") as out:
         out.write(struct.pack("<Q", len(raw)))
         out.write(raw)
-        for e in ordered:
-            if e.stored is not None and e.stored.tensor is None:
-                _copy_range(e.stored, out, buf, on_bytes)
+        for run in _runs(ordered):
+            if isinstance(run, tuple):
+                _copy_range(*run, out, on_bytes)
             else:
-                t = e.tensor if e.tensor is not None else e.stored.tensor  # type: ignore[union-attr]
+                t = run.tensor if run.tensor is not None else run.stored.tensor  # type: ignore[union-attr]
                 out.write(_tensor_bytes(t))
-                on_bytes(e.nbytes)
-        out.flush()
-        os.fsync(out.fileno())
+                on_bytes(run.nbytes)
     return 8 + len(raw) + offset
 
 
@@ -773,10 +821,12 @@ def _verify_files(tmp: Path, plan: _Plan, loaded: LoadedModel, where: str) -> in
 
 def _verify(candidate, loaded: LoadedModel, head: Head, spec: RescaleSpec, plan: _Plan,
             reference: _Probe, memory_ref: _Probe | None, against: str,
-            where: str, identical: int | None = None) -> Verification:
+            where: str, identical: int | None = None, fixed: _Probe | None = None
+            ) -> Verification:
     """Tensors, tie state and one forward pass of `candidate`. `identical`: the count from
     `_verify_files`, whose byte checks replace comparing every unchanged tensor here (then only
-    the changed tensors are compared)."""
+    the changed tensors are compared). `fixed`: the candidate's forward pass on the reference
+    inputs when the caller ran it already."""
     import torch
 
     model = loaded.model
@@ -818,7 +868,8 @@ def _verify(candidate, loaded: LoadedModel, head: Head, spec: RescaleSpec, plan:
             "nothing was kept."
         )
 
-    fixed = _forward(candidate, reference.inputs)
+    if fixed is None:
+        fixed = _forward(candidate, reference.inputs)
     bias = head.bias.detach().float().cpu() if head.bias is not None else None
     want = expected_logits(reference.logits, bias, spec)  # (B, T, V)
     dtype = next(candidate.parameters()).dtype
@@ -1052,11 +1103,7 @@ def _fsync_tree(folder: Path) -> None:
     """Flush every file of `folder`, and the folders, to disk before it is renamed into place."""
     for path in sorted(folder.rglob("*"), reverse=True):
         if path.is_file() and not path.is_symlink():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_files([path])
         elif path.is_dir():
             fileio.fsync_dir(path)
     fileio.fsync_dir(folder)
@@ -1101,8 +1148,11 @@ def _metadata(ckpt, spec: RescaleSpec, plan: _Plan) -> dict[str, str]:
 
 
 def _write_checkpoint(tmp: Path, ckpt, spec: RescaleSpec, plan: _Plan, copied: Sequence[str],
-                      report: Progress) -> None:
-    """The weights (and their index when sharded), config.json and the copied files, in `tmp`."""
+                      report: Progress) -> Callable[[], None]:
+    """The weights (and their index when sharded), config.json and the copied files, in `tmp`.
+    The weight files are flushed to disk on a thread while the caller verifies them; the
+    returned function waits for that flush (and raises its error: a full disk may only tell
+    then)."""
     metadata = _metadata(ckpt, spec, plan)
     total = plan.weight_bytes
     done = 0
@@ -1116,34 +1166,48 @@ def _write_checkpoint(tmp: Path, ckpt, spec: RescaleSpec, plan: _Plan, copied: S
     for name, entries in plan.shards:
         _write_safetensors(tmp / name, entries, metadata, on_bytes)
         weight_map.update({e.name: name for e in entries})
+    flushed = _in_background(lambda: _fsync_files([tmp / name for name, _ in plan.shards]),
+                             "headscope-fsync")
     if plan.sharded:
         index = {"metadata": {"total_size": total, **metadata},
                  "weight_map": dict(sorted(weight_map.items()))}
-        fileio.write_text(tmp / _INDEX, json.dumps(index, indent=2) + "\n")
+        fileio.write_text(tmp / _INDEX, json.dumps(index, indent=2) + "\n", sync=False)
     config = dict(ckpt.config)
     config["tie_word_embeddings"] = plan.tied_out
-    fileio.write_text(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+    fileio.write_text(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n",
+                     sync=False)
     for name in copied:
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ckpt.path / name, tmp / name)
+    return flushed
 
 
 def _verify_written(tmp: Path, loaded: LoadedModel, head: Head, spec: RescaleSpec, plan: _Plan,
+                    inputs: dict[str, Any],
                     references: Callable[[], tuple[_Probe, _Probe | None, Any]],
-                    report: Progress) -> Verification:
-    """The files in `tmp` byte for byte against the source and the plan, then a reload of them
-    and one forward pass against the expected logits."""
+                    pending: list[Callable[[], Any]], report: Progress) -> Verification:
+    """The files in `tmp` byte for byte against the source and the plan, and, at the same time
+    on a thread, a reload of them and one forward pass; then the reloaded model's changed
+    tensors, tie state and logits against the expected ones. The byte checks, when they fail,
+    say so first. `pending` gets the thread's join (the caller waits for it on failure)."""
     report("verify", 0, 3)
     where = f"the checkpoint written to {tmp}"
+
+    def reload_and_run() -> tuple[Any, _Probe]:
+        candidate = _reload(tmp, loaded)
+        return candidate, _forward(candidate, inputs)
+
+    reloaded = _in_background(reload_and_run, "headscope-reload")
+    pending.append(reloaded)
     identical = _verify_files(tmp, plan, loaded, where)
     report("verify", 1, 3)
     reference, memory_ref, memory_model = references()
     del memory_model
-    reloaded = _reload(tmp, loaded)
+    candidate, fixed = reloaded()
     report("verify", 2, 3)
-    verification = _verify(reloaded, loaded, head, spec, plan, reference, memory_ref,
-                           "reload", where, identical=identical)
-    del reloaded
+    verification = _verify(candidate, loaded, head, spec, plan, reference, memory_ref,
+                           "reload", where, identical=identical, fixed=fixed)
+    del candidate
     report("verify", 3, 3)
     return verification
 
@@ -1256,6 +1320,7 @@ def save_fixed(
     created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
     installed = False
     tmp: Path | None = None
+    pending: list[Callable[[], Any]] = []  # threads running torch, joined before leaving
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         cleaned = _remove_stale(out)
@@ -1263,13 +1328,20 @@ def save_fixed(
         fileio.write_text(tmp / WRITING_MARKER, json.dumps(
             {"headscope_version": __version__, "pid": os.getpid(), "host": socket.gethostname(),
              "out": str(out)}) + "\n")
-        _write_checkpoint(tmp, ckpt, spec, plan, copied, report)
+        # The original's outputs on the verification texts, computed while the files are
+        # written (they do not depend on them).
+        referenced = _in_background(references, "headscope-reference")
+        pending.append(referenced)
+        flushed = _write_checkpoint(tmp, ckpt, spec, plan, copied, report)
 
-        verification = _verify_written(tmp, loaded, head, spec, plan, references, report)
+        verification = _verify_written(tmp, loaded, head, spec, plan, inputs, referenced,
+                                       pending, report)
         provenance = _provenance(ckpt, spec, plan, verification,
                                  None if source_hashes is None else source_hashes(),
                                  before, after, files)
-        fileio.write_text(tmp / PROVENANCE_FILE, json.dumps(provenance, indent=2) + "\n")
+        fileio.write_text(tmp / PROVENANCE_FILE, json.dumps(provenance, indent=2) + "\n",
+                         sync=False)
+        flushed()
         _fsync_tree(tmp)
         _install(tmp, out, overwrite)
         installed = True
@@ -1285,6 +1357,11 @@ def save_fixed(
         raise OutputWriteError(str(out), err.strerror or str(err)) from err
     finally:
         if not installed:
+            for join in pending:
+                # A forward pass still running on a thread when the interpreter exits aborts
+                # it (std::terminate): wait for it, a fraction of a second, before leaving.
+                with suppress(BaseException):
+                    join()
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
             for folder in created:  # parents this call created, if still empty

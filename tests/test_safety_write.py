@@ -630,6 +630,27 @@ def test_write_bytes_replaces_atomically_and_leaves_nothing_on_failure(tmp_path,
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"] and path.read_bytes() == b"old"
 
 
+@pytest.mark.parametrize("sync, flushed", [(True, ["f.bin.tmp", "d"]), (False, [])])
+def test_write_bytes_flushes_the_file_and_its_folder_unless_told_not_to(
+        tmp_path, monkeypatch, sync, flushed):
+    """`sync=False` is for a file inside a folder flushed as a whole before it is renamed into
+    place (fix's temporary folder): still atomic, with no fsync of its own."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    seen = []
+    real = os.fsync
+
+    def fsync(fd):
+        target = Path(os.readlink(f"/proc/self/fd/{fd}")).name
+        seen.append("f.bin.tmp" if target.endswith(".tmp") else target)
+        return real(fd)
+
+    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    fileio.write_text(folder / "f.bin", "data", sync=sync)
+    assert seen == flushed
+    assert (folder / "f.bin").read_text() == "data" and sorted(os.listdir(folder)) == ["f.bin"]
+
+
 def test_atomic_open_appears_only_when_complete(tmp_path):
     tmp_path = tmp_path / "d"  # beside the workspace's cache and work folders
     tmp_path.mkdir()

@@ -520,3 +520,138 @@ def test_head_passed_down_is_not_discovered_again(bert_tiny, tmp_path, monkeypat
     save_fixed(bert_tiny, RescaleSpec(4, "untie"), tmp_path / "dry", verify_texts=TEXTS,
                dry_run=True)
     assert seen[0] is bert_tiny  # found here when not given
+
+
+# --------------------------------------------------------------------------------------------
+# the streaming write: source order, long copy runs, flushed before the rename
+
+
+def _data_section(path: Path) -> tuple[dict, bytes]:
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    header.pop("__metadata__", None)
+    return header, raw[8 + n:]
+
+
+def test_unchanged_tensors_keep_the_source_layout_and_copy_in_one_run(tmp_path, monkeypatch):
+    """untie of a tied BERT: every stored tensor is unchanged, so the written data section
+    begins with the source's, byte for byte and at the same offsets, copied in one run; what
+    the source does not store follows it: BERT's decoder bias, written explicitly (a second run:
+    the bytes of cls.predictions.bias, which it aliases), and the untied decoder."""
+    src = save_tiny("bert", tmp_path / "src")
+    runs = []
+    original = save._copy_range
+
+    def counting(file, begin, end, out, on_bytes):
+        runs.append((Path(file).name, begin, end))
+        return original(file, begin, end, out, on_bytes)
+
+    monkeypatch.setattr(save, "_copy_range", counting)
+    save_fixed(_load(src), RescaleSpec(4, "untie"), tmp_path / "o", verify_texts=TEXTS)
+    src_header, src_data = _data_section(src / "model.safetensors")
+    out_header, out_data = _data_section(tmp_path / "o" / "model.safetensors")
+    assert out_data[:len(src_data)] == src_data
+    for name, info in src_header.items():
+        assert out_header[name]["data_offsets"] == info["data_offsets"], name
+    added = sorted((i["data_offsets"], n) for n, i in out_header.items() if n not in src_header)
+    assert [n for _, n in added] == ["cls.predictions.decoder.bias",
+                                     "cls.predictions.decoder.weight"]
+    assert added[0][0][0] == len(src_data) and added[1][0][0] == added[0][0][1]
+    src_start = (src / "model.safetensors").stat().st_size - len(src_data)
+    bias = src_header["cls.predictions.bias"]["data_offsets"]  # the decoder bias is its alias
+    assert runs == [("model.safetensors", src_start, src_start + len(src_data)),
+                    ("model.safetensors", src_start + bias[0], src_start + bias[1])]
+
+
+def test_a_changed_tensor_splits_the_copy_runs_in_place(tmp_path, monkeypatch):
+    """fold changes the head's LayerNorm: it is written from memory in its source slot, and the
+    unchanged bytes on either side of it are copied in long runs."""
+    src = save_tiny("bert", tmp_path / "src")
+    runs = []
+    original = save._copy_range
+    monkeypatch.setattr(save, "_copy_range", lambda file, begin, end, out, on_bytes: (
+        runs.append((begin, end)), original(file, begin, end, out, on_bytes)))
+    save_fixed(_load(src), RescaleSpec(4, "fold"), tmp_path / "o", verify_texts=TEXTS)
+    src_header, src_data = _data_section(src / "model.safetensors")
+    out_header, _ = _data_section(tmp_path / "o" / "model.safetensors")
+    for name, info in src_header.items():
+        assert out_header[name]["data_offsets"] == info["data_offsets"], name
+    start = (src / "model.safetensors").stat().st_size - len(src_data)
+    expected: list[tuple[int, int]] = []  # the unchanged ranges, merged where back to back
+    for begin, end in sorted(i["data_offsets"] for n, i in src_header.items()
+                             if not n.startswith("cls.predictions.transform.LayerNorm.")):
+        if expected and expected[-1][1] == start + begin:
+            expected[-1] = (expected[-1][0], start + end)
+        else:
+            expected.append((start + begin, start + end))
+    bias = src_header["cls.predictions.bias"]["data_offsets"]  # the decoder bias, its alias
+    assert runs == expected + [(start + bias[0], start + bias[1])]
+    assert 2 <= len(expected) <= 3  # the LayerNorm's two tensors cut the data once or twice
+
+
+def _entry(name: str, dtype: str, nbytes: int) -> save._Entry:
+    return save._Entry(name, dtype, (nbytes,), nbytes)
+
+
+def test_layout_keeps_an_aligned_order_and_sorts_a_misaligned_one():
+    aligned = [_entry("b", "F32", 8), _entry("a", "F16", 2), _entry("c", "U8", 3)]
+    assert [e.name for e in save._layout(aligned)] == ["b", "a", "c"]
+    # An odd-sized byte tensor first would put the float32 one at offset 3.
+    misaligned = [_entry("z", "U8", 3), _entry("y", "F32", 4), _entry("x", "F16", 2)]
+    assert [e.name for e in save._layout(misaligned)] == ["y", "x", "z"]
+
+
+def test_a_copy_that_fails_midway_finishes_through_the_buffer(tmp_path, monkeypatch):
+    """copy_file_range refusing after a first chunk (as across some file systems): the rest is
+    read and written, and the file is the same as a kernel copy."""
+    import errno
+    import os
+
+    src = save_tiny("bert", tmp_path / "src")
+    loaded = _load(src)
+    save_fixed(loaded, RescaleSpec(4), tmp_path / "kernel", verify_texts=TEXTS)
+    real = os.copy_file_range
+    calls = []
+
+    def flaky(src_fd, dst_fd, count, offset_src=None, *args):
+        calls.append(count)
+        if len(calls) > 1:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real(src_fd, dst_fd, min(count, 1000), offset_src, *args)
+
+    monkeypatch.setattr(os, "copy_file_range", flaky)
+    save_fixed(loaded, RescaleSpec(4), tmp_path / "mixed", verify_texts=TEXTS)
+    assert len(calls) >= 2
+    assert (tmp_path / "kernel" / "model.safetensors").read_bytes() == (
+        tmp_path / "mixed" / "model.safetensors").read_bytes()
+
+
+def test_every_written_file_is_flushed_before_the_rename(bert_tiny, tmp_path, monkeypatch):
+    """The weight files are flushed on a thread, the small files with the folder: every file
+    and the folder itself reach the disk before the folder is renamed into place."""
+    import os
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    seen_at_install = []
+    real_install = save._install
+
+    def install(tmp, out, overwrite):
+        seen_at_install.extend(synced)
+        files = {str(p) for p in tmp.rglob("*") if p.is_file()}
+        assert files, "nothing to install"
+        missing = files - set(seen_at_install)
+        assert not missing, f"not flushed before the rename: {sorted(missing)}"
+        assert str(tmp) in seen_at_install
+        return real_install(tmp, out, overwrite)
+
+    monkeypatch.setattr(save, "_install", install)
+    save_fixed(bert_tiny, RescaleSpec(4), tmp_path / "o", verify_texts=TEXTS)
+    assert seen_at_install
