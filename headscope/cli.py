@@ -276,6 +276,36 @@ def writable(*paths: str | None, parents: bool = False) -> None:
             fileio.check_writable(path, parents=parents)
 
 
+# Flags that only the probe or the bands rule read: weights-only runs neither (its k follows the
+# paper rule from the weights). (name in the command's parameters, flag as typed)
+_PROBE_ONLY_FLAGS = (("fast", "--fast"), ("n_pairs", "--n-pairs"), ("ks", "--ks"),
+                     ("batch_size", "--batch-size"), ("scale_bias", "--scale-bias/--no-scale-bias"),
+                     ("band_specs", "--band"))
+
+
+def _refuse_probe_flags_with_weights_only() -> None:
+    """With --weights-only, a probe or bands flag given on the command line (or through the
+    environment) is refused, not silently ignored; so is --rule other than paper."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    given = [flag for name, flag in _PROBE_ONLY_FLAGS if name in ctx.params and
+             ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE,
+                                                ParameterSource.ENVIRONMENT)]
+    if ctx.params.get("rule") not in (None, "paper") and ctx.get_parameter_source("rule") in (
+            ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+        given.append(f"--rule {ctx.params['rule']}")
+    if given:
+        from headscope.errors import InputError
+
+        raise InputError(
+            f"{', '.join(given)} {'has' if len(given) == 1 else 'have'} no effect with "
+            "--weights-only, which runs no probe and recommends k by the paper rule from the "
+            f"weights; drop {'it' if len(given) == 1 else 'them'}, or drop --weights-only to run "
+            "the probe."
+        )
+
+
 def _json_lines(documents) -> str:
     """Several JSON documents, one per line (JSON Lines), in the order given."""
     return "\n".join(json.dumps(d, allow_nan=False) for d in documents)
@@ -463,6 +493,8 @@ def inspect(models, revision, dtype, device, trust_remote_code, probe_file, ks, 
     from headscope.probe import fast_config
 
     writable(json_dest)
+    if weights_only:
+        _refuse_probe_flags_with_weights_only()
     options = api.InspectOptions(weights_only=weights_only, probe_file=probe_file, rule=rule,
                                  reference=reference)
     probe_config = _probe_config(ks, n_pairs, batch_size, scale_bias)
@@ -792,6 +824,8 @@ def _check_command() -> click.Command:
         from headscope import api
 
         writable(json_dest)
+        if weights_only:
+            _refuse_probe_flags_with_weights_only()
         overrides = {k: (tuple(v) if isinstance(v, tuple) else v) for k, v in policy.items()
                      if v is not None and v != ()}
         options = api.InspectOptions(weights_only=weights_only, probe_file=probe_file)

@@ -928,6 +928,30 @@ def test_weights_only_refuses_flags_it_cannot_honour(bert, isolated, flags, name
     assert_nothing_written(isolated)
 
 
+@pytest.mark.parametrize("command, flags, named, pronoun", [
+    ("inspect", ["--fast"], "--fast has", "it"),
+    ("inspect", ["--n-pairs", "8", "--ks", "1,2"], "--n-pairs, --ks have", "them"),
+    ("inspect", ["--rule", "bands"], "--rule bands has", "it"),
+    ("inspect", ["--band", "start_loss=:50"], "--band has", "it"),
+    ("inspect", ["--no-scale-bias"], "--scale-bias/--no-scale-bias has", "it"),
+    ("check", ["--batch-size", "4"], "--batch-size has", "it"),
+])
+def test_weights_only_refuses_probe_flags_given(bert, isolated, command, flags, named, pronoun):
+    """Weights-only runs no probe and no bands rule: a flag only they read, typed on the command
+    line, is refused before anything is read, not silently ignored."""
+    result = invoke([command, str(bert), "--weights-only"] + flags)
+    assert_refused(result, f"{named} no effect with --weights-only, which runs no probe and "
+                   "recommends k by the paper rule from the weights; drop "
+                   f"{pronoun}, or drop --weights-only to run the probe.")
+    assert_nothing_written(isolated)
+
+
+def test_weights_only_accepts_the_paper_rule_it_follows(bert):
+    result = invoke(["inspect", str(bert), "--weights-only", "--rule", "paper", "--json", "-"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["recommendation"]["rule"] == "paper"
+
+
 def test_weights_only_refuses_a_probe_file(bert, tmp_path):
     path = tmp_path / "probe.txt"
     path.write_text("One sentence here. Another one there.\n")
