@@ -547,13 +547,17 @@ def run_probe(
     probe: ProbeSet,
     config: ProbeConfig,
     progress: Callable[[int, int], None] | None = None,
+    vocab_size: int | None = None,
 ) -> ProbeResult:
     """Per-k statistics of `model` on the probe set, from one forward pass per batch.
 
     model: a transformers *ForMaskedLM (put in eval mode for the run, its mode restored after);
     bias: the head's output bias (V,) or None, which decides how each k moves the logits (see
     stats.transform_logits); progress(done_pairs, total_pairs) is called once with 0 before the
-    first batch and after each batch.
+    first batch and after each batch; vocab_size: the rows of the head's projection (the
+    logits' last dimension; `heads.find_head(...).decoder_weight.shape[0]`), by default the
+    output embeddings' rows, which a DeBERTa-v2 head without a decoder does not report
+    (transformers returns its dense layer).
     Queries and passages are tokenised separately (max_query_length, max_passage_length);
     everything is reduced on the model's device and only (B, V) arrays and small samples reach
     numpy, so memory does not grow with the number of pairs.
@@ -567,8 +571,10 @@ def run_probe(
         device = next(model.parameters()).device
     except StopIteration:
         raise InputError("The model has no parameters; pass a loaded masked LM.") from None
-    out_emb = model.get_output_embeddings()
-    vocab_size = int(out_emb.weight.shape[0] if out_emb is not None else model.config.vocab_size)
+    if vocab_size is None:
+        out_emb = model.get_output_embeddings()
+        vocab_size = int(out_emb.weight.shape[0] if out_emb is not None
+                         else model.config.vocab_size)
     bias_np = None
     if bias is not None:
         bias_np = bias.detach().to("cpu", torch.float64).numpy()  # (V,)

@@ -305,7 +305,8 @@ def inspection(name: str, loaded, label: str, commit: str, config=None) -> dict:
         name_k = "divided" if scale_bias else "kept"
         if name_k not in per_k:
             result = probe.run_probe(loaded.model, loaded.tokenizer, head.bias, pset,
-                                     replace(config, scale_bias=scale_bias))
+                                     replace(config, scale_bias=scale_bias),
+                                     vocab_size=head.decoder_weight.shape[0])
             per_k[name_k] = _kstats_dicts(result.per_k)
     per_k = {b: per_k[b] for b in ("kept", "divided") if b in per_k}
     return {

@@ -507,3 +507,34 @@ def test_confirm_without_k_trains_the_whole_recommendation(bias_dense, tmp_path)
     assert fixed.k == 32.0
     assert fixed.description == "projection / 32 (untie, bias divided)"
     assert outcome.config.scale_bias is True
+
+
+def test_inspect_deberta_v2_without_a_decoder_counts_the_whole_vocabulary(tiny_checkpoint):
+    """transformers' DeBERTa-v2 head without the legacy decoder reports its dense layer as the
+    output embeddings (32 rows here); the probe takes the vocabulary from the head headscope
+    found (100 rows), and its counts at k = 4 match a direct computation over the same passages
+    ((x - b) / 4 + b, max-pooled over the passage's tokens, counted where above 0)."""
+    import torch
+
+    from headscope import checkpoint, heads, probe
+    from headscope.rescale import RescaleSpec, expected_logits
+    from headscope.splade.encode import forward, tokenize
+
+    loaded = checkpoint.load(checkpoint.resolve(str(tiny_checkpoint("deberta-v2"))))
+    assert loaded.model.get_output_embeddings().weight.shape[0] != 100  # the quirk
+    config = ProbeConfig(n_pairs=8, batch_size=4)
+    report = api.inspect_loaded(loaded, probe_config=config)
+    assert report.recommendation is not None
+    at4 = next(s for s in report.per_k if s.k == 4)
+    passages = [p.passage for p in probe.builtin_probe(8).pairs]
+    batch = tokenize(loaded.model, loaded.tokenizer, passages, config.max_passage_length)
+    with torch.no_grad():
+        logits = forward(loaded.model, batch).logits.float()  # (B, T, V)
+    assert logits.shape[-1] == 100
+    bias = heads.find_head(loaded).bias.detach().float()
+    moved = expected_logits(logits, bias, RescaleSpec(4))
+    moved[~batch["attention_mask"].bool()] = float("-inf")
+    active = (moved.amax(dim=1) > 0).sum(dim=1).float()  # (B,)
+    assert 0 < active.mean().item() < 100  # neither none nor all: the count can tell
+    assert at4.active_passage == pytest.approx(active.mean().item())
+    assert at4.active_passage_share == pytest.approx(active.mean().item() / 100)

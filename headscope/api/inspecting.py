@@ -109,7 +109,8 @@ def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = Inspe
         )
     pset = probe_set(options.probe_file, probe_config.n_pairs)
     cb = (lambda done, total: progress("probe", done, total)) if progress else None
-    result = probe.run_probe(loaded.model, loaded.tokenizer, head.bias, pset, probe_config, cb)
+    result = probe.run_probe(loaded.model, loaded.tokenizer, head.bias, pset, probe_config, cb,
+                             vocab_size=head.decoder_weight.shape[0])
     rec = recommend(result.per_k, rule=options.rule, bands=bands, weights=weights,
                     reference=reference_per_k)
     findings = diagnose(weights, result.per_k, vocab_fields(vocab, tied=head.tied), rec)
@@ -142,7 +143,8 @@ def _with_bias_divided(loaded, head, pset, probe_config, rec, weights, vocab, ba
     cb = (lambda done, total: progress("probe (bias divided)", done, total)) if progress \
         else None
     scaled = probe.run_probe(loaded.model, loaded.tokenizer, head.bias, pset,
-                             replace(probe_config, scale_bias=True), cb)
+                             replace(probe_config, scale_bias=True), cb,
+                             vocab_size=head.decoder_weight.shape[0])
     rec2 = recommend(scaled.per_k, rule="bands", bands=bands, weights=weights)
     if not prefer_divided_bias(rec, rec2):
         return None
