@@ -620,6 +620,7 @@ def compare(sources, revision, dtype, device, trust_remote_code, probe_file, ks,
                               load_options=_load_opts(revision, dtype, device,
                                                       trust_remote_code),
                               probe_config=_probe_config(ks, n_pairs, batch_size, scale_bias),
+                              options=api.InspectOptions(probe_file=probe_file),
                               progress=progress)
     labels = api.compare_labels(reports)
     if json_dest != "-":

@@ -611,6 +611,28 @@ def test_compare_never_heads_two_columns_alike(runner, bert_tiny_dir, tmp_path):
     assert "(probe)" in header and "(weights only)" in header
 
 
+def test_compare_inspects_on_the_probe_file_given(runner, tmp_checkpoint_bert, tmp_path):
+    """compare --probe FILE measures each model on FILE's texts, as inspect --probe does (it was
+    accepted and ignored)."""
+    probe = tmp_path / "probe.jsonl"
+    probe.write_text("".join(json.dumps({"query": f"what is topic {i}",
+                                         "passage": f"Topic {i} is a subject of study number {i}."})
+                             + "\n" for i in range(8)))
+    inspected = runner.invoke(main, ["inspect", str(tmp_checkpoint_bert), "--probe", str(probe),
+                                     "--json", "-"])
+    builtin = runner.invoke(main, ["inspect", str(tmp_checkpoint_bert), "--n-pairs", "8",
+                                   "--json", "-"])
+    compared = runner.invoke(main, ["compare", str(tmp_checkpoint_bert), "--probe", str(probe),
+                                    "--json", "-"])
+    for result in (inspected, builtin, compared):
+        assert result.exit_code == 0, result.stderr
+    at1 = {name: next(s for s in json.loads(r.stdout)["per_k"] if s["k"] == 1.0)["start_loss"]
+           for name, r in (("file", inspected), ("builtin", builtin))}
+    assert at1["file"] != at1["builtin"]
+    row = valid("compare", json.loads(compared.stdout))["models"][0]
+    assert row["start_loss"] == at1["file"]
+
+
 def test_compare_needs_a_source(runner):
     result = runner.invoke(main, ["compare"])
     assert result.exit_code == 2

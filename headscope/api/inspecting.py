@@ -325,12 +325,13 @@ def check_many(sources: Sequence[str], *, policy_path: str | None = None,
 
 
 def compare(sources: Sequence[str], *, load_options=None, probe_config=None,
+            options: InspectOptions = InspectOptions(),
             progress: Progress | None = None) -> tuple[Report, ...]:
     """Reports for several checkpoints or saved JSON reports, in the order given.
 
     A source that is an existing `.json` file is read as a saved report (no torch needed for
-    it); anything else is inspected. Compare reports made with the same probe: each report
-    records its probe's sha256.
+    it); anything else is inspected with `options` (its probe file, rule...). Compare reports
+    made with the same probe: each report records its probe's sha256.
     """
     from headscope import report as report_mod
 
@@ -342,7 +343,8 @@ def compare(sources: Sequence[str], *, load_options=None, probe_config=None,
             reports.append(report_mod.read_json(source))
         else:
             reports.append(inspect(source, load_options=load_options,
-                                   probe_config=probe_config, progress=progress))
+                                   probe_config=probe_config, options=options,
+                                   progress=progress))
     return tuple(reports)
 
 
