@@ -58,6 +58,11 @@ _TOKENIZER_FILES = (
     "tokenizer.model",
 )
 
+# Every other file headscope or transformers reads from a checkpoint folder (config and
+# tokenizer), checked by `resolve` like the weight files: never read through a link out.
+_READ_FILES = ("config.json", *_TOKENIZER_FILES, "special_tokens_map.json", "added_tokens.json",
+               "merges.txt", "chat_template.jinja", "chat_template.json")
+
 # What the network path downloads: config, tokenizer and safetensors weights first; .bin weights
 # only when the repository has no safetensors.
 _HUB_PATTERNS = ("*.json", "*.txt", "*.model", "*.safetensors")
@@ -565,6 +570,14 @@ def resolve(source: str, revision: str | None = None) -> Checkpoint:
             source, "no such directory, and not a Hub id of the form org/name"
         )
 
+    for name in _READ_FILES:
+        reason = containment(folder, name)
+        if reason is not None and reason != "missing":
+            raise InputError(
+                f"{folder / name} {reason}; headscope reads a checkpoint's config and tokenizer "
+                "only from inside its folder: refusing it (repair the checkpoint or re-download "
+                "it)."
+            )
     if not (folder / "config.json").is_file():
         raise CheckpointNotFoundError(source, f"{folder} has no config.json")
     config = _read_json(folder / "config.json")

@@ -177,6 +177,38 @@ def test_single_weight_file_linked_out_of_the_folder_is_refused(bert, other, iso
                    f"folder{_escape(bert)}")
 
 
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "tokenizer_config.json",
+                                  "special_tokens_map.json"])
+@pytest.mark.parametrize("weights_only", [True, False])
+def test_config_or_tokenizer_linked_out_of_the_folder_is_refused(bert, tmp_path, isolated, name,
+                                                                 weights_only):
+    """A config or tokenizer file that is a link out of the checkpoint is never read (its
+    content could land in a report or in fix's config.json), like a weight file."""
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"model_type": "bert", "token": "do-not-read"}')
+    if (bert / name).exists():
+        (bert / name).unlink()
+    (bert / name).symlink_to(secret)
+    before = tree(bert)
+    result = invoke(["inspect", str(bert)] + (["--weights-only"] if weights_only else []))
+    assert_refused(result, f"{bert / name} resolves to {secret}, outside the checkpoint folder; "
+                   "headscope reads a checkpoint's config and tokenizer only from inside its "
+                   "folder: refusing it (repair the checkpoint or re-download it).")
+    assert tree(bert) == before
+    assert_nothing_written(isolated)
+
+
+def test_fix_refuses_a_config_linked_out_before_writing(bert, tmp_path, isolated):
+    secret = tmp_path / "secret.json"
+    secret.write_text((bert / "config.json").read_text())
+    (bert / "config.json").unlink()
+    (bert / "config.json").symlink_to(secret)
+    out = tmp_path / "fixed"
+    result = invoke(["fix", str(bert), "--k", "2", "--out", str(out)])
+    assert_refused(result, contains="config.json resolves to")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("weight_map", [["a.safetensors"], "a.safetensors", {}, None,
                                         {"x": 5}, {"x": None}, {"x": ["a.safetensors"]}])
 def test_index_that_is_not_a_map_of_file_names_is_refused(bert, weight_map):
