@@ -611,8 +611,8 @@ EMB = "bert.embeddings.word_embeddings.weight"
 def test_config_size_that_disagrees_with_the_tensors(bert, isolated, field, value, tensor, have,
                                                      want, weights_only):
     set_config(bert, **{field: value})
-    result = invoke(["inspect", str(bert), "--n-pairs", "4"]
-                    + (["--weights-only"] if weights_only else []))
+    result = invoke(["inspect", str(bert)]
+                    + (["--weights-only"] if weights_only else ["--n-pairs", "4"]))
     assert_refused(result, _mismatch(bert, tensor, have, field, value, want))
     assert_nothing_written(isolated)
 
