@@ -5,7 +5,9 @@
     python scripts/calibrate.py report --runs docs/calibration/runs --md docs/calibration.md
 
 `run` appends one JSON line per finished run (keyed by condition, arm, seed, steps and data) and
-skips every key already in the file, so an interrupted grid resumes where it stopped. Each line
+skips every key already in the file, so an interrupted grid resumes where it stopped; the number
+of held-out queries is not in the key, so `run` refuses to add runs evaluated on another number
+than the file's (the default, 400, is what every committed grid used). Each line
 holds the per-query metrics (exact dot products over all terms; the pruned serving figure is a
 separate, labelled field), the zero-shot (step 0) metrics of the same arm, per-step telemetry,
 the configuration, the seed and the git commit. It also writes one "recommendation" line per
@@ -150,6 +152,22 @@ def done_keys(path: Path) -> set[str]:
     return keys
 
 
+def check_eval_size(path: Path, condition: str, data: str, eval_name: str, n: int) -> None:
+    """Refuse to add runs evaluated on `n` held-out queries to a file whose runs of the same
+    condition, training data and evaluation set were evaluated on another number: the keys do
+    not hold it, so a resumed grid would otherwise mix two evaluations in one comparison."""
+    if not path.is_file():
+        return
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line) if line.strip() else {}
+        if (row.get("kind") == "run" and row["condition"] == condition and row["data"] == data
+                and row["eval"] == eval_name and row["zero_shot"]["n_queries"] != n):
+            raise SystemExit(
+                f"{path} holds runs of {condition} evaluated on "
+                f"{row['zero_shot']['n_queries']} held-out queries, and this run would evaluate "
+                f"{n}; pass --max-eval-queries {row['zero_shot']['n_queries']} or another --out.")
+
+
 def append(path: Path, row: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as fh:
@@ -238,6 +256,7 @@ def run(args) -> int:
     eval_split = (train_set.eval if eval_name == args.data else splade_data.load_eval(
         eval_name, max_eval_queries=args.max_eval_queries).eval)
     seeds = [int(s) for s in args.seeds.split(",")]
+    check_eval_size(out, args.condition, args.data, eval_name, len(eval_split.queries))
     eval_config = EvalConfig(max_query_length=32, max_passage_length=args.max_passage_length)
     new_runs = 0
     for seed in seeds:
@@ -354,7 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--max-passage-length", type=int, default=64)
     r.add_argument("--data", default="boolq")
     r.add_argument("--eval-data", default=None)
-    r.add_argument("--max-eval-queries", type=int, default=1000)
+    r.add_argument("--max-eval-queries", type=int, default=400,
+                   help="held-out queries evaluated (every committed grid used 400; a file's "
+                   "runs must all use the same number)")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--max-runs", type=int, default=None,
                    help="stop after this many new runs (the rest resume later)")
@@ -416,7 +437,10 @@ def _big(x: float) -> str:
 
 
 def _group_key(row: dict) -> tuple:
-    return (row["condition"], row["config"]["steps"], row["data"], row["eval"])
+    """Runs compared with each other: one condition, training length, training data and
+    evaluation set, evaluated on the same number of held-out queries."""
+    return (row["condition"], row["config"]["steps"], row["data"], row["eval"],
+            row["zero_shot"]["n_queries"])
 
 
 def analyse(rows: list[dict]) -> list[dict]:

@@ -206,3 +206,30 @@ def test_band_fit_may_close_an_open_side(calibrate):
     # puts k = 4 first (2.6458 skips to k = 16, 0.05 keeps k = 1).
     assert (band.low, band.high) == (pytest.approx(0.5), 150.0)
     assert calibrate.replay(c[0], fitted) == (4.0, False)
+
+
+def _run_row(condition: str, n_queries: int, data: str = "boolq", steps: int = 300) -> dict:
+    return {"key": f"{condition}|k=1|seed=0|steps={steps}|data={data}|eval={data}",
+            "kind": "run", "condition": condition, "data": data, "eval": data,
+            "config": {"steps": steps}, "zero_shot": {"n_queries": n_queries}}
+
+
+def test_a_grid_file_never_mixes_two_evaluation_sizes(calibrate, tmp_path):
+    """The run keys do not hold the number of held-out queries: resuming a file with another
+    --max-eval-queries is refused, naming the number to pass; another condition, training set
+    or the same number is accepted; and the analysis never pairs runs of two sizes."""
+    path = tmp_path / "runs.jsonl"
+    path.write_text(json.dumps(_run_row("matched", 400)) + "\n"
+                    + json.dumps({"key": "matched|recommendation", "kind": "recommendation"})
+                    + "\n")
+    with pytest.raises(SystemExit) as err:
+        calibrate.check_eval_size(path, "matched", "boolq", "boolq", 1000)
+    assert str(err.value) == (f"{path} holds runs of matched evaluated on 400 held-out queries, "
+                              "and this run would evaluate 1000; pass --max-eval-queries 400 or "
+                              "another --out.")
+    calibrate.check_eval_size(path, "matched", "boolq", "boolq", 400)
+    calibrate.check_eval_size(path, "other", "boolq", "boolq", 1000)
+    calibrate.check_eval_size(path, "matched", "msmarco", "msmarco", 1000)
+    calibrate.check_eval_size(tmp_path / "new.jsonl", "matched", "boolq", "boolq", 1000)
+    assert calibrate._group_key(_run_row("matched", 400)) != calibrate._group_key(
+        _run_row("matched", 1000))
