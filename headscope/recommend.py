@@ -18,7 +18,7 @@ loss, score scale, term weights, saturation and the cosine between unrelated tex
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -436,6 +436,19 @@ def prefer_divided_bias(kept: Recommendation, divided: Recommendation) -> bool:
         return len(rec.bands) - len(unreachable_bands(rec.verdicts, rec.bands))
 
     return reachable(divided) > reachable(kept)
+
+
+def bias_fallback(kept: Recommendation, divided: Callable[[], Recommendation]
+                  ) -> Recommendation | None:
+    """The bias fallback of the bands rule, the one place it is decided: once some band is out
+    of reach of every k with the output bias kept, the recommendation with the bias divided too
+    (`divided()`, measured only then) when k reaches strictly more bands with it
+    (`prefer_divided_bias`); None keeps the bias. `api.inspect_loaded` measures `divided` with a
+    probe pass; scripts/calibrate.py replays it from recorded statistics."""
+    if not unreachable_bands(kept.verdicts, kept.bands):
+        return None
+    candidate = divided()
+    return candidate if prefer_divided_bias(kept, candidate) else None
 
 
 def _inside_sentence(stats: KStats, bands: Sequence[Band]) -> str:

@@ -636,16 +636,16 @@ def _per_k(dicts: list[dict]):
 
 
 def replay(inspection: dict, bands) -> tuple[float, bool]:
-    """The bands-rule decision (k, bias divided) from recorded per-k statistics: the policy of
-    `headscope.api.inspect_loaded` (bias divided only when some band is out of reach of every
-    k with the bias kept and dividing it lets k reach more bands). A test checks that this
-    replay, with the default bands, gives what `inspect` recorded."""
-    from headscope.recommend import prefer_divided_bias, recommend, unreachable_bands
+    """The bands-rule decision (k, bias divided) from recorded per-k statistics, through the
+    same `recommend.bias_fallback` that `headscope.api.inspect_loaded` uses. A test checks that
+    this replay, with the default bands, gives what `inspect` recorded."""
+    from headscope.recommend import bias_fallback, recommend
 
     kept = recommend(_per_k(inspection["per_k"]["kept"]), rule="bands", bands=bands)
-    if inspection["has_bias"] and unreachable_bands(kept.verdicts, kept.bands):
-        divided = recommend(_per_k(inspection["per_k"]["divided"]), rule="bands", bands=bands)
-        if prefer_divided_bias(kept, divided):
+    if inspection["has_bias"]:
+        divided = bias_fallback(kept, lambda: recommend(
+            _per_k(inspection["per_k"]["divided"]), rule="bands", bands=bands))
+        if divided is not None:
             return divided.k, True
     return kept.k, False
 

@@ -17,6 +17,7 @@ from headscope.recommend import (
     METRICS,
     Band,
     KVerdict,
+    bias_fallback,
     decision_text,
     diagnose,
     override_bands,
@@ -187,6 +188,25 @@ def test_prefer_divided_bias_when_k_reaches_more_bands():
     assert prefer_divided_bias(kept, divided)  # start_loss reachable only with the bias divided
     assert not prefer_divided_bias(divided, kept)
     assert not prefer_divided_bias(divided, divided)
+
+
+def test_bias_fallback_measures_the_divided_bias_only_when_a_band_is_out_of_reach():
+    kept = recommend(tuple(replace(s, active_passage_share=0.75, start_loss=300.0)
+                           for s in TABLE), bands=SIX_BANDS)
+    divided = recommend(tuple(replace(s, active_passage_share=0.75) for s in TABLE),
+                        bands=SIX_BANDS)
+    calls = []
+
+    def measure(rec):
+        return lambda: calls.append(rec) or rec
+
+    assert bias_fallback(kept, measure(divided)) is divided  # reaches more bands
+    assert bias_fallback(kept, measure(kept)) is None  # measured, no better: the bias is kept
+    assert calls == [divided, kept]
+    healthy = recommend(TABLE, bands=SIX_BANDS)
+    assert not unreachable_bands(healthy.verdicts, healthy.bands)
+    assert bias_fallback(healthy, measure(divided)) is None
+    assert calls == [divided, kept]  # every band in reach: nothing more measured
 
 
 def test_no_k_passes_tie_broken_by_smallest_shortfall():

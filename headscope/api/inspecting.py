@@ -14,9 +14,10 @@ from headscope.errors import HeadscopeError, InputError, ModelErrors
 from headscope.recommend import (
     DEFAULT_BANDS,
     Band,
+    Recommendation,
+    bias_fallback,
     diagnose,
     finding,
-    prefer_divided_bias,
     probe_fit_findings,
     recommend,
     serving_findings,
@@ -115,8 +116,7 @@ def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = Inspe
                     reference=reference_per_k)
     findings = diagnose(weights, result.per_k, vocab_fields(vocab, tied=head.tied), rec)
     if (options.rule == "bands" and options.bias_fallback and not probe_config.scale_bias
-            and head.bias is not None
-            and unreachable_bands(rec.verdicts, rec.bands)):
+            and head.bias is not None):
         divided = _with_bias_divided(loaded, head, pset, probe_config, rec, weights, vocab,
                                      bands, progress)
         if divided is not None:
@@ -133,29 +133,35 @@ def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = Inspe
 
 def _with_bias_divided(loaded, head, pset, probe_config, rec, weights, vocab, bands,
                        progress: Progress | None):
-    """The bias fallback (InspectOptions.bias_fallback) once some band is out of reach of every k
-    with the output bias kept: every logit tends to its bias as k grows, so a head whose
-    activity lives in the bias needs the bias divided too. Measure that, and return (probe
-    result, recommendation, findings) with the bias divided when k then reaches more bands
-    (recommend.prefer_divided_bias, with HS208 saying why); None keeps the bias."""
+    """The bias fallback (InspectOptions.bias_fallback; the policy is
+    `recommend.bias_fallback`): once some band is out of reach of every k with the output bias
+    kept, every logit tending to its bias as k grows, probe again with the bias divided too, and
+    return (probe result, recommendation, findings) with the bias divided when k then reaches
+    more bands (with HS208 saying why); None keeps the bias."""
     from headscope import probe
 
-    cb = (lambda done, total: progress("probe (bias divided)", done, total)) if progress \
-        else None
-    scaled = probe.run_probe(loaded.model, loaded.tokenizer, head.bias, pset,
-                             replace(probe_config, scale_bias=True), cb,
-                             vocab_size=head.decoder_weight.shape[0])
-    rec2 = recommend(scaled.per_k, rule="bands", bands=bands, weights=weights)
-    if not prefer_divided_bias(rec, rec2):
+    measured = []
+
+    def divided() -> Recommendation:
+        cb = (lambda done, total: progress("probe (bias divided)", done, total)) if progress \
+            else None
+        measured.append(probe.run_probe(loaded.model, loaded.tokenizer, head.bias, pset,
+                                        replace(probe_config, scale_bias=True), cb,
+                                        vocab_size=head.decoder_weight.shape[0]))
+        return recommend(measured[0].per_k, rule="bands", bands=bands, weights=weights)
+
+    rec2 = bias_fallback(rec, divided)
+    if rec2 is None:
         return None
+    scaled = measured[0]
     note = (f"With the output bias kept, no k brings "
             f"{', '.join(b.metric for b in unreachable_bands(rec.verdicts, rec.bands))} "
             f"into its band: the head's activity lives in its output bias. With the bias "
             f"divided by k too, k reaches more bands; fix with --scale-bias.")
-    divided = replace(rec2, reasons=(note,) + rec2.reasons, scale_bias=True)
+    chosen = replace(rec2, reasons=(note,) + rec2.reasons, scale_bias=True)
     findings = diagnose(weights, scaled.per_k, vocab_fields(vocab, tied=head.tied),
-                        divided) + (finding("HS208", note, rec2.k, None),)
-    return scaled, divided, findings
+                        chosen) + (finding("HS208", note, rec2.k, None),)
+    return scaled, chosen, findings
 
 
 def vocab_fields(vocab, *, tied: bool, head_loaded: bool = True) -> dict:
