@@ -735,14 +735,17 @@ def fit_bands(cases: list[tuple[dict, dict]], start):
 
 def calibration_cases(groups: list[dict], inspections: dict[str, dict]) -> dict[str, tuple]:
     """condition -> (inspection, group) for every condition with an inspection and a judged
-    group; of several groups (step counts) of one condition, the one with the most seeds x arms."""
+    group; of several groups (step counts) of one condition, the one with the most seeds x arms,
+    and of equally large ones the longest training (the nearest to where active terms settle)."""
+    def size(g: dict) -> tuple[int, int]:
+        return len(g["seeds"]) * len(g["arms"]), g["steps"]
+
     cases: dict[str, tuple] = {}
     for g in groups:
         if g["condition"] not in inspections or g.get("tied_mrr") is None:
             continue
-        size = len(g["seeds"]) * len(g["arms"])
         old = cases.get(g["condition"])
-        if old is None or size > len(old[1]["seeds"]) * len(old[1]["arms"]):
+        if old is None or size(g) > size(old[1]):
             cases[g["condition"]] = (inspections[g["condition"]], g)
     return cases
 
