@@ -805,6 +805,7 @@ __all__ = [
     "Finding",
     "KVerdict",
     "Recommendation",
+    "bias_fallback",
     "check_bands",
     "decision_text",
     "diagnose",
