@@ -283,18 +283,23 @@ _PROBE_ONLY_FLAGS = (("fast", "--fast"), ("n_pairs", "--n-pairs"), ("ks", "--ks"
                      ("band_specs", "--band"))
 
 
-def _refuse_probe_flags_with_weights_only() -> None:
-    """With --weights-only, a probe or bands flag given on the command line (or through the
-    environment) is refused, not silently ignored; so is --rule other than paper."""
+def _given(name: str) -> bool:
+    """Whether the current command's parameter `name` was typed (on the command line or
+    through the environment) rather than left at its default."""
     from click.core import ParameterSource
 
     ctx = click.get_current_context()
-    given = [flag for name, flag in _PROBE_ONLY_FLAGS if name in ctx.params and
-             ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE,
-                                                ParameterSource.ENVIRONMENT)]
-    if ctx.params.get("rule") not in (None, "paper") and ctx.get_parameter_source("rule") in (
-            ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
-        given.append(f"--rule {ctx.params['rule']}")
+    return name in ctx.params and ctx.get_parameter_source(name) in (
+        ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def _refuse_probe_flags_with_weights_only() -> None:
+    """With --weights-only, a probe or bands flag given on the command line (or through the
+    environment) is refused, not silently ignored; so is --rule other than paper."""
+    params = click.get_current_context().params
+    given = [flag for name, flag in _PROBE_ONLY_FLAGS if _given(name)]
+    if _given("rule") and params["rule"] != "paper":
+        given.append(f"--rule {params['rule']}")
     if given:
         from headscope.errors import InputError
 
@@ -499,9 +504,7 @@ def inspect(models, revision, dtype, device, trust_remote_code, probe_file, ks, 
                                  reference=reference)
     probe_config = _probe_config(ks, n_pairs, batch_size, scale_bias)
     if fast:
-        source = click.get_current_context().get_parameter_source("n_pairs")
-        given = source is not None and source.name != "DEFAULT"
-        probe_config = replace(fast_config(probe_config), n_pairs=n_pairs) if given \
+        probe_config = replace(fast_config(probe_config), n_pairs=n_pairs) if _given("n_pairs") \
             else fast_config(probe_config)
     load = _load_opts(revision, dtype, device, trust_remote_code, weights_only)
     if len(models) > 1:

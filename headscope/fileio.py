@@ -60,6 +60,15 @@ def fsync_dir(folder: PathLike) -> None:
             os.close(fd)
 
 
+def fsync_file(path: PathLike) -> None:
+    """Flush a written file's data to disk (errors raised: a full disk may only say so here)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_bytes(path: PathLike, data: bytes, *, sync: bool = True) -> Path:
     """Write `data` to `path` atomically (temporary sibling, fsync, rename). `sync=False` leaves
     out the two fsyncs, for a file inside a folder its writer flushes as a whole before renaming

@@ -61,7 +61,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from headscope import __version__, fileio
-from headscope.checkpoint import containment, read_bin, read_safetensors_header
+from headscope.checkpoint import (
+    SAFETENSORS_DTYPE_BITS,
+    containment,
+    read_bin,
+    read_safetensors_header,
+)
 from headscope.errors import (
     InputError,
     OutputExistsError,
@@ -248,15 +253,6 @@ def _in_background(work: Callable[[], _T], name: str) -> Callable[[], _T]:
 def _hash_in_background(paths: Sequence[Path]) -> Callable[[], dict[str, str]]:
     """sha256 of `paths` on a thread: {file name: hex} when the returned function is called."""
     return _in_background(lambda: {p.name: _sha256(p) for p in paths}, "headscope-sha256")
-
-
-def _fsync_files(paths: Sequence[Path]) -> None:
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,8 +469,8 @@ def _tensor_bytes(t) -> memoryview:
 
 
 def _itemsize(dtype: str) -> int:
-    return {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
-            "I16": 2, "U16": 2}.get(dtype, 1)
+    """Bytes per element of a safetensors dtype (1 for sub-byte types): its alignment."""
+    return max(1, SAFETENSORS_DTYPE_BITS[dtype] // 8)
 
 
 def _layout(entries: list[_Entry]) -> list[_Entry]:
@@ -546,7 +542,7 @@ def _copy_range(file: Path, begin: int, end: int, out, on_bytes: Callable[[int],
 def _write_safetensors(path: Path, entries: list[_Entry], metadata: dict[str, str],
                        on_bytes: Callable[[int], None]) -> int:
     """Stream `entries` into a safetensors file (in the order `_layout` gives); returns the file
-    size. The caller flushes it to disk (`_flush_in_background`)."""
+    size. The caller flushes it to disk (`_write_checkpoint`, on a thread)."""
     ordered = _layout(entries)
     header: dict[str, Any] = {"__metadata__": metadata}
     offset = 0
@@ -1103,7 +1099,7 @@ def _fsync_tree(folder: Path) -> None:
     """Flush every file of `folder`, and the folders, to disk before it is renamed into place."""
     for path in sorted(folder.rglob("*"), reverse=True):
         if path.is_file() and not path.is_symlink():
-            _fsync_files([path])
+            fileio.fsync_file(path)
         elif path.is_dir():
             fileio.fsync_dir(path)
     fileio.fsync_dir(folder)
@@ -1166,8 +1162,12 @@ def _write_checkpoint(tmp: Path, ckpt, spec: RescaleSpec, plan: _Plan, copied: S
     for name, entries in plan.shards:
         _write_safetensors(tmp / name, entries, metadata, on_bytes)
         weight_map.update({e.name: name for e in entries})
-    flushed = _in_background(lambda: _fsync_files([tmp / name for name, _ in plan.shards]),
-                             "headscope-fsync")
+
+    def flush() -> None:
+        for name, _ in plan.shards:
+            fileio.fsync_file(tmp / name)
+
+    flushed = _in_background(flush, "headscope-fsync")
     if plan.sharded:
         index = {"metadata": {"total_size": total, **metadata},
                  "weight_map": dict(sorted(weight_map.items()))}
