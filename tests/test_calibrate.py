@@ -39,22 +39,90 @@ def test_settle_step_by_hand(calibrate):
     assert calibrate.settle_step([7.0] * 30) == 0
 
 
-def test_grid_resumes_and_report_is_regenerated_from_the_lines(calibrate, tiny_checkpoint,
-                                                               pairs_file, tmp_path,
-                                                               monkeypatch):
-    from headscope import checkpoint
+def _git(root: Path, *args: str) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root,
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture()
+def grid_repo(calibrate, tiny_checkpoint, tmp_path, monkeypatch):
+    """A git repository standing in for headscope's root, with a tiny condition in the registry
+    of conditions: (root, condition name)."""
+    root = tmp_path / "repo"
+    (root / "docs" / "calibration" / "runs").mkdir(parents=True)
+    (root / "code.py").write_text("x = 1\n")
+    _git(root, "init", "-q")
+    _git(root, "add", ".")
+    _git(root, "commit", "-qm", "code")
+    folder = tiny_checkpoint("bert")
+    cond = calibrate.conditions.Condition("tiny-bert-test", False, "tiny test BERT (random)",
+                                          lambda cache: folder)
+    monkeypatch.setitem(calibrate.conditions.CONDITIONS, cond.name, cond)
+    monkeypatch.setattr(calibrate, "ROOT", root)
+    return root, cond.name
+
+
+def test_run_refuses_unregistered_uncommitted_and_dirty(calibrate, grid_repo, pairs_file, capsys):
+    root, name = grid_repo
+    out = root / "docs" / "calibration" / "runs" / "tiny.jsonl"
+    run = ["run", "--condition", name, "--out", str(out)]
+    registry = calibrate.REGISTRY.as_posix()
+    with pytest.raises(SystemExit) as err:
+        calibrate.main(run)
+    assert str(err.value) == (
+        f"{name} is not in the committed {registry}; run `python scripts/calibrate.py register "
+        f"--condition {name}` and commit the registry before its grid.")
+    (root / "code.py").write_text("x = 2\n")
+    with pytest.raises(SystemExit) as err:
+        calibrate.main(["register", "--condition", name, "--data", str(pairs_file)])
+    assert str(err.value) == (
+        "register refuses a working tree that differs from its commit (code.py); commit or "
+        "stash, or run from a worktree pinned at a commit (git worktree add ../grid HEAD).")
+    assert not (root / registry).exists()  # refused: nothing written
+    _git(root, "checkout", "--", "code.py")
+    assert calibrate.main(["register", "--condition", name, "--k", "1,2", "--seeds", "0",
+                           "--steps", "2", "--batch-size", "4", "--max-passage-length", "32",
+                           "--data", str(pairs_file), "--eval-data", str(pairs_file),
+                           "--max-eval-queries", "6"]) == 0
+    entry = json.loads((root / registry).read_text())
+    assert entry["condition"] == name and entry["block"] == "pre-registered"
+    assert entry["git_commit"] == _git(root, "rev-parse", "HEAD")
+    assert entry["grid"]["k"] == [1.0, 2.0] and entry["grid"]["bias"] == [False, True]
+    assert set(entry["per_k"]) == {"kept", "divided"}
+    assert [b["metric"] for b in entry["bands"]]
+    # Registered but not committed: still refused.
+    with pytest.raises(SystemExit) as err:
+        calibrate.main(run)
+    assert str(err.value).startswith(f"{name} is not in the committed {registry};")
+    with pytest.raises(SystemExit) as err:  # a registration is never replaced
+        calibrate.main(["register", "--condition", name, "--data", str(pairs_file)])
+    assert "is already registered" in str(err.value)
+    _git(root, "add", registry)
+    _git(root, "commit", "-qm", "register")
+    (root / "code.py").write_text("x = 3\n")
+    with pytest.raises(SystemExit) as err:
+        calibrate.main(run)
+    assert str(err.value).startswith("run refuses a working tree that differs from its commit "
+                                     "(code.py);")
+    assert not out.exists()
+
+
+def test_grid_resumes_and_report_is_regenerated_from_the_lines(calibrate, grid_repo, pairs_file,
+                                                               tmp_path, monkeypatch):
     from headscope.splade import train as train_mod
 
-    folder = tiny_checkpoint("bert")
-
-    @calibrate.condition("tiny-bert-test")
-    def _tiny():
-        return checkpoint.load(checkpoint.resolve(str(folder))), "tiny test BERT (random)"
-
-    out = tmp_path / "runs" / "tiny.jsonl"
-    argv = ["run", "--condition", "tiny-bert-test", "--k", "1,2", "--seeds", "0,1",
-            "--steps", "2", "--batch-size", "4", "--max-passage-length", "32",
-            "--data", str(pairs_file), "--max-eval-queries", "6", "--out", str(out)]
+    root, name = grid_repo
+    assert calibrate.main(["register", "--condition", name, "--k", "1,2", "--seeds", "0,1",
+                           "--steps", "2", "--batch-size", "4", "--max-passage-length", "32",
+                           "--data", str(pairs_file), "--eval-data", str(pairs_file),
+                           "--max-eval-queries", "6"]) == 0
+    _git(root, "add", ".")
+    _git(root, "commit", "-qm", "register")
+    registered = json.loads((root / calibrate.REGISTRY).read_text())
+    out = root / "docs" / "calibration" / "runs" / "tiny.jsonl"
+    argv = ["run", "--condition", name, "--bias", "kept", "--out", str(out)]
     calls = []
     real_train = train_mod.train
     monkeypatch.setattr(train_mod, "train",
@@ -62,16 +130,15 @@ def test_grid_resumes_and_report_is_regenerated_from_the_lines(calibrate, tiny_c
     assert calibrate.main(argv) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     rec = rows[0]
-    assert rec["kind"] == "recommendation" and rec["condition"] == "tiny-bert-test"
+    assert rec["kind"] == "recommendation" and rec["condition"] == name
+    assert rec["recommendation"] == registered["recommendation"]  # registered, not recomputed
+    assert rec["git_commit"] == registered["git_commit"]
     runs = rows[1:]
     arms = {calibrate.Arm(2.0, False).name, "k=1"}
-    rec_arm = calibrate.Arm(rec["recommendation"]["k"],
-                            rec["recommendation"]["scale_bias"] and rec["recommendation"]["k"]
-                            != 1).name
-    arms.add(rec_arm)
     assert {(r["arm"], r["seed"]) for r in runs} == {(a, s) for a in arms for s in (0, 1)}
     first = runs[0]
-    assert first["git_commit"] and first["config"]["seed"] == first["seed"]
+    assert first["git_commit"] == _git(root, "rev-parse", "HEAD")  # the clean commit that ran
+    assert first["config"]["seed"] == first["seed"]
     assert len(first["trained"]["per_query_mrr"]) == first["trained"]["n_queries"] == 6
     assert first["trained"]["serving"]["label"] == "pruned to 2048 terms (serving)"
     assert len(first["telemetry"]["loss"]) == 2
@@ -87,6 +154,17 @@ def test_grid_resumes_and_report_is_regenerated_from_the_lines(calibrate, tiny_c
     assert again[:-1] == rows[:-1]
     assert again[-1]["key"] == rows[-1]["key"]
     assert again[-1]["trained"]["per_query_mrr"] == rows[-1]["trained"]["per_query_mrr"]
+
+    # One grid is one commit: code that moved on cannot add to this file.
+    (root / "code.py").write_text("x = 4\n")
+    _git(root, "commit", "-qam", "later code")
+    with pytest.raises(SystemExit) as err:
+        calibrate.main(argv + ["--k", "4"])
+    assert str(err.value) == (
+        f"{out} holds runs of {name} made at {first['git_commit'][:7]}, and this code is "
+        f"{_git(root, 'rev-parse', 'HEAD')[:7]}; one grid is one commit: finish it from a "
+        f"worktree at {first['git_commit'][:7]} or write to another --out.")
+    _git(root, "reset", "-q", "--hard", "HEAD~1")
 
     # --max-runs 0 starts nothing new.
     calls.clear()
@@ -233,3 +311,102 @@ def test_a_grid_file_never_mixes_two_evaluation_sizes(calibrate, tmp_path):
     calibrate.check_eval_size(tmp_path / "new.jsonl", "matched", "boolq", "boolq", 1000)
     assert calibrate._group_key(_run_row("matched", 400)) != calibrate._group_key(
         _run_row("matched", 1000))
+
+
+def test_audit_finds_runs_older_than_their_registration(calibrate, grid_repo, pairs_file):
+    """The history check on a repository where it must fail: runs made before the registry
+    entry was committed, then runs from two commits in one grid."""
+    root, name = grid_repo
+    runs = root / calibrate.RUNS_DIR / "tiny.jsonl"
+    head = _git(root, "rev-parse", "HEAD")
+
+    def run_line(commit: str, seed: int) -> str:
+        return json.dumps({"key": f"{name}|k=1|seed={seed}", "kind": "run", "condition": name,
+                           "config": {"steps": 2}, "data": "d", "git_commit": commit}) + "\n"
+
+    runs.write_text(run_line(head, 0))  # a run from the commit before the registration
+    (root / calibrate.REGISTRY).write_text(json.dumps(
+        {"condition": name, "block": "pre-registered", "git_commit": head}) + "\n")
+    _git(root, "add", ".")
+    _git(root, "commit", "-qm", "register, with a run already made")
+    assert calibrate.audit_registrations() == [
+        f"{name}: runs from {head[:7]}, whose registry did not hold the condition's entry as "
+        "it is now."]
+    later = _git(root, "rev-parse", "HEAD")
+    runs.write_text(run_line(later, 0) + run_line("f" * 40, 1))
+    assert calibrate.audit_registrations() == [
+        f"{name}: the 2-step grid on d mixes commits {later[:7]}, fffffff.",
+        f"{name}: runs from ffffffffffff, which is not a clean commit of this history."]
+    runs.write_text(run_line(later, 0) + run_line(later, 1))
+    assert calibrate.audit_registrations() == []
+
+
+def test_every_preregistered_condition_was_committed_before_its_runs(calibrate):
+    """The committed evidence, checked from git history (docs/calibration/decision-rule.md)."""
+    assert calibrate.audit_registrations() == []
+
+
+def _entry(k: float, divided: bool, row_norm: float, has_bias: bool = True,
+           block: str = "pre-registered") -> dict:
+    return {"recommendation": {"k": k, "scale_bias": divided}, "row_norm_mean": row_norm,
+            "has_bias": has_bias, "block": block}
+
+
+def test_rule_decisions_by_hand(calibrate):
+    large = calibrate.rule_decisions(_entry(32.0, True, 2.553))
+    assert large["bands (shipped)"] == (32.0, True)
+    assert large["paper"] == (16.0, False)  # above 1.5: the paper's k = 16, bias kept
+    assert large["k = 8, bias divided"] == (8.0, True)
+    small = calibrate.rule_decisions(_entry(4.0, False, 0.682, has_bias=False))
+    assert small["paper"] == (1.0, False)
+    # without an output bias "divided" is the same arm as "kept"
+    assert small["k = 16, bias divided"] == small["k = 16, bias kept"] == (16.0, False)
+    assert calibrate.rule_decisions(_entry(1.0, True, 0.5))["bands (shipped)"] == (1.0, False)
+
+
+def _group(condition: str, eval_name: str, arms: list[str], tied: list[str]):
+    from types import SimpleNamespace
+
+    return {"condition": condition, "data": "boolq", "eval": eval_name, "seeds": [0, 1, 2],
+            "arms": arms, "steps": 300,
+            "tied_mrr": SimpleNamespace(tied=tuple(tied), best=tied[0])}
+
+
+ARMS = ["k=1", *(f"k={k}/bias {b}" for k in (2, 4, 8, 16, 32, 64)
+                 for b in ("kept", "divided"))]
+
+
+def test_outcomes_and_verdict_by_hand(calibrate):
+    names = ["a", "b", "c", "d"]
+    registry = {n: _entry(4.0, True, 0.7) for n in names}
+    # In domain the tied sets hold k=4/bias divided everywhere and k=1 nowhere; out of domain
+    # k=1 is tied everywhere and k=4/bias divided only for "a".
+    groups = [_group(n, "boolq", ARMS, ["k=4/bias divided", "k=8/bias divided"]) for n in names]
+    groups += [_group(n, "sciq", ARMS, ["k=1"] + (["k=4/bias divided"] if n == "a" else []))
+               for n in names]
+    outcomes = calibrate.rule_outcomes(groups, registry)
+    assert outcomes[("pre-registered", "a", "in", "bands (shipped)")] == "tied"
+    assert outcomes[("pre-registered", "b", "out", "bands (shipped)")] == "worse"
+    assert outcomes[("pre-registered", "b", "out", "paper")] == "tied"  # k = 1 below 1.5
+    # bands: 4 in, 1 out; k = 1: 0 in, 4 out. The constant k = 4 with the bias divided chooses
+    # bands' own arm on every condition, so it does as well in both domains and, being simpler,
+    # ships.
+    verdict = calibrate.decide(outcomes, names)
+    assert verdict.endswith("ships: **k = 4, bias divided** (4 in domain, 1 out of domain, "
+                            "of 4).")
+    # Fewer than four complete conditions: no verdict.
+    assert calibrate.decide(outcomes, names[:3]).startswith(
+        "No verdict yet: the pre-registered block has 3 condition(s)")
+    # A bands rule that is strictly best in both domains ships: its k differs per condition,
+    # and each condition's tied set is its own arm, so no constant matches more than one.
+    ks = dict(zip(names, (2.0, 4.0, 8.0, 32.0), strict=True))
+    registry = {n: _entry(ks[n], False, 0.7) for n in names}
+    groups = [_group(n, e, ARMS, [f"k={ks[n]:g}/bias kept"]) for n in names
+              for e in ("boolq", "sciq")]
+    outcomes = calibrate.rule_outcomes(groups, registry)
+    assert calibrate.decide(outcomes, names) == ("The bands rule beats every other rule in both "
+                                                 "domains: it ships as the default.")
+    # A constant arm that was not run is "not run", not a miss.
+    short = [_group("a", "boolq", ["k=1", "k=8/bias kept"], ["k=8/bias kept"])]
+    assert calibrate.rule_outcomes(short, {"a": _entry(8.0, False, 0.7)})[
+        ("pre-registered", "a", "in", "k = 4, bias kept")] == "not run"

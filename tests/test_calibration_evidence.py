@@ -90,7 +90,7 @@ def test_live_recommendation_and_statistics_match_the_record(calibrate, evidence
     """Built and probed now: the recommendation is the pinned one and the per-k statistics the
     band fit used are the ones this code measures."""
     inspections, _ = evidence
-    loaded, label = calibrate.CONDITIONS[name]()
+    loaded, label = calibrate.build(name)
     row = calibrate.inspection(name, loaded, label, "live")
     decision, _ = PINNED[name]
     assert (row["recommendation"]["k"], row["recommendation"]["scale_bias"]) == decision

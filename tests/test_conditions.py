@@ -1,6 +1,6 @@
 """Conditions where k matters: the ModernBERT-matched simulation of the real BERT-tiny, the
 ModernBERT-architecture checkpoint pretrained here (and its BERT control), and the registry that
-hands them to calibration runs by name.
+hands them to calibration runs by name (scripts/conditions.py, research code beside the runner).
 
 Pinned numbers were measured once with the code under test and are recorded in
 docs/conditions.md; each test also checks them against an independent computation where one
@@ -9,7 +9,10 @@ exists (row norms by a plain loop, active terms from a fresh forward pass)."""
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +23,19 @@ from headscope.errors import InputError
 from headscope.heads import find_head
 
 TARGET_SHARE = 28051 / 50368  # ModernBERT-base, active terms per query at step 0
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def _load_conditions():
+    spec = importlib.util.spec_from_file_location("conditions", SCRIPTS / "conditions.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["conditions"] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+conditions = _load_conditions()
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +52,7 @@ def queries() -> list[str]:
 def matched(bert_tiny, queries):
     """(model, tokenizer, info) of the ModernBERT-matched simulation."""
     model = copy.deepcopy(bert_tiny.model)
-    info = simulate.make_modernbert_matched(model, bert_tiny.tokenizer, queries)
+    info = conditions.make_modernbert_matched(model, bert_tiny.tokenizer, queries)
     return model, bert_tiny.tokenizer, info
 
 
@@ -98,17 +114,17 @@ def test_matched_is_labelled_and_refuses_twice(matched, queries):
     assert entry["label"].startswith("SIMULATION, not a real checkpoint")
     assert simulate.is_simulation(model)
     with pytest.raises(InputError) as err:
-        simulate.make_modernbert_matched(model, tok, queries[:4])
+        conditions.make_modernbert_matched(model, tok, queries[:4])
     assert str(err.value) == ("This model is already a headscope simulation; start from the "
                               "real checkpoint.")
 
 
 def test_matched_options_validate():
     with pytest.raises(InputError) as err:
-        simulate.MatchedOptions(active_query_share=1.0)
+        conditions.MatchedOptions(active_query_share=1.0)
     assert str(err.value) == "active_query_share must be strictly between 0 and 1, got 1.0."
     with pytest.raises(InputError) as err:
-        simulate.MatchedOptions(gain=0)
+        conditions.MatchedOptions(gain=0)
     assert str(err.value) == "gain must be a finite number > 0, got 0."
 
 
@@ -135,19 +151,38 @@ MATCHED_LOSS = {1: 6312.6, 8: 2327.8, 16: 1368.8}  # measured once (docs/conditi
 # registry
 
 
-def test_conditions_registry_names_and_labels():
-    conds = simulate.conditions()
-    assert list(conds) == ["bert-tiny", "bert-tiny-bias-sim", "bert-tiny-projection-sim",
+def test_conditions_registry_names_aliases_and_labels():
+    conds = conditions.CONDITIONS
+    assert list(conds) == ["real-bert-tiny", "bias-dense", "projection-dense",
                            "modernbert-matched-sim", "modernbert-mini", "bert-mini-control"]
+    assert conditions.ALIASES == {"bert-tiny": "real-bert-tiny",
+                                  "bert-tiny-bias-sim": "bias-dense",
+                                  "bert-tiny-projection-sim": "projection-dense"}
     for name, cond in conds.items():
         assert cond.name == name
-        assert cond.simulation == name.endswith("-sim")
-        assert cond.description.startswith("SIMULATION") == cond.simulation
+        assert conditions.get(name) is cond
+        assert cond.label.startswith("SIMULATION") == cond.simulation
+    assert [c.name for c in conds.values() if c.simulation] == [
+        "bias-dense", "projection-dense", "modernbert-matched-sim"]
+    assert conditions.get("bert-tiny-bias-sim") is conds["bias-dense"]
+    with pytest.raises(KeyError) as err:
+        conditions.get("bert-base")
+    assert err.value.args[0] == (
+        "No calibration condition 'bert-base'; known: bert-mini-control, bert-tiny, "
+        "bert-tiny-bias-sim, bert-tiny-projection-sim, bias-dense, modernbert-matched-sim, "
+        "modernbert-mini, projection-dense, real-bert-tiny.")
+
+
+def test_the_package_keeps_only_what_users_call():
+    """The calibration's research code left the package: simulate keeps the dense variants."""
+    for name in ("conditions", "Condition", "make_modernbert_matched", "MatchedOptions"):
+        assert not hasattr(simulate, name), name
+    assert callable(simulate.make_dense_variant)
 
 
 def test_condition_builds_matched_folder_once(tmp_path, matched, bert_tiny):
     model, tok, _ = matched
-    folder = simulate.conditions()["modernbert-matched-sim"](tmp_path)
+    folder = conditions.get("modernbert-matched-sim")(tmp_path)
     assert folder == tmp_path / "modernbert-matched-sim"
     config = json.loads((folder / "config.json").read_text())
     assert config[simulate.CONFIG_KEY]["simulation"] is True
@@ -157,15 +192,14 @@ def test_condition_builds_matched_folder_once(tmp_path, matched, bert_tiny):
     with torch.no_grad():
         torch.testing.assert_close(again.model(**enc).logits, model(**enc).logits)
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
-    assert simulate.conditions()["modernbert-matched-sim"](tmp_path) == folder  # reused
+    assert conditions.get("modernbert-matched-sim")(tmp_path) == folder  # reused
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
 
 
 def test_real_conditions_are_the_assets(bert_tiny_dir, tmp_path):
-    conds = simulate.conditions()
-    assert conds["bert-tiny"](tmp_path) == bert_tiny_dir
-    assert conds["modernbert-mini"](tmp_path) == assets.local("modernbert-mini")
+    assert conditions.get("bert-tiny")(tmp_path) == bert_tiny_dir
+    assert conditions.get("modernbert-mini")(tmp_path) == assets.local("modernbert-mini")
     assert not list(tmp_path.iterdir())
 
 
