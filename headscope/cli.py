@@ -823,7 +823,9 @@ def _check_command() -> click.Command:
         """CI guard: exit 0 when MODEL (or --report) meets the policy, 1 when it does not.
 
         With --weights-only, several MODELs may be given (a model-zoo scan): one PASS/FAIL line per
-        model on stderr; exit 1 when any fails, 2 when any cannot be read (naming it).
+        model on stderr; exit 1 when any fails, 2 when any cannot be read (naming it). A
+        weights-only check refuses (exit 2) the keys it cannot judge: max_k (its paper-rule k can
+        differ from the full inspection's), the per-k maxima and require_passing_k.
         """
         from headscope import api
 

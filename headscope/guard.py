@@ -281,7 +281,24 @@ def _recommended_k(report: Report, policy: Policy, k: float | None) -> RuleResul
     if rec is None:
         return RuleResult("max_k", policy.max_k, None, False,
                           "The report has no recommendation; re-run headscope inspect.")
+    if report.model.weights_only:
+        return RuleResult("max_k", policy.max_k, None, False,
+                          f"Cannot check the recommended k: {WEIGHTS_ONLY_K}.")
     return _at_most("max_k", "recommended k", rec.k, policy.max_k)
+
+
+# Why a weights-only report's k is no answer to max_k: one model must get one answer.
+WEIGHTS_ONLY_K = ("the report is weights-only, and its paper rule (k from the decoder row norm "
+                  "alone) can differ from the k the full inspection recommends")
+# The policy keys a weights-only report cannot judge: the per-k statistics and the bands come
+# from the probe, and its recommended k from another rule than the full inspection's.
+PROBE_KEYS = ("max_k", "max_start_loss", "max_active_passage_share", "max_cosine_unrelated",
+              "max_share_above_5", "require_passing_k")
+
+
+def weights_only_conflicts(policy: Policy) -> tuple[str, ...]:
+    """The keys `policy` switches on that a weights-only report cannot judge (PROBE_KEYS)."""
+    return tuple(key for key in PROBE_KEYS if getattr(policy, key) not in (None, False))
 
 
 def _per_k_rule(key: str, metric: str) -> Callable[[Report, Policy, float | None], RuleResult]:
@@ -367,6 +384,8 @@ def _at_most(name: str, label: str, measured: float, limit: float) -> RuleResult
 
 __all__ = [
     "POLICY_KEYS",
+    "PROBE_KEYS",
+    "WEIGHTS_ONLY_K",
     "CHECK_RULES",
     "CheckResult",
     "Policy",
@@ -374,4 +393,5 @@ __all__ = [
     "evaluate",
     "find_pyproject",
     "load_policy",
+    "weights_only_conflicts",
 ]

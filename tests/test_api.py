@@ -188,6 +188,55 @@ def test_last_inspection_round_trip(tiny_long, headscope_cache):
     assert last.cwd == str(Path.cwd())
 
 
+def test_fix_after_a_weights_only_inspection_follows_the_full_rule(tiny_long, tmp_path):
+    """One answer per model: a weights-only inspection's k comes from the paper rule (k = 1 for
+    a small head); `fix` without MODEL acts on that model with the full inspection's
+    recommendation, and says so."""
+    import dataclasses
+
+    src = tiny_long("modernbert")
+    wo = api.inspect(str(src), options=api.InspectOptions(weights_only=True), remember=True)
+    assert wo.recommendation.rule == "paper" and wo.recommendation.k == 1
+    assert api.last_inspection().weights_only
+    config = dataclasses.replace(SMALL, ks=(2.0, 4.0, 8.0))  # a fix is then always needed
+    full = api.inspect(str(src), probe_config=config)
+    # fix measures k = 1 beside them (the provenance's statistics before the fix)
+    outcome = api.fix(None, str(tmp_path / "fixed"), probe_config=config)
+    assert outcome.followed_last_inspection and outcome.k == full.recommendation.k != 1
+    assert outcome.k_from == (
+        f"recommended by the {full.recommendation.rule} rule of the full inspection (the last "
+        "inspection was weights-only: its paper rule gave k = 1, from the row norm alone)")
+    assert outcome.result is not None
+
+
+def test_check_refuses_what_weights_only_cannot_judge(tiny_long, tmp_path):
+    src = str(tiny_long("bert"))
+    wo = api.InspectOptions(weights_only=True)
+    with pytest.raises(InputError) as err:
+        api.check(src, overrides={"max_k": 1.0}, options=wo)
+    assert str(err.value) == (
+        "--weights-only cannot judge max_k (max_k: the report is weights-only, and its paper "
+        "rule (k from the decoder row norm alone) can differ from the k the full inspection "
+        "recommends); drop --weights-only to measure them, or leave them out of the policy for "
+        "this check.")
+    with pytest.raises(InputError) as err:
+        api.check_many([src], overrides={"max_start_loss": 5.0, "max_k": 4.0}, options=wo)
+    assert str(err.value).startswith(
+        "--weights-only cannot judge max_k, max_start_loss (they need the probe's statistics, "
+        "and max_k: the report is weights-only")
+    saved = tmp_path / "wo.json"
+    from headscope import report as report_mod
+
+    report_mod.write_json(api.inspect(src, options=wo), saved)
+    with pytest.raises(InputError) as err:
+        api.check(report_path=str(saved), overrides={"require_passing_k": True})
+    assert str(err.value) == (
+        f"{saved}, a weights-only report, cannot judge require_passing_k (they need the "
+        "probe's statistics); check a report of `headscope inspect` without --weights-only, or "
+        "leave them out of the policy for this check.")
+    assert api.check(src, overrides={"max_row_norm": 8.0}, options=wo).result.passed
+
+
 def test_last_inspection_unreadable(headscope_cache):
     state = headscope_cache / "last-inspect.json"
     state.write_text("{not json")

@@ -466,6 +466,27 @@ def test_check_several_models_all_passing(runner, bert_tiny_dir, modernbert_dir)
     assert result.stdout.count("headscope check: ") == 2
 
 
+def test_one_answer_per_model_on_the_real_bert_tiny(runner, bert_tiny_dir):
+    """The real BERT-tiny gets k = 1 from the weights-only form (paper rule) and k = 4 from the
+    full inspection (bands rule, tests/test_recommend_real.py): a weights-only check must not
+    pass `max_k = 1` when the full check fails it, so it refuses the key (exit 2) before
+    reading any model; a key it can judge still passes."""
+    result = runner.invoke(main, ["inspect", "--weights-only", "--json", "-", str(bert_tiny_dir)])
+    assert result.exit_code == 0, result.stderr
+    rec = json.loads(result.stdout)["recommendation"]
+    assert (rec["rule"], rec["k"]) == ("paper", 1.0)
+    result = runner.invoke(main, ["check", "--weights-only", str(bert_tiny_dir), "--max-k", "1"])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == (
+        "Error: --weights-only cannot judge max_k (max_k: the report is weights-only, and its "
+        "paper rule (k from the decoder row norm alone) can differ from the k the full "
+        "inspection recommends); drop --weights-only to measure them, or leave them out of the "
+        "policy for this check.\n")
+    result = runner.invoke(main, ["check", "--weights-only", str(bert_tiny_dir),
+                                  "--max-row-norm", "1"])
+    assert result.exit_code == 0, result.stderr
+
+
 # --------------------------------------------------------------------------------------------
 # the torch-free module list of docs/architecture.md
 

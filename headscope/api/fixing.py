@@ -97,11 +97,16 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
     # bias), so when it divides the bias, fix must not silently keep it (the variant that
     # trains worst) or divide it unasked; it refuses and names both flags.
     open_bias = k is not None and scale_bias is None
+    weights_only_k = None  # the k of a weights-only last inspection, which fix does not follow
     if followed:
         last = last_inspection()
         source = last.source
         load_options = replace(load_options, revision=load_options.revision or last.revision)
-        if k is None and last.k is not None:
+        if last.weights_only:
+            # One answer per model: a weights-only inspection's k comes from the paper rule, and
+            # the full inspection (which fix runs below) may recommend another.
+            weights_only_k = last.k
+        elif k is None and last.k is not None:
             k, k_from = last.k, "last inspection's recommendation"
             if scale_bias is None:
                 scale_bias = last.scale_bias
@@ -116,7 +121,9 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
         # With the bias switch open, measure the recommendation's full grid to learn it.
         ks = {1.0, float(k)} | (set(probe_config.ks) if scale_bias is None else set())
         probe_config = replace(probe_config, ks=tuple(sorted(ks)))
-    probe_config = replace(probe_config, scale_bias=bool(scale_bias))
+    # k = 1 is always measured: the provenance records the statistics before the fix.
+    probe_config = replace(probe_config, scale_bias=bool(scale_bias),
+                           ks=tuple(sorted({1.0, *probe_config.ks})))
     ckpt = checkpoint.resolve(source, load_options.revision)
     save.check_out(ckpt.path, Path(out).resolve(), options.overwrite)  # before the slow part
     loaded = checkpoint.load(ckpt, load_options)
@@ -133,6 +140,9 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
     if k is None:
         assert before.recommendation is not None
         k, k_from = before.recommendation.k, f"recommended by the {before.recommendation.rule} rule"
+        if weights_only_k is not None:
+            k_from += (f" of the full inspection (the last inspection was weights-only: its "
+                       f"paper rule gave k = {weights_only_k:g}, from the row norm alone)")
         if scale_bias is None:
             scale_bias = before.recommendation.scale_bias
     if k == 1 and k_from != "--k" and not options.force:

@@ -309,11 +309,33 @@ def check(source: str | None = None, *, report_path: str | None = None,
     policy = guard.load_policy(policy_path, overrides, search_dir)
     if report_path is not None:
         rep = report_mod.read_json(report_path)
+        if rep.model.weights_only:
+            refuse_weights_only_policy(policy, f"{report_path}, a weights-only report,",
+                                       "check a report of `headscope inspect` without "
+                                       "--weights-only")
     else:
         assert source is not None
+        if options.weights_only:
+            refuse_weights_only_policy(policy, "--weights-only", "drop --weights-only to measure "
+                                       "them")
         rep = inspect(source, load_options=load_options, probe_config=probe_config,
                       options=options, progress=progress)
     return CheckOutcome(rep, guard.evaluate(rep, policy))
+
+
+def refuse_weights_only_policy(policy, what: str, remedy: str) -> None:
+    """InputError when `policy` asks what a weights-only report cannot judge (before any model
+    is read): a check passes or fails on what it measured, never on another rule's k."""
+    from headscope import guard
+
+    keys = guard.weights_only_conflicts(policy)
+    if not keys:
+        return
+    why = (f"max_k: {guard.WEIGHTS_ONLY_K}" if keys == ("max_k",) else
+           "they need the probe's statistics" + (f", and max_k: {guard.WEIGHTS_ONLY_K}"
+                                                 if "max_k" in keys else ""))
+    raise InputError(f"{what} cannot judge {', '.join(keys)} ({why}); {remedy}, or leave them "
+                     "out of the policy for this check.")
 
 
 
@@ -326,6 +348,9 @@ def check_many(sources: Sequence[str], *, policy_path: str | None = None,
     from headscope import guard
 
     policy = guard.load_policy(policy_path, overrides, search_dir)
+    if options.weights_only:
+        refuse_weights_only_policy(policy, "--weights-only", "drop --weights-only to measure "
+                                   "them")
     reports = inspect_many(sources, load_options=load_options, options=options)
     return tuple(CheckOutcome(rep, guard.evaluate(rep, policy)) for rep in reports)
 

@@ -28,6 +28,9 @@ class LastInspection:
     scale_bias: bool
     created: str
     cwd: str
+    # A weights-only inspection's k comes from the paper rule; `fix` does not follow it (older
+    # records lack the field: they were full inspections or said so in `rule`).
+    weights_only: bool = False
 
 
 # A remembered inspection is followed only from the directory it was made in, and for this long.
@@ -47,7 +50,8 @@ def remember_inspection(report: Report) -> None:
     state = LastInspection(source=report.model.source, revision=report.model.revision,
                            k=rec.k if rec else None, rule=rec.rule if rec else None,
                            scale_bias=rec.scale_bias if rec else False,
-                           created=report.created, cwd=os.getcwd())
+                           created=report.created, cwd=os.getcwd(),
+                           weights_only=report.model.weights_only)
     path = state_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
