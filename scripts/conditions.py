@@ -213,6 +213,48 @@ def make_modernbert_matched(model, tokenizer, queries: Sequence[str],
 
 
 # --------------------------------------------------------------------------------------------
+# the tied-scale regime (a simulation)
+
+
+def make_tied_scale(model, row_norm: float = MODERNBERT_ROW_NORM) -> dict[str, Any]:
+    """Multiply the tied input/output embedding matrix (in place) so that the decoder's mean row
+    norm is `row_norm`; nothing else changes.
+
+    ModernBERT ties its decoder to the input embeddings, so a large head there is also a large
+    input embedding. Unlike the other simulations the scale then reaches the encoder too: the
+    word embedding outweighs the position and token-type embeddings before the embedding
+    LayerNorm, and a rescale (which divides only the decoder) does not undo that. Returns the
+    simulation's config entry (also set on the model's config).
+    """
+    import torch
+
+    mlm = unwrap_mlm(model)
+    config = mlm.config
+    if getattr(config, CONFIG_KEY, None):
+        raise InputError("This model is already a headscope simulation; start from the real "
+                         "checkpoint.")
+    head = find_head(mlm)
+    embeddings = mlm.get_input_embeddings().weight
+    if head.decoder_weight is not embeddings:
+        raise InputError("The tied-scale simulation needs a decoder tied to the input "
+                         "embeddings; this head is untied.")
+    before = float(embeddings.detach().float().norm(dim=1).mean())
+    scale = row_norm / before
+    with torch.no_grad():
+        embeddings.mul_(scale)
+    source = getattr(config, "_name_or_path", "") or type(mlm).__name__
+    entry = {"where": "tied-scale", "simulation": True, "projection_scale": scale,
+             "row_norm_before": before,
+             "row_norm_after": float(embeddings.detach().float().norm(dim=1).mean()),
+             "changed": sorted(name for name, param in mlm.named_parameters(
+                 remove_duplicate=False) if param is embeddings),
+             "label": f"SIMULATION, not a real checkpoint: scripts/conditions.py 'tied-scale' "
+                      f"variant of {source}"}
+    setattr(config, CONFIG_KEY, entry)
+    return entry
+
+
+# --------------------------------------------------------------------------------------------
 # the registry
 
 
@@ -292,6 +334,10 @@ def _dense(where: str) -> Callable[[Path], Path]:
         lambda m, t: make_dense_variant(m, t, _probe_texts("passage", 64), where=where))
 
 
+def _tied_scale(cache: Path) -> Path:
+    return _write_simulation("bert-tiny-tied-scale-sim", cache, lambda m, t: make_tied_scale(m))
+
+
 def _matched(cache: Path) -> Path:
     return _write_simulation(
         "modernbert-matched-sim", cache,
@@ -316,6 +362,10 @@ _ITEMS = (
               "(scripts/pretrain_mlm.py)", _real("modernbert-mini", local=True)),
     Condition("bert-mini-control", False, "real BertForMaskedLM pretrained here as the control "
               "of modernbert-mini", _real("bert-mini-control", local=True)),
+    # Pre-registered conditions (docs/calibration/decision-rule.md): added after the fit.
+    Condition("tied-scale-sim", True, "SIMULATION, not a real checkpoint: BERT-tiny with its "
+              "tied input/output embeddings multiplied so that the decoder's mean row norm is "
+              "ModernBERT-base's 2.553 (the scale reaches the encoder's input too)", _tied_scale),
 )
 CONDITIONS: dict[str, Condition] = {c.name: c for c in _ITEMS}
 ALIASES: dict[str, str] = {alias: c.name for c in _ITEMS for alias in c.aliases}

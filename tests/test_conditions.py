@@ -154,7 +154,8 @@ MATCHED_LOSS = {1: 6312.6, 8: 2327.8, 16: 1368.8}  # measured once (docs/conditi
 def test_conditions_registry_names_aliases_and_labels():
     conds = conditions.CONDITIONS
     assert list(conds) == ["real-bert-tiny", "bias-dense", "projection-dense",
-                           "modernbert-matched-sim", "modernbert-mini", "bert-mini-control"]
+                           "modernbert-matched-sim", "modernbert-mini", "bert-mini-control",
+                           "tied-scale-sim"]
     assert conditions.ALIASES == {"bert-tiny": "real-bert-tiny",
                                   "bert-tiny-bias-sim": "bias-dense",
                                   "bert-tiny-projection-sim": "projection-dense"}
@@ -163,14 +164,14 @@ def test_conditions_registry_names_aliases_and_labels():
         assert conditions.get(name) is cond
         assert cond.label.startswith("SIMULATION") == cond.simulation
     assert [c.name for c in conds.values() if c.simulation] == [
-        "bias-dense", "projection-dense", "modernbert-matched-sim"]
+        "bias-dense", "projection-dense", "modernbert-matched-sim", "tied-scale-sim"]
     assert conditions.get("bert-tiny-bias-sim") is conds["bias-dense"]
     with pytest.raises(KeyError) as err:
         conditions.get("bert-base")
     assert err.value.args[0] == (
         "No calibration condition 'bert-base'; known: bert-mini-control, bert-tiny, "
         "bert-tiny-bias-sim, bert-tiny-projection-sim, bias-dense, modernbert-matched-sim, "
-        "modernbert-mini, projection-dense, real-bert-tiny.")
+        "modernbert-mini, projection-dense, real-bert-tiny, tied-scale-sim.")
 
 
 def test_the_package_keeps_only_what_users_call():
@@ -195,6 +196,34 @@ def test_condition_builds_matched_folder_once(tmp_path, matched, bert_tiny):
     assert conditions.get("modernbert-matched-sim")(tmp_path) == folder  # reused
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_tied_scale_multiplies_the_tied_embeddings_only(tmp_path, bert_tiny):
+    folder = conditions.get("tied-scale-sim")(tmp_path)
+    sim = checkpoint.load(checkpoint.resolve(str(folder)))
+    entry = json.loads((folder / "config.json").read_text())[simulate.CONFIG_KEY]
+    assert entry["simulation"] is True and entry["where"] == "tied-scale"
+    assert entry["label"].startswith("SIMULATION, not a real checkpoint")
+    assert entry["changed"] == ["bert.embeddings.word_embeddings.weight",
+                                "cls.predictions.decoder.weight"]
+    head = find_head(sim.model)
+    assert head.decoder_weight is sim.model.get_input_embeddings().weight  # still tied
+    w = head.decoder_weight.detach().double().numpy()  # (V, E)
+    naive = np.mean([np.sqrt(sum(x * x for x in row)) for row in w[:500]])
+    assert naive == pytest.approx(np.linalg.norm(w[:500], axis=1).mean(), rel=1e-9)
+    assert np.linalg.norm(w, axis=1).mean() == pytest.approx(2.553, abs=1e-4)
+    original = bert_tiny.model.state_dict()
+    scale = entry["projection_scale"]
+    assert scale == pytest.approx(2.553 / 0.6819, rel=1e-3)
+    for name, tensor in sim.model.state_dict().items():
+        if name in entry["changed"]:
+            torch.testing.assert_close(tensor, original[name] * scale)
+        else:
+            torch.testing.assert_close(tensor, original[name], rtol=0, atol=0)
+    with pytest.raises(InputError) as err:
+        conditions.make_tied_scale(sim.model)
+    assert str(err.value) == ("This model is already a headscope simulation; start from the "
+                              "real checkpoint.")
 
 
 def test_real_conditions_are_the_assets(bert_tiny_dir, tmp_path):
