@@ -633,7 +633,8 @@ def _arm_table(g: dict) -> list[str]:
         rec_arm = Arm(float(rec["k"]), bool(rec["scale_bias"]) if rec["k"] != 1 else False).name
     lines = [
         "| arm | seeds | zero-shot MRR@10 | trained MRR@10 (per seed) | nDCG@10 | "
-        "best − arm MRR@10 [95% CI] | tied with best | hierarchical CI | start loss | "
+        "best − arm MRR@10 [95% CI] | tied with best | hierarchical CI | first-step training "
+        "loss | "
         "active q / p at the end | MRR@10 pruned to 2048 terms (serving) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -739,6 +740,33 @@ def _plateau(g: dict) -> str:
             f"{lr_warm} of {steps}; active terms settle (rolling {SETTLE_WINDOW}-step mean "
             f"within {SETTLE_TOLERANCE:.0%} of its final level, latest seed) at step "
             + "; ".join(parts) + ".")
+
+
+def _provenance(g: dict) -> str:
+    """Which code made a group's runs: each commit with its run count, labelled when it is not
+    a commit of this repository's history or when the tree was dirty."""
+    counts: dict[str, int] = {}
+    for by_seed in g["by_arm"].values():
+        for r in by_seed.values():
+            counts[r["git_commit"]] = counts.get(r["git_commit"], 0) + 1
+    parts, labelled = [], False
+    for commit, n in sorted(counts.items()):
+        base = commit.removesuffix("+dirty")
+        try:
+            _git("cat-file", "-e", f"{base}^{{commit}}")
+            known = True
+        except (OSError, subprocess.CalledProcessError):
+            known = False
+        note = [] if known else ["not a commit of this repository's history"]
+        if commit.endswith("+dirty"):
+            note.append("uncommitted changes on top of it")
+        labelled = labelled or bool(note)
+        parts.append(f"{base[:7]} ({n} run{'s' if n != 1 else ''}"
+                     + (f"; {', '.join(note)}" if note else "") + ")")
+    mixed = len(counts) > 1 or labelled
+    return (f"Made by {'several commits' if len(counts) > 1 else 'one commit'}: "
+            f"{', '.join(parts)}." + (" Not one clean commit: read it as a labelled grid, not as "
+                                      "pre-registered evidence." if mixed else ""))
 
 
 def _label(label: str) -> str:
@@ -867,15 +895,17 @@ def fit_bands(cases: list[tuple[dict, dict]], start):
 
 
 def calibration_cases(groups: list[dict], inspections: dict[str, dict]) -> dict[str, tuple]:
-    """condition -> (inspection, group) for every condition with an inspection and a judged
-    group; of several groups (step counts) of one condition, the one with the most seeds x arms,
+    """condition -> (inspection, group) for every condition of the fitted block with an
+    inspection and a judged group; of several groups (step counts) of one condition, the one with the most seeds x arms,
     and of equally large ones the longest training (the nearest to where active terms settle)."""
     def size(g: dict) -> tuple[int, int]:
         return len(g["seeds"]) * len(g["arms"]), g["steps"]
 
     cases: dict[str, tuple] = {}
     for g in groups:
-        if g["condition"] not in inspections or g.get("tied_mrr") is None:
+        # Only the fitted block is fitted on: a pre-registered condition judges, never shapes.
+        if (g["condition"] not in FITTED_CONDITIONS or g["condition"] not in inspections
+                or g.get("tied_mrr") is None):
             continue
         old = cases.get(g["condition"])
         if old is None or size(g) > size(old[1]):
@@ -963,7 +993,7 @@ def summary_table(groups: list[dict], inspections: dict[str, dict]) -> list[str]
             f"{', '.join(g['arms'])} | {Arm(*decision).name} | {tied.best} "
             f"({tied.means[tied.best]:.3f}) | {{{', '.join(tied.tied)}}} | "
             f"{OUTCOME_TEXT[_outcome(decision, g)]} |")
-    missing = [c for c in CALIBRATION_CONDITIONS if c not in cases]
+    missing = [c for c in FITTED_CONDITIONS if c not in cases]
     if missing:
         lines += ["", f"No judged grid yet: {', '.join(missing)}."]
     return lines
@@ -1061,8 +1091,8 @@ def rules_section(groups: list[dict], registry: dict[str, dict]) -> list[str]:
              "fitted block shaped the bands (in sample); only the pre-registered block judges "
              "them ([decision-rule.md](calibration/decision-rule.md)).", ""]
     blocks = [(FITTED, "fitted block (in sample)"), (PREREGISTERED, "pre-registered block")]
-    header = "| rule | " + " | ".join(f"{title}, {d} domain" for _, title in blocks
-                                      for d in ("in", "out")) + " |"
+    header = "| rule | " + " | ".join(f"{title}, {d}" for _, title in blocks
+                                      for d in ("in domain", "out of domain")) + " |"
     lines += [header, "|---" * 5 + "|"]
     for rule in rules:
         cells = []
@@ -1144,7 +1174,8 @@ def report(args) -> int:
         t = g.get("tied_ndcg")
         if t is not None:
             out.append(f"nDCG@10 tied-with-best set: {{{', '.join(t.tied)}}} (best {t.best}).")
-        out += ["", _plateau(g), "", f"![{name}](calibration/{fig_path.name})", ""]
+        out += ["", _plateau(g), "", _provenance(g), "",
+                f"![{name}](calibration/{fig_path.name})", ""]
     out += ["### The bands, recalibrated and checked leaving one condition out", ""]
     out += band_section(groups, inspections) + [""]
     out.append(END)
