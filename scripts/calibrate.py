@@ -896,8 +896,9 @@ def fit_bands(cases: list[tuple[dict, dict]], start):
 
 def calibration_cases(groups: list[dict], inspections: dict[str, dict]) -> dict[str, tuple]:
     """condition -> (inspection, group) for every condition of the fitted block with an
-    inspection and a judged group; of several groups (step counts) of one condition, the one with the most seeds x arms,
-    and of equally large ones the longest training (the nearest to where active terms settle)."""
+    inspection and a judged group; of several groups (step counts) of one condition, the one with
+    the most seeds x arms, and of equally large ones the longest training (the nearest to where
+    active terms settle)."""
     def size(g: dict) -> tuple[int, int]:
         return len(g["seeds"]) * len(g["arms"]), g["steps"]
 
