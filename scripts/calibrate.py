@@ -1036,6 +1036,14 @@ def domain_groups(groups: list[dict]) -> dict[tuple[str, str], dict]:
     return picked
 
 
+def tied_range(g: dict) -> str:
+    """The k of a group's tied-with-best set: "4", "1-4", with the bias settings it holds."""
+    ks = sorted({float(a.split("/")[0].removeprefix("k=")) for a in g["tied_mrr"].tied})
+    span = f"{ks[0]:g}" if len(ks) == 1 else f"{ks[0]:g}-{ks[-1]:g}"
+    biases = sorted({a.split("/bias ")[1] for a in g["tied_mrr"].tied if "/bias " in a})
+    return span + (f" (bias {' or '.join(biases)})" if biases else "")
+
+
 def rule_outcomes(groups: list[dict], registry: dict[str, dict]) -> dict[tuple, str]:
     """(block, condition, domain, rule) -> "tied" | "worse" | "not run"."""
     out = {}
@@ -1107,15 +1115,19 @@ def rules_section(groups: list[dict], registry: dict[str, dict]) -> list[str]:
                 cells.append(f"{inside} / {len(judged)}" + (f" ({missing} not run)"
                                                             if missing else "") if got else "—")
         lines.append(f"| {rule} | " + " | ".join(cells) + " |")
-    lines += ["", "Per condition (✓ inside, ✗ outside, – not run):", "",
-              "| block | condition | domain | " + " | ".join(rules) + " |",
-              "|---" * (3 + len(rules)) + "|"]
+    lines += ["", "Per condition (✓ inside, ✗ outside, – not run), with the range of k the "
+              "evidence cannot separate from the best arm (the k of the tied-with-best set, "
+              "among the arms run):", "",
+              "| block | condition | domain | k the evidence cannot separate | "
+              + " | ".join(rules) + " |", "|---" * (4 + len(rules)) + "|"]
     mark = {"tied": "✓", "worse": "✗", "not run": "–"}
+    picked = domain_groups(groups)
     for block, _ in blocks:
         for (name, domain) in sorted({(c, d) for (b, c, d, _r) in outcomes if b == block},
                                      key=lambda cd: (list(registry).index(cd[0]), cd[1])):
-            lines.append(f"| {block} | {name} | {domain} | " + " | ".join(
-                mark[outcomes[(block, name, domain, r)]] for r in rules) + " |")
+            lines.append(f"| {block} | {name} | {domain} | {tied_range(picked[name, domain])} | "
+                         + " | ".join(mark[outcomes[(block, name, domain, r)]] for r in rules)
+                         + " |")
     complete = [c for c, e in registry.items() if e["block"] == PREREGISTERED
                 and all((PREREGISTERED, c, d, "k = 1") in outcomes for d in ("in", "out"))]
     missing = [c for c in registry if c not in {c for (_b, c, _d, _r) in outcomes}]

@@ -410,3 +410,12 @@ def test_outcomes_and_verdict_by_hand(calibrate):
     short = [_group("a", "boolq", ["k=1", "k=8/bias kept"], ["k=8/bias kept"])]
     assert calibrate.rule_outcomes(short, {"a": _entry(8.0, False, 0.7)})[
         ("pre-registered", "a", "in", "k = 4, bias kept")] == "not run"
+
+
+def test_tied_range_by_hand(calibrate):
+    assert calibrate.tied_range(_group("a", "boolq", ARMS, ["k=1", "k=4/bias kept"])) == \
+        "1-4 (bias kept)"
+    assert calibrate.tied_range(_group("a", "boolq", ARMS, ["k=16/bias divided",
+                                                             "k=8/bias kept"])) == \
+        "8-16 (bias divided or kept)"
+    assert calibrate.tied_range(_group("a", "boolq", ARMS, ["k=1"])) == "1"
