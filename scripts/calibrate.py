@@ -576,12 +576,24 @@ def _group_key(row: dict) -> tuple:
             row["zero_shot"]["n_queries"])
 
 
+def _group_recommendation(recs: dict[tuple, dict], runs: list[dict]) -> dict | None:
+    files: dict[str | None, int] = {}
+    for r in runs:
+        files[r.get("_file")] = files.get(r.get("_file"), 0) + 1
+    for file in sorted(files, key=lambda f: (-files[f], str(f))):
+        if (runs[0]["condition"], file) in recs:
+            return recs[(runs[0]["condition"], file)]
+    return next((v for (c, _f), v in recs.items() if c == runs[0]["condition"]), None)
+
+
 def analyse(rows: list[dict]) -> list[dict]:
     """Per condition x (steps, data, eval): the paired comparison of its arms over the seeds
     every arm has."""
     from headscope import evidence
 
-    recs = {r["condition"]: r for r in rows if r["kind"] == "recommendation"}
+    # The recommendation line of each file: a group's is that of the file holding most of its
+    # runs (a later file adding arms to an older grid does not rewrite when its runs started).
+    recs = {(r["condition"], r.get("_file")): r for r in rows if r["kind"] == "recommendation"}
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r["kind"] == "run":
@@ -607,7 +619,7 @@ def analyse(rows: list[dict]) -> list[dict]:
         result = {"condition": key[0], "steps": key[1], "data": key[2], "eval": key[3],
                   "seeds": seeds, "arms": arm_order, "by_arm": by_arm,
                   "incomplete": {a: incomplete[a] for a in sorted(incomplete, key=k_order)},
-                  "label": runs[0]["label"], "recommendation": recs.get(key[0])}
+                  "label": runs[0]["label"], "recommendation": _group_recommendation(recs, runs)}
         if seeds and arm_order:
             for metric, field_name in (("mrr", "per_query_mrr"), ("ndcg", "per_query_ndcg")):
                 order = sorted(by_arm[arm_order[0]][seeds[0]]["trained"][field_name])

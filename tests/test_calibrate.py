@@ -419,3 +419,16 @@ def test_tied_range_by_hand(calibrate):
                                                              "k=8/bias kept"])) == \
         "8-16 (bias divided or kept)"
     assert calibrate.tied_range(_group("a", "boolq", ARMS, ["k=1"])) == "1"
+
+
+def test_a_group_keeps_the_recommendation_of_its_own_file(calibrate):
+    """A later file that adds one arm to an older grid does not rewrite which recommendation
+    the grid's runs started from."""
+    old = {"condition": "c", "_file": "grid.jsonl", "recommendation": {"k": 8.0}}
+    new = {"condition": "c", "_file": "grid-k64.jsonl", "recommendation": {"k": 32.0}}
+    recs = {("c", "grid.jsonl"): old, ("c", "grid-k64.jsonl"): new}
+    runs = [{"condition": "c", "_file": "grid.jsonl"}] * 5 + [
+        {"condition": "c", "_file": "grid-k64.jsonl"}] * 3
+    assert calibrate._group_recommendation(recs, runs) is old
+    assert calibrate._group_recommendation(recs, runs[5:]) is new
+    assert calibrate._group_recommendation({}, runs) is None
