@@ -16,24 +16,32 @@ and tokenizers in other formats fall back to torch and transformers.
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import re
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from headscope import hub
+from headscope.containment import check_contained, containment, weight_map
 from headscope.errors import (
     CheckpointNotFoundError,
     ConfigError,
     InputError,
-    NotCachedError,
     UnsupportedModelError,
     WeightFileError,
+    first_line,
 )
+from headscope.fileio import read_json_object
+from headscope.safetensors_file import (
+    TensorInfo,
+    damaged_error,
+    read_array,
+    read_safetensors_header,
+    safetensors_header,
+)
+from headscope.vocabulary import TOKENIZER_FILES, Vocabulary, own_file, read_file
 
 if TYPE_CHECKING:
     import torch
@@ -46,31 +54,10 @@ BIN_SINGLE = "pytorch_model.bin"
 
 DTYPES = ("float32", "bfloat16", "float16")
 
-# Files whose presence means the folder ships a tokenizer.
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "vocab.json",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "spm.model",
-    "tokenizer.model",
-)
-
 # Every other file headscope or transformers reads from a checkpoint folder (config and
 # tokenizer), checked by `resolve` like the weight files: never read through a link out.
-_READ_FILES = ("config.json", *_TOKENIZER_FILES, "special_tokens_map.json", "added_tokens.json",
+_READ_FILES = ("config.json", *TOKENIZER_FILES, "special_tokens_map.json", "added_tokens.json",
                "merges.txt", "chat_template.jinja", "chat_template.json")
-
-# What the network path downloads: config, tokenizer and safetensors weights first; .bin weights
-# only when the repository has no safetensors.
-_HUB_PATTERNS = ("*.json", "*.txt", "*.model", "*.safetensors")
-_HUB_BIN_PATTERNS = ("pytorch_model*.bin",)
-
-# "org/name": one slash, Hub-legal characters, not a relative path like "./x" or "../x".
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 # Tensor-name prefixes that identify a family when config.json says nothing. Checked in order;
 # the first whose prefix some tensor name starts with wins.
@@ -112,94 +99,6 @@ class Checkpoint:
 # resolve
 
 
-def hub_cache_dir() -> Path:
-    """The Hugging Face hub cache, read from the environment now (not at import time)."""
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return Path(os.environ[var]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "huggingface" / "hub"
-
-
-def hub_offline() -> bool:
-    value = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")
-    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def looks_like_hub_id(source: str) -> bool:
-    return bool(_HUB_ID.match(source)) and ".." not in source
-
-
-def _cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
-    """The snapshot folder of `repo_id` at `revision` in the local cache, or None."""
-    repo_dir = hub_cache_dir() / ("models--" + repo_id.replace("/", "--"))
-    rev = revision or "main"
-    if _COMMIT.match(rev):
-        commit = rev
-    else:
-        ref = repo_dir / "refs" / rev
-        if not ref.is_file():
-            return None
-        commit = ref.read_text().strip()
-        if not _COMMIT.match(commit):  # a ref names a commit hash, never a path
-            raise CheckpointNotFoundError(
-                repo_id, f"{ref} does not hold a commit hash; repair or delete the cached ref"
-            )
-    snapshot = repo_dir / "snapshots" / commit
-    if not (snapshot / "config.json").is_file():
-        return None
-    return snapshot
-
-
-def _download_snapshot(repo_id: str, revision: str | None) -> Path:
-    """Fetch config, tokenizer and weights of `repo_id` into the cache; raise on any failure."""
-    from huggingface_hub import snapshot_download
-
-    cache = str(hub_cache_dir())
-    folder = Path(
-        snapshot_download(
-            repo_id, revision=revision, cache_dir=cache, allow_patterns=list(_HUB_PATTERNS)
-        )
-    )
-    if _find_weights(folder) is None:
-        folder = Path(
-            snapshot_download(
-                repo_id, revision=revision, cache_dir=cache, allow_patterns=list(_HUB_BIN_PATTERNS)
-            )
-        )
-    return folder
-
-
-def _resolve_hub(repo_id: str, revision: str | None) -> Path:
-    snapshot = _cached_snapshot(repo_id, revision)
-    if snapshot is not None:
-        return snapshot
-    if hub_offline():
-        raise NotCachedError(repo_id, revision)
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    try:
-        return _download_snapshot(repo_id, revision)
-    except GatedRepoError as err:
-        raise CheckpointNotFoundError(
-            repo_id, "the repository is gated: accept its terms on the Hub and log in"
-        ) from err
-    except RepositoryNotFoundError as err:
-        raise CheckpointNotFoundError(repo_id, "no such repository on the Hub") from err
-    except RevisionNotFoundError as err:
-        raise CheckpointNotFoundError(
-            repo_id, f"the Hub has no revision {revision!r} for it"
-        ) from err
-    except Exception as err:  # connection refused, DNS failure, proxy, HTTP 5xx...
-        raise NotCachedError(repo_id, revision) from err
-
 
 def _find_weights(folder: Path) -> tuple[tuple[Path, ...], str] | None:
     """Weight files of `folder` in load order and their format, or None when there are none.
@@ -219,219 +118,15 @@ def _find_weights(folder: Path) -> tuple[tuple[Path, ...], str] | None:
                     shards.append(shard)
             return tuple(folder / s for s in sorted(shards)), fmt
         if (folder / single).is_symlink():
-            _check_contained(folder, single, f"{folder / single}")  # a link out is refused
+            check_contained(folder, single, f"{folder / single}")  # a link out is refused
         if (folder / single).is_file():
-            _check_contained(folder, single, f"{folder / single}")
+            check_contained(folder, single, f"{folder / single}")
             return (folder / single,), fmt
     return None
 
 
 # --------------------------------------------------------------------------------------------
-# containment: every file read as a weight lies inside the checkpoint folder
-
-
-def _hub_blobs(root: Path) -> Path | None:
-    """The `blobs/` folder of the Hugging Face cache repository whose snapshot `root` is.
-
-    The cache stores each file once in `models--org--name/blobs/<hash>` and links it from
-    `models--org--name/snapshots/<commit>/<name>`; None when `root` is not laid out like that.
-    """
-    snapshots = root.parent
-    repo = snapshots.parent
-    if snapshots.name != "snapshots" or not repo.name.startswith("models--"):
-        return None
-    blobs = repo / "blobs"
-    return blobs.resolve() if blobs.is_dir() else None
-
-
-def containment(folder: Path, name: str) -> str | None:
-    """Why `name` (relative to the checkpoint folder) is not a file of the checkpoint, or None.
-
-    A file of the checkpoint is a regular file reached through a relative path without `..`,
-    that resolves (symlinks followed) inside `folder`, or, in a Hugging Face cache snapshot,
-    to a blob of the same cache repository. Anything else (an absolute path, `..`, a link out
-    of the folder, a device or FIFO) is refused, so a downloaded checkpoint cannot make
-    headscope read, measure or copy another file. "missing" when nothing is there.
-    Never opens the file.
-    """
-    if not isinstance(name, str) or not name or "\x00" in name:
-        return "is not a file name"
-    pure = PurePosixPath(name)
-    if pure.is_absolute():
-        return "is an absolute path"
-    if ".." in pure.parts:
-        return "climbs out of the folder with '..'"
-    root = folder.resolve()
-    try:
-        real = (root / pure).resolve()
-    except (OSError, RuntimeError):  # a symlink loop
-        return "is a symlink loop"
-    if not real.is_relative_to(root):
-        blobs = _hub_blobs(root)
-        if blobs is None or real.parent != blobs:
-            return f"resolves to {real}, outside the checkpoint folder"
-    if not real.exists():
-        return "missing"
-    if not real.is_file():
-        return "is not a regular file"
-    return None
-
-
-def _check_contained(folder: Path, name: str, what: str) -> None:
-    reason = containment(folder, name)
-    if reason is not None and reason != "missing":
-        raise WeightFileError(
-            f"{what} {reason}; headscope reads weights only from inside the checkpoint folder "
-            f"{folder}: refusing it (repair the checkpoint or re-download it)."
-        )
-
-
-def weight_map(folder: Path, index: Path) -> dict[str, str]:
-    """The index's `weight_map` (tensor name -> shard file name), every entry checked."""
-    data = _read_json(index)
-    mapping = data.get("weight_map")
-    if not isinstance(mapping, dict) or not mapping:
-        raise WeightFileError(
-            f'{index} has no "weight_map" object naming the shard of each tensor; repair the '
-            "index or re-download the checkpoint."
-        )
-    for tensor, shard in mapping.items():
-        if not isinstance(shard, str):
-            raise WeightFileError(
-                f"{index} maps {tensor!r} to {shard!r}, which is not a file name; repair the "
-                "index or re-download the checkpoint."
-            )
-        _check_contained(folder, shard, f"{index} maps {tensor!r} to {shard!r}, which")
-    return mapping
-
-
-# --------------------------------------------------------------------------------------------
-# safetensors headers, read and checked without torch
-
-# Bits per element of every dtype the safetensors format defines (its Rust reader's list).
-SAFETENSORS_DTYPE_BITS = {
-    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
-    "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
-    "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
-    "C64": 64, "F64": 64, "I64": 64, "U64": 64,
-}
-# The safetensors reader refuses larger headers too.
-MAX_HEADER_BYTES = 100_000_000
-
-
-@dataclass(frozen=True)
-class StoredTensor:
-    """One tensor as a safetensors header describes it."""
-
-    dtype: str  # safetensors dtype name, e.g. "F32"
-    shape: tuple[int, ...]
-    begin: int  # absolute byte offset of the first byte in the file
-    end: int  # absolute byte offset past the last byte
-
-
-@dataclass(frozen=True)
-class SafetensorsHeader:
-    path: Path
-    tensors: dict[str, StoredTensor]  # in file order
-    metadata: dict[str, str]  # "__metadata__"
-    data_start: int  # 8 + header length
-
-
-def _damaged(path: Path, problem: str) -> WeightFileError:
-    return WeightFileError(
-        f"{path} is not a valid safetensors file: {problem}; re-download it, or convert the "
-        "checkpoint again from a copy you trust."
-    )
-
-
-def _dims(value: Any) -> tuple[int, ...] | None:
-    if not isinstance(value, list):
-        return None
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
-        return None
-    return tuple(value)
-
-
-def read_safetensors_header(path: Path) -> SafetensorsHeader:
-    """Read and check the header of a safetensors file, reading no tensor data (no torch).
-
-    Checks what the format requires (as its reader does): an 8-byte little-endian header
-    length within the file, a UTF-8 JSON object, known dtypes, shapes of non-negative integers,
-    byte ranges that match dtype x shape and tile the data section exactly (no gap, no
-    overlap, nothing past the end). Raises WeightFileError naming the file and the fault.
-    """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise _damaged(path, f"it holds {len(head)} bytes, fewer than the 8 of a header "
-                               "length")
-            n = int.from_bytes(head, "little")
-            if n > min(MAX_HEADER_BYTES, size - 8):
-                raise _damaged(path, f"its header length ({n} bytes) runs past the end of the "
-                               f"{size}-byte file")
-            raw = fh.read(n)
-    except OSError as err:
-        raise WeightFileError(f"{path} cannot be read ({err.strerror}); check the file.") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise _damaged(path, f"its header is not UTF-8 (byte {err.start})") from None
-    try:
-        data = json.loads(text, parse_constant=lambda c: float("nan"))
-    except (ValueError, RecursionError) as err:
-        raise _damaged(path, f"its header is not JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise _damaged(path, "its header is not a JSON object")
-    metadata = data.pop("__metadata__", {})
-    if not isinstance(metadata, dict) or not all(
-        isinstance(v, str) for v in metadata.values()
-    ):
-        raise _damaged(path, "its __metadata__ is not an object of strings")
-    data_start = 8 + n
-    data_size = size - data_start
-    items: list[tuple[str, StoredTensor]] = []
-    for name, info in data.items():
-        if not isinstance(info, dict):
-            raise _damaged(path, f"tensor {name!r} is described by {type(info).__name__}, "
-                           "not an object")
-        dtype = info.get("dtype")
-        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPE_BITS:
-            raise _damaged(path, f"tensor {name!r} has unknown dtype {dtype!r}")
-        shape = _dims(info.get("shape"))
-        if shape is None:
-            raise _damaged(path, f"tensor {name!r} has shape {info.get('shape')!r}, not a list "
-                           "of non-negative integers")
-        offsets = _dims(info.get("data_offsets"))
-        if offsets is None or len(offsets) != 2 or offsets[1] < offsets[0]:
-            raise _damaged(path, f"tensor {name!r} has data_offsets "
-                           f"{info.get('data_offsets')!r}, not [begin, end] with begin <= end")
-        bits = math.prod(shape) * SAFETENSORS_DTYPE_BITS[dtype]
-        if bits % 8 or bits // 8 != offsets[1] - offsets[0]:
-            raise _damaged(path, f"tensor {name!r} ({dtype}, shape {list(shape)}) needs "
-                           f"{bits / 8:g} bytes but its data_offsets span "
-                           f"{offsets[1] - offsets[0]}")
-        items.append((name, StoredTensor(dtype, shape, data_start + offsets[0],
-                                         data_start + offsets[1])))
-    items.sort(key=lambda kv: (kv[1].begin, kv[1].end))
-    cursor = data_start
-    for name, t in items:
-        if t.begin != cursor:
-            what = "overlaps the tensor before it" if t.begin < cursor else "leaves a gap"
-            raise _damaged(path, f"tensor {name!r} {what} (data_offsets "
-                           f"[{t.begin - data_start}, {t.end - data_start}])")
-        cursor = t.end
-    if cursor != size:
-        if cursor > size:
-            problem = (f"its tensors need {cursor - data_start} bytes of data but the file "
-                       f"holds {data_size} (truncated)")
-        else:
-            problem = f"{size - cursor} bytes after the last tensor are not described"
-        raise _damaged(path, problem)
-    return SafetensorsHeader(path=path, tensors=dict(items), metadata=dict(metadata),
-                             data_start=data_start)
+# config.json
 
 
 def check_config(config: dict, path: Path) -> None:
@@ -485,22 +180,6 @@ def fields_with_value(config: dict, value: int) -> list[str]:
     """The config.json fields (of SIZE_FIELDS) equal to `value`: the likely cause of a tensor
     dimension of that size."""
     return [k for k in SIZE_FIELDS if config.get(k) == value and not isinstance(config[k], bool)]
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise InputError(
-            f"{path} is not readable JSON ({_first_line(err)}); repair or replace the file."
-        ) from err
-    except RecursionError:
-        raise InputError(
-            f"{path} is JSON nested too deeply to read; repair or replace the file."
-        ) from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path} does not hold a JSON object; repair or replace the file.")
-    return data
 
 
 def _architecture_model_types() -> dict[str, str]:
@@ -562,8 +241,9 @@ def resolve(source: str, revision: str | None = None) -> Checkpoint:
                 "directory; drop the revision or pass a Hub id."
             )
         folder, commit = local.resolve(), None
-    elif looks_like_hub_id(source):
-        folder = _resolve_hub(source, revision)
+    elif hub.looks_like_hub_id(source):
+        folder = hub.snapshot_folder(source, revision,
+                                    lambda f: _find_weights(f) is not None)
         commit = folder.name
     else:
         raise CheckpointNotFoundError(
@@ -580,7 +260,7 @@ def resolve(source: str, revision: str | None = None) -> Checkpoint:
             )
     if not (folder / "config.json").is_file():
         raise CheckpointNotFoundError(source, f"{folder} has no config.json")
-    config = _read_json(folder / "config.json")
+    config = read_json_object(folder / "config.json")
     check_config(config, folder / "config.json")
     found = _find_weights(folder)
     if found is None:
@@ -647,11 +327,6 @@ def unsafe_pickle_error(path: Path, err: BaseException) -> WeightFileError:
     )
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
-
-
 def read_bin(path: Path) -> dict[str, torch.Tensor]:
     """A whole .bin state dict on CPU; memory-mapped when the file's format allows it.
 
@@ -674,7 +349,7 @@ def read_bin(path: Path) -> dict[str, torch.Tensor]:
         raise unsafe_pickle_error(path, err) from err
     except Exception as err:
         raise WeightFileError(
-            f"Cannot read {path} ({_first_line(err)}); the file is damaged or not a PyTorch "
+            f"Cannot read {path} ({first_line(err)}); the file is damaged or not a PyTorch "
             "state dict: re-download it."
         ) from err
     if not isinstance(state, dict):
@@ -743,7 +418,7 @@ def read_tensors(ckpt: Checkpoint, names) -> dict[str, torch.Tensor]:
                     for n in file_names:
                         out[n] = fh.get_tensor(n)
             except (SafetensorError, TypeError) as err:  # e.g. a dtype torch cannot hold
-                raise _damaged(path, _first_line(err)) from err
+                raise damaged_error(path, first_line(err)) from err
         else:
             state = read_bin(path)
             absent = [n for n in file_names if n not in state]
@@ -760,63 +435,6 @@ def _absent_error(ckpt: Checkpoint, absent: list[str]) -> InputError:
         f"Checkpoint {ckpt.source} stores no tensor named {', '.join(absent)}; list the stored "
         "names with headscope.checkpoint.tensor_names()."
     )
-
-
-# --------------------------------------------------------------------------------------------
-# tensors as numpy arrays, without torch (the weights-only path)
-
-# safetensors dtype code -> torch's name for it (what reports say).
-_SAFETENSORS_DTYPES = {
-    "F64": "float64",
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "I64": "int64",
-    "I32": "int32",
-    "I16": "int16",
-    "I8": "int8",
-    "U8": "uint8",
-    "BOOL": "bool",
-}
-# dtype name -> numpy dtype of the stored bytes (safetensors is little-endian). numpy has no
-# bfloat16: its 16 bits are read as uint16 and widened to float32 on reading.
-_STORED_NUMPY = {
-    "float64": "<f8",
-    "float32": "<f4",
-    "float16": "<f2",
-    "bfloat16": "<u2",
-    "int64": "<i8",
-    "int32": "<i4",
-    "int16": "<i2",
-    "int8": "i1",
-    "uint8": "u1",
-    "bool": "?",
-}
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """One stored tensor: its dtype, shape and where its bytes lie; nothing loaded."""
-
-    name: str
-    file: Path  # the weight file (shard) holding it
-    dtype: str  # torch's name: "float32", "bfloat16", "float16", ... (safetensors code if unknown)
-    shape: tuple[int, ...]
-    start: int | None  # absolute byte range of its data in `file`; None for .bin files
-    end: int | None
-
-
-def safetensors_header(path: Path) -> dict[str, TensorInfo]:
-    """The tensors of one safetensors file as `TensorInfo`s (dtype under torch's name).
-
-    A view of `read_safetensors_header`, the one parser and checker of safetensors headers:
-    a damaged file is refused there (WeightFileError naming the file and the fault).
-    """
-    path = Path(path)
-    header = read_safetensors_header(path)
-    return {name: TensorInfo(name, path, _SAFETENSORS_DTYPES.get(t.dtype, t.dtype), t.shape,
-                             t.begin, t.end)
-            for name, t in header.tensors.items()}
 
 
 def _require_torch_for_bin(ckpt: Checkpoint) -> None:
@@ -847,28 +465,6 @@ def tensor_infos(ckpt: Checkpoint) -> dict[str, TensorInfo]:
     return out
 
 
-def _read_safetensors_array(info: TensorInfo) -> np.ndarray:
-    """One tensor's bytes as a read-only numpy array mapped from the file (no copy; pages come
-    from the page cache as they are touched). bfloat16 is widened to a float32 copy."""
-    if info.dtype not in _STORED_NUMPY or info.start is None:
-        raise InputError(
-            f"Tensor {info.name} in {info.file} has dtype {info.dtype}, which headscope cannot "
-            f"read without torch; supported: {', '.join(_STORED_NUMPY)}."
-        )
-    stored = np.dtype(_STORED_NUMPY[info.dtype])
-    count = math.prod(info.shape)
-    if count == 0:
-        return np.zeros(info.shape, dtype=np.float32 if info.dtype == "bfloat16" else stored)
-    # read_safetensors_header checked that the byte range lies inside the file and
-    # matches dtype x shape.
-    data = np.memmap(info.file, dtype=stored, mode="r", offset=info.start,
-                     shape=(count,)).view(np.ndarray)  # (count,)
-    if info.dtype == "bfloat16":
-        # A bfloat16 is the upper half of a float32: shifting its bits up 16 is exact.
-        data = (data.astype(np.uint32) << 16).view(np.float32)
-    return data.reshape(info.shape)
-
-
 def read_arrays(ckpt: Checkpoint, names, infos: dict[str, TensorInfo] | None = None
                 ) -> dict[str, np.ndarray]:
     """Read only the tensors `names` as numpy arrays, in their stored dtype (bfloat16, which
@@ -890,142 +486,26 @@ def read_arrays(ckpt: Checkpoint, names, infos: dict[str, TensorInfo] | None = N
     absent = [n for n in wanted if n not in infos]
     if absent:
         raise _absent_error(ckpt, absent)
-    return {n: _read_safetensors_array(infos[n]) for n in wanted}
-
-
-@dataclass(frozen=True)
-class Vocabulary:
-    """A tokenizer's vocabulary read from its files, as `heads.vocab_info` needs it.
-
-    It answers the three questions vocab_info asks a transformers tokenizer (`len`,
-    `convert_ids_to_tokens`, `all_special_ids`), without transformers.
-    """
-
-    tokens: tuple[str | None, ...]  # id -> token, over len(tokenizer) ids (None: an id without one)
-    all_special_ids: tuple[int, ...]
-    file: str  # what was read: "tokenizer.json", "vocab.txt", or "transformers"
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def convert_ids_to_tokens(self, ids) -> list[str | None]:
-        return [self.tokens[int(i)] for i in ids]
-
-
-# transformers' named special tokens, in the order it adds those missing from the vocabulary.
-_SPECIAL_ATTRIBUTES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
-                       "cls_token", "mask_token")
-# BertTokenizer's defaults, which a bare vocab.txt gets (as in load_tokenizer's fallback).
-_WORDPIECE_SPECIALS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
-                       "cls_token": "[CLS]", "mask_token": "[MASK]"}
-
-
-def _token_text(value: Any) -> str | None:
-    """A special token as tokenizer_config.json stores it: a string or an AddedToken dict."""
-    if isinstance(value, dict):
-        value = value.get("content")
-    return value if isinstance(value, str) and value else None
-
-
-def _special_tokens(folder: Path, wordpiece: bool) -> dict[str, str]:
-    """Special token -> the attribute naming it ("unk_token", ..., "extra"), in the order
-    transformers adds those missing from the vocabulary: the named ones, then the extra ones.
-
-    tokenizer_config.json wins over special_tokens_map.json for a named token. A BERT-style
-    (WordPiece) tokenizer gets BertTokenizer's defaults for the named tokens neither file sets;
-    other tokenizer classes' built-in defaults are not known here (their files name their
-    specials in practice).
-    """
-    named: dict[str, str] = {}
-    extra: list[str] = []
-    for file_name in ("tokenizer_config.json", "special_tokens_map.json"):
-        path = folder / file_name
-        if not path.is_file():
-            continue
-        data = _read_json(path)
-        if file_name == "tokenizer_config.json" and str(data.get("tokenizer_class", "")) in (
-                "BertTokenizer", "BertTokenizerFast"):
-            wordpiece = True
-        for attr in _SPECIAL_ATTRIBUTES:
-            token = _token_text(data.get(attr))
-            if token is not None:
-                named.setdefault(attr, token)
-        for key in ("extra_special_tokens", "additional_special_tokens"):
-            values = data.get(key) or []
-            for value in values.values() if isinstance(values, dict) else values:
-                text = _token_text(value)
-                if text is not None and text not in extra:
-                    extra.append(text)
-    if wordpiece:
-        named = {**_WORDPIECE_SPECIALS, **named}
-    out: dict[str, str] = {}
-    for attr in _SPECIAL_ATTRIBUTES:
-        if attr in named:
-            out.setdefault(named[attr], attr)
-    for token in extra:
-        out.setdefault(token, "extra")
-    return out
+    return {n: read_array(infos[n]) for n in wanted}
 
 
 def read_vocabulary(ckpt: Checkpoint, options: LoadOptions | None = None) -> Vocabulary | None:
     """The checkpoint's vocabulary; None when the folder has no tokenizer files.
 
-    tokenizer.json is read with the `tokenizers` library and a bare vocab.txt as a WordPiece
-    vocabulary (one token per line, as BertTokenizer reads it), neither importing transformers.
-    Special tokens come from tokenizer_config.json and special_tokens_map.json; those missing
-    from the vocabulary are appended, as transformers does. Other formats (sentencepiece models,
-    vocab.json with merges.txt) are read through transformers (`load_tokenizer`).
+    tokenizer.json and a bare vocab.txt are read without transformers (`vocabulary`); other
+    formats (sentencepiece models, vocab.json with merges.txt) through it (`load_tokenizer`).
     """
-    folder = ckpt.path
-    present = {f for f in _TOKENIZER_FILES if (folder / f).is_file()}
-    if not present:
+    if not any((ckpt.path / f).is_file() for f in TOKENIZER_FILES):
         return None
-    from_json = "tokenizer.json" in present
-    # vocab.txt is the whole tokenizer only beside no model file of another kind.
-    wordpiece = "vocab.txt" in present and present <= {"vocab.txt", "tokenizer_config.json"}
-    if not from_json and not wordpiece:
-        tokenizer = load_tokenizer(ckpt, options)
-        if tokenizer is None:
-            return None
-        ids = list(range(len(tokenizer)))
-        return Vocabulary(tokens=tuple(tokenizer.convert_ids_to_tokens(ids)),
-                          all_special_ids=tuple(tokenizer.all_special_ids), file="transformers")
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordPiece
-
-    specials = _special_tokens(folder, wordpiece=not from_json)
-    file_name = "tokenizer.json" if from_json else "vocab.txt"
-    try:
-        if from_json:
-            tok = Tokenizer.from_file(str(folder / file_name))
-        else:
-            # As BertTokenizer's load_vocab: line i is the token of id i (a repeated token keeps
-            # its last id).
-            lines = (folder / file_name).read_text(encoding="utf-8").split("\n")
-            if lines[-1] == "":
-                lines.pop()  # the newline ending the last line starts no token
-            vocab = {token: index for index, token in enumerate(lines)}
-            unk = next((t for t, attr in specials.items() if attr == "unk_token"), "[UNK]")
-            tok = Tokenizer(WordPiece(vocab, unk_token=unk))
-    except Exception as err:  # tokenizers raises plain Exceptions on malformed files
-        raise InputError(
-            f"The tokenizer of {ckpt.source} in {folder} cannot be read ({err}); repair or "
-            "replace its tokenizer files."
-        ) from err
-    missing = [t for t in specials if tok.token_to_id(t) is None]
-    if missing:
-        tok.add_special_tokens(missing)
-    n = tok.get_vocab_size(with_added_tokens=True)
-    if n <= len(specials):
-        raise InputError(
-            f"The tokenizer of {ckpt.source} in {folder} holds only special tokens; add its "
-            "vocabulary files (tokenizer.json, vocab.txt, ...) to the folder or remove the "
-            "tokenizer files."
-        )
-    special_ids = [tok.token_to_id(t) for t in specials]
-    return Vocabulary(tokens=tuple(tok.id_to_token(i) for i in range(n)),
-                      all_special_ids=tuple(i for i in special_ids if i is not None),
-                      file=file_name)
+    file_name = own_file(ckpt.path)
+    if file_name is not None:
+        return read_file(ckpt.path, file_name, ckpt.source)
+    tokenizer = load_tokenizer(ckpt, options)
+    if tokenizer is None:
+        return None
+    ids = list(range(len(tokenizer)))
+    return Vocabulary(tokens=tuple(tokenizer.convert_ids_to_tokens(ids)),
+                      all_special_ids=tuple(tokenizer.all_special_ids), file="transformers")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1094,7 +574,7 @@ def _load_config(ckpt: Checkpoint, options: LoadOptions):
 def load_tokenizer(ckpt: Checkpoint, options: LoadOptions | None = None):
     """The checkpoint's tokenizer, None when the folder has no tokenizer files."""
     options = options or LoadOptions()
-    if not any((ckpt.path / f).is_file() for f in _TOKENIZER_FILES):
+    if not any((ckpt.path / f).is_file() for f in TOKENIZER_FILES):
         return None
     from transformers import AutoTokenizer
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -1103,7 +583,7 @@ def load_tokenizer(ckpt: Checkpoint, options: LoadOptions | None = None):
     # missing and headscope inferred the family, hand it the inferred family's config.
     extra = {}
     config_file = ckpt.path / "config.json"
-    if (config_file.is_file() and not _read_json(config_file).get("model_type")
+    if (config_file.is_file() and not read_json_object(config_file).get("model_type")
             and ckpt.model_type in CONFIG_MAPPING):
         extra["config"] = _load_config(ckpt, options)
     try:
@@ -1113,7 +593,7 @@ def load_tokenizer(ckpt: Checkpoint, options: LoadOptions | None = None):
     except Exception as err:
         raise InputError(
             f"The tokenizer of {ckpt.source} in {ckpt.path} cannot be loaded "
-            f"({_first_line(err)}); install the package it needs (e.g. sentencepiece) or remove "
+            f"({first_line(err)}); install the package it needs (e.g. sentencepiece) or remove "
             "the broken tokenizer files."
         ) from err
     if len(tokenizer) > len(set(tokenizer.all_special_tokens)):
@@ -1151,7 +631,7 @@ def _remote_modules(config: dict) -> str:
 def _remote_code_error(ckpt: Checkpoint, err: BaseException) -> InputError:
     return InputError(
         f"The code shipped with {ckpt.source} ({_remote_modules(ckpt.config)}) failed "
-        f"({type(err).__name__}: {_first_line(err)}); it ran only because of "
+        f"({type(err).__name__}: {first_line(err)}); it ran only because of "
         "--trust-remote-code: fix that code or ask the checkpoint's authors."
     )
 
@@ -1180,7 +660,7 @@ def check_against_weights(ckpt: Checkpoint, config: Any) -> None:
     except Exception as err:
         raise ConfigError(
             f"{ckpt.path / 'config.json'} does not describe a valid {ckpt.model_type} model "
-            f"({_first_line(err)}); fix config.json."
+            f"({first_line(err)}); fix config.json."
         ) from err
     stored = stored_shapes(ckpt)
     prefix = f"{getattr(model, 'base_model_prefix', '')}."
@@ -1244,7 +724,7 @@ def load(ckpt: Checkpoint, options: LoadOptions = LoadOptions()) -> LoadedModel:
             raise _remote_code_error(ckpt, err) from err
         raise ConfigError(
             f"{ckpt.path / 'config.json'} is not a valid {ckpt.model_type} config "
-            f"({_first_line(err)}); fix config.json."
+            f"({first_line(err)}); fix config.json."
         ) from err
     if not remote:
         check_against_weights(ckpt, config)
@@ -1260,7 +740,7 @@ def load(ckpt: Checkpoint, options: LoadOptions = LoadOptions()) -> LoadedModel:
         raise unsafe_pickle_error(ckpt.weight_files[0], err) from err
     except SafetensorError as err:
         raise WeightFileError(
-            f"A weight file of {ckpt.source} in {ckpt.path} is damaged ({_first_line(err)}); "
+            f"A weight file of {ckpt.source} in {ckpt.path} is damaged ({first_line(err)}); "
             "re-download the checkpoint."
         ) from err
     except Exception as err:
@@ -1269,7 +749,7 @@ def load(ckpt: Checkpoint, options: LoadOptions = LoadOptions()) -> LoadedModel:
         if not isinstance(err, (OSError, ValueError, RuntimeError)):
             raise
         raise InputError(
-            f"transformers could not load {ckpt.source} from {ckpt.path} ({_first_line(err)}); "
+            f"transformers could not load {ckpt.source} from {ckpt.path} ({first_line(err)}); "
             "check that the weights match config.json."
         ) from err
     model = model.to(options.device).eval()

@@ -115,3 +115,10 @@ class ModelErrors(HeadscopeError):
         self.failures: tuple[tuple[str, HeadscopeError], ...] = tuple(failures)
         self.exit_code = max(err.exit_code for _, err in self.failures)
         super().__init__("; ".join(f"{source}: {err}" for source, err in self.failures))
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's text (its type's name when it has none), for messages that
+    quote a library's error inside one line of headscope's."""
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

@@ -10,12 +10,14 @@ leaves an older file at the destination as it was; an ``OSError`` becomes `Outpu
 
 `check_writable` and `check_writable_folder` let a command refuse an unwritable destination
 before any slow work; `build_once` builds a cached folder (an asset, a simulation) in a
-temporary sibling and renames it into place. Standard library only (no numpy, no torch):
+temporary sibling and renames it into place; `read_json_object` is the one reader of the JSON
+objects headscope reads from a checkpoint folder. Standard library only (no numpy, no torch):
 every layer may use it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -23,7 +25,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, cast
 
-from headscope.errors import OutputWriteError
+from headscope.errors import InputError, OutputWriteError, first_line
 
 PathLike = str | os.PathLike[str]
 
@@ -275,5 +277,24 @@ def build_once(target: PathLike, marker: str, build: Callable[[Path], object]) -
     return target
 
 
+def read_json_object(path: PathLike) -> dict:
+    """The JSON object in `path`; InputError naming the file when it is unreadable, not JSON,
+    nested too deeply or not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InputError(
+            f"{path} is not readable JSON ({first_line(err)}); repair or replace the file."
+        ) from err
+    except RecursionError:
+        raise InputError(
+            f"{path} is JSON nested too deeply to read; repair or replace the file."
+        ) from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} does not hold a JSON object; repair or replace the file.")
+    return data
+
+
 __all__ = ["atomic_open", "build_once", "check_writable", "check_writable_folder", "exchange",
-           "fsync_dir", "make_temp_dir", "umask", "write_bytes", "write_text"]
+           "fsync_dir", "make_temp_dir", "read_json_object", "umask", "write_bytes",
+           "write_text"]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from headscope.errors import PolicyError
-from headscope.recommend import FINDING_CODES, SEVERITIES
+from headscope.findings import FINDING_CODES, SEVERITIES
 from headscope.report import Report
 from headscope.stats import METRIC_REGISTRY, k_text, number
 

@@ -10,6 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from headscope.findings import FINDING_CODES
 from headscope.recommend import Recommendation, decision_text
 from headscope.report import Report
 from headscope.stats import BAND_ABBREV, METRIC_REGISTRY, k_text, number, percent
@@ -297,37 +298,14 @@ def fix_view(outcome) -> Group:
     return Group(*parts)
 
 
-# What each finding code means, in a few words (docs/findings.md has the full table), for the
-# places that list codes without their messages (the compare table, the demo).
-FINDING_GIST = {
-    "HS101": "large head: mean decoder row norm above 1.5",
-    "HS102": "decoder rows beyond the tokenizer (never real tokens)",
-    "HS103": "decoder tied to the input embeddings",
-    "HS104": "no trained MLM head in the checkpoint",
-    "HS201": "dense at k = 1: over 10% of the vocabulary active per passage",
-    "HS202": "saturating weights: over 1% of term weights above 5",
-    "HS203": "unrelated texts look alike (cosine above 0.9)",
-    "HS204": "training would start from a very high loss (above 150)",
-    "HS205": "still dense at every k: dividing the projection cannot sparsify it",
-    "HS206": "no active term at all",
-    "HS207": "statistics are NaN or infinite",
-    "HS208": "the activity lives in the output bias: divide it too (--scale-bias)",
-    "HS209": "the probe does not fit the model's vocabulary: pass --probe FILE",
-    "HS301": "weights above 5 would clip in pyserini's 8-bit index",
-    "HS302": "weights below 0.05 are coarse in Anserini's impact index",
-    "HS303": "over 1,000 non-zero terms: a pgvector HNSW index refuses them",
-    "HS304": "over 16,000 non-zero terms: pgvector's sparsevec refuses them",
-    "HS305": "logits beyond float16's 65504: use bfloat16 or float32",
-    "HS306": "bfloat16 blurs term weights: use float16 or float32",
-}
-
-
 def finding_legend(reports: Sequence[Report]) -> Text | None:
     """One line per warning-or-worse finding code listed for `reports`: the code and its gist."""
     codes = sorted({f.code for r in reports for f in r.findings if f.severity != "info"})
     if not codes:
         return None
-    lines = [f"{code}  {FINDING_GIST.get(code, 'see docs/findings.md')}" for code in codes]
+    gists = {code: FINDING_CODES[code].gist if code in FINDING_CODES else "see docs/findings.md"
+             for code in codes}
+    lines = [f"{code}  {gist}" for code, gist in gists.items()]
     return Text("Findings: " + "\n          ".join(lines) + "\n(details: docs/findings.md, or "
                 "headscope inspect MODEL for the full messages)", style="dim")
 

@@ -27,7 +27,8 @@ from typing import IO, Any, Union, get_args, get_origin, get_type_hints
 
 from headscope import __version__, fileio
 from headscope.errors import ReportError
-from headscope.recommend import SEVERITIES, Finding, Recommendation
+from headscope.findings import SEVERITIES, Finding
+from headscope.recommend import Recommendation
 from headscope.stats import KStats, WeightStats
 
 SCHEMA_VERSION = 1

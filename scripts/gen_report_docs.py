@@ -15,7 +15,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from headscope import recommend, report, stats
+from headscope import findings, recommend, report, stats
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "report.md"
 
@@ -27,7 +27,7 @@ SECTIONS = (
     ("weights.row_norm_all, weights.row_norm_real", stats.Summary),
     ("probe", report.ProbeSummary),
     ("per_k[]", stats.KStats),
-    ("findings[]", recommend.Finding),
+    ("findings[]", findings.Finding),
     ("recommendation", recommend.Recommendation),
     ("recommendation.verdicts[]", recommend.KVerdict),
     ("recommendation.bands[]", recommend.Band),

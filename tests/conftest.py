@@ -40,3 +40,41 @@ def tiny_checkpoint(tmp_path_factory):
         return made[family]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def bert_tiny(bert_tiny_dir):
+    """The real BERT-tiny, loaded once per test module (a test may change the model it gets;
+    the next module loads its own)."""
+    from headscope import checkpoint
+
+    return checkpoint.load(checkpoint.resolve(str(bert_tiny_dir)))
+
+
+@pytest.fixture
+def headscope_cache(bert_tiny_dir, tmp_path, monkeypatch) -> Path:
+    """A private HEADSCOPE_CACHE (the "last inspection" memory lives there) that still sees the
+    real assets (fetched before the switch), and a working directory without a pyproject.toml
+    policy (tmp_path / "work")."""
+    cache = tmp_path / "headscope-cache"
+    cache.mkdir()
+    (cache / "assets").symlink_to(bert_tiny_dir.parent, target_is_directory=True)
+    monkeypatch.setenv("HEADSCOPE_CACHE", str(cache))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory) -> Path:
+    """40 query/passage pairs from the built-in probe (JSONL): a small train/eval split for fast
+    training runs."""
+    import json
+
+    from headscope.probe import builtin_probe
+
+    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"query": p.query, "positive": p.passage}) + "\n"
+                            for p in builtin_probe(40).pairs))
+    return path

@@ -28,15 +28,9 @@ LONG_POSITIONS = 192  # > the 128 tokens that probe passages and fix's verificat
 
 
 @pytest.fixture(autouse=True)
-def headscope_cache(bert_tiny_dir, tmp_path, monkeypatch):
-    """A private HEADSCOPE_CACHE for the "last inspection" memory that still sees the real
-    assets (fetched before the switch)."""
-    cache = tmp_path / "headscope-cache"
-    cache.mkdir()
-    (cache / "assets").symlink_to(bert_tiny_dir.parent, target_is_directory=True)
-    monkeypatch.setenv("HEADSCOPE_CACHE", str(cache))
-    monkeypatch.chdir(tmp_path)
-    return cache
+def _private_cache(headscope_cache):
+    """Every test here runs with conftest's private HEADSCOPE_CACHE."""
+    return headscope_cache
 
 
 def save_tiny_long(family: str, path: Path) -> Path:
@@ -328,6 +322,7 @@ def test_fix_discovers_the_loaded_models_head_once(tiny_long, tmp_path, monkeypa
 
     monkeypatch.setattr(heads, "find_head", counting)
     monkeypatch.setattr(save, "find_head", counting)
+    monkeypatch.setattr(save.verify, "find_head", counting)
     monkeypatch.setattr(checkpoint, "load", loading)
     outcome = api.fix(str(tiny_long("bert")), str(tmp_path / "fixed"),
                       options=api.FixOptions(k=4), probe_config=SMALL)

@@ -132,6 +132,21 @@ def test_no_module_imports_from_a_layer_above_its_own():
     assert upward == []
 
 
+def test_the_rooms_of_save_import_only_the_rooms_listed_above_them():
+    """Inside the save package the table's row order is the order of its rooms: each imports
+    only rooms above it (background < provenance < plan < writer < verify < folder), and the
+    package itself (`save_fixed`) composes them."""
+    rooms = [n for _, names, _ in table_rows() for n in names if n.startswith("save.")]
+    assert rooms == ["save.background", "save.provenance", "save.plan", "save.writer",
+                     "save.verify", "save.folder"]
+    modules = _modules()
+    assert sorted(m for m in modules if m.startswith("save.")) == sorted(rooms)
+    for i, room in enumerate(rooms):
+        inside = {m for m in _imports(modules[room]) if m == "save" or m.startswith("save.")}
+        assert inside <= set(rooms[:i]), f"{room} imports {sorted(inside - set(rooms[:i]))}"
+    assert {m for m in _imports(modules["save"]) if m.startswith("save.")} <= set(rooms)
+
+
 def test_the_layer_rule_would_catch_an_upward_import(tmp_path):
     """The checker itself: a function-level import of a face from a core module is found, one
     under TYPE_CHECKING is not."""

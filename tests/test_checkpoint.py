@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from headscope import checkpoint as ck
+from headscope import hub
 from headscope.checkpoint import Checkpoint, LoadOptions
 from headscope.errors import (
     CheckpointNotFoundError,
@@ -360,7 +361,7 @@ def test_hub_id_not_cached_offline(hub_env, tmp_path):
     def no_network(*args, **kwargs):
         raise AssertionError("offline mode must not reach for the network")
 
-    hub_env.setattr(ck, "_download_snapshot", no_network)
+    hub_env.setattr(hub, "download_snapshot", no_network)
     with pytest.raises(NotCachedError) as err:
         ck.resolve("acme/absent", revision="v2")
     assert str(err.value) == (
@@ -375,11 +376,11 @@ def test_hub_id_network_failure(hub_env, tmp_path):
     hub_env.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     calls = []
 
-    def unreachable(repo_id, revision):
+    def unreachable(repo_id, revision, has_weights):
         calls.append((repo_id, revision))
         raise ConnectionError("no route to host")
 
-    hub_env.setattr(ck, "_download_snapshot", unreachable)
+    hub_env.setattr(hub, "download_snapshot", unreachable)
     with pytest.raises(NotCachedError) as err:
         ck.resolve("acme/absent")
     assert calls == [("acme/absent", None)]
@@ -399,15 +400,15 @@ def test_cache_is_tried_before_network(hub_env, tmp_path, tiny_checkpoint):
     def no_network(*args, **kwargs):
         raise AssertionError("a cached snapshot must not trigger a download")
 
-    hub_env.setattr(ck, "_download_snapshot", no_network)
+    hub_env.setattr(hub, "download_snapshot", no_network)
     assert ck.resolve("acme/tiny-bert").revision == COMMIT
 
 
 def test_hub_id_shape():
-    assert ck.looks_like_hub_id("answerdotai/ModernBERT-base")
-    assert ck.looks_like_hub_id("naver/splade_v2.max")
+    assert hub.looks_like_hub_id("answerdotai/ModernBERT-base")
+    assert hub.looks_like_hub_id("naver/splade_v2.max")
     for not_id in ("bert-base-uncased", "./x/y", "a/b/c", "../up", "/abs/path", "a/.."):
-        assert not ck.looks_like_hub_id(not_id), not_id
+        assert not hub.looks_like_hub_id(not_id), not_id
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,17 +40,9 @@ def valid(kind: str, payload: dict) -> dict:
 
 
 @pytest.fixture(autouse=True)
-def headscope_cache(bert_tiny_dir, tmp_path, monkeypatch):
-    """A private HEADSCOPE_CACHE (the "last inspection" memory lives there) that still sees the
-    real assets, and a working directory without a pyproject.toml policy."""
-    cache = tmp_path / "headscope-cache"
-    cache.mkdir()
-    (cache / "assets").symlink_to(bert_tiny_dir.parent, target_is_directory=True)
-    monkeypatch.setenv("HEADSCOPE_CACHE", str(cache))
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    return cache
+def _private_cache(headscope_cache):
+    """Every test here runs with conftest's private HEADSCOPE_CACHE and working directory."""
+    return headscope_cache
 
 
 @pytest.fixture
@@ -534,14 +526,12 @@ def test_demo_shows_the_real_model_and_the_labelled_simulation(runner):
     # every finding code listed is explained, and the demo ends with what to run next
     import re
 
-    from headscope.recommend import FINDING_CODES
-    from headscope.render import FINDING_GIST
+    from headscope.findings import FINDING_CODES
 
-    assert set(FINDING_GIST) == set(FINDING_CODES)
     codes = set(re.findall(r"HS\d{3}", out))
     assert codes  # the simulation has warnings
     for code in codes:
-        assert f"{code} {FINDING_GIST[code]}" in out
+        assert f"{code} {FINDING_CODES[code].gist}" in out
     assert out.endswith("Every command and flag: headscope COMMAND --help, or docs/cli.md.")
     assert "headscope inspect MODEL measure its head and recommend k" in out
 

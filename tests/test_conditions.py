@@ -39,11 +39,6 @@ conditions = _load_conditions()
 
 
 @pytest.fixture(scope="module")
-def bert_tiny(bert_tiny_dir):
-    return checkpoint.load(checkpoint.resolve(str(bert_tiny_dir)))
-
-
-@pytest.fixture(scope="module")
 def queries() -> list[str]:
     return [p.query for p in probe.builtin_probe(256).pairs]
 

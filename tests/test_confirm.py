@@ -21,17 +21,6 @@ from headscope.errors import InputError
 
 
 @pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory):
-    """40 query/passage pairs from the built-in probe: a small train/eval split for fast runs."""
-    from headscope.probe import builtin_probe
-
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    path.write_text("".join(json.dumps({"query": p.query, "positive": p.passage}) + "\n"
-                            for p in builtin_probe(40).pairs))
-    return path
-
-
-@pytest.fixture(scope="module")
 def FAST(pairs_file):
     return api.ConfirmOptions(data=str(pairs_file), steps=3, batch_size=4,
                               max_passage_length=32, max_eval_queries=8)

@@ -17,7 +17,7 @@ from test_report import weights_only
 
 from headscope import export, fileio
 from headscope.errors import InputError, OutputWriteError
-from headscope.recommend import Finding
+from headscope.findings import Finding
 
 DATA_URI = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
 

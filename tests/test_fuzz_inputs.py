@@ -20,8 +20,8 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from headscope.checkpoint import SAFETENSORS_DTYPE_BITS
 from headscope.cli import main
+from headscope.safetensors_file import SAFETENSORS_DTYPE_BITS
 
 # HEADSCOPE_FUZZ_EXAMPLES=2000 runs a deeper, randomised search locally.
 _DEEP = int(os.environ.get("HEADSCOPE_FUZZ_EXAMPLES", "0"))

@@ -12,8 +12,9 @@ from dataclasses import replace
 import pytest
 
 from headscope.errors import PolicyError
+from headscope.findings import diagnose
 from headscope.guard import POLICY_KEYS, Policy, RuleResult, evaluate, load_policy
-from headscope.recommend import Band, diagnose, recommend
+from headscope.recommend import Band, recommend
 from headscope.report import ModelInfo, make_report, write_json
 from headscope.stats import KStats, Summary, WeightStats
 

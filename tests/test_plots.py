@@ -14,9 +14,9 @@ from test_report import MODEL, PROBE, WEIGHTS, kstats
 
 from headscope import plots
 from headscope.errors import InputError
+from headscope.findings import diagnose
 from headscope.recommend import (
     BAND_TERM_WEIGHT_MEAN,
-    diagnose,
     override_bands,
     recommend,
 )

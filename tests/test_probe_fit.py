@@ -6,8 +6,8 @@ import pytest
 import tiny_models
 
 from headscope import checkpoint, probe
+from headscope.findings import UNKNOWN_TOKEN_SHARE, probe_fit_findings
 from headscope.probe import ProbeConfig, ProbePair, ProbeSet, content_sha256
-from headscope.recommend import UNKNOWN_TOKEN_SHARE, probe_fit_findings
 
 
 def _set(pairs) -> ProbeSet:

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import fields, replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from headscope.errors import InputError
+from headscope.findings import FINDING_CODES, diagnose
 from headscope.recommend import (
     ACTIVITY_METRICS,
     DEFAULT_BANDS,
-    FINDING_CODES,
     METRICS,
     Band,
     KVerdict,
     bias_fallback,
     decision_text,
-    diagnose,
     override_bands,
     prefer_divided_bias,
     recommend,
@@ -433,14 +434,59 @@ def test_diagnose_rejects_unknown_vocab_key():
     )
 
 
-def test_finding_codes_table_is_consistent_with_docs():
+def _findings_table() -> dict[str, list[str]]:
+    """docs/findings.md's finding-code table: code -> its cells."""
     from pathlib import Path
 
     doc = (Path(__file__).parents[1] / "docs" / "findings.md").read_text()
-    for code, (name, severity) in FINDING_CODES.items():
-        assert f"| {code} | `{name}` | {severity} |" in doc
+    rows = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and re.fullmatch(r"HS\d{3}", cells[0]):
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_docs_findings_table_lists_every_code_with_its_name_and_severity():
+    """docs/findings.md's table and findings.FINDING_CODES hold the same codes, names and
+    severities, in both directions."""
+    table = _findings_table()
+    assert {code: (cells[1], cells[2]) for code, cells in table.items()} == {
+        code: (f"`{c.name}`", c.severity) for code, c in FINDING_CODES.items()}
+    doc = (Path(__file__).parents[1] / "docs" / "findings.md").read_text()
     for band in DEFAULT_BANDS:
         assert f"`{band.metric}`" in doc
+
+
+def test_docs_findings_thresholds_are_the_constants_the_rules_use():
+    """The threshold column of docs/findings.md is the constant each rule compares with."""
+    from headscope import findings, recommend
+    from headscope.stats import PYSERINI_CEILING
+
+    used = {
+        "HS101": recommend.LARGE_HEAD_ROW_NORM,
+        "HS201": recommend.BAND_ACTIVE_PASSAGE_SHARE.high,
+        "HS202": recommend.BAND_SHARE_ABOVE_5.high,
+        "HS203": recommend.BAND_COSINE_UNRELATED.high,
+        "HS204": recommend.BAND_START_LOSS.high,
+        "HS205": recommend.BAND_ACTIVE_PASSAGE_SHARE.high,
+        "HS209": findings.UNKNOWN_TOKEN_SHARE,
+        "HS301": PYSERINI_CEILING,
+        "HS302": findings.ANSERINI_COARSE_MEAN,
+        "HS303": findings.PGVECTOR_HNSW_NONZERO,
+        "HS304": findings.PGVECTOR_SPARSEVEC_NONZERO,
+        "HS305": findings.FLOAT16_MAX,
+    }
+    table = _findings_table()
+    assert {code: float(table[code][5]) for code in used} == used
+
+
+def test_probe_rules_are_the_hs2xx_findings_read_from_the_probe():
+    from headscope.findings import PROBE_RULES
+
+    codes = [code for code, _ in PROBE_RULES]
+    assert len(set(codes)) == len(codes)
+    assert set(codes) == {f"HS20{i}" for i in range(1, 8)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -492,7 +538,7 @@ def test_bands_rule_properties(rows):
 
 
 def test_serving_findings_at_the_chosen_k():
-    from headscope.recommend import serving_findings
+    from headscope.findings import serving_findings
 
     table = (replace(TABLE[0], term_weight_max=7.5, share_above_5=0.02, term_weight_mean=1.0),
              replace(TABLE[1], term_weight_max=2.0, share_above_5=0.0, term_weight_mean=0.01))

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from headscope import __version__
 from headscope.errors import ReportError
-from headscope.recommend import Band, Finding, KVerdict, Recommendation, diagnose, recommend
+from headscope.findings import Finding, diagnose
+from headscope.recommend import Band, KVerdict, Recommendation, recommend
 from headscope.report import (
     SCHEMA_VERSION,
     ModelInfo,

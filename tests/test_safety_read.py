@@ -23,7 +23,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from headscope import api
+from headscope import api, safetensors_file
 from headscope import checkpoint as ck
 from headscope.cli import main
 
@@ -304,7 +304,7 @@ def test_hub_cache_index_may_not_name_a_blob_directly(bert, hub):
 
 
 def test_other_files_skip_links_out_of_the_checkpoint_and_special_files(bert, tmp_path):
-    from headscope.save import _other_files
+    from headscope.save.plan import other_files
 
     (tmp_path / "secret.txt").write_text("the secret")
     (bert / "notes.txt").symlink_to("../secret.txt")
@@ -313,7 +313,7 @@ def test_other_files_skip_links_out_of_the_checkpoint_and_special_files(bert, tm
     (bert / "dangling.txt").symlink_to("no-such-file")
     (bert / "outdir").symlink_to(tmp_path, target_is_directory=True)
     os.mkfifo(bert / "pipe.txt")
-    copied, skipped = _other_files(bert, {"model.safetensors"})
+    copied, skipped = other_files(bert, {"model.safetensors"})
     assert "inside.txt" in copied and "alias.txt" in copied
     assert not {"notes.txt", "dangling.txt", "pipe.txt", "outdir"} & set(copied)
     secret = (tmp_path / "secret.txt").resolve()
@@ -326,11 +326,11 @@ def test_other_files_skip_links_out_of_the_checkpoint_and_special_files(bert, tm
 
 
 def test_other_files_of_a_hub_snapshot_are_copied(bert, hub):
-    from headscope.save import _other_files
+    from headscope.save.plan import other_files
 
     (bert / "README.md").write_text("model card")
     snapshot = _hub_snapshot(hub, bert)
-    copied, skipped = _other_files(snapshot, {"model.safetensors"})
+    copied, skipped = other_files(snapshot, {"model.safetensors"})
     assert "README.md" in copied and "tokenizer.json" in copied
     assert skipped == []
 
@@ -560,7 +560,7 @@ def test_damaged_safetensors_is_refused_by_every_command_that_reads_it(bert, tmp
 def test_header_check_accepts_every_tiny_family(tiny_checkpoint):
     for family in tiny_models.FAMILIES:
         path = tiny_checkpoint(family) / "model.safetensors"
-        header = ck.read_safetensors_header(path)
+        header = safetensors_file.read_safetensors_header(path)
         stored = load_file(str(path))
         assert set(header.tensors) == set(stored)
         for name, info in header.tensors.items():
@@ -573,7 +573,7 @@ def test_header_check_accepts_empty_tensors_and_metadata(tmp_path):
     path = tmp_path / "x.safetensors"
     save_file({"a": torch.zeros(0, 3), "b": torch.ones(2, dtype=torch.bfloat16)}, str(path),
               metadata={"format": "pt"})
-    header = ck.read_safetensors_header(path)
+    header = safetensors_file.read_safetensors_header(path)
     assert header.metadata == {"format": "pt"}
     assert {n: (t.dtype, t.shape) for n, t in header.tensors.items()} == {
         "a": ("F32", (0, 3)), "b": ("BF16", (2,))}
@@ -585,7 +585,7 @@ def test_header_check_raises_weight_file_error(tmp_path):
     path = tmp_path / "x.safetensors"
     path.write_bytes(b"\x00" * 3)
     with pytest.raises(WeightFileError):
-        ck.read_safetensors_header(path)
+        safetensors_file.read_safetensors_header(path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -74,11 +74,6 @@ def no_loading(monkeypatch):
     monkeypatch.setattr(checkpoint, "load", refuse)
 
 
-@pytest.fixture(scope="module")
-def bert_tiny(bert_tiny_dir):
-    return checkpoint.load(checkpoint.resolve(str(bert_tiny_dir)))
-
-
 @pytest.fixture
 def unwritable_dir(tmp_path) -> Path:
     """A folder where no file can be created, by anyone running the tests: a 0o555 folder for

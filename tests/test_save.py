@@ -13,9 +13,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
+import headscope.save.folder as folder
+import headscope.save.plan as plan
+import headscope.save.verify as verify
+import headscope.save.writer as writer
 from headscope import checkpoint, save
 from headscope.errors import InputError, OutputExistsError, VerificationError
 from headscope.rescale import RescaleSpec, expected_logits
+from headscope.safetensors_file import read_safetensors_header
 from headscope.save import FixResult, save_fixed
 from tests.tiny_models import save_tiny
 
@@ -24,11 +29,6 @@ TEXTS = ["What is a sparse retriever?", "The head projects hidden states onto th
 
 def _load(path) -> checkpoint.LoadedModel:
     return checkpoint.load(checkpoint.resolve(str(path)))
-
-
-@pytest.fixture(scope="module")
-def bert_tiny(bert_tiny_dir):
-    return _load(bert_tiny_dir)
 
 
 def _stored(path: Path) -> dict[str, torch.Tensor]:
@@ -243,7 +243,7 @@ def test_model_changed_in_memory_fails_verification(tmp_path):
 
 
 def test_wrong_logits_fail_verification(bert_tiny, tmp_path, monkeypatch):
-    monkeypatch.setattr(save, "expected_logits", lambda x, b, spec: x)  # forgets the rescale
+    monkeypatch.setattr(verify, "expected_logits", lambda x, b, spec: x)  # forgets the rescale
     with pytest.raises(VerificationError, match=r"differ from the expected \(x - b\) / k \+ b"):
         save_fixed(bert_tiny, RescaleSpec(8), tmp_path / "o", verify_texts=TEXTS)
     assert _siblings(tmp_path / "o") == []
@@ -251,15 +251,15 @@ def test_wrong_logits_fail_verification(bert_tiny, tmp_path, monkeypatch):
 
 def _tamper_after_writing(monkeypatch, change):
     """Let save write each shard, then apply `change(path, tensors)` to the file (tensors: name ->
-    checkpoint.StoredTensor, absolute byte ranges)."""
-    original = save._write_safetensors
+    safetensors_file.StoredTensor, absolute byte ranges)."""
+    original = writer.write_safetensors
 
     def write(path, entries, metadata, on_bytes):
         size = original(path, entries, metadata, on_bytes)
-        change(path, checkpoint.read_safetensors_header(path).tensors)
+        change(path, read_safetensors_header(path).tensors)
         return size
 
-    monkeypatch.setattr(save, "_write_safetensors", write)
+    monkeypatch.setattr(writer, "write_safetensors", write)
 
 
 def _flip_byte(path: Path, offset: int) -> None:
@@ -298,13 +298,13 @@ def test_a_corrupted_written_tensor_fails_verification(tmp_path, monkeypatch, na
 def test_a_dropped_tensor_fails_verification(tmp_path, monkeypatch):
     src = save_tiny("bert", tmp_path / "src")
     loaded = _load(src)
-    original = save._write_safetensors
+    original = writer.write_safetensors
     dropped = "bert.encoder.layer.0.output.dense.bias"
 
     def write(path, entries, metadata, on_bytes):
         return original(path, [e for e in entries if e.name != dropped], metadata, on_bytes)
 
-    monkeypatch.setattr(save, "_write_safetensors", write)
+    monkeypatch.setattr(writer, "write_safetensors", write)
     with pytest.raises(VerificationError) as err:
         save_fixed(loaded, RescaleSpec(4), tmp_path / "o", verify_texts=TEXTS)
     assert str(err.value).startswith(f"Tensor {dropped} of the checkpoint written to ")
@@ -318,14 +318,14 @@ def test_reload_with_a_missing_key_fails_verification(tmp_path, monkeypatch):
     bypassed to reach it)."""
     src = save_tiny("bert", tmp_path / "src")
     loaded = _load(src)
-    original = save._write_safetensors
+    original = writer.write_safetensors
     dropped = "bert.encoder.layer.0.output.dense.bias"
 
     def write(path, entries, metadata, on_bytes):
         return original(path, [e for e in entries if e.name != dropped], metadata, on_bytes)
 
-    monkeypatch.setattr(save, "_write_safetensors", write)
-    monkeypatch.setattr(save, "_verify_files", lambda tmp, plan, loaded, where: 0)
+    monkeypatch.setattr(writer, "write_safetensors", write)
+    monkeypatch.setattr(verify, "verify_files", lambda tmp, plan, loaded, where: 0)
     with pytest.raises(VerificationError) as err:
         save_fixed(loaded, RescaleSpec(4), tmp_path / "o", verify_texts=TEXTS)
     assert str(err.value) == (
@@ -339,7 +339,7 @@ def test_keyboard_interrupt_leaves_nothing(bert_tiny, tmp_path, monkeypatch):
         assert (path / "model.safetensors").is_file()  # interrupted after writing
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(save, "_reload", interrupted)
+    monkeypatch.setattr(verify, "reload", interrupted)
     with pytest.raises(KeyboardInterrupt):
         save_fixed(bert_tiny, RescaleSpec(8), tmp_path / "deep" / "er" / "o", verify_texts=TEXTS)
     assert list(tmp_path.iterdir()) == []  # the parents it created are gone too
@@ -510,7 +510,8 @@ def test_head_passed_down_is_not_discovered_again(bert_tiny, tmp_path, monkeypat
         seen.append(model)
         return heads.find_head(model, *args, **kwargs)
 
-    monkeypatch.setattr(save, "find_head", counting)
+    monkeypatch.setattr(save, "find_head", counting)  # save_fixed's own discovery
+    monkeypatch.setattr(verify, "find_head", counting)  # the reloaded model's
     head = heads.find_head(bert_tiny)
     result = save_fixed(bert_tiny, RescaleSpec(4, "untie"), tmp_path / "fixed",
                         verify_texts=TEXTS, head=head)
@@ -541,13 +542,13 @@ def test_unchanged_tensors_keep_the_source_layout_and_copy_in_one_run(tmp_path, 
     the bytes of cls.predictions.bias, which it aliases), and the untied decoder."""
     src = save_tiny("bert", tmp_path / "src")
     runs = []
-    original = save._copy_range
+    original = writer.copy_range
 
     def counting(file, begin, end, out, on_bytes):
         runs.append((Path(file).name, begin, end))
         return original(file, begin, end, out, on_bytes)
 
-    monkeypatch.setattr(save, "_copy_range", counting)
+    monkeypatch.setattr(writer, "copy_range", counting)
     save_fixed(_load(src), RescaleSpec(4, "untie"), tmp_path / "o", verify_texts=TEXTS)
     src_header, src_data = _data_section(src / "model.safetensors")
     out_header, out_data = _data_section(tmp_path / "o" / "model.safetensors")
@@ -569,8 +570,8 @@ def test_a_changed_tensor_splits_the_copy_runs_in_place(tmp_path, monkeypatch):
     unchanged bytes on either side of it are copied in long runs."""
     src = save_tiny("bert", tmp_path / "src")
     runs = []
-    original = save._copy_range
-    monkeypatch.setattr(save, "_copy_range", lambda file, begin, end, out, on_bytes: (
+    original = writer.copy_range
+    monkeypatch.setattr(writer, "copy_range", lambda file, begin, end, out, on_bytes: (
         runs.append((begin, end)), original(file, begin, end, out, on_bytes)))
     save_fixed(_load(src), RescaleSpec(4, "fold"), tmp_path / "o", verify_texts=TEXTS)
     src_header, src_data = _data_section(src / "model.safetensors")
@@ -590,16 +591,16 @@ def test_a_changed_tensor_splits_the_copy_runs_in_place(tmp_path, monkeypatch):
     assert 2 <= len(expected) <= 3  # the LayerNorm's two tensors cut the data once or twice
 
 
-def _entry(name: str, dtype: str, nbytes: int) -> save._Entry:
-    return save._Entry(name, dtype, (nbytes,), nbytes)
+def _entry(name: str, dtype: str, nbytes: int) -> plan.Entry:
+    return plan.Entry(name, dtype, (nbytes,), nbytes)
 
 
 def test_layout_keeps_an_aligned_order_and_sorts_a_misaligned_one():
     aligned = [_entry("b", "F32", 8), _entry("a", "F16", 2), _entry("c", "U8", 3)]
-    assert [e.name for e in save._layout(aligned)] == ["b", "a", "c"]
+    assert [e.name for e in writer.layout(aligned)] == ["b", "a", "c"]
     # An odd-sized byte tensor first would put the float32 one at offset 3.
     misaligned = [_entry("z", "U8", 3), _entry("y", "F32", 4), _entry("x", "F16", 2)]
-    assert [e.name for e in save._layout(misaligned)] == ["y", "x", "z"]
+    assert [e.name for e in writer.layout(misaligned)] == ["y", "x", "z"]
 
 
 def test_a_copy_that_fails_midway_finishes_through_the_buffer(tmp_path, monkeypatch):
@@ -641,7 +642,7 @@ def test_every_written_file_is_flushed_before_the_rename(bert_tiny, tmp_path, mo
 
     monkeypatch.setattr(os, "fsync", fsync)
     seen_at_install = []
-    real_install = save._install
+    real_install = folder.install
 
     def install(tmp, out, overwrite):
         seen_at_install.extend(synced)
@@ -652,6 +653,6 @@ def test_every_written_file_is_flushed_before_the_rename(bert_tiny, tmp_path, mo
         assert str(tmp) in seen_at_install
         return real_install(tmp, out, overwrite)
 
-    monkeypatch.setattr(save, "_install", install)
+    monkeypatch.setattr(folder, "install", install)
     save_fixed(bert_tiny, RescaleSpec(4), tmp_path / "o", verify_texts=TEXTS)
     assert seen_at_install

@@ -21,16 +21,6 @@ def test_devices_are_parsed_and_an_empty_list_is_refused():
         api.ConfirmOptions(devices=",")
 
 
-@pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory):
-    from headscope.probe import builtin_probe
-
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    path.write_text("".join(json.dumps({"query": p.query, "positive": p.passage}) + "\n"
-                            for p in builtin_probe(40).pairs))
-    return path
-
-
 @pytest.mark.slow
 def test_two_devices_give_the_sequential_results(bert_tiny_dir, pairs_file, tmp_path):
     fast = api.ConfirmOptions(data=str(pairs_file), steps=3, batch_size=4,

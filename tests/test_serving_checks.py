@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from headscope.recommend import (
+from headscope.findings import (
     _spacing,
     engine_findings,
     precision_findings,

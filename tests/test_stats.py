@@ -556,7 +556,7 @@ def test_number_is_one_format_for_sentences_tables_and_figures():
 
 def test_a_finding_and_the_tables_print_a_big_number_alike():
     """The defect the one format fixes: a finding printed 1.2e+04 beside a table's 12,000."""
-    from headscope.recommend import engine_findings
+    from headscope.findings import engine_findings
     from headscope.render import num
 
     (found,) = engine_findings(12000.0, 4.0)

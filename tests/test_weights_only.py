@@ -164,16 +164,17 @@ def test_safetensors_entries_are_checked_against_the_file(tmp_path):
     # Bytes claimed past the end of the file: never memory-mapped.
     assert refused({"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, bytes(4)) == _damaged(
         path, "its tensors need 8 bytes of data but the file holds 4 (truncated)")
-    # A dtype numpy cannot hold is listed, and refused only when read.
+    # A dtype numpy cannot hold is listed (under the one name headscope gives it: torch's, as
+    # save writes it), and refused only when read.
     _write_raw(path, json.dumps({"w": {"dtype": "F8_E4M3", "shape": [4],
                                        "data_offsets": [0, 4]}}).encode(), bytes(4))
     info = ck.safetensors_header(path)["w"]
-    assert (info.dtype, info.shape, info.end - info.start) == ("F8_E4M3", (4,), 4)
+    assert (info.dtype, info.shape, info.end - info.start) == ("float8_e4m3fn", (4,), 4)
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(InputError) as err:
         ck.read_arrays(ck.resolve(str(tmp_path)), ["w"])
     assert str(err.value) == (
-        f"Tensor w in {path} has dtype F8_E4M3, which headscope cannot read without torch; "
+        f"Tensor w in {path} has dtype float8_e4m3fn, which headscope cannot read without torch; "
         "supported: float64, float32, float16, bfloat16, int64, int32, int16, int8, uint8, bool."
     )
 

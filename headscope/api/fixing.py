@@ -3,7 +3,6 @@ was rescaled by."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -175,29 +174,9 @@ def _refuse_open_bias(source: str, rec_k: float, k: float) -> None:
 # Schema shipped in headscope/schema/ (see `json_schema`) and documented in docs/json.md.
 def fixed_folder_k(folder: str) -> float:
     """The k a folder written by `fix` was rescaled by, from its provenance (headscope.json);
-    a fix of a fixed checkpoint multiplies the ks of the chain."""
-    from headscope.save import PROVENANCE_FILE
+    a fix of a fixed checkpoint multiplies the ks of the chain (`save.provenance.fixed_k`)."""
+    from headscope.save.provenance import fixed_k
 
-    path = Path(folder) / PROVENANCE_FILE
-    try:
-        provenance = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(
-            f"{folder} has no {PROVENANCE_FILE}, so its k is unknown; pass a folder written by "
-            "`headscope fix`, or rescale MODEL in memory with --k K instead of --fixed."
-        ) from None
-    except ValueError as exc:
-        raise InputError(f"{path} is not valid JSON ({exc}); re-create {folder} with "
-                         "`headscope fix`, or use --k K instead of --fixed.") from None
-    k = 1.0
-    entry = provenance
-    while isinstance(entry, dict):
-        value = entry.get("k")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise InputError(f"{path} records no positive k ({value!r}); re-create {folder} "
-                             "with `headscope fix`, or use --k K instead of --fixed.")
-        k *= float(value)
-        entry = entry.get("previous")
-    return k
+    return fixed_k(folder)
 
 

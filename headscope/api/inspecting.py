@@ -11,17 +11,19 @@ from typing import TYPE_CHECKING
 
 from headscope.api.memory import remember_inspection
 from headscope.errors import HeadscopeError, InputError, ModelErrors
+from headscope.findings import (
+    bias_finding,
+    bias_note,
+    diagnose,
+    probe_fit_findings,
+    serving_findings,
+)
 from headscope.recommend import (
     DEFAULT_BANDS,
     Band,
     Recommendation,
     bias_fallback,
-    diagnose,
-    finding,
-    probe_fit_findings,
     recommend,
-    serving_findings,
-    unreachable_bands,
 )
 from headscope.report import ModelInfo, ProbeSummary, Report, make_report
 from headscope.stats import WeightStats
@@ -154,13 +156,9 @@ def _with_bias_divided(loaded, head, pset, probe_config, rec, weights, vocab, ba
     if rec2 is None:
         return None
     scaled = measured[0]
-    note = (f"With the output bias kept, no k brings "
-            f"{', '.join(b.metric for b in unreachable_bands(rec.verdicts, rec.bands))} "
-            f"into its band: the head's activity lives in its output bias. With the bias "
-            f"divided by k too, k reaches more bands; fix with --scale-bias.")
-    chosen = replace(rec2, reasons=(note,) + rec2.reasons, scale_bias=True)
+    chosen = replace(rec2, reasons=(bias_note(rec),) + rec2.reasons, scale_bias=True)
     findings = diagnose(weights, scaled.per_k, vocab_fields(vocab, tied=head.tied),
-                        chosen) + (finding("HS208", note, rec2.k, None),)
+                        chosen) + (bias_finding(rec, rec2),)
     return scaled, chosen, findings
 
 

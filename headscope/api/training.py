@@ -264,7 +264,7 @@ def _train_side_by_side(source, label, arms: dict, descriptions: dict, ks: dict,
                                                 results[name], vocab[name]) for name in arms),
                            {name: results[name].metrics for name in arms})
     records = {name: tuple(results[name].train.records) for name in arms}
-    from headscope.recommend import engine_findings
+    from headscope.findings import engine_findings
 
     served = tuple(f for a in outcomes for f in engine_findings(
         a.active_passage_end, a.k, stage=f"after training (arm {a.name})"))
