@@ -79,6 +79,20 @@ class Band:
 LARGE_HEAD_ROW_NORM = 1.5
 PAPER_K = 16.0
 
+# How sure each rule's k is, in one sentence shown under every recommendation (the evidence is
+# docs/calibration.md; the decision rule that will pick the default, calibration/decision-rule.md).
+RULE_EVIDENCE = {
+    "bands": ("How sure: the bands were fitted on six calibration conditions (in sample); where "
+              "they could be checked outside them they tied or lost to a constant k, and "
+              "conditions registered before they run have not yet decided between them. Read k "
+              "as a best guess inside the range that trained about as well."),
+    "paper": ("How sure: one constant from the paper (k = 16 for a mean row norm above "
+              f"{LARGE_HEAD_ROW_NORM:g}, else 1); headscope's calibration judges it beside the "
+              "bands and other constants on the same arms."),
+    "reference": ("How sure: k matches another checkpoint's statistics; no training run stands "
+                  "behind the match itself."),
+}
+
 # Calibrated on the measured trainings of docs/demonstration.md (real BERT-tiny and its three
 # simulated dense regimes, BoolQ, 100 steps), read on the built-in probe's statistics. Each band
 # is about something k controls; activity and the similarity of unrelated texts are reported as
@@ -533,6 +547,7 @@ _pct = percent
 
 
 __all__ = [
+    "RULE_EVIDENCE",
     "ACTIVITY_METRICS",
     "BAND_ACTIVE_PASSAGE_SHARE",
     "BAND_COSINE_UNRELATED",

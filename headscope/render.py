@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from headscope.findings import FINDING_CODES
-from headscope.recommend import Recommendation, decision_text
+from headscope.recommend import RULE_EVIDENCE, Recommendation, decision_text
 from headscope.report import Report
 from headscope.stats import BAND_ABBREV, METRIC_REGISTRY, k_text, number, percent
 
@@ -181,6 +181,7 @@ def recommendation_view(rec: Recommendation | None, has_bias: bool = True) -> Pa
     body.append(f"  (rule: {rec.rule})\n")
     for r in rec.reasons:
         body.append(f"- {r}\n")
+    body.append(RULE_EVIDENCE[rec.rule] + "\n", style="italic")
     body.rstrip()  # in place
     return Panel(body, title="Recommendation", title_align="left")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from dataclasses import replace
 
 from rich.console import Console
@@ -33,6 +35,17 @@ def test_cli_headline_and_per_k_title_name_k_and_the_bias():
             "recommendation, k = 16, bias divided") in out
     assert "k = 16: projection and output bias divided by 16 (fix --scale-bias)  (rule: bands)" \
         in out
+
+
+@pytest.mark.parametrize("rule", ["bands", "paper", "reference"])
+def test_every_recommendation_says_how_sure_it_is(rule):
+    from headscope.recommend import RULE_EVIDENCE
+
+    report = six_k_report()
+    report = replace(report, recommendation=replace(report.recommendation, rule=rule))
+    out = " ".join(ln.strip(" │") for ln in text(render.report_view(report)).splitlines())
+    assert RULE_EVIDENCE[rule].startswith("How sure: ")
+    assert " ".join(RULE_EVIDENCE[rule].split()) in " ".join(out.split())
 
 
 def test_compare_table_shows_the_whole_decision():
