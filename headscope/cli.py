@@ -27,6 +27,9 @@ import click
 from headscope import __version__
 from headscope.api import FixOptions  # api.fixing alone: headscope.api imports on first use
 from headscope.errors import EXIT_INTERNAL, HeadscopeError, HeadscopeWarning, ModelErrors
+from headscope.recommend import RULES
+from headscope.rescale import STRATEGIES
+from headscope.simulate import WHERE
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -474,7 +477,7 @@ def lazy_command(name: str) -> Callable[[Callable[[], click.Command]], Callable]
 @click.option("--fast", is_flag=True,
               help="Quicker probe: 64 pairs, passages cut at 64 tokens (about 6x less work; "
               "an explicit --n-pairs still applies). See docs/benchmarks.md.")
-@click.option("--rule", type=click.Choice(["bands", "paper", "reference"]), default="bands",
+@click.option("--rule", type=click.Choice(RULES), default="bands",
               show_default=True, help="How k is chosen.")
 @click.option("--reference", default=None, help="Checkpoint whose k=1 statistics to match.")
 @click.option("--band", "band_specs", multiple=True, metavar="METRIC=LOW:HIGH",
@@ -530,7 +533,7 @@ def inspect(models, revision, dtype, device, trust_remote_code, probe_file, ks, 
               help="Output folder (must be new or empty; see --overwrite).")
 @click.option("--k", "k", type=float, default=None,
               help="Divisor of the head projection. Default: the recommended k.")
-@click.option("--strategy", type=click.Choice(["untie", "tied", "fold"]),
+@click.option("--strategy", type=click.Choice(STRATEGIES),
               default=_default(FixOptions, "strategy"), show_default=True,
               help="Which parameters carry the factor (docs/rescale.md).")
 @click.option("--scale-bias/--no-scale-bias", default=None,
@@ -576,7 +579,7 @@ def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, force, n_pairs,
 
 
 @main.command()
-@click.option("--where", type=click.Choice(["bias", "projection", "scale-only"]), default="bias",
+@click.option("--where", type=click.Choice(WHERE), default="bias",
               show_default=True, help="Where the simulated variant carries its density.")
 @click.option("--n-pairs", type=int, default=64, show_default=True,
               help="Built-in probe size (query/passage pairs).")
@@ -656,6 +659,7 @@ def report_cmd(report_path, html, md, confirm_log):
 def training_options(f: Callable) -> Callable:
     """Flags shared by confirm and sweep; defaults from api.ConfirmOptions."""
     from headscope.api import ConfirmOptions
+    from headscope.api.training import ENGINES
 
     d = functools.partial(_default, ConfirmOptions)
     opts = [
@@ -675,11 +679,11 @@ def training_options(f: Callable) -> Callable:
         click.option("--device", default=d("device"), show_default=True),
         click.option("--max-eval-queries", type=int, default=d("max_eval_queries"),
                      show_default=True, help="Cap on held-out queries evaluated."),
-        click.option("--strategy", type=click.Choice(["untie", "tied", "fold"]),
+        click.option("--strategy", type=click.Choice(STRATEGIES),
                      default=d("strategy"), show_default=True),
         click.option("--scale-bias/--no-scale-bias", default=d("scale_bias"),
                      show_default=True, help="Divide the output bias by k too."),
-        click.option("--simulate", type=click.Choice(["bias", "projection", "scale-only"]),
+        click.option("--simulate", type=click.Choice(WHERE),
                      default=None, help="Train a labelled dense-regime SIMULATION of MODEL "
                      "(docs/demonstration.md)."),
         click.option("--log", "--telemetry", "log", type=click.Path(dir_okay=False),
@@ -692,7 +696,7 @@ def training_options(f: Callable) -> Callable:
         click.option("--devices", default=d("devices"), metavar="LIST",
                      help="Train arms in parallel, one per device at a time (e.g. "
                      "cuda:0,cuda:1); results as in one sequential run."),
-        click.option("--engine", type=click.Choice(["headscope", "st"]), default=d("engine"),
+        click.option("--engine", type=click.Choice(ENGINES), default=d("engine"),
                      show_default=True,
                      help="headscope: its own training loop; st: sentence-transformers' "
                      "SparseEncoderTrainer (runs unchanged under torchrun or accelerate "
