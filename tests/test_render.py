@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 from dataclasses import replace
 
+import pytest
 from rich.console import Console
 from test_plots import six_k_report
 
