@@ -26,7 +26,14 @@ import click
 
 from headscope import __version__
 from headscope.api import FixOptions  # api.fixing alone: headscope.api imports on first use
-from headscope.errors import EXIT_INTERNAL, HeadscopeError, HeadscopeWarning, ModelErrors
+from headscope.errors import (
+    EXIT_CHECK_FAILED,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    HeadscopeError,
+    HeadscopeWarning,
+    ModelErrors,
+)
 from headscope.recommend import RULES
 from headscope.rescale import STRATEGIES
 from headscope.simulate import WHERE
@@ -389,7 +396,40 @@ def _quiet_transformers(lazily: bool = False) -> None:
 
 class OneLineErrors(click.Group):
     """click, except that a usage error is one stderr line: `Error: MESSAGE Try 'headscope
-    inspect --help' for help.` (click prints the usage, the hint and the message on three)."""
+    inspect --help' for help.` (click prints the usage, the hint and the message on three).
+
+    A lazy group too: a command registered with `add_lazy_command` is built by its factory on
+    first use (running it, its --help, or the group's --help), so the modules its flags'
+    defaults come from (guard.Policy, api.ConfirmOptions) are imported only then: `inspect`
+    never imports them. --help lists the commands by name, as click does; `defined` gives them
+    in the order they are defined (the order of a workflow)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lazy: dict[str, Callable[[], click.Command]] = {}
+        self._order: list[str] = list(self.commands)
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        super().add_command(cmd, name)
+        name = name or cmd.name
+        if name is not None and name not in self._order:
+            self._order.append(name)
+
+    def add_lazy_command(self, name: str, factory: Callable[[], click.Command]) -> None:
+        self._lazy[name] = factory
+        self._order.append(name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self._order)
+
+    def defined(self) -> list[str]:
+        return list(self._order)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        factory = self._lazy.pop(cmd_name, None)
+        if factory is not None:
+            self.add_command(factory(), cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
              **extra):
@@ -426,34 +466,11 @@ def main() -> None:
     """Diagnose and calibrate the MLM head of a pretrained encoder before SPLADE training."""
 
 
-class _Commands(dict):
-    """The group's commands by name, in the order they are defined. A command registered with
-    `lazy_command` is stored as its factory and built on first use (running it, its --help, or
-    the group's --help), so the modules its flags' defaults come from (guard.Policy,
-    api.ConfirmOptions) are imported only then: `inspect` never imports them."""
-
-    def __getitem__(self, name: str) -> click.Command:
-        command = super().__getitem__(name)
-        if not isinstance(command, click.Command):
-            command = command()
-            super().__setitem__(name, command)
-        return command
-
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
-        return self[name] if name in self else default
-
-    def values(self) -> list[click.Command]:  # type: ignore[override]
-        return [self[name] for name in self]
-
-    def items(self) -> list[tuple[str, click.Command]]:  # type: ignore[override]
-        return [(name, self[name]) for name in self]
-
-    def add_factory(self, name: str, factory: Callable[[], click.Command]) -> None:
-        super().__setitem__(name, factory)
-
-
-_COMMANDS = _Commands(main.commands)
-main.commands = _COMMANDS
+def commands() -> dict[str, click.Command]:
+    """Every command of the group by name, in the order they are defined (the lazy ones built):
+    what the documentation and the tests walk."""
+    return {name: main.get_command(None, name)  # type: ignore[arg-type,misc]
+            for name in main.defined()}  # type: ignore[attr-defined]
 
 
 def lazy_command(name: str) -> Callable[[Callable[[], click.Command]], Callable]:
@@ -461,7 +478,7 @@ def lazy_command(name: str) -> Callable[[Callable[[], click.Command]], Callable]
     called on the command's first use."""
 
     def register(factory: Callable[[], click.Command]) -> Callable[[], click.Command]:
-        _COMMANDS.add_factory(name, factory)
+        main.add_lazy_command(name, factory)  # type: ignore[attr-defined]
         return factory
 
     return register
@@ -864,7 +881,7 @@ def _check_command() -> click.Command:
         payloads = [api.check_summary(o) for o in outcomes]
         _emit_json(json.dumps(payloads[0], indent=2) if len(payloads) == 1 else
                    _json_lines(payloads), json_dest)
-        sys.exit(0 if all(o.result.passed for o in outcomes) else 1)
+        sys.exit(EXIT_OK if all(o.result.passed for o in outcomes) else EXIT_CHECK_FAILED)
 
     return check
 

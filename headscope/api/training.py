@@ -107,7 +107,6 @@ class ArmSummary:
     mrr_vs_best_interval: tuple[float, float] | None = None
 
 
-ArmOutcome = ArmSummary  # its earlier name: a summary of one arm, not a verb's outcome
 
 
 @dataclass(frozen=True)
