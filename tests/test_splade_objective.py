@@ -86,13 +86,16 @@ def test_the_installed_transformers_warms_up_a_tenth_of_the_steps(tmp_path):
 
 
 CHILD = r'''
-import sys, tempfile, transformers
+import dataclasses, sys, types, transformers
 sys.path.insert(0, sys.argv[1])
 from headscope.st_engine import warmup_arguments
-out = tempfile.mkdtemp()
-given = transformers.TrainingArguments(output_dir=out, report_to="none", **warmup_arguments(0.1))
-steps = transformers.TrainingArguments(output_dir=out, report_to="none", warmup_steps=0.1)
-print(transformers.__version__, given.get_warmup_steps(100), steps.get_warmup_steps(100))
+# transformers 4.57's own TrainingArguments.get_warmup_steps on the fields it reads (building the
+# arguments would set up devices through accelerate, which this interpreter lacks)
+T = transformers.TrainingArguments
+fields = {f.name: f.default for f in dataclasses.fields(T) if f.name.startswith("warmup_")}
+def warmup(**given):
+    return T.get_warmup_steps(types.SimpleNamespace(**{**fields, **given}), 100)
+print(transformers.__version__, warmup(**warmup_arguments(0.1)), warmup(warmup_steps=0.1))
 '''
 
 
