@@ -308,6 +308,7 @@ def test_flops_weight_grid_trains_the_recommended_variant_of_the_bias_simulation
     assert [a.k for a in outcome.arms] == [rec.k]
     assert outcome.arms[0].description == (
         f"projection / {rec.k:g} (untie, bias divided), λq=0 λd=0")
+    assert outcome.config.scale_bias is True
 
 
 def test_flops_weight_grid_wants_one_k(bert_tiny_dir, pairs_file):

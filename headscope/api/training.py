@@ -324,6 +324,7 @@ def confirm(source: str, *, k: float | None = None, fixed: str | None = None,
         # The recommendation is one decision: a k recommended with the bias divided is
         # trained with the bias divided.
         spec = _spec(k, options) if k is not None else _recommended(loaded, options, progress)
+        options = replace(options, scale_bias=spec.scale_bias)  # the outcome records it
         fixed_model = rescaled_copy(base, spec)
         k_used = spec.k
         fixed_desc = spec.describe()
@@ -403,6 +404,7 @@ def _flops_sweep(source: str, ks: Sequence[float] | None, weights: Sequence[floa
     if ks is None:
         # The recommended variant: its k with its bias setting.
         spec = _recommended(loaded, options, progress)
+        options = replace(options, scale_bias=spec.scale_bias)  # the outcome records it
     else:
         if not float(ks[0]) > 0:
             raise InputError(f"sweep needs a positive k, got {float(ks[0])!r}.")
