@@ -15,7 +15,8 @@ import os
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from headscope.rescale import RescaleSpec, expected_logits, find_head_of, rescale_model
+from headscope.heads import find_head
+from headscope.rescale import RescaleSpec, expected_logits, rescale_model
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("model", nargs="?", default=os.environ.get("HEADSCOPE_EXAMPLE_MODEL"))
@@ -33,7 +34,7 @@ batch = tokenizer(["what does the mlm head of a sparse retriever do?",
 
 with torch.no_grad():
     before = model(**batch).logits  # (B, T, V)
-bias = find_head_of(model).bias.detach().clone()  # (V,) the output bias, not divided by default
+bias = find_head(model).bias.detach().clone()  # (V,) the output bias, not divided by default
 
 spec = RescaleSpec(k=args.k, strategy=args.strategy)
 result = rescale_model(model, spec)  # in place

@@ -26,7 +26,17 @@ import click
 
 from headscope import __version__
 from headscope.api import FixOptions  # api.fixing alone: headscope.api imports on first use
-from headscope.errors import EXIT_INTERNAL, HeadscopeError, HeadscopeWarning, ModelErrors
+from headscope.errors import (
+    EXIT_CHECK_FAILED,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    HeadscopeError,
+    HeadscopeWarning,
+    ModelErrors,
+)
+from headscope.recommend import RULES
+from headscope.rescale import STRATEGIES
+from headscope.simulate import WHERE
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -386,7 +396,40 @@ def _quiet_transformers(lazily: bool = False) -> None:
 
 class OneLineErrors(click.Group):
     """click, except that a usage error is one stderr line: `Error: MESSAGE Try 'headscope
-    inspect --help' for help.` (click prints the usage, the hint and the message on three)."""
+    inspect --help' for help.` (click prints the usage, the hint and the message on three).
+
+    A lazy group too: a command registered with `add_lazy_command` is built by its factory on
+    first use (running it, its --help, or the group's --help), so the modules its flags'
+    defaults come from (guard.Policy, api.ConfirmOptions) are imported only then: `inspect`
+    never imports them. --help lists the commands by name, as click does; `defined` gives them
+    in the order they are defined (the order of a workflow)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lazy: dict[str, Callable[[], click.Command]] = {}
+        self._order: list[str] = list(self.commands)
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        super().add_command(cmd, name)
+        name = name or cmd.name
+        if name is not None and name not in self._order:
+            self._order.append(name)
+
+    def add_lazy_command(self, name: str, factory: Callable[[], click.Command]) -> None:
+        self._lazy[name] = factory
+        self._order.append(name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self._order)
+
+    def defined(self) -> list[str]:
+        return list(self._order)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        factory = self._lazy.pop(cmd_name, None)
+        if factory is not None:
+            self.add_command(factory(), cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
              **extra):
@@ -423,34 +466,11 @@ def main() -> None:
     """Diagnose and calibrate the MLM head of a pretrained encoder before SPLADE training."""
 
 
-class _Commands(dict):
-    """The group's commands by name, in the order they are defined. A command registered with
-    `lazy_command` is stored as its factory and built on first use (running it, its --help, or
-    the group's --help), so the modules its flags' defaults come from (guard.Policy,
-    api.ConfirmOptions) are imported only then: `inspect` never imports them."""
-
-    def __getitem__(self, name: str) -> click.Command:
-        command = super().__getitem__(name)
-        if not isinstance(command, click.Command):
-            command = command()
-            super().__setitem__(name, command)
-        return command
-
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
-        return self[name] if name in self else default
-
-    def values(self) -> list[click.Command]:  # type: ignore[override]
-        return [self[name] for name in self]
-
-    def items(self) -> list[tuple[str, click.Command]]:  # type: ignore[override]
-        return [(name, self[name]) for name in self]
-
-    def add_factory(self, name: str, factory: Callable[[], click.Command]) -> None:
-        super().__setitem__(name, factory)
-
-
-_COMMANDS = _Commands(main.commands)
-main.commands = _COMMANDS
+def commands() -> dict[str, click.Command]:
+    """Every command of the group by name, in the order they are defined (the lazy ones built):
+    what the documentation and the tests walk."""
+    return {name: main.get_command(None, name)  # type: ignore[arg-type,misc]
+            for name in main.defined()}  # type: ignore[attr-defined]
 
 
 def lazy_command(name: str) -> Callable[[Callable[[], click.Command]], Callable]:
@@ -458,7 +478,7 @@ def lazy_command(name: str) -> Callable[[Callable[[], click.Command]], Callable]
     called on the command's first use."""
 
     def register(factory: Callable[[], click.Command]) -> Callable[[], click.Command]:
-        _COMMANDS.add_factory(name, factory)
+        main.add_lazy_command(name, factory)  # type: ignore[attr-defined]
         return factory
 
     return register
@@ -474,7 +494,7 @@ def lazy_command(name: str) -> Callable[[Callable[[], click.Command]], Callable]
 @click.option("--fast", is_flag=True,
               help="Quicker probe: 64 pairs, passages cut at 64 tokens (about 6x less work; "
               "an explicit --n-pairs still applies). See docs/benchmarks.md.")
-@click.option("--rule", type=click.Choice(["bands", "paper", "reference"]), default="bands",
+@click.option("--rule", type=click.Choice(RULES), default="bands",
               show_default=True, help="How k is chosen.")
 @click.option("--reference", default=None, help="Checkpoint whose k=1 statistics to match.")
 @click.option("--band", "band_specs", multiple=True, metavar="METRIC=LOW:HIGH",
@@ -530,7 +550,7 @@ def inspect(models, revision, dtype, device, trust_remote_code, probe_file, ks, 
               help="Output folder (must be new or empty; see --overwrite).")
 @click.option("--k", "k", type=float, default=None,
               help="Divisor of the head projection. Default: the recommended k.")
-@click.option("--strategy", type=click.Choice(["untie", "tied", "fold"]),
+@click.option("--strategy", type=click.Choice(STRATEGIES),
               default=_default(FixOptions, "strategy"), show_default=True,
               help="Which parameters carry the factor (docs/rescale.md).")
 @click.option("--scale-bias/--no-scale-bias", default=None,
@@ -576,7 +596,7 @@ def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, force, n_pairs,
 
 
 @main.command()
-@click.option("--where", type=click.Choice(["bias", "projection", "scale-only"]), default="bias",
+@click.option("--where", type=click.Choice(WHERE), default="bias",
               show_default=True, help="Where the simulated variant carries its density.")
 @click.option("--n-pairs", type=int, default=64, show_default=True,
               help="Built-in probe size (query/passage pairs).")
@@ -656,6 +676,7 @@ def report_cmd(report_path, html, md, confirm_log):
 def training_options(f: Callable) -> Callable:
     """Flags shared by confirm and sweep; defaults from api.ConfirmOptions."""
     from headscope.api import ConfirmOptions
+    from headscope.api.training import ENGINES
 
     d = functools.partial(_default, ConfirmOptions)
     opts = [
@@ -675,11 +696,11 @@ def training_options(f: Callable) -> Callable:
         click.option("--device", default=d("device"), show_default=True),
         click.option("--max-eval-queries", type=int, default=d("max_eval_queries"),
                      show_default=True, help="Cap on held-out queries evaluated."),
-        click.option("--strategy", type=click.Choice(["untie", "tied", "fold"]),
+        click.option("--strategy", type=click.Choice(STRATEGIES),
                      default=d("strategy"), show_default=True),
         click.option("--scale-bias/--no-scale-bias", default=d("scale_bias"),
                      show_default=True, help="Divide the output bias by k too."),
-        click.option("--simulate", type=click.Choice(["bias", "projection", "scale-only"]),
+        click.option("--simulate", type=click.Choice(WHERE),
                      default=None, help="Train a labelled dense-regime SIMULATION of MODEL "
                      "(docs/demonstration.md)."),
         click.option("--log", "--telemetry", "log", type=click.Path(dir_okay=False),
@@ -692,7 +713,7 @@ def training_options(f: Callable) -> Callable:
         click.option("--devices", default=d("devices"), metavar="LIST",
                      help="Train arms in parallel, one per device at a time (e.g. "
                      "cuda:0,cuda:1); results as in one sequential run."),
-        click.option("--engine", type=click.Choice(["headscope", "st"]), default=d("engine"),
+        click.option("--engine", type=click.Choice(ENGINES), default=d("engine"),
                      show_default=True,
                      help="headscope: its own training loop; st: sentence-transformers' "
                      "SparseEncoderTrainer (runs unchanged under torchrun or accelerate "
@@ -860,7 +881,7 @@ def _check_command() -> click.Command:
         payloads = [api.check_summary(o) for o in outcomes]
         _emit_json(json.dumps(payloads[0], indent=2) if len(payloads) == 1 else
                    _json_lines(payloads), json_dest)
-        sys.exit(0 if all(o.result.passed for o in outcomes) else 1)
+        sys.exit(EXIT_OK if all(o.result.passed for o in outcomes) else EXIT_CHECK_FAILED)
 
     return check
 

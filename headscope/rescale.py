@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from headscope.errors import InputError
 
@@ -59,6 +59,35 @@ class RescaleSpec:
             )
         object.__setattr__(self, "k", float(k))
         object.__setattr__(self, "scale_bias", bool(self.scale_bias))
+
+    def describe(self) -> str:
+        """The arm this spec trains, as confirm and sweep describe it: "projection / 16 (untie,
+        bias divided)"."""
+        return (f"projection / {self.k:g} ({self.strategy}, bias "
+                f"{'divided' if self.scale_bias else 'kept'})")
+
+
+class Decision(Protocol):
+    """A recommendation as one decision: k with its output-bias setting
+    (`recommend.Recommendation`, the last inspection `fix` follows)."""
+
+    @property
+    def k(self) -> float | None: ...  # None: nothing recommended (refused here)
+
+    @property
+    def scale_bias(self) -> bool: ...
+
+
+def recommended_spec(decision: Decision, strategy: str = "untie",
+                     scale_bias: bool | None = None) -> RescaleSpec:
+    """The recommendation applied: its k with its bias setting (a k recommended with the bias
+    divided is applied with the bias divided; `scale_bias` True or False, as the user gave it,
+    overrides it, None follows it), in `strategy`. fix, confirm and sweep --flops-weight apply
+    a recommendation through this one function."""
+    if decision.k is None:
+        raise InputError("There is no recommended k to apply; pass --k K.")
+    divide = decision.scale_bias if scale_bias is None else scale_bias
+    return RescaleSpec(float(decision.k), strategy, bool(divide))
 
 
 @dataclass(frozen=True)
@@ -213,13 +242,6 @@ def _set_tie_flag(model: Any, tied: bool) -> None:
             sub.tie_word_embeddings = tied
     if hasattr(model, "get_expanded_tied_weights_keys"):  # transformers >= 5
         model.all_tied_weights_keys = model.get_expanded_tied_weights_keys(all_submodels=True)
-
-
-def find_head_of(mlm: Any, source: str | None = None) -> Head:
-    """`heads.find_head` of a bare model (no missing keys known); kept for existing callers."""
-    from headscope import heads
-
-    return heads.find_head(mlm, source=source)
 
 
 def rescale_model(model: Any, spec: RescaleSpec, head: Head | None = None) -> RescaleResult:

@@ -28,6 +28,7 @@ from typing import Any
 from headscope.errors import InputError
 from headscope.splade.data import EvalSplit, Pair
 from headscope.splade.evaluate import EvalConfig
+from headscope.splade.objective import Objective, dataset_columns
 from headscope.splade.train import ArmResult, StepRecord, TrainConfig, TrainResult, batch_indices
 from headscope.splade.train import train_arms as _train_arms
 
@@ -72,18 +73,20 @@ def _dataset(pairs: Sequence[Pair], config: TrainConfig):
 
     order = [i for batch in batch_indices(len(pairs), config.steps, config.batch_size,
                                           config.seed) for i in batch]
-    rows = [pairs[i] for i in order]
-    n_neg = {len(p.negatives) for p in rows}
-    if len(n_neg) != 1:
-        raise InputError(
-            f"Pairs carry different numbers of hard negatives ({sorted(n_neg)}); give every "
-            "pair the same number."
-        )
-    columns: dict[str, list[str]] = {"query": [p.query for p in rows],
-                                     "positive": [p.positive for p in rows]}
-    for j in range(n_neg.pop()):
-        columns[f"negative_{j + 1}"] = [p.negatives[j] for p in rows]
-    return Dataset.from_dict(columns)
+    return Dataset.from_dict(dataset_columns([pairs[i] for i in order]))
+
+
+def warmup_arguments(ratio: float, transformers_version: str | None = None) -> dict[str, Any]:
+    """The learning-rate warm-up as a share of the steps, in the TrainingArguments field the
+    installed transformers major reads as one: transformers 5 takes `warmup_steps` < 1 as a
+    ratio (its `warmup_ratio` is deprecated); 4.x reads `warmup_steps` as a count of steps (0.1
+    would mean no warm-up) and needs `warmup_ratio`."""
+    if transformers_version is None:
+        import transformers
+
+        transformers_version = transformers.__version__
+    major = int(transformers_version.split(".", 1)[0])
+    return {"warmup_steps": ratio} if major >= 5 else {"warmup_ratio": ratio}
 
 
 def _in_order(dataset, batch_size: int, drop_last: bool, **_: Any):
@@ -134,13 +137,6 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig | None = 
         SparseEncoderTrainer,
         SparseEncoderTrainingArguments,
     )
-    from sentence_transformers.sparse_encoder.callbacks.splade_callbacks import (
-        SpladeRegularizerWeightSchedulerCallback,
-    )
-    from sentence_transformers.sparse_encoder.losses import (
-        SparseMultipleNegativesRankingLoss,
-        SpladeLoss,
-    )
     from transformers.trainer_callback import PrinterCallback
 
     from headscope.checkpoint import token_limit
@@ -165,14 +161,11 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig | None = 
         encoder[0].model = model  # train the arm's own model, in place (tied or untied)
         encoder.to(config.device)
         encoder.tokenizer.model_max_length = token_limit(model, config.max_passage_length)
-        ranking = SparseMultipleNegativesRankingLoss(encoder, scale=1.0,
-                                                     gather_across_devices=ranks > 1)
-        loss = SpladeLoss(encoder, ranking, query_regularizer_weight=config.lambda_q,
-                          document_regularizer_weight=config.lambda_d)
+        loss, warm_up = Objective.of(config).st_loss(encoder, gather_across_devices=ranks > 1)
         args = SparseEncoderTrainingArguments(
             output_dir=os.path.join(folder, "trainer"), max_steps=config.steps,
             per_device_train_batch_size=config.batch_size // ranks, learning_rate=config.lr,
-            warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay,
+            **warmup_arguments(config.warmup_ratio), weight_decay=config.weight_decay,
             max_grad_norm=config.grad_clip, lr_scheduler_type="linear", seed=config.seed,
             data_seed=config.seed, logging_steps=1, save_strategy="no", report_to="none",
             disable_tqdm=True, use_cpu=config.device == "cpu", dataloader_drop_last=True,
@@ -182,7 +175,7 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig | None = 
                        every_n_steps=1)
         trainer = SparseEncoderTrainer(
             model=encoder, args=args, train_dataset=dataset, loss=loss,
-            callbacks=[SpladeRegularizerWeightSchedulerCallback(loss)])
+            callbacks=warm_up)
         trainer.remove_callback(PrinterCallback)  # the library prints nothing
         relay.attach(trainer)
         trainer.train()

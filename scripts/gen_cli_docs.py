@@ -57,10 +57,10 @@ def _help(args: list[str]) -> str:
 
 def render() -> str:
     """The full text of docs/cli.md."""
-    from headscope.cli import main
+    from headscope.cli import commands
 
     parts = [INTRO, "## headscope\n", "```text\n" + _help(["--help"]) + "```\n"]
-    for name in main.commands:  # the order they were defined in: the order of a workflow
+    for name in commands():  # the order they were defined in: the order of a workflow
         parts.append(f"## headscope {name}\n")
         parts.append("```text\n" + _help([name, "--help"]) + "```\n")
     return "\n".join(parts)

@@ -19,8 +19,9 @@ import torch
 
 from headscope import api, report
 from headscope.errors import InputError, NoMLMHeadError, PolicyError
+from headscope.heads import find_head
 from headscope.probe import ProbeConfig
-from headscope.rescale import RescaleSpec, expected_logits, find_head_of, rescale_model
+from headscope.rescale import RescaleSpec, expected_logits, rescale_model
 
 SMALL = ProbeConfig(n_pairs=4)  # control flow only
 TEXTS = ["the model head scale term query passage", "a sparse dense weight row norm token text"]
@@ -279,7 +280,7 @@ def test_fix_each_strategy_reloads_with_the_expected_logits(tiny_long, tmp_path,
     x, original, enc = _logits(src)
     y, fixed, _ = _logits(out)
     spec = RescaleSpec(4, strategy, scale_bias)
-    head = find_head_of(original)
+    head = find_head(original)
     expected = expected_logits(x, head.bias, spec)
     config = json.loads((out / "config.json").read_text())
     if strategy == "tied":
@@ -289,11 +290,11 @@ def test_fix_each_strategy_reloads_with_the_expected_logits(tiny_long, tmp_path,
         with torch.no_grad():
             assert torch.allclose(y, memory(**enc).logits, atol=1e-5)
         assert config.get("tie_word_embeddings", True) is True
-        assert find_head_of(fixed).tied
+        assert find_head(fixed).tied
     else:
         assert torch.allclose(y, expected, atol=1e-5, rtol=1e-5)
         assert config["tie_word_embeddings"] is (strategy == "fold")
-        assert find_head_of(fixed).tied is (strategy == "fold")
+        assert find_head(fixed).tied is (strategy == "fold")
     assert not torch.allclose(y, x, atol=1e-3)
     if scale_bias:
         assert torch.allclose(y, x / 4, atol=1e-5)

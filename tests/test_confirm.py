@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from headscope import api
 from headscope.cli import main
 from headscope.errors import InputError
+from headscope.rescale import RescaleSpec
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +197,7 @@ def test_sweep_arms_share_one_parameterisation(bert_tiny_dir, FAST):
 
     model = AutoModelForMaskedLM.from_pretrained(str(bert_tiny_dir))
     for k in (1.0, 2.0):
-        clone = api.training.rescaled_copy(model, k, FAST)
+        clone = api.training.rescaled_copy(model, RescaleSpec(k, FAST.strategy))
         dec = clone.get_output_embeddings().weight
         emb = clone.get_input_embeddings().weight
         assert dec.data_ptr() != emb.data_ptr()
@@ -248,7 +249,7 @@ def test_sweep_evaluates_on_another_set_and_reports_zero_shot(bert_tiny_dir, pai
     model = AutoModelForMaskedLM.from_pretrained(str(bert_tiny_dir))
     tokenizer = AutoTokenizer.from_pretrained(str(bert_tiny_dir))
     split = splade_data.load_eval(beir_eval_only, max_eval_queries=300).eval
-    expected = evaluate(api.training.rescaled_copy(model, 8.0, api.ConfirmOptions()), tokenizer,
+    expected = evaluate(api.training.rescaled_copy(model, RescaleSpec(8.0)), tokenizer,
                         split, EvalConfig(max_query_length=32, max_passage_length=32))
     arm = payload["arms"][1]
     assert arm["name"] == "k=8"
@@ -281,6 +282,33 @@ def test_flops_weight_grid_trains_one_arm_per_weight_at_one_k(bert_tiny_dir, FAS
         assert b.weight_q == pytest.approx(regularizer_weight(step, FAST.steps, 0.05 / 20))
     # The regulariser is off at the first step: the same model on the same batch.
     assert zero[0].loss == heavy[0].loss
+
+
+def test_flops_weight_grid_trains_the_recommended_variant_of_the_bias_simulation(
+        bert_tiny_dir, FAST, monkeypatch):
+    """The bias simulation's recommendation divides the output bias too (HS208); with no --k,
+    `sweep --flops-weight` trains that variant (its k with the bias divided), as fix and confirm
+    apply it, not the k with the bias kept."""
+    from headscope import checkpoint, probe, rescale, simulate
+
+    loaded = checkpoint.load(checkpoint.resolve(str(bert_tiny_dir)))
+    texts = [p.passage for p in probe.builtin_probe(64).pairs]
+    simulate.make_dense_variant(loaded.model, loaded.tokenizer, texts, where="bias")
+    rec = api.inspect_loaded(loaded, probe_config=probe.ProbeConfig(n_pairs=64)).recommendation
+    assert rec is not None and rec.scale_bias and rec.k > 1
+
+    trained = []
+    real = rescale.rescale_model
+    monkeypatch.setattr(rescale, "rescale_model",
+                        lambda model, spec, head=None: (trained.append(spec),
+                                                        real(model, spec, head))[1])
+    outcome = api.sweep(str(bert_tiny_dir), options=replace(FAST, steps=1, simulate="bias"),
+                        flops_weights=(0.0,))
+    assert trained == [RescaleSpec(rec.k, "untie", True)]
+    assert [a.k for a in outcome.arms] == [rec.k]
+    assert outcome.arms[0].description == (
+        f"projection / {rec.k:g} (untie, bias divided), λq=0 λd=0")
+    assert outcome.config.scale_bias is True
 
 
 def test_flops_weight_grid_wants_one_k(bert_tiny_dir, pairs_file):

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from headscope import report
-from headscope.cli import main
+from headscope.cli import commands
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -50,7 +50,7 @@ def test_cli_reference_is_up_to_date(monkeypatch):
 
 def test_cli_reference_covers_every_command_and_option():
     text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
-    for name, command in main.commands.items():
+    for name, command in commands().items():
         assert f"## headscope {name}\n" in text
         for param in command.params:
             for opt in param.opts:
@@ -59,7 +59,7 @@ def test_cli_reference_covers_every_command_and_option():
     assert max(len(line) for line in text.splitlines()) <= 100
 
 
-@pytest.mark.parametrize("command", sorted(main.commands))
+@pytest.mark.parametrize("command", sorted(commands()))
 def test_every_command_is_documented_beyond_the_reference(command):
     """Each command appears, as `headscope COMMAND`, in the README or a hand-written doc."""
     texts = [(ROOT / "README.md").read_text(encoding="utf-8")]
@@ -92,7 +92,7 @@ def test_github_actions_workflow_is_valid_yaml_and_uses_check():
     # every flag the workflow passes exists
     for command, flags in (("inspect", re.findall(r"headscope inspect .*", run)),
                            ("check", re.findall(r"headscope check .*", run))):
-        known = {o for p in main.commands[command].params for o in p.opts}
+        known = {o for p in commands()[command].params for o in p.opts}
         for line in flags:
             for flag in re.findall(r"(--[a-z-]+)", line):
                 assert flag in known, f"{flag} is not an option of headscope {command}"
@@ -113,7 +113,7 @@ def test_readme_ci_recipe_is_a_valid_policy_and_valid_commands(tmp_path):
     bash = re.search(r"```bash\n(.*?)```", recipe, re.DOTALL).group(1)
     for line in bash.strip().splitlines():
         command = line.split()[1]
-        known = {o for p in main.commands[command].params for o in p.opts}
+        known = {o for p in commands()[command].params for o in p.opts}
         for flag in re.findall(r"(--[a-z-]+)", line):
             assert flag in known, f"{flag} is not an option of headscope {command}"
 

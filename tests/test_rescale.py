@@ -4,6 +4,7 @@ family (built from configs) and on the real BERT-tiny; SparseEncoder term weight
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -70,6 +71,27 @@ def test_spec_normalises():
     assert spec == RescaleSpec(8.0, "untie", False)
     assert isinstance(spec.k, float)
     assert STRATEGIES == ("untie", "tied", "fold")
+
+
+def test_recommended_spec_applies_k_with_its_bias_setting():
+    from headscope.recommend import Recommendation
+    from headscope.rescale import recommended_spec
+
+    divided = Recommendation(k=16.0, rule="bands", reasons=(), passing=(), scale_bias=True)
+    kept = Recommendation(k=4.0, rule="bands", reasons=(), passing=(), scale_bias=False)
+    assert recommended_spec(divided) == RescaleSpec(16.0, "untie", True)
+    assert recommended_spec(kept, "fold") == RescaleSpec(4.0, "fold", False)
+    # the user's explicit bias switch wins; None follows the recommendation
+    assert recommended_spec(divided, scale_bias=False) == RescaleSpec(16.0, "untie", False)
+    assert recommended_spec(kept, scale_bias=True) == RescaleSpec(4.0, "untie", True)
+    with pytest.raises(InputError) as err:
+        recommended_spec(SimpleNamespace(k=None, scale_bias=False))
+    assert str(err.value) == "There is no recommended k to apply; pass --k K."
+
+
+def test_a_spec_describes_its_arm():
+    assert RescaleSpec(16.0, "untie", True).describe() == "projection / 16 (untie, bias divided)"
+    assert RescaleSpec(0.5, "fold").describe() == "projection / 0.5 (fold, bias kept)"
 
 
 def test_expected_logits_formula():

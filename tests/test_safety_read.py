@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from headscope import api, safetensors_file
 from headscope import checkpoint as ck
-from headscope.cli import main
+from headscope.cli import commands, main
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -850,7 +850,7 @@ def test_failing_remote_code_is_an_input_error(bert, isolated, where):
 
 
 def _commands() -> list[str]:
-    return sorted(main.commands)
+    return sorted(commands())
 
 
 def _usage_cases() -> list[tuple[str, list[str], str]]:
@@ -858,7 +858,7 @@ def _usage_cases() -> list[tuple[str, list[str], str]]:
     unknown option, and a wrong value for every option that checks its value."""
     cases = []
     for name in _commands():
-        command = main.commands[name]
+        command = commands()[name]
         base = []
         for param in command.params:
             if isinstance(param, click.Argument) and param.required:

@@ -22,7 +22,6 @@ from headscope.splade.evaluate import (
     mrr_at,
     ndcg_at,
     recall_at,
-    search,
 )
 from headscope.splade.train import (
     StepRecord,
@@ -202,16 +201,6 @@ def test_encode_matches_pooling_and_caps_terms(tiny_model, tokenizer):
     assert capped.truncated == int(((expected > 0).sum(dim=1) > 10).sum())
     # the kept terms are the largest ones
     torch.testing.assert_close(dense.max(dim=1).values, expected.max(dim=1).values)
-
-
-def test_search_matches_brute_force():
-    g = torch.Generator().manual_seed(0)
-    q = torch.relu(torch.randn(7, 40, generator=g))
-    d = torch.relu(torch.randn(130, 40, generator=g))
-    scores, index = search(q.to_sparse_csr(), d.to_sparse_csr(), depth=100, query_chunk=3)
-    ref_scores, ref_index = (q @ d.T).topk(100, dim=1)
-    torch.testing.assert_close(scores, ref_scores)
-    assert torch.equal(index, ref_index)
 
 
 def test_evaluate_matches_brute_force_and_ir_measures(tiny_model, tokenizer):

@@ -543,7 +543,7 @@ def test_weights_only_inspect_imports_only_what_it_uses(tmp_path, modernbert_dir
             f"    main(['inspect', {str(modernbert_dir)!r}, '--weights-only', '--json', '-'])\n"
             "json.loads(out.getvalue())\n"
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'rich' or m in "
-            "('headscope.guard', 'headscope.api.training', 'headscope.api.demo', "
+            "('headscope.guard', 'headscope.api.training', 'headscope.api.demonstration', "
             "'headscope.api.summaries', 'headscope.render', 'tomllib'))))\n")
     from test_architecture import run_json
 
@@ -551,19 +551,20 @@ def test_weights_only_inspect_imports_only_what_it_uses(tmp_path, modernbert_dir
 
 
 def test_commands_built_on_first_use_are_the_same_commands(runner):
-    """`check`, `confirm` and `sweep` are built when first used; the group lists every command
-    in the order they are defined, and each lazily built one is built once."""
+    """`check`, `confirm` and `sweep` are built when first used (a lazy click group); the group
+    lists every command in the order they are defined, and each lazily built one is built once."""
+    from headscope.cli import commands
     from headscope.cli import main as group
 
-    assert list(group.commands) == ["inspect", "fix", "demo", "compare", "report", "confirm",
-                                    "sweep", "check"]
-    check = group.commands["check"]
-    assert group.commands.get("check") is check and dict(group.commands.items())["check"] is check
+    names = ["inspect", "fix", "demo", "compare", "report", "confirm", "sweep", "check"]
+    assert group.defined() == names and group.list_commands(None) == sorted(names)  # type: ignore
+    check = group.get_command(None, "check")  # type: ignore[arg-type]
+    assert check is not None and group.get_command(None, "check") is check  # type: ignore[arg-type]
+    assert commands()["check"] is check and list(commands()) == names
     assert check.name == "check" and "--max-row-norm" in {o for p in check.params for o in p.opts}
-    assert group.get_command(None, "sweep") is group.commands["sweep"]  # type: ignore[arg-type]
-    assert group.commands.get("nothing") is None
+    assert group.get_command(None, "nothing") is None  # type: ignore[arg-type]
     listing = runner.invoke(group, ["--help"]).stdout
-    for name in group.commands:
+    for name in names:
         assert f"  {name} " in listing
     result = runner.invoke(group, ["chek"])
     assert result.exit_code == 2
@@ -572,17 +573,17 @@ def test_commands_built_on_first_use_are_the_same_commands(runner):
 
 def test_api_names_resolve_lazily_and_demo_stays_the_verb():
     """headscope.api imports each submodule on first use of one of its names; loading the
-    submodule `api.demo` first does not turn `api.demo` into the module."""
-    code = ("import json, sys\nimport headscope.api.demo\nfrom headscope import api\n"
-            "from headscope.api.demo import demo\n"
+    submodule `api.demonstration` first leaves `api.demo` the verb."""
+    code = ("import json, sys\nimport headscope.api.demonstration\nfrom headscope import api\n"
+            "from headscope.api.demonstration import demo\n"
             "first = sorted(m for m in sys.modules if m.startswith('headscope.api.'))\n"
             "ok = [api.demo is demo, callable(api.demo), api.FixOptions.__module__,\n"
-            "      api.ArmOutcome is api.ArmSummary]\n"
+            "      api.ArmSummary.__module__]\n"
             "try:\n    api.nothing\nexcept AttributeError as e:\n    ok.append(str(e))\n"
             "print(json.dumps([first, ok]))\n")
     from test_architecture import run_json
 
     first, ok = run_json(code)
     assert "headscope.api.summaries" not in first
-    assert ok == [True, True, "headscope.api.fixing", True,
+    assert ok == [True, True, "headscope.api.fixing", "headscope.api.training",
                   "module 'headscope.api' has no attribute 'nothing'"]

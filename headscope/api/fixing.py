@@ -87,7 +87,7 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
     recommended k unless `options.k` is given.
     """
     from headscope import checkpoint, heads, probe, save
-    from headscope.rescale import RescaleSpec
+    from headscope.rescale import RescaleSpec, recommended_spec
 
     load_options = load_options or checkpoint.LoadOptions()
     followed = source is None
@@ -106,9 +106,9 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
             # the full inspection (which fix runs below) may recommend another.
             weights_only_k = last.k
         elif k is None and last.k is not None:
-            k, k_from = last.k, "last inspection's recommendation"
-            if scale_bias is None:
-                scale_bias = last.scale_bias
+            applied = recommended_spec(last, options.strategy, scale_bias)
+            k, scale_bias = applied.k, applied.scale_bias
+            k_from = "last inspection's recommendation"
         elif open_bias:
             if last.k is not None and last.scale_bias:
                 _refuse_open_bias(source, last.k, float(options.k or 0.0))
@@ -138,12 +138,12 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
         scale_bias = False  # the recommendation keeps the bias: so does this k
     if k is None:
         assert before.recommendation is not None
-        k, k_from = before.recommendation.k, f"recommended by the {before.recommendation.rule} rule"
+        applied = recommended_spec(before.recommendation, options.strategy, scale_bias)
+        k, scale_bias = applied.k, applied.scale_bias
+        k_from = f"recommended by the {before.recommendation.rule} rule"
         if weights_only_k is not None:
             k_from += (f" of the full inspection (the last inspection was weights-only: its "
                        f"paper rule gave k = {weights_only_k:g}, from the row norm alone)")
-        if scale_bias is None:
-            scale_bias = before.recommendation.scale_bias
     if k == 1 and k_from != "--k" and not options.force:
         return FixOutcome(source=source, k=1.0, k_from=k_from, followed_last_inspection=followed,
                           report=before, result=None)

@@ -12,6 +12,8 @@ from headscope.api.fixing import fixed_folder_k
 from headscope.api.inspecting import Progress, inspect_loaded
 from headscope.errors import InputError
 
+ENGINES = ("headscope", "st")  # confirm/sweep's training engines (--engine)
+
 
 @dataclass(frozen=True)
 class ConfirmOptions:
@@ -53,8 +55,8 @@ class ConfirmOptions:
     devices: str | None = None
 
     def __post_init__(self) -> None:
-        if self.engine not in ("headscope", "st"):
-            raise InputError(f"Unknown engine {self.engine!r}; choose headscope or st.")
+        if self.engine not in ENGINES:
+            raise InputError(f"Unknown engine {self.engine!r}; choose {' or '.join(ENGINES)}.")
         if self.devices is not None:
             from headscope.scheduler import parse_devices
 
@@ -105,7 +107,6 @@ class ArmSummary:
     mrr_vs_best_interval: tuple[float, float] | None = None
 
 
-ArmOutcome = ArmSummary  # its earlier name: a summary of one arm, not a verb's outcome
 
 
 @dataclass(frozen=True)
@@ -152,17 +153,37 @@ def _base_model(source: str, options: ConfirmOptions, load_options, progress):
     return loaded, label
 
 
-def rescaled_copy(model, k: float, options: ConfirmOptions):
-    """A deep copy of `model` rescaled by k with the options' strategy and bias switch."""
+def rescaled_copy(model, spec):
+    """A deep copy of `model` rescaled by `spec` (a `rescale.RescaleSpec`)."""
     import copy
 
-    from headscope.rescale import RescaleSpec, rescale_model
+    from headscope.rescale import rescale_model
 
     clone = copy.deepcopy(model)
     # Even at k = 1: with `untie` every arm then has its own decoder, so a sweep's k = 1 arm
     # trains the same parameterisation as the others (a tied k = 1 arm confounded the two).
-    rescale_model(clone, RescaleSpec(k, options.strategy, options.scale_bias))
+    rescale_model(clone, spec)
     return clone
+
+
+def _spec(k: float, options: ConfirmOptions):
+    """The options' strategy and bias switch at k."""
+    from headscope.rescale import RescaleSpec
+
+    return RescaleSpec(k, options.strategy, options.scale_bias)
+
+
+def _recommended(loaded, options: ConfirmOptions, progress):
+    """The recommendation of a quick inspection applied (`rescale.recommended_spec`): its k
+    with its bias setting, unless --scale-bias asked for the bias divided anyway."""
+    from headscope import probe
+    from headscope.rescale import recommended_spec
+
+    rep = inspect_loaded(loaded, probe_config=probe.ProbeConfig(
+        n_pairs=64, scale_bias=options.scale_bias), progress=progress)
+    assert rep.recommendation is not None
+    return recommended_spec(rep.recommendation, options.strategy,
+                            True if options.scale_bias else None)
 
 
 def _summarise_arm(name, description, k, result, vocab_size) -> ArmSummary:
@@ -300,21 +321,13 @@ def confirm(source: str, *, k: float | None = None, fixed: str | None = None,
         fixed_model, k_used = fixed_loaded.model, k_fixed
         fixed_desc = f"{fixed} (written by fix, k = {k_fixed:g})"
     else:
-        if k is None:
-            from headscope import probe
-
-            rep = inspect_loaded(loaded, probe_config=probe.ProbeConfig(
-                n_pairs=64, scale_bias=options.scale_bias), progress=progress)
-            assert rep.recommendation is not None
-            k = rep.recommendation.k
-            # The recommendation is one decision: a k recommended with the bias divided is
-            # trained with the bias divided.
-            if rep.recommendation.scale_bias:
-                options = replace(options, scale_bias=True)
-        fixed_model = rescaled_copy(base, k, options)
-        k_used = k
-        fixed_desc = (f"projection / {k:g} ({options.strategy}, bias "
-                      f"{'divided' if options.scale_bias else 'kept'})")
+        # The recommendation is one decision: a k recommended with the bias divided is
+        # trained with the bias divided.
+        spec = _spec(k, options) if k is not None else _recommended(loaded, options, progress)
+        options = replace(options, scale_bias=spec.scale_bias)  # the outcome records it
+        fixed_model = rescaled_copy(base, spec)
+        k_used = spec.k
+        fixed_desc = spec.describe()
     arms = {"original": (base, loaded.tokenizer), "fixed": (fixed_model, loaded.tokenizer)}
     outcome = _train_side_by_side(source, label, arms,
                                   {"original": label or "as loaded", "fixed": fixed_desc},
@@ -366,10 +379,10 @@ def sweep(source: str, ks: Sequence[float] | None = None, *,
     arms, desc, kmap = {}, {}, {}
     for k in ks:
         name = f"k={k:g}"
-        arms[name] = (rescaled_copy(loaded.model, float(k), options), loaded.tokenizer)
-        desc[name] = (f"projection / {k:g} ({options.strategy}, bias "
-                      f"{'divided' if options.scale_bias else 'kept'})")
-        kmap[name] = float(k)
+        spec = _spec(float(k), options)
+        arms[name] = (rescaled_copy(loaded.model, spec), loaded.tokenizer)
+        desc[name] = spec.describe()
+        kmap[name] = spec.k
     return _train_side_by_side(source, label, arms, desc, kmap, options, progress, datasets)
 
 
@@ -389,23 +402,20 @@ def _flops_sweep(source: str, ks: Sequence[float] | None, weights: Sequence[floa
     datasets = _dataset(options)
     loaded, label = _base_model(source, options, load_options, progress)
     if ks is None:
-        from headscope import probe
-
-        rep = inspect_loaded(loaded, probe_config=probe.ProbeConfig(
-            n_pairs=64, scale_bias=options.scale_bias), progress=progress)
-        assert rep.recommendation is not None
-        k = rep.recommendation.k
+        # The recommended variant: its k with its bias setting.
+        spec = _recommended(loaded, options, progress)
+        options = replace(options, scale_bias=spec.scale_bias)  # the outcome records it
     else:
-        k = float(ks[0])
-    if not k > 0:
-        raise InputError(f"sweep needs a positive k, got {k!r}.")
+        if not float(ks[0]) > 0:
+            raise InputError(f"sweep needs a positive k, got {float(ks[0])!r}.")
+        spec = _spec(float(ks[0]), options)
     ratio = DEFAULT_LAMBDA_Q / DEFAULT_LAMBDA_D
     arms, desc, kmap, configs = {}, {}, {}, {}
     for w in weights:
         name = f"λd={w:g}"
-        arms[name] = (rescaled_copy(loaded.model, k, options), loaded.tokenizer)
-        desc[name] = (f"projection / {k:g}, λq={w * ratio:g} λd={w:g}")
-        kmap[name] = k
+        arms[name] = (rescaled_copy(loaded.model, spec), loaded.tokenizer)
+        desc[name] = f"{spec.describe()}, λq={w * ratio:g} λd={w:g}"
+        kmap[name] = spec.k
         configs[name] = replace(options.train_config(), lambda_d=float(w),
                                 lambda_q=float(w) * ratio)
     return _train_side_by_side(source, label, arms, desc, kmap, options, progress, datasets,

@@ -45,7 +45,6 @@ class EvalConfig:
     # Also report a serving figure with each text pruned to its this many largest weights
     # (`RetrievalMetrics.serving`); None: exact metrics only. It never changes the exact ones.
     serving_terms: int | None = SERVING_TERMS
-    query_chunk: int = 256  # kept for callers; the exact product streams passages instead
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -168,23 +167,6 @@ def encode(
         for i, row in zip(ids, weights, strict=True):
             rows[i] = row
     return Encoded(_csr(rows, vocab), active_total / len(texts), truncated)
-
-
-def search(
-    queries: torch.Tensor, corpus: torch.Tensor, *, depth: int = DEPTH, query_chunk: int = 256
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-`depth` passages per query by exact dot product: CSR (Q, V) x CSR (D, V) ->
-    (scores (Q, k), passage indices (Q, k)), k = min(depth, D), best first."""
-    k = min(depth, corpus.shape[0])
-    all_scores, all_index = [], []
-    for start in range(0, queries.shape[0], query_chunk):
-        stop = min(start + query_chunk, queries.shape[0])
-        chunk = _dense_rows(queries, start, stop)  # (q, V)
-        scores = torch.sparse.mm(corpus, chunk.T).T  # (q, D)
-        top_scores, top_index = scores.topk(k, dim=1)  # (q, k)
-        all_scores.append(top_scores)
-        all_index.append(top_index)
-    return torch.cat(all_scores), torch.cat(all_index)
 
 
 def _dense_rows(matrix: torch.Tensor, start: int, stop: int) -> torch.Tensor:

@@ -37,12 +37,9 @@ from headscope.splade.losses import (
     DEFAULT_LR,
     DEFAULT_WARMUP_RATIO,
     REGULARIZER_WARMUP_RATIO,
-    flops,
-    in_batch_scores,
-    info_nce,
     positive_negative_means,
-    regularizer_weight,
 )
+from headscope.splade.objective import Objective, passage_texts
 from headscope.splade.pooling import active_terms
 from headscope.splade.telemetry import StepRecord
 
@@ -116,20 +113,11 @@ def batch_indices(n_pairs: int, steps: int, batch_size: int, seed: int) -> list[
 
 
 def tokenize_batch(tokenizer, pairs: Sequence[Pair], config: TrainConfig) -> dict:
-    """Tokenized queries and passages; passages are the positives, then each pair's negatives
-    (every pair must carry the same number of them)."""
-    n_neg = {len(p.negatives) for p in pairs}
-    if len(n_neg) != 1:
-        raise InputError(
-            "Pairs in a batch carry different numbers of hard negatives "
-            f"({sorted(n_neg)}); give every pair the same number."
-        )
-    negatives = [p.negatives[i] for i in range(n_neg.pop()) for p in pairs]  # negative-major
+    """Tokenized queries and passages, in the objective's order (`objective.passage_texts`:
+    the positives, then each pair's negatives)."""
     # The lengths are already capped at the model's position table (train does that once).
     queries = tokenize(None, tokenizer, [p.query for p in pairs], config.max_query_length)
-    passages = tokenize(
-        None, tokenizer, [p.positive for p in pairs] + negatives, config.max_passage_length
-    )
+    passages = tokenize(None, tokenizer, passage_texts(pairs), config.max_passage_length)
     return {"queries": queries, "passages": passages}
 
 
@@ -175,27 +163,18 @@ def train(
     # Tokenise no longer than the model's position table allows.
     lengths = replace(config, max_query_length=token_limit(model, config.max_query_length),
                       max_passage_length=token_limit(model, config.max_passage_length))
+    objective = Objective.of(config)
     start = time.perf_counter()
     for step, indices in enumerate(batches):
         batch = tokenize_batch(tokenizer, [pairs[i] for i in indices], lengths)
-        weight_q = regularizer_weight(
-            step, config.steps, config.lambda_q, config.regularizer_warmup_ratio
-        )
-        weight_d = regularizer_weight(
-            step, config.steps, config.lambda_d, config.regularizer_warmup_ratio
-        )
         lr = optimizer.param_groups[0]["lr"]
 
         optimizer.zero_grad(set_to_none=True)
         q = splade_encode(model, batch["queries"], config.device)  # (B, V)
         d = splade_encode(model, batch["passages"], config.device)  # (B * (1 + N), V)
-        b, vocab_size = q.shape
-        # passages are [positives (B), first negatives (B), ...]: (N * B, V) -> (B, N, V)
-        negatives = d[b:].view(-1, b, vocab_size).transpose(0, 1) if d.shape[0] > b else None
-        scores = in_batch_scores(q, d[:b], negatives)  # (B, B * (1 + N))
-        ranking = info_nce(scores)
-        flops_q, flops_d = flops(q), flops(d)
-        loss = ranking + weight_q * flops_q + weight_d * flops_d
+        vocab_size = q.shape[1]
+        terms = objective.loss(q, d, step)
+        loss = terms.loss
         loss_finite = bool(torch.isfinite(loss))
         if loss_finite:
             loss.backward()
@@ -211,15 +190,15 @@ def train(
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             scheduler.step()
 
-        score_pos, score_neg = positive_negative_means(scores)
+        score_pos, score_neg = positive_negative_means(terms.scores)
         record = StepRecord(
             step=step,
             loss=loss.item(),
-            ranking_loss=ranking.item(),
-            flops_q=flops_q.item(),
-            flops_d=flops_d.item(),
-            weight_q=weight_q,
-            weight_d=weight_d,
+            ranking_loss=terms.ranking.item(),
+            flops_q=terms.flops_q.item(),
+            flops_d=terms.flops_d.item(),
+            weight_q=terms.weight_q,
+            weight_d=terms.weight_d,
             active_query=active_terms(q).mean().item(),
             active_passage=active_terms(d).mean().item(),
             score_pos=score_pos,
