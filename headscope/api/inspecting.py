@@ -74,6 +74,8 @@ def head_weight_stats(head, vocab) -> WeightStats:
 
 def _model_info(ckpt, layout, vocab, weights: WeightStats, *, tied: bool, dtype: str,
                 device: str, weights_only: bool, source: str | None = None) -> ModelInfo:
+    from headscope.heads import found_by
+
     arch = (ckpt.config.get("architectures") or [None])[0]
     return ModelInfo(
         source=source or ckpt.source,
@@ -90,6 +92,7 @@ def _model_info(ckpt, layout, vocab, weights: WeightStats, *, tied: bool, dtype:
         head_loaded=True,
         special_tokens=tuple(vocab.special_tokens),
         weights_only=weights_only,
+        head_found_by=found_by(layout, weights_only=weights_only),
     )
 
 
