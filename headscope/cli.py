@@ -490,9 +490,11 @@ def inspect(models, revision, dtype, device, trust_remote_code, probe_file, ks, 
             batch_size, scale_bias, weights_only, fast, rule, reference, band_specs, json_dest):
     """Measure MODEL's MLM head and recommend a rescale factor k.
 
-    MODEL is a local folder or a Hugging Face Hub id in the local cache. With --weights-only,
-    several MODELs may be given (a model-zoo scan): every one is read before anything is
-    printed, and any that cannot be read is named on stderr (exit 2).
+    MODEL is a local folder or a Hugging Face Hub id (org/name): taken from the local cache,
+    else downloaded. With --weights-only a Hub model not in the cache is read by HTTP ranges:
+    its config and tokenizer, each safetensors header and the head's tensors, nothing else.
+    With --weights-only, several MODELs may be given (a model-zoo scan): every one is read
+    before anything is printed, and any that cannot be read is named on stderr (exit 2).
     """
     from headscope import api, report
     from headscope.probe import fast_config
@@ -544,12 +546,16 @@ def inspect(models, revision, dtype, device, trust_remote_code, probe_file, ks, 
               help="Write even when the recommended k is 1 (no fix needed): an unchanged copy.")
 @click.option("--n-pairs", type=int, default=None,
               help="Built-in probe size for the before/after statistics (default: as inspect).")
+@click.option("--push-to-hub", "push_to_hub", default=None, metavar="ORG/NAME",
+              help="After writing and verifying --out, upload it to this Hub repository (created "
+              "if absent) in one commit; needs a token (hf auth login or HF_TOKEN). Nothing is "
+              "pushed when the fix is refused or not needed.")
 @load_options
 @click.option("--json", "json_dest", default=None, metavar="PATH|-",
               help="Write the fix summary as JSON to PATH, or stdout with '-'.")
 @handle_errors
-def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, force, n_pairs, revision, dtype,
-        device, trust_remote_code, json_dest):
+def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, force, n_pairs, push_to_hub,
+        revision, dtype, device, trust_remote_code, json_dest):
     """Write a corrected safetensors checkpoint of MODEL to --out, verified by reloading.
 
     Without MODEL, acts on the model of the last `headscope inspect` run in this directory in
@@ -560,7 +566,7 @@ def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, force, n_pairs,
 
     writable(json_dest)
     options = api.FixOptions(k=k, strategy=strategy, scale_bias=scale_bias, dry_run=dry_run,
-                             overwrite=overwrite, force=force)
+                             overwrite=overwrite, force=force, push_to_hub=push_to_hub)
     with progress_bar() as progress:
         outcome = api.fix(model, out, options=options,
                           load_options=_load_opts(revision, dtype, device, trust_remote_code),

@@ -498,6 +498,35 @@ def _stored_head_names(ckpt: Checkpoint, layout: HeadLayout, stored: set[str]) -
     return found
 
 
+@dataclass(frozen=True)
+class _Located:
+    """Where the head's tensors are stored, from the headers alone (no tensor read)."""
+
+    layout: HeadLayout
+    found: dict[str, str]  # role -> stored name
+    infos: dict[str, Any]  # stored name -> checkpoint.TensorInfo
+    tied: bool | None  # known from the model (meta-model); None: decided from the arrays
+    found_by: str
+
+
+def _locate(ckpt: Checkpoint) -> _Located:
+    from headscope.checkpoint import tensor_infos
+
+    layout = layout_for(ckpt.model_type, ckpt.config)
+    if layout.family == "generic":
+        return _locate_by_meta_model(ckpt)
+    infos = tensor_infos(ckpt)
+    found = _stored_head_names(ckpt, layout, set(infos))
+    check_head_shapes(ckpt, layout, found, {name: info.shape for name, info in infos.items()})
+    return _Located(layout, found, infos, None, "layout")
+
+
+def head_tensor_names(ckpt: Checkpoint) -> tuple[str, ...]:
+    """The stored tensors `read_head` reads, from the headers alone (what a ranged download of
+    a remote checkpoint must fetch); the same refusals as `read_head`."""
+    return tuple(sorted(set(_locate(ckpt).found.values())))
+
+
 def read_head(ckpt: Checkpoint) -> StoredHead:
     """Read the head tensors from the checkpoint's files without building the model.
 
@@ -508,27 +537,25 @@ def read_head(ckpt: Checkpoint) -> StoredHead:
     A family outside the layout table is named by a model built on the meta device
     (`found_by` "meta-model"; torch and transformers imported, no weight allocated).
     """
-    from headscope.checkpoint import read_arrays, tensor_infos
+    from headscope.checkpoint import read_arrays
 
-    layout = layout_for(ckpt.model_type, ckpt.config)
-    if layout.family == "generic":
-        return _read_head_by_meta_model(ckpt)
-    infos = tensor_infos(ckpt)
-    found = _stored_head_names(ckpt, layout, set(infos))
-    check_head_shapes(ckpt, layout, found, {name: info.shape for name, info in infos.items()})
-    arrays = read_arrays(ckpt, found.values(), infos)
+    loc = _locate(ckpt)
+    found = dict(loc.found)
+    arrays = read_arrays(ckpt, sorted(set(found.values())), loc.infos)
     out = {role: arrays[name] for role, name in found.items()}
-    emb = out["embeddings"]  # (V, E)
-    if "decoder_weight" not in out:  # deberta-v2 (no decoder), or a tied decoder not stored
-        out["decoder_weight"] = emb
+    if loc.tied or "decoder_weight" not in out:
+        # the meta model ties them, or deberta-v2 (no decoder), or a tied decoder not stored
+        out["decoder_weight"] = out["embeddings"]
         found["decoder_weight"] = found["embeddings"]
         tied = True
-    else:
-        dec = out["decoder_weight"]  # (V, E)
+    elif loc.tied is None:
+        dec, emb = out["decoder_weight"], out["embeddings"]  # (V, E) each
         tie_flag = bool(ckpt.config.get("tie_word_embeddings", True))
         tied = tie_flag and dec.shape == emb.shape and bool(np.array_equal(dec, emb))
-    return StoredHead(layout=layout, arrays=out, names=found, tied=tied,
-                      dtype=infos[found["decoder_weight"]].dtype)
+    else:
+        tied = False
+    return StoredHead(layout=loc.layout, arrays=out, names=found, tied=tied,
+                      dtype=loc.infos[found["decoder_weight"]].dtype, found_by=loc.found_by)
 
 
 # How the head's tensors were named (report field model.head_found_by):
@@ -601,11 +628,11 @@ def _names_on_loading(model, stored: Collection[str]) -> dict[str, str]:
     return out
 
 
-def _read_head_by_meta_model(ckpt: Checkpoint) -> StoredHead:
-    """`read_head` for a family outside the layout table: `find_head` on the model built on the
-    meta device names the head's tensors (as the full load finds them), then only those are
-    read from the files. Imports torch and transformers; allocates no weights."""
-    from headscope.checkpoint import read_arrays, shape_mismatch, tensor_infos
+def _locate_by_meta_model(ckpt: Checkpoint) -> _Located:
+    """`_locate` for a family outside the layout table: `find_head` on the model built on the
+    meta device names the head's tensors (as the full load finds them). Imports torch and
+    transformers; allocates no weights."""
+    from headscope.checkpoint import shape_mismatch, tensor_infos
 
     model = _meta_model(ckpt)
     head = find_head(model, ckpt.model_type, source=ckpt.source)
@@ -644,13 +671,7 @@ def _read_head_by_meta_model(ckpt: Checkpoint) -> StoredHead:
             "initialise at random; pass a checkpoint whose whole head was trained"
         )
         raise NoMLMHeadError(ckpt.source, reason)
-    arrays = read_arrays(ckpt, sorted(set(found.values())), infos)
-    out = {role: arrays[name] for role, name in found.items()}
-    if head.tied:
-        out["decoder_weight"] = out["embeddings"]
-        found["decoder_weight"] = found["embeddings"]
-    return StoredHead(layout=head.layout, arrays=out, names=found, tied=head.tied,
-                      dtype=infos[found["decoder_weight"]].dtype, found_by="meta-model")
+    return _Located(head.layout, found, infos, head.tied, "meta-model")
 
 
 def _width_fields(layout: HeadLayout, config: dict) -> tuple[str, str, str]:

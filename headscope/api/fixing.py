@@ -30,6 +30,7 @@ class FixOptions:
     overwrite: bool = False
     # Write even when the recommended k is 1 (no rescale needed); an explicit k always writes.
     force: bool = False
+    push_to_hub: str | None = None  # Hub repository ("org/name") to upload the written folder to
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class FixOutcome:
     followed_last_inspection: bool  # MODEL was omitted: acted on the last `inspect`
     report: Report  # the original model's inspection (statistics before)
     result: FixResult | None  # None: the recommended k is 1, so nothing was written
+    pushed: str | None = None  # the Hub commit URL of --push-to-hub; None: nothing pushed
 
     @property
     def needed(self) -> bool:
@@ -60,6 +62,8 @@ class FixOutcome:
         if self.result.cleaned:
             note += (" Removed the temporary folder(s) an interrupted run left: "
                      f"{', '.join(self.result.cleaned)}.")
+        if self.pushed:
+            note += f" Pushed to the Hub: {self.pushed}."
         return note
 
     @property
@@ -114,6 +118,10 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
                 _refuse_open_bias(source, last.k, float(options.k or 0.0))
             scale_bias = False  # the recommendation keeps the bias: so does this k
     assert source is not None
+    if options.push_to_hub is not None:
+        from headscope import remote
+
+        remote.check_push(options.push_to_hub, dry_run=options.dry_run)  # before any work
     probe_config = probe_config or probe.ProbeConfig()
     if k is not None:
         RescaleSpec(k, options.strategy, bool(scale_bias))  # validate before the slow part
@@ -158,8 +166,17 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
                                                    "probe_at_k1": stats_before}),
                              stats_after=to_dict({"probe_predicted": stats_after}),
                              progress=progress)
+    pushed = None
+    if options.push_to_hub is not None:
+        from headscope import remote
+
+        bias = "bias divided" if spec.scale_bias else "bias kept"
+        pushed = remote.push_folder(
+            result.out, options.push_to_hub,
+            commit_message=f"headscope fix of {source}: k = {spec.k:g}, {bias}, "
+                           f"{spec.strategy}")
     return FixOutcome(source=source, k=spec.k, k_from=k_from, followed_last_inspection=followed,
-                      report=before, result=result)
+                      report=before, result=result, pushed=pushed)
 
 
 def _refuse_open_bias(source: str, rec_k: float, k: float) -> None:

@@ -186,11 +186,12 @@ def inspect(source: str, *, load_options=None, probe_config=None,
     from headscope import checkpoint
 
     load_options = load_options or checkpoint.LoadOptions()
-    ckpt = checkpoint.resolve(source, load_options.revision)
     if options.weights_only:
         _refuse_unused_with_weights_only(load_options, options)
-        report = _inspect_weights_only(ckpt, load_options)
+        report = _inspect_remote_weights_only(source, load_options) or _inspect_weights_only(
+            checkpoint.resolve(source, load_options.revision), load_options)
     else:
+        ckpt = checkpoint.resolve(source, load_options.revision)
         if options.probe_file:
             probe_set(options.probe_file, 0)  # a bad probe file is refused before loading
         reference_per_k = None
@@ -230,6 +231,18 @@ def _refuse_unused_with_weights_only(load_options, options: InspectOptions) -> N
             "tensors from the files as stored and runs no model; drop it, or drop "
             "--weights-only to measure on that device/dtype/probe."
         )
+
+
+def _inspect_remote_weights_only(source: str, load_options) -> Report | None:
+    """Weights-only of a Hub model that is not in the cache: its headers and head tensors read
+    by HTTP ranges (`remote.head_only`), nothing else downloaded; None when `source` is not
+    such a model or has no safetensors weights (then it is downloaded as usual)."""
+    from headscope import remote
+
+    if not remote.wants_ranges(source, load_options.revision):
+        return None
+    with remote.head_only(source, load_options.revision) as ckpt:
+        return None if ckpt is None else _inspect_weights_only(ckpt, load_options)
 
 
 def _inspect_weights_only(ckpt, load_options) -> Report:
