@@ -721,7 +721,14 @@ def _train(json_dest, kw: dict, verb: Callable) -> None:
     writable(json_dest, kw.get("figure"))
     writable(kw.get("log"), parents=True)
     _quiet_transformers()
-    with progress_bar() as progress:
+    from headscope import api
+
+    main_rank = api.is_main_process()
+    if not main_rank:  # another rank of a torchrun / accelerate launch: rank 0 speaks for all
+        from headscope.trainer_callback import quiet_other_ranks
+
+        quiet_other_ranks()
+    with progress_bar() if main_rank else nullcontext() as progress:
         outcome = verb(_confirm_options(kw), progress)
     _report_training(outcome, json_dest)
 
