@@ -44,13 +44,11 @@ MERGE_GAP = 64 * 1024  # ranges closer than this are fetched in one request
 def wants_ranges(source: str, revision: str | None) -> bool:
     """Whether `source` is a Hub id to read by ranges: not a local folder, not in the cache, and
     the Hub not switched off (HF_HUB_OFFLINE)."""
-    from headscope import checkpoint
+    from headscope import hub
 
-    if Path(source).exists() or not checkpoint.looks_like_hub_id(source):
+    if Path(source).exists() or not hub.looks_like_hub_id(source) or hub.hub_offline():
         return False
-    if checkpoint.hub_offline():
-        return False
-    return checkpoint._cached_snapshot(source, revision) is None
+    return hub.cached_snapshot(source, revision) is None
 
 
 @contextmanager
@@ -197,15 +195,15 @@ def head_only(repo_id: str, revision: str | None = None) -> Iterator[Checkpoint 
 def check_push(repo_id: str, *, dry_run: bool) -> None:
     """Refuse a push that cannot happen, before any work: a dry run, a malformed id, the Hub
     switched off, no token."""
-    from headscope import checkpoint
+    from headscope import hub
 
     if dry_run:
         raise InputError("--push-to-hub uploads the folder fix writes, and --dry-run writes "
                          "none; drop one of them.")
-    if not checkpoint.looks_like_hub_id(repo_id):
+    if not hub.looks_like_hub_id(repo_id):
         raise InputError(f"--push-to-hub {repo_id!r} is not a Hub repository id of the form "
                          "org/name; pass one such as my-org/my-model-fixed.")
-    if checkpoint.hub_offline():
+    if hub.hub_offline():
         raise InputError(f"--push-to-hub {repo_id} needs the Hub, but HF_HUB_OFFLINE is set; "
                          "unset it, or drop --push-to-hub and upload the folder later.")
     from huggingface_hub import get_token
