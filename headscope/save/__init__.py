@@ -9,6 +9,7 @@
 - `folder`: the output folder's lifecycle (refusals, temporary sibling, stale folders of killed
   runs, the atomic rename, what --overwrite may replace);
 - `provenance`: headscope.json, written and read;
+- `card`: README.md, the source's model card kept with a section on what headscope did;
 - `background`: the work that runs on threads beside the main thread (the source files' sha256,
   the original's forward pass during the write, the flush of the weight files and the reload
   during the byte checks, which report first when they fail).
@@ -27,10 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from headscope import fileio
+from headscope.containment import containment
 from headscope.errors import InputError
 from headscope.heads import find_head
 from headscope.rescale import RescaleSpec, check_applicable, rescale_model
 from headscope.save.background import Progress, in_background
+from headscope.save.card import CARD_FILE, model_card
 from headscope.save.folder import (
     WRITING_MARKER,
     check_out,
@@ -126,6 +129,16 @@ def _references(loaded: LoadedModel, spec: RescaleSpec, inputs: dict[str, Any], 
     return reference, forward_pass(memory_model, inputs), memory_model
 
 
+def _source_card(folder: Path) -> str | None:
+    """The source's README.md, when it is a readable text file inside the folder."""
+    if containment(folder, CARD_FILE) is not None:
+        return None
+    try:
+        return (folder / CARD_FILE).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def _result(out: Path, spec: RescaleSpec, plan: Plan, files: Sequence[str], skipped: Sequence[str],
             verification: Verification, dry_run: bool, cleaned: tuple[str, ...]) -> FixResult:
     return FixResult(out=out, spec=spec, dry_run=dry_run, files=tuple(files),
@@ -178,9 +191,9 @@ def save_fixed(
     plan = make_plan(loaded, head, spec, max_shard_size)
     inputs = encode_texts(loaded, verify_texts)
     replaced = {p.name for p in ckpt.weight_files} | {INDEX, "pytorch_model.bin.index.json"}
-    copied, skipped = other_files(ckpt.path, replaced)
+    copied, skipped = other_files(ckpt.path, replaced | {CARD_FILE})
     files = sorted({*(name for name, _ in plan.shards), *([INDEX] if plan.sharded else []),
-                    "config.json", PROVENANCE_FILE, *copied})
+                    "config.json", PROVENANCE_FILE, CARD_FILE, *copied})
 
     def references() -> tuple[Probe, Probe | None, Any]:
         return _references(loaded, spec, inputs, dry_run)
@@ -206,6 +219,8 @@ def save_fixed(
                                        None if source_hashes is None else source_hashes(),
                                        before, after, files)
         fileio.write_text(stage.tmp / PROVENANCE_FILE, json.dumps(provenance, indent=2) + "\n",
+                          sync=False)
+        fileio.write_text(stage.tmp / CARD_FILE, model_card(_source_card(ckpt.path), provenance),
                           sync=False)
         flushed()
         stage.install(overwrite)
