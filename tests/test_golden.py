@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
