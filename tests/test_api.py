@@ -257,6 +257,32 @@ CASES = [
 ]
 
 
+def test_fix_with_k_and_the_bias_given_runs_no_probe(tiny_checkpoint, tmp_path, monkeypatch):
+    """With (k, bias) decided, fix measures nothing by probe: the verification is the writer's
+    (bytes against the source and the plan, one reload and forward pass) and the provenance
+    records the head's weight statistics, measured on the loaded model."""
+    from headscope import probe
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("fix ran the probe")
+
+    monkeypatch.setattr(probe, "run_probe", no_probe)
+    src = tiny_checkpoint("bert")
+    out = tmp_path / "fixed"
+    outcome = api.fix(str(src), str(out), options=api.FixOptions(k=4, scale_bias=False))
+    record = json.loads((out / "headscope.json").read_text())
+    weights = api.inspect(str(src), options=api.InspectOptions(weights_only=True)).weights
+    assert record["stats_before"]["weights"]["row_norm_all"]["mean"] == pytest.approx(
+        weights.row_norm_all.mean, rel=1e-6)
+    assert record["stats_before"]["probe_at_k1"] is None
+    assert record["stats_after"] == {"probe_predicted": None}
+    assert outcome.result.verification.against == "reload"
+    assert outcome.result.verification.max_abs_logit_error <= \
+        outcome.result.verification.logit_tolerance
+    assert "| active terms per passage | not measured | not measured |" in \
+        (out / "README.md").read_text()
+
+
 @pytest.mark.parametrize("family,strategy,scale_bias", CASES,
                          ids=[f"{f}-{s}{'-bias' if b else ''}" for f, s, b in CASES])
 def test_fix_each_strategy_reloads_with_the_expected_logits(tiny_long, tmp_path, family,
@@ -271,7 +297,8 @@ def test_fix_each_strategy_reloads_with_the_expected_logits(tiny_long, tmp_path,
     assert outcome.note == f"Fixing {src} with k = 4 (--k)."
     assert outcome.result.out == out.resolve() and not outcome.result.dry_run
     assert sorted(outcome.result.files) == sorted(p.name for p in out.iterdir())
-    assert [s.k for s in outcome.report.per_k] == [1.0, 4.0]
+    # k and the bias setting given: no probe; the head's weight statistics are recorded.
+    assert outcome.report.per_k == () and outcome.report.model.weights_only
     summary = api.fix_summary(outcome)
     assert json.loads(json.dumps(summary)) == summary
     assert summary["strategy"] == strategy and summary["scale_bias"] is scale_bias

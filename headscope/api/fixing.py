@@ -7,7 +7,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from headscope.api.inspecting import InspectOptions, Progress, inspect_loaded, probe_set
+from headscope.api.inspecting import (
+    InspectOptions,
+    Progress,
+    inspect_head,
+    inspect_loaded,
+    probe_set,
+)
 from headscope.api.memory import last_inspection
 from headscope.errors import InputError
 from headscope.report import Report, to_dict
@@ -137,8 +143,13 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
     # The bias-divided re-measurement may only replace the statistics when the bias switch is
     # still open (scale_bias None: follow the recommendation, or learn it to refuse).
     head = heads.find_head(loaded)  # once: the inspection and the writer share it
-    before = inspect_loaded(loaded, probe_config=probe_config, progress=progress, head=head,
-                            options=InspectOptions(bias_fallback=scale_bias is None))
+    if k is not None and scale_bias is not None:
+        # (k, bias) decided: no probe. The writer verifies the output by its bytes against the
+        # source and one reload and forward pass; the head's weight statistics are recorded.
+        before = inspect_head(loaded, head)
+    else:
+        before = inspect_loaded(loaded, probe_config=probe_config, progress=progress, head=head,
+                                options=InspectOptions(bias_fallback=scale_bias is None))
     if open_bias and scale_bias is None:
         assert before.recommendation is not None and k is not None
         if before.recommendation.scale_bias:
@@ -156,8 +167,8 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
         return FixOutcome(source=source, k=1.0, k_from=k_from, followed_last_inspection=followed,
                           report=before, result=None)
     spec = RescaleSpec(float(k), options.strategy, bool(scale_bias))
-    stats_before = next(s for s in before.per_k if s.k == 1.0)
-    stats_after = next(s for s in before.per_k if s.k == spec.k)
+    stats_before = next((s for s in before.per_k if s.k == 1.0), None)  # None: not probed
+    stats_after = next((s for s in before.per_k if s.k == spec.k), None)
     pset = probe_set(None, 8)
     texts = [p.passage for p in pset.pairs]
     result = save.save_fixed(loaded, spec, out, head=head, overwrite=options.overwrite,

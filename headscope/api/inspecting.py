@@ -136,6 +136,22 @@ def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = Inspe
                        per_k=result.per_k, findings=findings, recommendation=rec)
 
 
+def inspect_head(loaded, head) -> Report:
+    """The head's weight statistics of a model in memory, no probe run (`fix` with k and the
+    bias setting given): the weights-only report of the loaded model."""
+    from headscope import heads
+
+    vocab = heads.vocab_info(head.decoder_weight.shape[0], loaded.tokenizer)
+    weights = head_weight_stats(head, vocab)
+    rec = recommend((), rule="paper", weights=weights)
+    findings = diagnose(weights, (), vocab_fields(vocab, tied=head.tied), rec)
+    info = _model_info(loaded.checkpoint, head.layout, vocab, weights, tied=head.tied,
+                       dtype=loaded.options.dtype, device=loaded.options.device,
+                       weights_only=True)
+    info = replace(info, head_found_by=heads.found_by(head.layout, weights_only=False))
+    return make_report(info, weights, findings=findings, recommendation=rec)
+
+
 def _with_bias_divided(loaded, head, pset, probe_config, rec, weights, vocab, bands,
                        progress: Progress | None):
     """The bias fallback (InspectOptions.bias_fallback; the policy is
