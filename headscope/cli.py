@@ -545,7 +545,9 @@ def inspect(models, revision, dtype, device, trust_remote_code, probe_file, ks, 
 @click.option("--force", is_flag=True,
               help="Write even when the recommended k is 1 (no fix needed): an unchanged copy.")
 @click.option("--n-pairs", type=int, default=None,
-              help="Built-in probe size for the before/after statistics (default: as inspect).")
+              help="Built-in probe size for the before/after statistics (default: as inspect). "
+              "No probe runs when k and the bias setting are given (--k with --scale-bias or "
+              "--no-scale-bias, or both from the last inspection).")
 @click.option("--push-to-hub", "push_to_hub", default=None, metavar="ORG/NAME",
               help="After writing and verifying --out, upload it to this Hub repository (created "
               "if absent) in one commit; needs a token (hf auth login or HF_TOKEN). Nothing is "
@@ -559,8 +561,10 @@ def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, force, n_pairs,
     """Write a corrected safetensors checkpoint of MODEL to --out, verified by reloading.
 
     Without MODEL, acts on the model of the last `headscope inspect` run in this directory in
-    the last 24 hours, with its recommended k. When the recommended k is 1 the head needs no
-    fix: nothing is written (unless --force).
+    the last 24 hours, with its recommended k, and records that inspection's statistics when
+    the weight files are the ones it measured (same sha256). When the recommended k is 1 the
+    head needs no fix: nothing is written (unless --force). With k and the bias setting given
+    no probe runs: the output is verified by its bytes and one reload and forward pass.
     """
     from headscope import api, render
 

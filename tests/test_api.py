@@ -390,6 +390,45 @@ def test_fix_dry_run_and_refusals(tiny_long, tmp_path):
     assert not (tmp_path / "y").exists()
 
 
+def test_fix_without_arguments_reuses_the_last_inspections_statistics(tiny_long, tmp_path,
+                                                                       monkeypatch):
+    """`fix --out DIR` after `inspect MODEL` probes nothing: the statistics it records are the
+    inspection's, as long as the weight files are the ones inspected (their sha256); once a
+    weight file changes they are not reused (and the probe is still not run: k and the bias
+    setting are the inspection's)."""
+    import dataclasses
+    import shutil
+
+    from headscope import probe
+    from headscope.report import to_dict
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_long("bert"), src)
+    rep = api.inspect(str(src), probe_config=dataclasses.replace(SMALL, ks=(1.0, 2.0, 4.0)),
+                      remember=True)
+    monkeypatch.setattr(probe, "run_probe", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("fix ran the probe")))
+    k, bias = 4.0, rep.recommendation.scale_bias  # a k of the inspection's grid
+    again = api.FixOptions(k=k, scale_bias=bias)
+    api.fix(None, str(tmp_path / "fixed"), options=again)
+    record = json.loads((tmp_path / "fixed" / "headscope.json").read_text())
+    by_k = {s.k: json.loads(json.dumps(to_dict(s))) for s in rep.per_k}
+    assert record["k"] == k
+    assert record["stats_before"]["weights"] == json.loads(json.dumps(to_dict(rep.weights)))
+    assert record["stats_before"]["probe_at_k1"] == by_k[1.0]
+    assert record["stats_after"] == {"probe_predicted": by_k[k]}
+
+    # The same folder with other weights: the statistics are not those files'.
+    weights = src / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4:] = bytes(4)  # the last value of the last tensor
+    weights.write_bytes(bytes(data))
+    api.fix(None, str(tmp_path / "fixed-2"), options=again)
+    record = json.loads((tmp_path / "fixed-2" / "headscope.json").read_text())
+    assert record["stats_before"]["probe_at_k1"] is None
+    assert record["stats_after"] == {"probe_predicted": None}
+
+
 def test_fix_follows_the_last_inspection(tiny_long, tmp_path):
     import dataclasses
 

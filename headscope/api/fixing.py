@@ -107,6 +107,7 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
     # trains worst) or divide it unasked; it refuses and names both flags.
     open_bias = k is not None and scale_bias is None
     weights_only_k = None  # the k of a weights-only last inspection, which fix does not follow
+    last = None
     if followed:
         last = last_inspection()
         source = last.source
@@ -169,11 +170,18 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
     spec = RescaleSpec(float(k), options.strategy, bool(scale_bias))
     stats_before = next((s for s in before.per_k if s.k == 1.0), None)  # None: not probed
     stats_after = next((s for s in before.per_k if s.k == spec.k), None)
+    weights = to_dict(before.weights)
+    if not before.per_k and last is not None and _same_source(last, ckpt):
+        # Not probed now, but the last inspection probed these very files: its statistics.
+        weights = last.weights
+        stats_before = next((s for s in last.per_k or () if s["k"] == 1.0), None)
+        if spec.scale_bias == last.scale_bias:  # measured with this bias setting
+            stats_after = next((s for s in last.per_k or () if s["k"] == spec.k), None)
     pset = probe_set(None, 8)
     texts = [p.passage for p in pset.pairs]
     result = save.save_fixed(loaded, spec, out, head=head, overwrite=options.overwrite,
                              dry_run=options.dry_run, verify_texts=texts,
-                             stats_before=to_dict({"weights": before.weights,
+                             stats_before=to_dict({"weights": weights,
                                                    "probe_at_k1": stats_before}),
                              stats_after=to_dict({"probe_predicted": stats_after}),
                              progress=progress)
@@ -188,6 +196,18 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
                            f"{spec.strategy}")
     return FixOutcome(source=source, k=spec.k, k_from=k_from, followed_last_inspection=followed,
                       report=before, result=result, pushed=pushed)
+
+
+def _same_source(last, ckpt) -> bool:
+    """Whether the remembered full inspection measured exactly these files: the same Hub
+    revision, or the same sha256 of every weight file."""
+    from headscope.api.memory import weight_file_hashes
+
+    if last.weights_only or not last.per_k or last.weights is None:
+        return False
+    if ckpt.revision:
+        return last.revision == ckpt.revision
+    return last.source_files is not None and last.source_files == weight_file_hashes(ckpt)
 
 
 def _refuse_open_bias(source: str, rec_k: float, k: float) -> None:

@@ -228,7 +228,12 @@ def inspect(source: str, *, load_options=None, probe_config=None,
         report = inspect_loaded(loaded, probe_config=probe_config, options=options, bands=bands,
                                 reference_per_k=reference_per_k, progress=progress)
     if remember:
-        remember_inspection(report)
+        from headscope.api.memory import weight_file_hashes
+
+        # A full inspection's statistics may be reused by the `fix` that follows it, on the
+        # same files only.
+        hashes = None if options.weights_only else weight_file_hashes(ckpt)
+        remember_inspection(report, hashes)
     return report
 
 
