@@ -548,6 +548,10 @@ def inspect(models, revision, dtype, device, trust_remote_code, probe_file, ks, 
               help="Built-in probe size for the before/after statistics (default: as inspect). "
               "No probe runs when k and the bias setting are given (--k with --scale-bias or "
               "--no-scale-bias, or both from the last inspection).")
+@click.option("--sparse-encoder", is_flag=True,
+              help="Also write the files that make --out a sentence-transformers SparseEncoder "
+              "folder (the masked LM with SpladePooling('max')), laid out by the installed "
+              "sentence-transformers: SparseEncoder(OUT) then loads it.")
 @click.option("--push-to-hub", "push_to_hub", default=None, metavar="ORG/NAME",
               help="After writing and verifying --out, upload it to this Hub repository (created "
               "if absent) in one commit; needs a token (hf auth login or HF_TOKEN). Nothing is "
@@ -556,8 +560,8 @@ def inspect(models, revision, dtype, device, trust_remote_code, probe_file, ks, 
 @click.option("--json", "json_dest", default=None, metavar="PATH|-",
               help="Write the fix summary as JSON to PATH, or stdout with '-'.")
 @handle_errors
-def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, force, n_pairs, push_to_hub,
-        revision, dtype, device, trust_remote_code, json_dest):
+def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, force, n_pairs, sparse_encoder,
+        push_to_hub, revision, dtype, device, trust_remote_code, json_dest):
     """Write a corrected safetensors checkpoint of MODEL to --out, verified by reloading.
 
     Without MODEL, acts on the model of the last `headscope inspect` run in this directory in
@@ -570,7 +574,8 @@ def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, force, n_pairs,
 
     writable(json_dest)
     options = api.FixOptions(k=k, strategy=strategy, scale_bias=scale_bias, dry_run=dry_run,
-                             overwrite=overwrite, force=force, push_to_hub=push_to_hub)
+                             overwrite=overwrite, force=force, push_to_hub=push_to_hub,
+                             sparse_encoder=sparse_encoder)
     with progress_bar() as progress:
         outcome = api.fix(model, out, options=options,
                           load_options=_load_opts(revision, dtype, device, trust_remote_code),

@@ -648,3 +648,42 @@ def test_inspect_deberta_v2_without_a_decoder_counts_the_whole_vocabulary(tiny_c
     assert 0 < active.mean().item() < 100  # neither none nor all: the count can tell
     assert at4.active_passage == pytest.approx(active.mean().item())
     assert at4.active_passage_share == pytest.approx(active.mean().item() / 100)
+
+
+def test_fix_writes_a_sparse_encoder_folder(tiny_checkpoint, tmp_path):
+    """--sparse-encoder: SparseEncoder(out) loads the fixed masked LM with SpladePooling('max'),
+    and encodes as the same encoder built by hand on the fixed folder; the source's encoder
+    differs by the rescale (its MLM logits are the source's with the projection divided)."""
+    pytest.importorskip("sentence_transformers.sparse_encoder")
+    from sentence_transformers.sparse_encoder import SparseEncoder
+    from sentence_transformers.sparse_encoder.modules import SpladePooling, Transformer
+
+    src = tiny_checkpoint("bert")
+    out = tmp_path / "fixed"
+    outcome = api.fix(str(src), str(out),
+                      options=api.FixOptions(k=4, scale_bias=True, sparse_encoder=True))
+    for name in ("modules.json", "config_sentence_transformers.json",
+                 "sentence_bert_config.json", "1_SpladePooling/config.json"):
+        assert name in outcome.result.files and (out / name).is_file()
+    record = json.loads((out / "headscope.json").read_text())
+    assert "modules.json" in record["files"]  # what a later --overwrite may replace
+    texts = ["the head of a model", "sparse term weights"]
+    loaded = SparseEncoder(str(out), device="cpu")
+    by_hand = SparseEncoder(modules=[Transformer(str(out), transformer_task="fill-mask"),
+                                     SpladePooling("max")], device="cpu")
+    source = SparseEncoder(modules=[Transformer(str(src), transformer_task="fill-mask"),
+                                    SpladePooling("max")], device="cpu")
+    a = loaded.encode(texts, convert_to_tensor=True, convert_to_sparse_tensor=False)
+    b = by_hand.encode(texts, convert_to_tensor=True, convert_to_sparse_tensor=False)
+    c = source.encode(texts, convert_to_tensor=True, convert_to_sparse_tensor=False)
+    assert torch.equal(a, b)
+    # bias divided too: every logit is the source's / 4, so the weights are log1p(relu(x / 4))
+    assert torch.allclose(torch.log1p(torch.expm1(a) * 4), c, atol=1e-4)
+
+    with pytest.raises(InputError) as err:
+        api.fix(str(out), str(tmp_path / "again"),
+                options=api.FixOptions(k=2, scale_bias=False, sparse_encoder=True))
+    assert str(err.value) == (
+        f"{out} is a sentence-transformers folder already (it has modules.json), whose files "
+        "fix copies as they are; drop --sparse-encoder.")
+    assert not (tmp_path / "again").exists()

@@ -37,6 +37,7 @@ class FixOptions:
     # Write even when the recommended k is 1 (no rescale needed); an explicit k always writes.
     force: bool = False
     push_to_hub: str | None = None  # Hub repository ("org/name") to upload the written folder to
+    sparse_encoder: bool = False  # also write the files of a sentence-transformers SparseEncoder
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,10 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
                            ks=tuple(sorted({1.0, *probe_config.ks})))
     ckpt = checkpoint.resolve(source, load_options.revision)
     save.check_out(ckpt.path, Path(out).resolve(), options.overwrite)  # before the slow part
+    if options.sparse_encoder:
+        from headscope.sparse_layout import check_sparse_encoder_source
+
+        check_sparse_encoder_source(ckpt.path)
     loaded = checkpoint.load(ckpt, load_options)
     # The bias-divided re-measurement may only replace the statistics when the bias switch is
     # still open (scale_bias None: follow the recommendation, or learn it to refuse).
@@ -179,12 +184,17 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
             stats_after = next((s for s in last.per_k or () if s["k"] == spec.k), None)
     pset = probe_set(None, 8)
     texts = [p.passage for p in pset.pairs]
+    extra = None
+    if options.sparse_encoder:
+        from headscope.sparse_layout import sparse_encoder_files
+
+        extra = sparse_encoder_files(ckpt.path)
     result = save.save_fixed(loaded, spec, out, head=head, overwrite=options.overwrite,
                              dry_run=options.dry_run, verify_texts=texts,
                              stats_before=to_dict({"weights": weights,
                                                    "probe_at_k1": stats_before}),
                              stats_after=to_dict({"probe_predicted": stats_after}),
-                             progress=progress)
+                             progress=progress, extra_files=extra)
     pushed = None
     if options.push_to_hub is not None:
         from headscope import remote

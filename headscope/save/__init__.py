@@ -163,13 +163,15 @@ def save_fixed(
     progress: Progress | None = None,
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     head: Head | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> FixResult:
     """Write `loaded`'s checkpoint rescaled by `spec` to `out` and verify it by reloading.
 
     `loaded.model` is not modified. With `dry_run` the rescale is applied to a copy in memory and
     verified there; nothing is written. `stats_before`/`stats_after` (dicts or dataclasses of
     JSON values) are stored in headscope.json. `head`: `heads.find_head(loaded)` when the
-    caller has it already (found here otherwise).
+    caller has it already (found here otherwise). `extra_files` (relative path -> bytes) are
+    written beside them (a SparseEncoder's layout files) and listed with the others.
 
     Steps: plan every output tensor; write into a temporary sibling of `out`; check the written
     bytes against the source and the plan, then reload and compare one forward pass; write the
@@ -192,8 +194,10 @@ def save_fixed(
     inputs = encode_texts(loaded, verify_texts)
     replaced = {p.name for p in ckpt.weight_files} | {INDEX, "pytorch_model.bin.index.json"}
     copied, skipped = other_files(ckpt.path, replaced | {CARD_FILE})
+    extra_files = dict(extra_files or {})
+    copied = [name for name in copied if name not in extra_files]
     files = sorted({*(name for name, _ in plan.shards), *([INDEX] if plan.sharded else []),
-                    "config.json", PROVENANCE_FILE, CARD_FILE, *copied})
+                    "config.json", PROVENANCE_FILE, CARD_FILE, *copied, *extra_files})
 
     def references() -> tuple[Probe, Probe | None, Any]:
         return _references(loaded, spec, inputs, dry_run)
@@ -222,6 +226,9 @@ def save_fixed(
                           sync=False)
         fileio.write_text(stage.tmp / CARD_FILE, model_card(_source_card(ckpt.path), provenance),
                           sync=False)
+        for name, data in extra_files.items():
+            (stage.tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            fileio.write_bytes(stage.tmp / name, data, sync=False)
         flushed()
         stage.install(overwrite)
     return _result(out, spec, plan, files, skipped, verification, dry_run, stage.cleaned)
