@@ -12,7 +12,8 @@ Only the endpoints huggingface_hub calls for what headscope does are implemented
 - `HEAD` and `GET /{repo}/resolve/{rev}/{path}`: file metadata (`X-Repo-Commit`, `ETag`,
   `Content-Length`) and content, with one `Range: bytes=a-b` per request (206 answers);
 - `POST /api/repos/create`, `POST /api/models/{repo}/preupload/{rev}` (every file "regular",
-  so no LFS) and `POST /api/models/{repo}/commit/{rev}` (NDJSON, base64 contents): `upload_folder`.
+  so no LFS), `POST /api/validate-yaml` (a model card's metadata: accepted) and
+  `POST /api/models/{repo}/commit/{rev}` (NDJSON, base64 contents): `upload_folder`.
 
 Unknown repositories and revisions answer 404 with the `X-Error-Code` huggingface_hub maps to
 RepositoryNotFoundError / RevisionNotFoundError. `served` counts the body bytes sent per file.
@@ -196,6 +197,10 @@ class HubServer:
             self.repos[repo_id] = Repo()
             self.repos[repo_id].commit({".gitattributes": b""})
             self._json(h, 200, {"url": f"{self.url}/{repo_id}", "name": repo_id})
+            return
+        if path == "/api/validate-yaml" and method == "POST":  # a README.md's metadata block
+            self._body(h)
+            self._json(h, 200, {"errors": [], "warnings": []})
             return
         m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/preupload/([^/]+)", path)
         if m and method == "POST":
