@@ -474,7 +474,8 @@ def test_quiet_other_ranks_silences_every_rank_but_the_main_one(tmp_path, rank, 
     import sys
 
     env = {**os.environ, "RANK": rank, "WORLD_SIZE": "2"}
-    env.pop("TQDM_DISABLE", None)
+    for var in ("TQDM_DISABLE", "TRANSFORMERS_VERBOSITY"):  # other tests' CLI runs set it
+        env.pop(var, None)
     result = subprocess.run([sys.executable, "-c", _QUIET], env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
