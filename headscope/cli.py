@@ -510,9 +510,11 @@ def inspect(models, revision, dtype, device, trust_remote_code, probe_file, ks, 
             batch_size, scale_bias, weights_only, fast, rule, reference, band_specs, json_dest):
     """Measure MODEL's MLM head and recommend a rescale factor k.
 
-    MODEL is a local folder or a Hugging Face Hub id in the local cache. With --weights-only,
-    several MODELs may be given (a model-zoo scan): every one is read before anything is
-    printed, and any that cannot be read is named on stderr (exit 2).
+    MODEL is a local folder or a Hugging Face Hub id (org/name): taken from the local cache,
+    else downloaded. With --weights-only a Hub model not in the cache is read by HTTP ranges:
+    its config and tokenizer, each safetensors header and the head's tensors, nothing else.
+    With --weights-only, several MODELs may be given (a model-zoo scan): every one is read
+    before anything is printed, and any that cannot be read is named on stderr (exit 2).
     """
     from headscope import api, report
     from headscope.probe import fast_config
@@ -563,24 +565,37 @@ def inspect(models, revision, dtype, device, trust_remote_code, probe_file, ks, 
 @click.option("--force", is_flag=True,
               help="Write even when the recommended k is 1 (no fix needed): an unchanged copy.")
 @click.option("--n-pairs", type=int, default=None,
-              help="Built-in probe size for the before/after statistics (default: as inspect).")
+              help="Built-in probe size for the before/after statistics (default: as inspect). "
+              "No probe runs when k and the bias setting are given (--k with --scale-bias or "
+              "--no-scale-bias, or both from the last inspection).")
+@click.option("--sparse-encoder", is_flag=True,
+              help="Also write the files that make --out a sentence-transformers SparseEncoder "
+              "folder (the masked LM with SpladePooling('max')), laid out by the installed "
+              "sentence-transformers: SparseEncoder(OUT) then loads it.")
+@click.option("--push-to-hub", "push_to_hub", default=None, metavar="ORG/NAME",
+              help="After writing and verifying --out, upload it to this Hub repository (created "
+              "if absent) in one commit; needs a token (hf auth login or HF_TOKEN). Nothing is "
+              "pushed when the fix is refused or not needed.")
 @load_options
 @click.option("--json", "json_dest", default=None, metavar="PATH|-",
               help="Write the fix summary as JSON to PATH, or stdout with '-'.")
 @handle_errors
-def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, force, n_pairs, revision, dtype,
-        device, trust_remote_code, json_dest):
+def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, force, n_pairs, sparse_encoder,
+        push_to_hub, revision, dtype, device, trust_remote_code, json_dest):
     """Write a corrected safetensors checkpoint of MODEL to --out, verified by reloading.
 
     Without MODEL, acts on the model of the last `headscope inspect` run in this directory in
-    the last 24 hours, with its recommended k. When the recommended k is 1 the head needs no
-    fix: nothing is written (unless --force).
+    the last 24 hours, with its recommended k, and records that inspection's statistics when
+    the weight files are the ones it measured (same sha256). When the recommended k is 1 the
+    head needs no fix: nothing is written (unless --force). With k and the bias setting given
+    no probe runs: the output is verified by its bytes and one reload and forward pass.
     """
     from headscope import api, render
 
     writable(json_dest)
     options = api.FixOptions(k=k, strategy=strategy, scale_bias=scale_bias, dry_run=dry_run,
-                             overwrite=overwrite, force=force)
+                             overwrite=overwrite, force=force, push_to_hub=push_to_hub,
+                             sparse_encoder=sparse_encoder)
     with progress_bar() as progress:
         outcome = api.fix(model, out, options=options,
                           load_options=_load_opts(revision, dtype, device, trust_remote_code),
@@ -736,7 +751,14 @@ def _train(json_dest, kw: dict, verb: Callable) -> None:
     writable(json_dest, kw.get("figure"))
     writable(kw.get("log"), parents=True)
     _quiet_transformers()
-    with progress_bar() as progress:
+    from headscope import api
+
+    main_rank = api.is_main_process()
+    if not main_rank:  # another rank of a torchrun / accelerate launch: rank 0 speaks for all
+        from headscope.trainer_callback import quiet_other_ranks
+
+        quiet_other_ranks()
+    with progress_bar() if main_rank else nullcontext() as progress:
         outcome = verb(_confirm_options(kw), progress)
     _report_training(outcome, json_dest)
 

@@ -212,7 +212,11 @@ def _parameter(model, path: str | None):
 
 
 def _same_storage(a, b) -> bool:
-    return a is not None and b is not None and a.shape == b.shape and a.data_ptr() == b.data_ptr()
+    if a is None or b is None or a.shape != b.shape:
+        return False
+    if a.is_meta or b.is_meta:  # no storage (a model built on the meta device): tied
+        return a is b  # parameters are one Parameter object
+    return a.data_ptr() == b.data_ptr()
 
 
 def _layout_present(model, layout: HeadLayout) -> bool:
@@ -283,10 +287,13 @@ def _module_name(model, module) -> str | None:
 def _generic_head(model, source: str, model_type: str) -> Head:
     out = model.get_output_embeddings()
     if out is None or getattr(out, "weight", None) is None:
+        name = type(model).__name__
+        advice = ("its logits do not come from one vocabulary projection that headscope can "
+                  "measure and divide" if name.endswith("ForMaskedLM")
+                  else "load it with its masked-LM class")
         raise NoMLMHeadError(
-            source,
-            f"{type(model).__name__} has no output embeddings (get_output_embeddings() returned "
-            "None); load it with its masked-LM class",
+            source, f"{name} has no output embeddings (get_output_embeddings() returned None); "
+            f"{advice}",
         )
     inp = model.get_input_embeddings()
     decoder_name = _module_name(model, out)
@@ -412,6 +419,7 @@ class StoredHead:
     # is not stored: the embeddings' name)
     tied: bool  # the decoder is the input embeddings (not stored, or stored equal)
     dtype: str  # stored dtype of the decoder weight: "float32", "bfloat16", "float16", ...
+    found_by: str = "layout"  # how the head's tensor names were found: HEAD_FOUND_BY
 
     @property
     def decoder_weight(self) -> np.ndarray:  # (V, E)
@@ -490,6 +498,35 @@ def _stored_head_names(ckpt: Checkpoint, layout: HeadLayout, stored: set[str]) -
     return found
 
 
+@dataclass(frozen=True)
+class _Located:
+    """Where the head's tensors are stored, from the headers alone (no tensor read)."""
+
+    layout: HeadLayout
+    found: dict[str, str]  # role -> stored name
+    infos: dict[str, Any]  # stored name -> checkpoint.TensorInfo
+    tied: bool | None  # known from the model (meta-model); None: decided from the arrays
+    found_by: str
+
+
+def _locate(ckpt: Checkpoint) -> _Located:
+    from headscope.checkpoint import tensor_infos
+
+    layout = layout_for(ckpt.model_type, ckpt.config)
+    if layout.family == "generic":
+        return _locate_by_meta_model(ckpt)
+    infos = tensor_infos(ckpt)
+    found = _stored_head_names(ckpt, layout, set(infos))
+    check_head_shapes(ckpt, layout, found, {name: info.shape for name, info in infos.items()})
+    return _Located(layout, found, infos, None, "layout")
+
+
+def head_tensor_names(ckpt: Checkpoint) -> tuple[str, ...]:
+    """The stored tensors `read_head` reads, from the headers alone (what a ranged download of
+    a remote checkpoint must fetch); the same refusals as `read_head`."""
+    return tuple(sorted(set(_locate(ckpt).found.values())))
+
+
 def read_head(ckpt: Checkpoint) -> StoredHead:
     """Read the head tensors from the checkpoint's files without building the model.
 
@@ -497,33 +534,144 @@ def read_head(ckpt: Checkpoint) -> StoredHead:
     names, and only the head's byte ranges are read (`checkpoint.read_arrays`). `.bin`
     checkpoints are read with torch. Legacy gamma/beta names and bare encoders saved without
     the base-model prefix are handled; a head the files lack is refused (NoMLMHeadError).
+    A family outside the layout table is named by a model built on the meta device
+    (`found_by` "meta-model"; torch and transformers imported, no weight allocated).
     """
-    from headscope.checkpoint import read_arrays, tensor_infos
+    from headscope.checkpoint import read_arrays
 
-    layout = layout_for(ckpt.model_type, ckpt.config)
-    if layout.family == "generic":
-        known = sorted({t for lay in LAYOUTS for t in lay.model_types})
-        raise UnsupportedModelError(
-            f"Reading the head from the files needs a known layout; model_type "
-            f"{ckpt.model_type!r} of {ckpt.source} is not one of {', '.join(known)}; load the "
-            "full model instead."
-        )
-    infos = tensor_infos(ckpt)
-    found = _stored_head_names(ckpt, layout, set(infos))
-    check_head_shapes(ckpt, layout, found, {name: info.shape for name, info in infos.items()})
-    arrays = read_arrays(ckpt, found.values(), infos)
+    loc = _locate(ckpt)
+    found = dict(loc.found)
+    arrays = read_arrays(ckpt, sorted(set(found.values())), loc.infos)
     out = {role: arrays[name] for role, name in found.items()}
-    emb = out["embeddings"]  # (V, E)
-    if "decoder_weight" not in out:  # deberta-v2 (no decoder), or a tied decoder not stored
-        out["decoder_weight"] = emb
+    if loc.tied or "decoder_weight" not in out:
+        # the meta model ties them, or deberta-v2 (no decoder), or a tied decoder not stored
+        out["decoder_weight"] = out["embeddings"]
         found["decoder_weight"] = found["embeddings"]
         tied = True
-    else:
-        dec = out["decoder_weight"]  # (V, E)
+    elif loc.tied is None:
+        dec, emb = out["decoder_weight"], out["embeddings"]  # (V, E) each
         tie_flag = bool(ckpt.config.get("tie_word_embeddings", True))
         tied = tie_flag and dec.shape == emb.shape and bool(np.array_equal(dec, emb))
-    return StoredHead(layout=layout, arrays=out, names=found, tied=tied,
-                      dtype=infos[found["decoder_weight"]].dtype)
+    else:
+        tied = False
+    return StoredHead(layout=loc.layout, arrays=out, names=found, tied=tied,
+                      dtype=loc.infos[found["decoder_weight"]].dtype, found_by=loc.found_by)
+
+
+# How the head's tensors were named (report field model.head_found_by):
+HEAD_FOUND_BY = {
+    "layout": "headscope's layout table for the family (no model built)",
+    "output-embeddings": "the loaded model's output embeddings (a family outside the table)",
+    "meta-model": "the output embeddings of a model built from config.json on the meta device, "
+                  "which allocates no weights (weights-only, a family outside the table)",
+}
+
+
+def found_by(layout: HeadLayout, *, weights_only: bool) -> str:
+    """The HEAD_FOUND_BY key of a head of `layout` found by the full load or weights-only."""
+    if layout.family != "generic":
+        return "layout"
+    return "meta-model" if weights_only else "output-embeddings"
+
+
+def _meta_model(ckpt: Checkpoint):
+    """The checkpoint's masked LM built from config.json on the meta device: every module and
+    parameter name and shape, no memory for the weights (and none of them read)."""
+    import torch
+    import transformers
+    from transformers import AutoModelForMaskedLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if ckpt.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        raise UnsupportedModelError(
+            f"model_type {ckpt.model_type!r} of {ckpt.source} has no masked-LM class in "
+            f"transformers {transformers.__version__} (AutoModelForMaskedLM), so its head "
+            "cannot be named; headscope needs an encoder with an MLM head."
+        )
+    try:
+        config = CONFIG_MAPPING[ckpt.model_type].from_dict(dict(ckpt.config))
+        with torch.device("meta"):
+            return AutoModelForMaskedLM.from_config(config)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(
+            f"{ckpt.path / 'config.json'} does not describe a valid {ckpt.model_type} model "
+            f"({first}); fix config.json."
+        ) from err
+
+
+def _names_on_loading(model, stored: Collection[str]) -> dict[str, str]:
+    """model name -> stored name, as transformers renames stored tensors when it loads them
+    (its conversion mapping: legacy names, moved prefixes, renamed heads). Names a converter
+    merges or splits are left out, and so is everything under a transformers without the
+    mapping (4.x), where the stored names are the model's."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import (
+            WeightConverter,
+            WeightRenaming,
+            rename_source_key,
+        )
+    except ImportError:
+        return {}
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    meta_state = model.state_dict()
+    out: dict[str, str] = {}
+    for name in stored:
+        renamed, converted = rename_source_key(name, renamings, converters,
+                                               model.base_model_prefix, meta_state)
+        if converted is None:
+            out.setdefault(renamed, name)
+    return out
+
+
+def _locate_by_meta_model(ckpt: Checkpoint) -> _Located:
+    """`_locate` for a family outside the layout table: `find_head` on the model built on the
+    meta device names the head's tensors (as the full load finds them). Imports torch and
+    transformers; allocates no weights."""
+    from headscope.checkpoint import shape_mismatch, tensor_infos
+
+    model = _meta_model(ckpt)
+    head = find_head(model, ckpt.model_type, source=ckpt.source)
+    infos = tensor_infos(ckpt)
+    aliases: dict[int, list[str]] = {}  # tied parameters: every name of one Parameter
+    for name, param in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(param), []).append(name)
+    base_prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    renamed = _names_on_loading(model, infos)
+    found: dict[str, str] = {}  # role -> stored name
+    for role, name in head.names.items():
+        if head.tied and role == "decoder_weight":
+            continue  # the decoder is the input embeddings, whatever the files store for it
+        param = model.get_parameter(name)
+        for alias in [name] + [a for a in aliases[id(param)] if a != name]:
+            stored = renamed.get(alias) or next(
+                (c for c in _candidates(alias, role, base_prefix) if c in infos), None)
+            if stored is not None:
+                found[role] = stored
+                want = tuple(param.shape)
+                if tuple(infos[stored].shape) != want:
+                    raise ConfigError(shape_mismatch(ckpt, stored, tuple(infos[stored].shape),
+                                                     want))
+                break
+    own = [r for r in head.names if r != "embeddings" and not (head.tied and r == "decoder_weight")]
+    new = [head.names[r] for r in own if r not in found]
+    if head.tied and "embeddings" not in found:
+        new.append(head.names["embeddings"])
+    if new:
+        reason = (
+            f"the checkpoint stores none of its generic head tensors ({_listing(new)}), so "
+            "transformers would initialise them at random; pass a checkpoint saved with its "
+            "masked-LM head"
+            if all(head.names[r] in new for r in own) else
+            f"the checkpoint lacks head tensor(s) {_listing(new)}, which transformers would "
+            "initialise at random; pass a checkpoint whose whole head was trained"
+        )
+        raise NoMLMHeadError(ckpt.source, reason)
+    return _Located(head.layout, found, infos, head.tied, "meta-model")
 
 
 def _width_fields(layout: HeadLayout, config: dict) -> tuple[str, str, str]:

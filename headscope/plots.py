@@ -273,20 +273,26 @@ def training_figure(runs: Mapping[str, Records], title: str | None = None) -> Fi
     dicts with the same fields; None stands for NaN. Non-positive losses leave gaps on the log
     axis; active terms and scores use a symmetric log axis, so zero and negative values show.
     Steps are whole numbers on the x axis; one legend below the panels names the runs and the
-    line styles, so it covers no curve.
+    line styles, so it covers no curve. A panel with fewer than two points in every curve says
+    so in its middle ("one step logged: too little data for a curve", or "no finite values
+    logged"), and a one-step run is drawn as markers.
     """
     if not runs:
         raise InputError("training_figure() got no runs; pass {name: records} with at least one.")
     fig = Figure(figsize=(14.0, 4.8), layout="constrained")
     ax_loss, ax_act, ax_score = fig.subplots(1, 3)
     handles = []
+    points = {ax_loss: 0, ax_act: 0, ax_score: 0}  # most finite points of one curve, per panel
     for i, (name, records) in enumerate(runs.items()):
         if len(records) == 0:
             raise InputError(f"Run {name!r} has no step records; drop it or pass its telemetry.")
         color = f"C{i % 10}"
         steps = _series(records, "step", name)
-        (handle,) = ax_loss.plot(steps, _series(records, "loss", name), color=color,
-                                 label=_plain(name))
+        # A run of one step has no line to draw: a marker shows its point.
+        marker = "o" if len(records) < 2 else None
+        loss = _series(records, "loss", name)
+        (handle,) = ax_loss.plot(steps, loss, color=color, marker=marker, label=_plain(name))
+        points[ax_loss] = max(points[ax_loss], int(np.isfinite(loss).sum()))
         handles.append(handle)
         for ax, key, suffix, style in (
             (ax_act, "active_query", "query", "-"),
@@ -294,8 +300,16 @@ def training_figure(runs: Mapping[str, Records], title: str | None = None) -> Fi
             (ax_score, "score_pos", "positive", "-"),
             (ax_score, "score_neg", "negative", "--"),
         ):
-            ax.plot(steps, _series(records, key, name), color=color, linestyle=style,
+            values = _series(records, key, name)
+            points[ax] = max(points[ax], int(np.isfinite(values).sum()))
+            ax.plot(steps, values, color=color, linestyle=style, marker=marker,
                     label=_plain(f"{name} {suffix}"))
+    for ax, n in points.items():
+        if n < 2:  # say so, rather than leave an empty-looking panel
+            note = ("no finite values logged" if n == 0 else
+                    "one step logged: too little data for a curve")
+            ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center",
+                    fontsize="medium", color="0.35")
     ax_loss.set_yscale("log", nonpositive="mask")
     ax_loss.set_title("Training loss")
     ax_loss.set_ylabel("loss (ranking + FLOPS)")

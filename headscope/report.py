@@ -51,6 +51,7 @@ class ModelInfo:
     head_loaded: bool  # every head tensor came from the checkpoint (none newly initialised)
     special_tokens: tuple[str, ...]  # the tokenizer's special tokens
     weights_only: bool  # statistics read from the files without a forward pass (no probe)
+    head_found_by: str = "layout"  # how the head was named: layout, output-embeddings, meta-model
 
 
 @dataclass(frozen=True)

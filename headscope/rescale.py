@@ -249,7 +249,8 @@ def rescale_model(model: Any, spec: RescaleSpec, head: Head | None = None) -> Re
 
     `head` (from `heads.find_head`) saves the discovery; it must describe this model. For
     ``untie`` the decoder gets new Parameters (weight W / k, and its own copy of the output bias,
-    so that `save_pretrained` writes both bias names instead of dropping the decoder's); all
+    so that `save_pretrained` writes both bias names instead of dropping the decoder's; the
+    family's bias Parameter the logits then no longer read is frozen, requires_grad False); all
     other strategies divide the existing Parameters in place, tied aliases included.
     """
     import torch
@@ -289,9 +290,13 @@ def rescale_model(model: Any, spec: RescaleSpec, head: Head | None = None) -> Re
                     changed.append(f"{layout.decoder}.bias")
             _set_tie_flag(mlm, False)
             for role in ("bias",):  # the bias outside the decoder (BERT's cls.predictions.bias)
-                if role in new and roles[role] is not None and roles[role] is not decoder.bias:
-                    roles[role].copy_(new[role])
-                    changed += [n for n in _aliases(mlm, roles[role]) if n not in changed]
+                if roles[role] is not None and roles[role] is not decoder.bias:
+                    if role in new:
+                        roles[role].copy_(new[role])
+                        changed += [n for n in _aliases(mlm, roles[role]) if n not in changed]
+                    # The logits no longer read it (the decoder's own copy makes them): frozen,
+                    # so that training (DDP) finds every trainable parameter used.
+                    roles[role].requires_grad_(False)
         else:
             for role, value in new.items():
                 target = roles[role]

@@ -140,6 +140,7 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig | None = 
     from transformers.trainer_callback import PrinterCallback
 
     from headscope.checkpoint import token_limit
+    from headscope.trainer_callback import unused_parameters
 
     config = config or TrainConfig()
     ranks = world_size()
@@ -170,6 +171,8 @@ def train(model, tokenizer, pairs: Sequence[Pair], config: TrainConfig | None = 
             data_seed=config.seed, logging_steps=1, save_strategy="no", report_to="none",
             disable_tqdm=True, use_cpu=config.device == "cpu", dataloader_drop_last=True,
             logging_nan_inf_filter=False, batch_sampler=_in_order,
+            # Without the search for unused parameters after every backward when none is.
+            ddp_find_unused_parameters=ranks > 1 and bool(unused_parameters(encoder)),
         )
         relay = _Relay([q for q, _ in probe], [p for _, p in probe], callback,
                        every_n_steps=1)

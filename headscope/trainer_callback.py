@@ -46,7 +46,11 @@ parameters, then keeps the main process's statistics (broadcast at every probe s
 rank), so records and verdicts are the same on every rank; the loss, its components and the
 gradient norm come from the Trainer's logs, which it already averages over the ranks. Only the
 main process (`state.is_world_process_zero`) writes the JSONL file. With `stop_on_collapse` the
-main process's verdict is broadcast, so every rank stops at the same step.
+main process's verdict is broadcast, so every rank stops at the same step. Under torchrun on
+CPU pass `use_cpu=True` to the training arguments (else every process trains the whole data
+alone), `ddp_find_unused_parameters=bool(unused_parameters(encoder))` (DDP then skips its search
+after every backward when every parameter is used), and call `quiet_other_ranks()` first, so
+that only rank 0 prints (docs/integrations.md).
 """
 
 from __future__ import annotations
@@ -220,6 +224,76 @@ def make_record(step: int, stats: ProbeStats, logs: Mapping[str, Any]) -> ProbeR
         term_weight_mean=stats.term_weight_mean,
         term_weight_max=stats.term_weight_max,
     )
+
+
+def quiet_other_ranks() -> bool:
+    """In every process of a torchrun / accelerate launch but the main one, switch off what the
+    libraries print: transformers', sentence-transformers', accelerate's and datasets' log
+    messages below errors, their progress bars (tqdm too) and Python warnings. Errors and
+    tracebacks still show. Returns whether this is the main process (which is left alone);
+    call it first, before the model is loaded."""
+    import os
+    import warnings
+
+    from headscope.st_engine import is_main_process
+
+    if is_main_process():
+        return True
+    os.environ["TQDM_DISABLE"] = "1"  # tqdm reads it on import: for the bars of later imports
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:  # bars of modules imported already: tqdm's default becomes disabled (an explicit
+        from functools import partialmethod  # disable=False still wins)
+
+        import tqdm
+
+        tqdm.std.tqdm.__init__ = partialmethod(tqdm.std.tqdm.__init__,  # type: ignore[method-assign]
+                                               disable=True)
+    except ImportError:
+        pass
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    warnings.simplefilter("ignore")
+    for name in ("transformers", "sentence_transformers", "accelerate", "datasets",
+                 "huggingface_hub", "headscope"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    return False
+
+
+def unused_parameters(model: Any, texts: Sequence[str] = ("a query", "a passage")
+                      ) -> tuple[str, ...]:
+    """Names of the trainable parameters of a SparseEncoder that its output does not reach: one
+    forward and backward pass over `texts` in train mode (SPLADE pooling works in place in eval
+    mode) under a forked random state (dropout draws leave the run's unchanged), the gradients
+    and the mode restored afterwards. Empty: DDP can run with
+    `ddp_find_unused_parameters=False` (no search of the graph after every backward); otherwise
+    it needs True, or those parameters frozen."""
+    if not hasattr(model, "preprocess") and not hasattr(model, "tokenize"):
+        raise InputError(
+            f"unused_parameters needs a sentence-transformers SparseEncoder, got "
+            f"{type(model).__name__}."
+        )
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    saved = [p.grad for _, p in params]
+    was_training = model.training
+    prepare = getattr(model, "preprocess", None) or model.tokenize
+    device = next(model.parameters()).device
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    try:
+        model.train()
+        for _, p in params:
+            p.grad = None
+        features = prepare(list(texts))
+        features = {k: v.to(device) if hasattr(v, "to") else v for k, v in features.items()}
+        with torch.random.fork_rng(devices=cuda):
+            model(features)["sentence_embedding"].sum().backward()
+        return tuple(name for name, p in params if p.grad is None)
+    finally:
+        for (_, p), grad in zip(params, saved, strict=True):
+            p.grad = grad
+        model.train(was_training)
 
 
 def _main_process_has(value: Any) -> Any:

@@ -258,6 +258,32 @@ CASES = [
 ]
 
 
+def test_fix_with_k_and_the_bias_given_runs_no_probe(tiny_checkpoint, tmp_path, monkeypatch):
+    """With (k, bias) decided, fix measures nothing by probe: the verification is the writer's
+    (bytes against the source and the plan, one reload and forward pass) and the provenance
+    records the head's weight statistics, measured on the loaded model."""
+    from headscope import probe
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("fix ran the probe")
+
+    monkeypatch.setattr(probe, "run_probe", no_probe)
+    src = tiny_checkpoint("bert")
+    out = tmp_path / "fixed"
+    outcome = api.fix(str(src), str(out), options=api.FixOptions(k=4, scale_bias=False))
+    record = json.loads((out / "headscope.json").read_text())
+    weights = api.inspect(str(src), options=api.InspectOptions(weights_only=True)).weights
+    assert record["stats_before"]["weights"]["row_norm_all"]["mean"] == pytest.approx(
+        weights.row_norm_all.mean, rel=1e-6)
+    assert record["stats_before"]["probe_at_k1"] is None
+    assert record["stats_after"] == {"probe_predicted": None}
+    assert outcome.result.verification.against == "reload"
+    assert outcome.result.verification.max_abs_logit_error <= \
+        outcome.result.verification.logit_tolerance
+    assert "| active terms per passage | not measured | not measured |" in \
+        (out / "README.md").read_text()
+
+
 @pytest.mark.parametrize("family,strategy,scale_bias", CASES,
                          ids=[f"{f}-{s}{'-bias' if b else ''}" for f, s, b in CASES])
 def test_fix_each_strategy_reloads_with_the_expected_logits(tiny_long, tmp_path, family,
@@ -272,7 +298,8 @@ def test_fix_each_strategy_reloads_with_the_expected_logits(tiny_long, tmp_path,
     assert outcome.note == f"Fixing {src} with k = 4 (--k)."
     assert outcome.result.out == out.resolve() and not outcome.result.dry_run
     assert sorted(outcome.result.files) == sorted(p.name for p in out.iterdir())
-    assert [s.k for s in outcome.report.per_k] == [1.0, 4.0]
+    # k and the bias setting given: no probe; the head's weight statistics are recorded.
+    assert outcome.report.per_k == () and outcome.report.model.weights_only
     summary = api.fix_summary(outcome)
     assert json.loads(json.dumps(summary)) == summary
     assert summary["strategy"] == strategy and summary["scale_bias"] is scale_bias
@@ -362,6 +389,45 @@ def test_fix_dry_run_and_refusals(tiny_long, tmp_path):
         api.fix(str(src), str(tmp_path / "y"), options=api.FixOptions(k=2, strategy="nope"))
     assert str(err.value) == "Unknown rescale strategy 'nope'; choose one of untie, tied, fold."
     assert not (tmp_path / "y").exists()
+
+
+def test_fix_without_arguments_reuses_the_last_inspections_statistics(tiny_long, tmp_path,
+                                                                       monkeypatch):
+    """`fix --out DIR` after `inspect MODEL` probes nothing: the statistics it records are the
+    inspection's, as long as the weight files are the ones inspected (their sha256); once a
+    weight file changes they are not reused (and the probe is still not run: k and the bias
+    setting are the inspection's)."""
+    import dataclasses
+    import shutil
+
+    from headscope import probe
+    from headscope.report import to_dict
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_long("bert"), src)
+    rep = api.inspect(str(src), probe_config=dataclasses.replace(SMALL, ks=(1.0, 2.0, 4.0)),
+                      remember=True)
+    monkeypatch.setattr(probe, "run_probe", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("fix ran the probe")))
+    k, bias = 4.0, rep.recommendation.scale_bias  # a k of the inspection's grid
+    again = api.FixOptions(k=k, scale_bias=bias)
+    api.fix(None, str(tmp_path / "fixed"), options=again)
+    record = json.loads((tmp_path / "fixed" / "headscope.json").read_text())
+    by_k = {s.k: json.loads(json.dumps(to_dict(s))) for s in rep.per_k}
+    assert record["k"] == k
+    assert record["stats_before"]["weights"] == json.loads(json.dumps(to_dict(rep.weights)))
+    assert record["stats_before"]["probe_at_k1"] == by_k[1.0]
+    assert record["stats_after"] == {"probe_predicted": by_k[k]}
+
+    # The same folder with other weights: the statistics are not those files'.
+    weights = src / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4:] = bytes(4)  # the last value of the last tensor
+    weights.write_bytes(bytes(data))
+    api.fix(None, str(tmp_path / "fixed-2"), options=again)
+    record = json.loads((tmp_path / "fixed-2" / "headscope.json").read_text())
+    assert record["stats_before"]["probe_at_k1"] is None
+    assert record["stats_after"] == {"probe_predicted": None}
 
 
 def test_fix_follows_the_last_inspection(tiny_long, tmp_path):
@@ -583,3 +649,42 @@ def test_inspect_deberta_v2_without_a_decoder_counts_the_whole_vocabulary(tiny_c
     assert 0 < active.mean().item() < 100  # neither none nor all: the count can tell
     assert at4.active_passage == pytest.approx(active.mean().item())
     assert at4.active_passage_share == pytest.approx(active.mean().item() / 100)
+
+
+def test_fix_writes_a_sparse_encoder_folder(tiny_checkpoint, tmp_path):
+    """--sparse-encoder: SparseEncoder(out) loads the fixed masked LM with SpladePooling('max'),
+    and encodes as the same encoder built by hand on the fixed folder; the source's encoder
+    differs by the rescale (its MLM logits are the source's with the projection divided)."""
+    pytest.importorskip("sentence_transformers.sparse_encoder")
+    from sentence_transformers.sparse_encoder import SparseEncoder
+    from sentence_transformers.sparse_encoder.modules import SpladePooling, Transformer
+
+    src = tiny_checkpoint("bert")
+    out = tmp_path / "fixed"
+    outcome = api.fix(str(src), str(out),
+                      options=api.FixOptions(k=4, scale_bias=True, sparse_encoder=True))
+    for name in ("modules.json", "config_sentence_transformers.json",
+                 "sentence_bert_config.json", "1_SpladePooling/config.json"):
+        assert name in outcome.result.files and (out / name).is_file()
+    record = json.loads((out / "headscope.json").read_text())
+    assert "modules.json" in record["files"]  # what a later --overwrite may replace
+    texts = ["the head of a model", "sparse term weights"]
+    loaded = SparseEncoder(str(out), device="cpu")
+    by_hand = SparseEncoder(modules=[Transformer(str(out), transformer_task="fill-mask"),
+                                     SpladePooling("max")], device="cpu")
+    source = SparseEncoder(modules=[Transformer(str(src), transformer_task="fill-mask"),
+                                    SpladePooling("max")], device="cpu")
+    a = loaded.encode(texts, convert_to_tensor=True, convert_to_sparse_tensor=False)
+    b = by_hand.encode(texts, convert_to_tensor=True, convert_to_sparse_tensor=False)
+    c = source.encode(texts, convert_to_tensor=True, convert_to_sparse_tensor=False)
+    assert torch.equal(a, b)
+    # bias divided too: every logit is the source's / 4, so the weights are log1p(relu(x / 4))
+    assert torch.allclose(torch.log1p(torch.expm1(a) * 4), c, atol=1e-4)
+
+    with pytest.raises(InputError) as err:
+        api.fix(str(out), str(tmp_path / "again"),
+                options=api.FixOptions(k=2, scale_bias=False, sparse_encoder=True))
+    assert str(err.value) == (
+        f"{out} is a sentence-transformers folder already (it has modules.json), whose files "
+        "fix copies as they are; drop --sparse-encoder.")
+    assert not (tmp_path / "again").exists()

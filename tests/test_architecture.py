@@ -131,11 +131,11 @@ def test_no_module_imports_from_a_layer_above_its_own():
 
 def test_the_rooms_of_save_import_only_the_rooms_listed_above_them():
     """Inside the save package the table's row order is the order of its rooms: each imports
-    only rooms above it (background < provenance < plan < writer < verify < folder), and the
-    package itself (`save_fixed`) composes them."""
+    only rooms above it (background < provenance < card < plan < writer < verify < folder), and
+    the package itself (`save_fixed`) composes them."""
     rooms = [n for _, names, _ in table_rows() for n in names if n.startswith("save.")]
-    assert rooms == ["save.background", "save.provenance", "save.plan", "save.writer",
-                     "save.verify", "save.folder"]
+    assert rooms == ["save.background", "save.provenance", "save.card", "save.plan",
+                     "save.writer", "save.verify", "save.folder"]
     modules = _modules()
     assert sorted(m for m in modules if m.startswith("save.")) == sorted(rooms)
     for i, room in enumerate(rooms):

@@ -182,6 +182,43 @@ def test_report_reference_is_up_to_date_and_complete():
         assert f"| `{name}` |" in text
 
 
+@pytest.mark.slow  # ~90 s: two processes train BERT-tiny for 10 steps
+def test_the_callback_example_runs_under_cpu_torchrun(tmp_path, bert_tiny_dir):
+    """docs/integrations.md's callback example under `torchrun --nproc-per-node 2` on CPU (gloo):
+    the two processes split the data (10 steps of a global batch of 16 over 64 pairs reach
+    epoch 2.5; one process would reach 1.25), DDP runs without the unused-parameter search,
+    rank 0 prints the verdict once and writes the telemetry, and rank 1 prints nothing."""
+    import socket
+
+    (code,) = [c for _, c, _ in python_blocks(ROOT / "docs" / "integrations.md")]
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "ckpt").symlink_to(bert_tiny_dir, target_is_directory=True)
+    (work / "example.py").write_text(code + "\nif trainer.is_world_process_zero():\n"
+                                     "    print('epoch', trainer.state.epoch)\n"
+                                     "    print('find_unused', trainer.model_wrapped"
+                                     ".find_unused_parameters)\n", encoding="utf-8")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**_env(tmp_path, bert_tiny_dir), "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+         str(port), "--log-dir", str(tmp_path / "logs"), "--redirects", "3", "example.py"],
+        env=env, cwd=work, capture_output=True, text=True, timeout=1200)
+    logs = {f"{p.parent.name}/{p.name}": p.read_text()
+            for p in (tmp_path / "logs").rglob("*.log")}
+    assert result.returncode == 0, result.stderr[-3000:] + str(logs)[-3000:]
+    assert logs["1/stdout.log"] == "" and logs["1/stderr.log"] == ""
+    lines = logs["0/stdout.log"].splitlines()
+    assert lines[-2:] == ["epoch 2.5", "find_unused False"]
+    assert lines[-4] in ("stable", "degraded", "collapsed") and lines[-3] == "None"
+    assert sum(line in ("stable", "degraded", "collapsed") for line in lines) == 1
+    rows = [json.loads(x) for x in (work / "run" / "telemetry.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [5, 10]
+
+
 @pytest.mark.slow  # over 20 s: the example trains two arms in a subprocess
 def test_confirm_example_runs(bert_tiny_dir, tmp_path):
     result = subprocess.run([sys.executable, str(EXAMPLES / "confirm_short.py"), "--k", "4",

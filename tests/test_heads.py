@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from headscope import checkpoint as ck
 from headscope import heads
-from headscope.errors import NoMLMHeadError, UnsupportedModelError
+from headscope.errors import NoMLMHeadError
 
 
 def _bert_like(prefix: str, dense: str, norm: str, decoder: str, bias: str, emb: str) -> dict:
@@ -516,13 +516,17 @@ def test_generic_fallback(tmp_path):
     assert torch.equal(head.decoder_weight, state["cls.predictions.decoder.weight"])
     assert torch.equal(head.bias, state["cls.predictions.decoder.bias"])
 
-    with pytest.raises(UnsupportedModelError) as err:
-        heads.read_head(resolved)
-    assert str(err.value) == (
-        "Reading the head from the files needs a known layout; model_type 'megatron-bert' of "
-        f"{tmp_path} is not one of albert, bert, camembert, deberta-v2, distilbert, electra, "
-        "modernbert, mpnet, roberta, xlm-roberta; load the full model instead."
-    )
+    # Weights-only names the same tensors through a model built on the meta device; the bias
+    # is stored under the name transformers ties the decoder's bias to.
+    stored = heads.read_head(resolved)
+    assert stored.found_by == "meta-model" and stored.tied
+    assert stored.names == {
+        "decoder_weight": "bert.embeddings.word_embeddings.weight",
+        "bias": "cls.predictions.bias",
+        "embeddings": "bert.embeddings.word_embeddings.weight",
+    }
+    assert np.array_equal(stored.arrays["bias"], head.bias.detach().numpy())
+    assert np.array_equal(stored.decoder_weight, head.decoder_weight.detach().numpy())
 
 
 def test_layout_for():

@@ -271,6 +271,22 @@ def test_training_figure_from_plain_dicts():
     assert fig.get_suptitle() == "ModernBERT (simulated)"
 
 
+def test_training_figure_with_too_little_data_says_so():
+    """A one-step log draws its point as markers and says, in each panel, that one step is too
+    little for a curve; a panel whose values are all missing says so too."""
+    rows = telemetry_rows("a", 1, 5.0, 1.0)
+    fig = plots.training_figure({"a": rows})
+    for ax in fig.axes:
+        assert [t.get_text() for t in ax.texts] == ["one step logged: too little data for a curve"]
+        assert all(ln.get_marker() == "o" and len(ln.get_xdata()) == 1 for ln in ax.get_lines())
+    two = telemetry_rows("a", 2, 5.0, 1.0)
+    for row in two:
+        row["loss"] = None
+    ax_loss, ax_act, _ = plots.training_figure({"a": two}).axes
+    assert [t.get_text() for t in ax_loss.texts] == ["no finite values logged"]
+    assert len(ax_act.texts) == 0 and ax_act.get_lines()[0].get_marker() in ("None", None, "")
+
+
 def test_training_figure_rejects_empty_and_malformed_runs():
     with pytest.raises(InputError, match="no runs"):
         plots.training_figure({})

@@ -19,6 +19,7 @@ import headscope.save.verify as verify
 import headscope.save.writer as writer
 from headscope import checkpoint, save
 from headscope.errors import InputError, OutputExistsError, VerificationError
+from headscope.heads import find_head
 from headscope.rescale import RescaleSpec, expected_logits
 from headscope.safetensors_file import read_safetensors_header
 from headscope.save import FixResult, save_fixed
@@ -72,7 +73,7 @@ def test_real_bert_tiny_roundtrip(bert_tiny, bert_tiny_dir, tmp_path, strategy):
     assert isinstance(result, FixResult) and not result.dry_run
     assert _siblings(out) == ["fixed"]  # no temporary folder left
     assert set(result.files) == {p.name for p in out.iterdir()}
-    assert result.files == ("config.json", "headscope.json", "model.safetensors",
+    assert result.files == ("README.md", "config.json", "headscope.json", "model.safetensors",
                             "tokenizer.json", "tokenizer_config.json")
 
     # Tensors: unchanged ones byte-identical to the source file, changed ones as planned.
@@ -397,13 +398,85 @@ def test_other_files_copied_weights_in_other_formats_skipped(tmp_path):
     (src / "1_Pooling" / "config.json").write_text("{}")
     (src / "onnx").mkdir()
     (src / "onnx" / "model.onnx").write_bytes(b"old weights")
+    (src / "heads.pt").write_bytes(b"old head")
+    (src / "tf_model.h5.index.json").write_text("{}")
     (src / ".gitattributes").write_text("*.bin lfs\n")
     result = save_fixed(_load(src), RescaleSpec(2), tmp_path / "out", verify_texts=TEXTS)
     out = tmp_path / "out"
-    assert (out / "README.md").read_text() == "# model card\n"
+    card = (out / "README.md").read_text()
+    assert card.startswith("# model card\n\n## Rescaled by headscope\n")
     assert (out / "1_Pooling" / "config.json").read_text() == "{}"
     assert not (out / "onnx").exists() and not (out / ".gitattributes").exists()
-    assert result.skipped == ("onnx/model.onnx",)
+    assert not (out / "heads.pt").exists()
+    other = "weights in another format: they would ship the unfixed head beside the fixed one"
+    assert result.skipped == (
+        f"heads.pt ({other})",
+        f"onnx/model.onnx ({other})",
+        "tf_model.h5.index.json (the index of weights in another format, which are not copied)",
+    )
+
+
+CARD = """---
+language: en
+license: apache-2.0
+tags:
+- fill-mask
+---
+
+# A masked LM
+
+Trained on things.
+"""
+
+
+def test_the_model_card_keeps_the_source_card_and_says_what_was_done(tmp_path):
+    """README.md: the source's metadata block and text byte for byte, then a section with the
+    version, k, bias, strategy, source and its hash, the head statistics before and after,
+    the verification and how to load it, all from headscope.json."""
+    from headscope import __version__
+
+    src = save_tiny("bert", tmp_path / "src")
+    (src / "README.md").write_text(CARD)
+    loaded = _load(src)
+    head = find_head(loaded)
+    norm = float(head.decoder_weight.detach().norm(dim=1).mean())
+    before = {"weights": {"row_norm_all": {"mean": norm}, "bias_mean": 0.25},
+              "probe_at_k1": {"active_passage": 80.0, "term_weight_mean": 1.5,
+                              "share_above_5": 0.0, "start_loss": 3.0}}
+    after = {"probe_predicted": {"active_passage": 20.0, "term_weight_mean": 0.5,
+                                 "share_above_5": 0.0, "start_loss": 2.0}}
+    save_fixed(loaded, RescaleSpec(4, "untie", scale_bias=True), tmp_path / "out",
+               verify_texts=TEXTS, stats_before=before, stats_after=after)
+    out = tmp_path / "out"
+    card = (out / "README.md").read_text()
+    record = json.loads((out / "headscope.json").read_text())
+    assert card.startswith(CARD.rstrip("\n") + "\n\n## Rescaled by headscope\n")
+    digest = record["source_files"]["model.safetensors"]
+    assert (f"This checkpoint is `{src}` (`model.safetensors` sha256 `{digest}`) with its "
+            "masked-LM head's projection divided by k = 4 (strategy `untie`; output bias divided "
+            f"by k too), written by headscope {__version__} on {record['created']}.") in card
+    assert f"| decoder row norm, mean | {norm:.4g} | {norm / 4:.4g} |" in card
+    assert "| output bias, mean | 0.25 | 0.0625 |" in card
+    assert "| active terms per passage | 80 | 20 |" in card
+    assert "| in-batch loss at step 0 | 3 | 2 |" in card
+    v = record["verification"]
+    assert (f"the reloaded logits are the source's divided as promised within "
+            f"{v['max_abs_logit_error']:.4g} (tolerance {v['logit_tolerance']:.4g}) on "
+            f"{v['n_texts']} texts; changed tensors: `cls.predictions.bias`, "
+            "`cls.predictions.decoder.bias`, `cls.predictions.decoder.weight`.") in card
+    assert "AutoModelForMaskedLM.from_pretrained(" in card
+    # headscope's own measurement of the written decoder agrees with the card's "after"
+    fixed = find_head(_load(out))
+    assert float(fixed.decoder_weight.detach().norm(dim=1).mean()) == pytest.approx(norm / 4,
+                                                                                    rel=1e-5)
+
+
+def test_a_source_without_a_card_gets_one(tmp_path):
+    src = save_tiny("roberta", tmp_path / "src")
+    save_fixed(_load(src), RescaleSpec(2, "fold"), tmp_path / "out", verify_texts=TEXTS)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert card.startswith(f"# {src}, rescaled by headscope\n\n## Rescaled by headscope\n")
+    assert "| decoder row norm, mean | not measured | not measured |" in card
 
 
 def test_legacy_bin_source(tmp_path):

@@ -139,11 +139,15 @@ def test_two_gloo_processes_report_once_and_match_one_process(bert_tiny_dir, tmp
     single = _sweep([sys.executable], model, one)
     assert single.returncode == 0, single.stderr[-2000:]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                "--master-port", str(_free_port())]
+                "--master-port", str(_free_port()), "--log-dir", str(tmp_path / "logs"),
+                "--redirects", "3"]
     ddp = _sweep(torchrun, model, two)
-    assert ddp.returncode == 0, ddp.stderr[-2000:]
-    # Rank 0 alone prints the table and writes the files.
-    assert ddp.stdout.count("verdict") == 1
+    logs = {f"{p.parent.name}/{p.name}": p.read_text()
+            for p in (tmp_path / "logs").rglob("*.log")}
+    assert ddp.returncode == 0, ddp.stderr[-2000:] + str(logs)[-2000:]
+    # Rank 0 alone prints the table and writes the files; rank 1 prints nothing at all.
+    assert logs["0/stdout.log"].count("verdict") == 1
+    assert logs["1/stdout.log"] == "" and logs["1/stderr.log"] == ""
     assert sorted(p.name for p in two.iterdir()) == ["summary.json", "telemetry.jsonl"]
     lines = (two / "telemetry.jsonl").read_text().splitlines()
     assert len(lines) == 3 * 2  # each step of each arm, once

@@ -424,3 +424,64 @@ def test_invalid_options_are_refused(tmp_path):
 def test_measure_refuses_a_model_without_encode():
     with pytest.raises(InputError, match="needs a sentence-transformers SparseEncoder"):
         measure(torch.nn.Linear(2, 2), QUERIES, PASSAGES)
+
+
+# --------------------------------------------------------------------------------------------
+# multi-process manners
+
+
+def test_unused_parameters_names_what_the_output_does_not_reach(tiny_dir):
+    """None on the plain SPLADE encoder, none after an untie rescale (the family's bias the
+    decoder no longer reads is frozen), and exactly an added parameter that nothing reads; the
+    gradients, the mode and the random state are as before."""
+    from headscope.rescale import RescaleSpec, rescale_model
+    from headscope.trainer_callback import unused_parameters
+
+    encoder = _encoder(tiny_dir)
+    encoder.eval()
+    state = torch.get_rng_state()
+    assert unused_parameters(encoder) == ()
+    assert torch.equal(torch.get_rng_state(), state) and not encoder.training
+    assert all(p.grad is None for p in encoder.parameters())
+
+    rescale_model(encoder, RescaleSpec(k=4, strategy="untie", scale_bias=False))
+    assert unused_parameters(encoder) == ()
+    mlm = encoder[0].model
+    assert not mlm.cls.predictions.bias.requires_grad
+    assert mlm.cls.predictions.decoder.bias.requires_grad
+
+    mlm.register_parameter("spare", torch.nn.Parameter(torch.ones(3)))
+    assert unused_parameters(encoder) == ("0.model.spare",)
+
+
+_QUIET = """
+import logging, sys, warnings
+from tqdm.auto import tqdm  # imported before, as a training script does
+from headscope.trainer_callback import quiet_other_ranks
+print("main" if quiet_other_ranks() else "other", flush=True)
+from transformers.utils import logging as hf_logging
+hf_logging.get_logger("transformers.trainer").warning("a library warning")
+logging.getLogger("sentence_transformers.trainer").warning("another")
+warnings.warn("a Python warning")
+for _ in tqdm(range(3), desc="a bar"):
+    pass
+"""
+
+
+@pytest.mark.parametrize(("rank", "quiet"), [("1", True), ("0", False)])
+def test_quiet_other_ranks_silences_every_rank_but_the_main_one(tmp_path, rank, quiet):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RANK": rank, "WORLD_SIZE": "2"}
+    for var in ("TQDM_DISABLE", "TRANSFORMERS_VERBOSITY"):  # other tests' CLI runs set it
+        env.pop(var, None)
+    result = subprocess.run([sys.executable, "-c", _QUIET], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ("other\n" if quiet else "main\n")
+    if quiet:
+        assert result.stderr == ""
+    else:
+        for text in ("a library warning", "another", "a Python warning", "a bar"):
+            assert text in result.stderr

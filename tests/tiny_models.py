@@ -260,3 +260,83 @@ def save_without_model_type(family: str, path: Path, keep_architectures: bool) -
         cfg.pop("architectures", None)
     cfg_file.write_text(json.dumps(cfg, indent=2))
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# every family of transformers' masked-LM table
+
+# Sizes set on any config that has the field (and on its text/vision sub-configs).
+_ANY_SMALL = dict(
+    hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+    max_position_embeddings=64, vocab_size=VOCAB, embedding_size=16, d_model=32,
+    encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+    encoder_ffn_dim=64, decoder_ffn_dim=64, emb_dim=32, n_layers=1, n_heads=2,
+    num_key_value_heads=2, head_dim=16, **_IDS,
+)
+# Families whose configs need more than the common sizes to build small.
+_ANY_EXTRA: dict[str, dict] = {
+    "funnel": dict(block_sizes=[1], block_repeats=[1], num_decoder_layers=1, d_head=16,
+                   d_inner=64, n_head=2),
+    "luke": dict(entity_vocab_size=10, entity_emb_size=16),
+    "perceiver": dict(num_latents=8, d_latents=32, num_blocks=1, num_self_attends_per_block=1,
+                      num_self_attention_heads=2, num_cross_attention_heads=2),
+    "reformer": dict(axial_pos_embds_dim=(16, 16), axial_pos_shape=(8, 8),
+                     attention_head_size=16, feed_forward_size=64, attn_layers=["local"],
+                     local_attn_chunk_length=8, is_decoder=False),
+    "squeezebert": dict(embedding_size=32),
+}
+
+
+def masked_lm_families() -> tuple[str, ...]:
+    """Every model type of the installed transformers' masked-LM table (AutoModelForMaskedLM)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return tuple(MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+
+def _shrink(config, extra: dict) -> None:
+    from transformers import PretrainedConfig
+
+    present = config.to_dict()
+    for key, value in {**_ANY_SMALL, **extra}.items():
+        if key in present:
+            setattr(config, key, value)
+    for sub in ("text_config", "vision_config"):
+        inner = getattr(config, sub, None)
+        if isinstance(inner, PretrainedConfig):
+            _shrink(inner, {})
+            layers = getattr(inner, "layer_types", None)
+            if layers:
+                inner.layer_types = list(layers)[: inner.num_hidden_layers]
+
+
+def any_config(model_type: str):
+    """A small config of any masked-LM model type: the type's defaults with the sizes shrunk."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    extra = _ANY_EXTRA.get(model_type, {})
+    # Sizes that the config validates together (blocks, per-layer types) are given at
+    # construction; per-layer types are then derived from the new number of layers.
+    first = {k: v for k, v in extra.items() if k in ("block_sizes", "block_repeats")}
+    if "layer_types" in CONFIG_MAPPING[model_type]().to_dict():
+        first.update(layer_types=None, num_hidden_layers=_ANY_SMALL["num_hidden_layers"])
+    config = CONFIG_MAPPING[model_type](**first)
+    _shrink(config, extra)
+    return config
+
+
+def save_any(model_type: str, path: Path) -> Path:
+    """A tiny checkpoint of any masked-LM model type, weights seeded by the type, every
+    parameter nudged off its initial value (as `build_tiny` does), with the 100-token tokenizer."""
+    from transformers import AutoModelForMaskedLM
+
+    path = Path(path)
+    torch.manual_seed(_seed(model_type))
+    model = AutoModelForMaskedLM.from_config(any_config(model_type))
+    gen = torch.Generator().manual_seed(_seed(model_type) + 1)
+    with torch.no_grad():
+        for param in model.parameters():  # each tied Parameter once
+            param.add_(0.05 * torch.randn(param.shape, generator=gen))
+    model.save_pretrained(str(path))
+    write_tokenizer(path)
+    return path

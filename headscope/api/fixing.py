@@ -7,7 +7,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from headscope.api.inspecting import InspectOptions, Progress, inspect_loaded, probe_set
+from headscope.api.inspecting import (
+    InspectOptions,
+    Progress,
+    inspect_head,
+    inspect_loaded,
+    probe_set,
+)
 from headscope.api.memory import last_inspection
 from headscope.errors import InputError
 from headscope.report import Report, to_dict
@@ -30,6 +36,8 @@ class FixOptions:
     overwrite: bool = False
     # Write even when the recommended k is 1 (no rescale needed); an explicit k always writes.
     force: bool = False
+    push_to_hub: str | None = None  # Hub repository ("org/name") to upload the written folder to
+    sparse_encoder: bool = False  # also write the files of a sentence-transformers SparseEncoder
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,7 @@ class FixOutcome:
     followed_last_inspection: bool  # MODEL was omitted: acted on the last `inspect`
     report: Report  # the original model's inspection (statistics before)
     result: FixResult | None  # None: the recommended k is 1, so nothing was written
+    pushed: str | None = None  # the Hub commit URL of --push-to-hub; None: nothing pushed
 
     @property
     def needed(self) -> bool:
@@ -60,6 +69,8 @@ class FixOutcome:
         if self.result.cleaned:
             note += (" Removed the temporary folder(s) an interrupted run left: "
                      f"{', '.join(self.result.cleaned)}.")
+        if self.pushed:
+            note += f" Pushed to the Hub: {self.pushed}."
         return note
 
     @property
@@ -97,6 +108,7 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
     # trains worst) or divide it unasked; it refuses and names both flags.
     open_bias = k is not None and scale_bias is None
     weights_only_k = None  # the k of a weights-only last inspection, which fix does not follow
+    last = None
     if followed:
         last = last_inspection()
         source = last.source
@@ -114,6 +126,10 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
                 _refuse_open_bias(source, last.k, float(options.k or 0.0))
             scale_bias = False  # the recommendation keeps the bias: so does this k
     assert source is not None
+    if options.push_to_hub is not None:
+        from headscope import remote
+
+        remote.check_push(options.push_to_hub, dry_run=options.dry_run)  # before any work
     probe_config = probe_config or probe.ProbeConfig()
     if k is not None:
         RescaleSpec(k, options.strategy, bool(scale_bias))  # validate before the slow part
@@ -125,12 +141,21 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
                            ks=tuple(sorted({1.0, *probe_config.ks})))
     ckpt = checkpoint.resolve(source, load_options.revision)
     save.check_out(ckpt.path, Path(out).resolve(), options.overwrite)  # before the slow part
+    if options.sparse_encoder:
+        from headscope.sparse_layout import check_sparse_encoder_source
+
+        check_sparse_encoder_source(ckpt.path)
     loaded = checkpoint.load(ckpt, load_options)
     # The bias-divided re-measurement may only replace the statistics when the bias switch is
     # still open (scale_bias None: follow the recommendation, or learn it to refuse).
     head = heads.find_head(loaded)  # once: the inspection and the writer share it
-    before = inspect_loaded(loaded, probe_config=probe_config, progress=progress, head=head,
-                            options=InspectOptions(bias_fallback=scale_bias is None))
+    if k is not None and scale_bias is not None:
+        # (k, bias) decided: no probe. The writer verifies the output by its bytes against the
+        # source and one reload and forward pass; the head's weight statistics are recorded.
+        before = inspect_head(loaded, head)
+    else:
+        before = inspect_loaded(loaded, probe_config=probe_config, progress=progress, head=head,
+                                options=InspectOptions(bias_fallback=scale_bias is None))
     if open_bias and scale_bias is None:
         assert before.recommendation is not None and k is not None
         if before.recommendation.scale_bias:
@@ -148,18 +173,51 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
         return FixOutcome(source=source, k=1.0, k_from=k_from, followed_last_inspection=followed,
                           report=before, result=None)
     spec = RescaleSpec(float(k), options.strategy, bool(scale_bias))
-    stats_before = next(s for s in before.per_k if s.k == 1.0)
-    stats_after = next(s for s in before.per_k if s.k == spec.k)
+    stats_before = next((s for s in before.per_k if s.k == 1.0), None)  # None: not probed
+    stats_after = next((s for s in before.per_k if s.k == spec.k), None)
+    weights = to_dict(before.weights)
+    if not before.per_k and last is not None and _same_source(last, ckpt):
+        # Not probed now, but the last inspection probed these very files: its statistics.
+        weights = last.weights
+        stats_before = next((s for s in last.per_k or () if s["k"] == 1.0), None)
+        if spec.scale_bias == last.scale_bias:  # measured with this bias setting
+            stats_after = next((s for s in last.per_k or () if s["k"] == spec.k), None)
     pset = probe_set(None, 8)
     texts = [p.passage for p in pset.pairs]
+    extra = None
+    if options.sparse_encoder:
+        from headscope.sparse_layout import sparse_encoder_files
+
+        extra = sparse_encoder_files(ckpt.path)
     result = save.save_fixed(loaded, spec, out, head=head, overwrite=options.overwrite,
                              dry_run=options.dry_run, verify_texts=texts,
-                             stats_before=to_dict({"weights": before.weights,
+                             stats_before=to_dict({"weights": weights,
                                                    "probe_at_k1": stats_before}),
                              stats_after=to_dict({"probe_predicted": stats_after}),
-                             progress=progress)
+                             progress=progress, extra_files=extra)
+    pushed = None
+    if options.push_to_hub is not None:
+        from headscope import remote
+
+        bias = "bias divided" if spec.scale_bias else "bias kept"
+        pushed = remote.push_folder(
+            result.out, options.push_to_hub,
+            commit_message=f"headscope fix of {source}: k = {spec.k:g}, {bias}, "
+                           f"{spec.strategy}")
     return FixOutcome(source=source, k=spec.k, k_from=k_from, followed_last_inspection=followed,
-                      report=before, result=result)
+                      report=before, result=result, pushed=pushed)
+
+
+def _same_source(last, ckpt) -> bool:
+    """Whether the remembered full inspection measured exactly these files: the same Hub
+    revision, or the same sha256 of every weight file."""
+    from headscope.api.memory import weight_file_hashes
+
+    if last.weights_only or not last.per_k or last.weights is None:
+        return False
+    if ckpt.revision:
+        return last.revision == ckpt.revision
+    return last.source_files is not None and last.source_files == weight_file_hashes(ckpt)
 
 
 def _refuse_open_bias(source: str, rec_k: float, k: float) -> None:

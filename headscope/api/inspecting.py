@@ -74,6 +74,8 @@ def head_weight_stats(head, vocab) -> WeightStats:
 
 def _model_info(ckpt, layout, vocab, weights: WeightStats, *, tied: bool, dtype: str,
                 device: str, weights_only: bool, source: str | None = None) -> ModelInfo:
+    from headscope.heads import found_by
+
     arch = (ckpt.config.get("architectures") or [None])[0]
     return ModelInfo(
         source=source or ckpt.source,
@@ -90,6 +92,7 @@ def _model_info(ckpt, layout, vocab, weights: WeightStats, *, tied: bool, dtype:
         head_loaded=True,
         special_tokens=tuple(vocab.special_tokens),
         weights_only=weights_only,
+        head_found_by=found_by(layout, weights_only=weights_only),
     )
 
 
@@ -131,6 +134,22 @@ def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = Inspe
     return make_report(info, weights, probe=ProbeSummary.from_result(
                            result, unknown_token_share=unknown),
                        per_k=result.per_k, findings=findings, recommendation=rec)
+
+
+def inspect_head(loaded, head) -> Report:
+    """The head's weight statistics of a model in memory, no probe run (`fix` with k and the
+    bias setting given): the weights-only report of the loaded model."""
+    from headscope import heads
+
+    vocab = heads.vocab_info(head.decoder_weight.shape[0], loaded.tokenizer)
+    weights = head_weight_stats(head, vocab)
+    rec = recommend((), rule="paper", weights=weights)
+    findings = diagnose(weights, (), vocab_fields(vocab, tied=head.tied), rec)
+    info = _model_info(loaded.checkpoint, head.layout, vocab, weights, tied=head.tied,
+                       dtype=loaded.options.dtype, device=loaded.options.device,
+                       weights_only=True)
+    info = replace(info, head_found_by=heads.found_by(head.layout, weights_only=False))
+    return make_report(info, weights, findings=findings, recommendation=rec)
 
 
 def _with_bias_divided(loaded, head, pset, probe_config, rec, weights, vocab, bands,
@@ -183,11 +202,12 @@ def inspect(source: str, *, load_options=None, probe_config=None,
     from headscope import checkpoint
 
     load_options = load_options or checkpoint.LoadOptions()
-    ckpt = checkpoint.resolve(source, load_options.revision)
     if options.weights_only:
         _refuse_unused_with_weights_only(load_options, options)
-        report = _inspect_weights_only(ckpt, load_options)
+        report = _inspect_remote_weights_only(source, load_options) or _inspect_weights_only(
+            checkpoint.resolve(source, load_options.revision), load_options)
     else:
+        ckpt = checkpoint.resolve(source, load_options.revision)
         if options.probe_file:
             probe_set(options.probe_file, 0)  # a bad probe file is refused before loading
         reference_per_k = None
@@ -208,7 +228,12 @@ def inspect(source: str, *, load_options=None, probe_config=None,
         report = inspect_loaded(loaded, probe_config=probe_config, options=options, bands=bands,
                                 reference_per_k=reference_per_k, progress=progress)
     if remember:
-        remember_inspection(report)
+        from headscope.api.memory import weight_file_hashes
+
+        # A full inspection's statistics may be reused by the `fix` that follows it, on the
+        # same files only.
+        hashes = None if options.weights_only else weight_file_hashes(ckpt)
+        remember_inspection(report, hashes)
     return report
 
 
@@ -227,6 +252,18 @@ def _refuse_unused_with_weights_only(load_options, options: InspectOptions) -> N
             "tensors from the files as stored and runs no model; drop it, or drop "
             "--weights-only to measure on that device/dtype/probe."
         )
+
+
+def _inspect_remote_weights_only(source: str, load_options) -> Report | None:
+    """Weights-only of a Hub model that is not in the cache: its headers and head tensors read
+    by HTTP ranges (`remote.head_only`), nothing else downloaded; None when `source` is not
+    such a model or has no safetensors weights (then it is downloaded as usual)."""
+    from headscope import remote
+
+    if not remote.wants_ranges(source, load_options.revision):
+        return None
+    with remote.head_only(source, load_options.revision) as ckpt:
+        return None if ckpt is None else _inspect_weights_only(ckpt, load_options)
 
 
 def _inspect_weights_only(ckpt, load_options) -> Report:

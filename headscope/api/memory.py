@@ -31,31 +31,50 @@ class LastInspection:
     # A weights-only inspection's k comes from the paper rule; `fix` does not follow it (older
     # records lack the field: they were full inspections or said so in `rule`).
     weights_only: bool = False
+    # What a following `fix` may reuse instead of probing again, and the sha256 of the weight
+    # files it was measured on (None for a Hub snapshot, named by `revision`): the head's weight
+    # statistics and the per-k probe statistics, as JSON.
+    source_files: dict[str, str] | None = None
+    weights: dict | None = None
+    per_k: list | None = None
 
 
 # A remembered inspection is followed only from the directory it was made in, and for this long.
 LAST_INSPECTION_MAX_AGE_HOURS = 24
 
 
-def remember_inspection(report: Report) -> None:
-    """Record `report` for a following `fix` without MODEL. The record is a convenience: when
-    it cannot be written (an unwritable HEADSCOPE_CACHE) a HeadscopeWarning says so and
-    nothing is raised."""
+def weight_file_hashes(ckpt) -> dict[str, str] | None:
+    """sha256 of the checkpoint's weight files by name; None for a Hub snapshot (its revision
+    names it)."""
+    if ckpt.revision:
+        return None
+    from headscope.save.provenance import sha256_file
+
+    return {p.name: sha256_file(p) for p in ckpt.weight_files}
+
+
+def remember_inspection(report: Report, source_files: dict[str, str] | None = None) -> None:
+    """Record `report` for a following `fix` without MODEL, with its statistics and the
+    `source_files` hashes they were measured on. The record is a convenience: when it cannot be
+    written (an unwritable HEADSCOPE_CACHE) a HeadscopeWarning says so and nothing is raised."""
     import warnings
 
     from headscope import fileio
     from headscope.errors import HeadscopeWarning, OutputWriteError
+    from headscope.report import to_dict
 
     rec = report.recommendation
     state = LastInspection(source=report.model.source, revision=report.model.revision,
                            k=rec.k if rec else None, rule=rec.rule if rec else None,
                            scale_bias=rec.scale_bias if rec else False,
                            created=report.created, cwd=os.getcwd(),
-                           weights_only=report.model.weights_only)
+                           weights_only=report.model.weights_only,
+                           source_files=source_files, weights=to_dict(report.weights),
+                           per_k=to_dict(report.per_k))
     path = state_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fileio.write_text(path, json.dumps(state.__dict__, indent=2) + "\n")
+        fileio.write_text(path, json.dumps(state.__dict__) + "\n")
     except (OSError, OutputWriteError) as exc:
         reason = exc.reason if isinstance(exc, OutputWriteError) else (exc.strerror or str(exc))
         warnings.warn(HeadscopeWarning(

@@ -55,6 +55,7 @@ def fix_summary(outcome: FixOutcome) -> dict:
         "changed_tensors": list(outcome.changed_tensors),
         "new_tensors": list(outcome.new_tensors),
         "verification": None if r is None else r.verification,
+        "pushed": outcome.pushed,
     }
     return to_dict(summary)
 

@@ -9,6 +9,7 @@
 - `folder`: the output folder's lifecycle (refusals, temporary sibling, stale folders of killed
   runs, the atomic rename, what --overwrite may replace);
 - `provenance`: headscope.json, written and read;
+- `card`: README.md, the source's model card kept with a section on what headscope did;
 - `background`: the work that runs on threads beside the main thread (the source files' sha256,
   the original's forward pass during the write, the flush of the weight files and the reload
   during the byte checks, which report first when they fail).
@@ -27,10 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from headscope import fileio
+from headscope.containment import containment
 from headscope.errors import InputError
 from headscope.heads import find_head
 from headscope.rescale import RescaleSpec, check_applicable, rescale_model
 from headscope.save.background import Progress, in_background
+from headscope.save.card import CARD_FILE, model_card
 from headscope.save.folder import (
     WRITING_MARKER,
     check_out,
@@ -126,6 +129,16 @@ def _references(loaded: LoadedModel, spec: RescaleSpec, inputs: dict[str, Any], 
     return reference, forward_pass(memory_model, inputs), memory_model
 
 
+def _source_card(folder: Path) -> str | None:
+    """The source's README.md, when it is a readable text file inside the folder."""
+    if containment(folder, CARD_FILE) is not None:
+        return None
+    try:
+        return (folder / CARD_FILE).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def _result(out: Path, spec: RescaleSpec, plan: Plan, files: Sequence[str], skipped: Sequence[str],
             verification: Verification, dry_run: bool, cleaned: tuple[str, ...]) -> FixResult:
     return FixResult(out=out, spec=spec, dry_run=dry_run, files=tuple(files),
@@ -150,13 +163,15 @@ def save_fixed(
     progress: Progress | None = None,
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     head: Head | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> FixResult:
     """Write `loaded`'s checkpoint rescaled by `spec` to `out` and verify it by reloading.
 
     `loaded.model` is not modified. With `dry_run` the rescale is applied to a copy in memory and
     verified there; nothing is written. `stats_before`/`stats_after` (dicts or dataclasses of
     JSON values) are stored in headscope.json. `head`: `heads.find_head(loaded)` when the
-    caller has it already (found here otherwise).
+    caller has it already (found here otherwise). `extra_files` (relative path -> bytes) are
+    written beside them (a SparseEncoder's layout files) and listed with the others.
 
     Steps: plan every output tensor; write into a temporary sibling of `out`; check the written
     bytes against the source and the plan, then reload and compare one forward pass; write the
@@ -178,9 +193,11 @@ def save_fixed(
     plan = make_plan(loaded, head, spec, max_shard_size)
     inputs = encode_texts(loaded, verify_texts)
     replaced = {p.name for p in ckpt.weight_files} | {INDEX, "pytorch_model.bin.index.json"}
-    copied, skipped = other_files(ckpt.path, replaced)
+    copied, skipped = other_files(ckpt.path, replaced | {CARD_FILE})
+    extra_files = dict(extra_files or {})
+    copied = [name for name in copied if name not in extra_files]
     files = sorted({*(name for name, _ in plan.shards), *([INDEX] if plan.sharded else []),
-                    "config.json", PROVENANCE_FILE, *copied})
+                    "config.json", PROVENANCE_FILE, CARD_FILE, *copied, *extra_files})
 
     def references() -> tuple[Probe, Probe | None, Any]:
         return _references(loaded, spec, inputs, dry_run)
@@ -207,6 +224,11 @@ def save_fixed(
                                        before, after, files)
         fileio.write_text(stage.tmp / PROVENANCE_FILE, json.dumps(provenance, indent=2) + "\n",
                           sync=False)
+        fileio.write_text(stage.tmp / CARD_FILE, model_card(_source_card(ckpt.path), provenance),
+                          sync=False)
+        for name, data in extra_files.items():
+            (stage.tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            fileio.write_bytes(stage.tmp / name, data, sync=False)
         flushed()
         stage.install(overwrite)
     return _result(out, spec, plan, files, skipped, verification, dry_run, stage.cleaned)

@@ -296,10 +296,11 @@ def make_plan(loaded: LoadedModel, head: Head, spec: RescaleSpec, max_shard_size
 
 
 def other_files(src: Path, replaced: set[str]) -> tuple[list[str], list[str]]:
-    """(files to copy unchanged, files left out): every regular file of `src`, recursively,
-    except dotfiles, config.json and headscope.json (both rewritten) and the `replaced` weight
-    files and indexes. Left out: weight files in other formats, and links out of the
-    checkpoint or special files (`checkpoint.containment`), which are never read."""
+    """(files to copy unchanged, files left out, each "name (why)"): every regular file of
+    `src`, recursively, except dotfiles, config.json and headscope.json (both rewritten) and the
+    `replaced` files (the weights and indexes written anew, README.md). Left out: weights in
+    other formats and their indexes, and links out of the checkpoint or special files
+    (`checkpoint.containment`), which are never read."""
     copied, skipped = [], []
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
@@ -314,8 +315,13 @@ def other_files(src: Path, replaced: set[str]) -> tuple[list[str], list[str]]:
             continue
         if name in ("config.json", PROVENANCE_FILE) or name in replaced:
             continue
-        if path.name in _WEIGHT_INDEXES or path.suffix in _WEIGHT_SUFFIXES:
-            skipped.append(name)
+        if path.name in _WEIGHT_INDEXES:
+            skipped.append(f"{name} (the index of weights in another format, which are not "
+                           "copied)")
+            continue
+        if path.suffix in _WEIGHT_SUFFIXES:
+            skipped.append(f"{name} (weights in another format: they would ship the unfixed "
+                           "head beside the fixed one)")
             continue
         copied.append(name)
     return copied, skipped

@@ -1,0 +1,170 @@
+"""The Hub for real: huggingface_hub against a local Hub-compatible server (tests/hub_server.py).
+
+The server binds 127.0.0.1 only and stops by itself; huggingface_hub reads HF_ENDPOINT when it is
+imported, so each command runs in a subprocess pointed at the server. The model is the real
+BERT-tiny SPLADE (and a tiny ESM for a family outside the layout table).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hub_server import HubServer
+
+from headscope import api, heads
+from headscope import checkpoint as ck
+from headscope.remote import MERGE_GAP
+from headscope.report import to_dict
+
+REPO = "org/bert-tiny"
+
+
+@pytest.fixture
+def hub(bert_tiny_dir):
+    with HubServer(lifetime=240) as server:
+        server.add_folder(REPO, bert_tiny_dir)
+        yield server
+        assert server.unknown == []  # every request huggingface_hub made has an endpoint
+
+
+def _run(hub, tmp_path, *args, token: bool = True):
+    env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HUB_CACHE=str(tmp_path / "hf-cache"),
+               HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1",
+               HEADSCOPE_CACHE=str(tmp_path / "hs-cache"))
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        env.pop(var, None)
+    if token:
+        env["HF_TOKEN"] = "hf_local_test_token"
+    return subprocess.run([sys.executable, "-m", "headscope", *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _same_weights(report: dict, folder: Path) -> bool:
+    """The JSON report's head statistics equal the local weights-only reading of `folder`."""
+    local = api.inspect(str(folder), options=api.InspectOptions(weights_only=True))
+    return report["weights"] == json.loads(json.dumps(to_dict(local.weights)))
+
+
+def test_server_binds_loopback_only_and_stops_by_itself():
+    server = HubServer(lifetime=0.5).start()
+    host, port = server.address
+    assert host == "127.0.0.1"
+    socket.create_connection((host, port), timeout=2).close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+        except OSError:
+            break  # stopped
+        time.sleep(0.1)
+    else:
+        pytest.fail("the server did not stop by itself")
+
+
+def test_inspect_downloads_what_it_needs(hub, tmp_path, bert_tiny_dir):
+    result = _run(hub, tmp_path, "inspect", REPO, "--fast", "--n-pairs", "8", "--json", "r.json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    sha = hub.repos[REPO].commits[-1]
+    assert report["model"]["source"] == REPO and report["model"]["revision"] == sha
+    assert _same_weights(report, bert_tiny_dir)
+    snapshot = tmp_path / "hf-cache" / "models--org--bert-tiny" / "snapshots" / sha
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert (snapshot / name).read_bytes() == (bert_tiny_dir / name).read_bytes()
+
+
+def test_weights_only_reads_the_header_and_the_head_ranges(hub, tmp_path, bert_tiny_dir):
+    result = _run(hub, tmp_path, "inspect", "--weights-only", REPO, "--json", "-")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["model"]["revision"] == hub.repos[REPO].commits[-1]
+    assert report["model"]["head_found_by"] == "layout"
+    assert _same_weights(report, bert_tiny_dir)
+
+    # What was read from the weights: the 8-byte length, the header, the head's tensors (ranges
+    # closer than MERGE_GAP fetched together), nothing else; nothing went into the HF cache.
+    resolved = ck.resolve(str(bert_tiny_dir))
+    infos = ck.tensor_infos(resolved)
+    names = heads.head_tensor_names(resolved)
+    weights = bert_tiny_dir / "model.safetensors"
+    header_end = min(info.start for info in infos.values())
+    head_bytes = sum(infos[n].end - infos[n].start for n in names)
+    served = hub.served[f"{REPO}/model.safetensors"]
+    assert header_end + head_bytes <= served <= header_end + head_bytes + MERGE_GAP * len(names)
+    assert served < weights.stat().st_size
+    for method, path, wanted in hub.requests:
+        if path.endswith("/model.safetensors"):
+            assert method == "GET" and wanted is not None  # always a range, never the file
+    assert not (tmp_path / "hf-cache").exists()
+
+
+@pytest.mark.slow  # ~20 s: builds a tiny ESM, and the subprocess imports torch for the meta model
+def test_weights_only_from_the_hub_outside_the_layout_table(hub, tmp_path):
+    import tiny_models
+
+    folder = tiny_models.save_any("esm", tmp_path / "esm")
+    hub.add_folder("org/tiny-esm", folder)
+    result = _run(hub, tmp_path, "inspect", "--weights-only", "org/tiny-esm", "--json", "-")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["model"]["head_found_by"] == "meta-model"
+    assert _same_weights(report, folder)
+
+
+def test_weights_only_of_a_missing_repository(hub, tmp_path):
+    result = _run(hub, tmp_path, "inspect", "--weights-only", "org/missing")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "Error: Checkpoint 'org/missing' was not found (no such repository on the Hub); pass a "
+        "local directory or a Hub id that is in the Hugging Face cache.")
+
+
+def test_fix_pushes_the_fixed_folder(hub, tmp_path):
+    out = tmp_path / "fixed"
+    result = _run(hub, tmp_path, "fix", REPO, "--k", "4", "--no-scale-bias", "--n-pairs", "8",
+                  "--out", str(out), "--push-to-hub", "me/bert-tiny-k4", "--json", "-")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    pushed = hub.repos["me/bert-tiny-k4"]
+    assert summary["pushed"] == f"{hub.url}/me/bert-tiny-k4/commit/{pushed.commits[-1]}"
+    assert f"Pushed to the Hub: {summary['pushed']}." in result.stderr
+    written = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {k: v for k, v in pushed.files.items() if k != ".gitattributes"} == written
+    assert len(pushed.commits) == 2  # the repository's creation, then one commit of the fix
+
+
+@pytest.mark.parametrize(("args", "token", "message"), [
+    (("--k", "4", "--no-scale-bias", "--dry-run"), True,
+     "Error: --push-to-hub uploads the folder fix writes, and --dry-run writes none; drop one "
+     "of them."),
+    (("--k", "4", "--no-scale-bias"), False,
+     "Error: --push-to-hub me/out needs a Hub token with write access: log in with `hf auth "
+     "login` or set HF_TOKEN."),
+    (("--k", "0", "--no-scale-bias"), True, None),
+])
+def test_a_refused_fix_pushes_nothing(hub, tmp_path, args, token, message):
+    result = _run(hub, tmp_path, "fix", REPO, *args, "--out", str(tmp_path / "o"),
+                  "--push-to-hub", "me/out", token=token)
+    assert result.returncode == 2, result.stderr
+    if message is not None:
+        assert result.stderr.strip() == message
+    assert "me/out" not in hub.repos
+    assert not [r for r in hub.requests if r[0] == "POST"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_push_to_hub_refuses_a_malformed_repository_id(hub, tmp_path):
+    result = _run(hub, tmp_path, "fix", REPO, "--k", "4", "--no-scale-bias", "--out", "o",
+                  "--push-to-hub", "not a repo")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "Error: --push-to-hub 'not a repo' is not a Hub repository id of the form org/name; pass "
+        "one such as my-org/my-model-fixed.")
+    assert not Path(tmp_path / "o").exists() and not hub.requests
