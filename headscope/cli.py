@@ -81,8 +81,8 @@ def _ks(value: str) -> tuple[float, ...]:
         ks = tuple(float(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
-    if not ks or any(k <= 0 for k in ks):
-        raise click.BadParameter(f"{value!r}: every k must be a positive number")
+    if not ks or any(not 1 <= k < float("inf") for k in ks):
+        raise click.BadParameter(f"{value!r}: every k must be a number >= 1 (k divides the head)")
     return ks
 
 

@@ -221,7 +221,7 @@ def tmp_checkpoint_bert(tiny_checkpoint) -> Path:
 def test_inspect_bad_ks_is_a_usage_error(runner, bert_tiny_dir):
     result = runner.invoke(main, ["inspect", str(bert_tiny_dir), "--ks", "1,0"])
     assert result.exit_code == 2
-    assert "'1,0': every k must be a positive number" in result.stderr
+    assert "'1,0': every k must be a number >= 1 (k divides the head)" in result.stderr
 
 
 # --------------------------------------------------------------------------------------------

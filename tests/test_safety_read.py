@@ -784,7 +784,7 @@ def test_gzipped_tsv_triples_are_read_as_triples(tmp_path):
 @pytest.fixture
 def deep_report(tmp_path) -> Path:
     path = tmp_path / "deep.json"
-    path.write_text('{"schema_version": 1, "model": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    path.write_text('{"schema_version": 2, "model": ' + "[" * 100_000 + "]" * 100_000 + "}")
     return path
 
 
@@ -904,8 +904,8 @@ def test_every_usage_error_is_one_line(name, args, start):
 
 def test_usage_error_word_for_word():
     result = CliRunner().invoke(main, ["inspect", "x", "--ks", "0"], prog_name="headscope")
-    assert result.stderr == ("Error: Invalid value for '--ks': '0': every k must be a positive "
-                             "number. Try 'headscope inspect --help' for help.\n")
+    assert result.stderr == ("Error: Invalid value for '--ks': '0': every k must be a number >= 1 "
+                             "(k divides the head). Try 'headscope inspect --help' for help.\n")
 
 
 def test_bare_command_prints_the_help():
