@@ -645,7 +645,7 @@ def compare(sources, revision, dtype, device, trust_remote_code, probe_file, ks,
                               probe_config=_probe_config(ks, n_pairs, batch_size, scale_bias),
                               options=api.InspectOptions(probe_file=probe_file),
                               progress=progress)
-    labels = api.compare_labels(reports)
+    labels = api.compare_labels(reports, sources)
     if json_dest != "-":
         stdout.print(render.compare_table(reports, labels))
         legend = render.finding_legend(reports)

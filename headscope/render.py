@@ -352,7 +352,9 @@ def demo_view(outcome) -> Group:
     return Group(*parts)
 
 
-_STATUS_STYLE = {"stable": "green", "degraded": "yellow", "collapsed": "bold red"}
+_STATUS_STYLE = {"stable": "green", "degraded": "yellow", "collapsed": "bold red",
+                 "too short": "dim"}
+_STATUS_TEXT = {"too short": "too short to judge"}
 
 
 def training_view(outcome) -> Group:
@@ -369,7 +371,8 @@ def training_view(outcome) -> Group:
         t.add_row(a.name, a.description, num(a.start_loss), num(a.end_loss),
                   num(a.max_grad_norm), num(a.active_query_end), num(a.active_passage_end),
                   num(a.ndcg_at_10), num(a.mrr_at_10), num(a.recall_at_100),
-                  Text(a.status, style=_STATUS_STYLE.get(a.status, "")))
+                  Text(_STATUS_TEXT.get(a.status, a.status),
+                       style=_STATUS_STYLE.get(a.status, "")))
     parts: list = []
     if outcome.simulation:
         parts.append(Text(outcome.simulation, style="yellow"))

@@ -594,11 +594,27 @@ def test_compare_never_heads_two_columns_alike(runner, bert_tiny_dir, tmp_path):
     result = runner.invoke(main, ["compare", str(full), str(weights), str(full), "--json", "-"])
     assert result.exit_code == 0, result.stderr
     labels = [m["label"] for m in valid("compare", json.loads(result.stdout))["models"]]
-    assert labels == ["bert-tiny-splade (probe) #1", "bert-tiny-splade (weights only)",
-                      "bert-tiny-splade (probe) #2"]
+    # saved reports are named by file (they were "bert-tiny-splade (probe) #1", ...)
+    assert labels == ["full.json #1", "weights.json", "full.json #2"]
     table = runner.invoke(main, ["compare", str(full), str(weights)])
-    header = next(line for line in table.stdout.splitlines() if "bert-tiny-splade (" in line)
-    assert "(probe)" in header and "(weights only)" in header
+    header = next(line for line in table.stdout.splitlines() if "full.json" in line)
+    assert "weights.json" in header and "bert-tiny-splade" not in header
+    # two files of one name: their paths as given; a model beside them: its folder name
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "full.json").write_text(full.read_text())
+    result = runner.invoke(main, ["compare", str(full), str(other / "full.json"),
+                                  str(bert_tiny_dir), "--n-pairs", FEW, "--json", "-"])
+    assert result.exit_code == 0, result.stderr
+    labels = [m["label"] for m in valid("compare", json.loads(result.stdout))["models"]]
+    assert labels == [str(full), str(other / "full.json"), "bert-tiny-splade"]
+    # models (no saved-report sources): one model's reports differ by what they measured
+    from headscope import api, report
+
+    reports = (report.read_json(full), report.read_json(weights), report.read_json(full))
+    assert api.compare_labels(reports) == (
+        "bert-tiny-splade (probe) #1", "bert-tiny-splade (weights only)",
+        "bert-tiny-splade (probe) #2")
 
 
 def test_compare_inspects_on_the_probe_file_given(runner, tmp_checkpoint_bert, tmp_path):
