@@ -534,6 +534,13 @@ def test_demo_shows_the_real_model_and_the_labelled_simulation(runner):
         assert f"{code} {FINDING_CODES[code].gist}" in out
     assert out.endswith("Every command and flag: headscope COMMAND --help, or docs/cli.md.")
     assert "headscope inspect MODEL measure its head and recommend k" in out
+    # it says why scale matters and what k does, and names its own cached model to try first
+    from headscope import assets
+    from headscope.render import DEMO_WHY
+
+    assert out.startswith(" ".join(" ".join(DEMO_WHY).split()))
+    assert ("Try it first on the demo's real model, a local folder: headscope inspect "
+            f"{assets.fetch('bert-tiny-splade')}") in out
 
 
 @pytest.mark.parametrize("command", COMMANDS)
