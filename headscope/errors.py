@@ -11,6 +11,25 @@ EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
+# A signal ends a command with 128 + its number, after the cleanup (cli.handle_errors).
+EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED = 129, 130, 143
+
+# The one list of exit codes: README.md and docs/cli.md state it as `exit_codes_text()` words
+# (a test compares both), docs/findings.md as a table with these codes.
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (EXIT_OK, "ok"),
+    (EXIT_CHECK_FAILED, "check failed its policy"),
+    (EXIT_USAGE, "usage or input error"),
+    (EXIT_INTERNAL, "internal error"),
+    (EXIT_HUNG_UP, "hung up (SIGHUP)"),
+    (EXIT_INTERRUPTED, "interrupted (SIGINT, Ctrl-C)"),
+    (EXIT_TERMINATED, "terminated (SIGTERM)"),
+)
+
+
+def exit_codes_text() -> str:
+    """The exit codes in words: "0 ok, 1 check failed its policy, ..."."""
+    return ", ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES)
 
 
 class HeadscopeError(Exception):
