@@ -1,8 +1,9 @@
 """Command line. Each command parses flags, calls one library verb, renders, exits.
 
-Exit codes: 0 ok, 1 check failed, 2 usage or input error, 3 internal error; 130 interrupted
-(SIGINT, Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP): each signal unwinds like
-Ctrl-C, so temporary files are removed.
+Exit codes: `errors.EXIT_CODES` (0 ok, 1 check failed, 2 usage or input error, 3 internal
+error; 129 hung up, 130 interrupted, 143 terminated): each signal unwinds like Ctrl-C, so
+temporary files are removed. The `headscope` command enters through `headscope.__main__.run`,
+which handles signals before this module is imported and leaves with the signal's code.
 Data goes to stdout; progress and messages go to stderr. `HEADSCOPE_DEBUG=1` shows tracebacks.
 This is the only module that imports click; torch is imported only by the commands that need it.
 """
@@ -33,6 +34,8 @@ from headscope.errors import (
     HeadscopeError,
     HeadscopeWarning,
     ModelErrors,
+    Terminated,
+    stopped_message,
 )
 from headscope.recommend import RULES
 from headscope.rescale import STRATEGIES
@@ -119,15 +122,6 @@ def _bands(specs: tuple[str, ...]):
         raise click.BadParameter(str(exc)) from None
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised where the program is so that it unwinds like Ctrl-C: every
-    `finally` of the library runs and removes its temporary files."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
 _HANDLED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
                          if hasattr(signal, name))
 
@@ -174,11 +168,7 @@ def warnings_as_lines():
 def _interrupted(exc: KeyboardInterrupt) -> int:
     """Say how the command was stopped; the exit status for it (128 + the signal number)."""
     signum = getattr(exc, "signum", signal.SIGINT)
-    if signum == signal.SIGINT:
-        stderr.print("Interrupted; nothing was left half-written.", markup=False)
-    else:
-        stderr.print(f"Stopped by {signal.Signals(signum).name}; temporary files removed, "
-                     "nothing was left half-written.", markup=False)
+    stderr.print(stopped_message(signum), markup=False)
     return 128 + int(signum)
 
 

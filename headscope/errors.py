@@ -32,6 +32,30 @@ def exit_codes_text() -> str:
     return ", ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is so that it unwinds like Ctrl-C: every
+    `finally` of the library runs and removes its temporary files."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def stopped_message(signum: int, *, started: bool = True) -> str:
+    """The one line a signal ends a command with; `started`: a command was running (its
+    temporary files have been removed), else it came before any work."""
+    import signal
+
+    if not started:
+        name = "Interrupted" if signum == signal.SIGINT else \
+            f"Stopped by {signal.Signals(signum).name}"
+        return f"{name} before any work began; nothing was written."
+    if signum == signal.SIGINT:
+        return "Interrupted; nothing was left half-written."
+    return (f"Stopped by {signal.Signals(signum).name}; temporary files removed, nothing was "
+            "left half-written.")
+
+
 class HeadscopeError(Exception):
     """Base class. `exit_code` is what the CLI exits with."""
 
