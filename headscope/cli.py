@@ -524,8 +524,7 @@ def inspect(models, revision, dtype, device, trust_remote_code, probe_file, ks, 
         # Weights-only reports no progress (it reads a few tensors): no bar to import.
         with nullcontext() if weights_only else progress_bar() as progress:
             reports = (api.inspect(models[0], load_options=load, probe_config=probe_config,
-                                   options=options, bands=band_specs, progress=progress,
-                                   remember=True),)
+                                   options=options, bands=band_specs, progress=progress),)
     if json_dest != "-":
         from headscope import render
 
@@ -533,6 +532,8 @@ def inspect(models, revision, dtype, device, trust_remote_code, probe_file, ks, 
             stdout.print(render.report_view(rep))
     _emit_json(report.dumps(reports[0]) if len(reports) == 1 else
                _json_lines(report.to_dict(r) for r in reports), json_dest)
+    if len(reports) == 1:  # recorded for `fix` only once every output was written
+        api.remember_inspection(reports[0])
 
 
 @main.command()

@@ -120,6 +120,37 @@ def test_inspect_json_to_stdout_is_only_json_and_valid(runner, bert_tiny_dir, st
     assert json.loads(state_file.read_text())["source"] == str(bert_tiny_dir)
 
 
+def test_an_inspection_whose_json_was_not_written_is_not_remembered(runner, bert_tiny_dir,
+                                                                       state_file, tmp_path,
+                                                                       monkeypatch):
+    """The issue's case: `inspect --json FILE` failed to write its report and still became the
+    inspection an argument-less `fix` follows. It is recorded only after every output."""
+    from headscope import fileio
+    from headscope.errors import OutputWriteError
+
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    state_file.write_text("earlier record\n")
+    dest = tmp_path / "report.json"
+    write_text = fileio.write_text
+
+    def full_disk(path, text, *args, **kwargs):
+        if str(path) == str(dest):
+            raise OutputWriteError(str(dest), "No space left on device")
+        return write_text(path, text, *args, **kwargs)
+
+    monkeypatch.setattr(fileio, "write_text", full_disk)
+    result = runner.invoke(main, ["inspect", str(bert_tiny_dir), "--weights-only", "--json",
+                                  str(dest)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"Error: Cannot write {dest}")
+    assert state_file.read_text() == "earlier record\n"  # not replaced by the failed run
+    monkeypatch.setattr(fileio, "write_text", write_text)
+    result = runner.invoke(main, ["inspect", str(bert_tiny_dir), "--weights-only", "--json",
+                                  str(dest)])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(state_file.read_text())["source"] == str(bert_tiny_dir)
+
+
 def test_inspect_weights_only_json(runner, bert_tiny_dir):
     result = runner.invoke(main, ["inspect", str(bert_tiny_dir), "--weights-only", "--json", "-"])
     assert result.exit_code == 0, result.stderr

@@ -864,3 +864,65 @@ def test_build_once_builds_a_folder_once_and_leaves_nothing_on_failure(tmp_path)
     with pytest.raises(RuntimeError, match="interrupted"):
         fileio.build_once(cache / "other", "done", fail)
     assert sorted(p.name for p in cache.iterdir()) == ["sim"]
+
+
+# --------------------------------------------------------------------------------------------
+# one fix per --out: the lock
+
+
+def _lock(parent: Path, pid: int) -> Path:
+    import socket
+
+    lock = parent / ".fixed.headscope-lock"
+    lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname()}) + "\n")
+    return lock
+
+
+def test_a_second_fix_to_one_out_refuses_at_once(bert_tiny_dir, tmp_path, monkeypatch):
+    """The issue's case: a second `fix` to one --out refused only after loading, rescaling and
+    verifying. Another live run's lock refuses before the model is loaded."""
+    import socket
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the lock was checked")
+
+    monkeypatch.setattr(checkpoint, "load", no_load)
+    parent = tmp_path / "outputs"
+    parent.mkdir()
+    lock = _lock(parent, os.getpid())  # a live process holds it
+    result = CliRunner().invoke(main, ["fix", str(bert_tiny_dir), "--k", "4", "--out",
+                                       str(parent / "fixed")])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"Error: {parent / 'fixed'} is being written by headscope process {os.getpid()} on "
+        f"{socket.gethostname()} (lock {lock}); wait for it to finish or choose another --out "
+        "(delete the lock only if no headscope fix is running).\n")
+    assert sorted(p.name for p in parent.iterdir()) == [lock.name]  # its lock, untouched
+
+
+def test_the_lock_is_removed_on_an_error_and_a_dead_runs_lock_is_taken(bert_tiny_dir, tmp_path,
+                                                                       monkeypatch):
+    from headscope.errors import InputError
+
+    parent = tmp_path / "outputs"
+    parent.mkdir()
+    seen = []
+
+    def failing_load(*args, **kwargs):
+        seen.append(sorted(p.name for p in parent.iterdir()))  # the lock is held meanwhile
+        raise InputError("damaged weights")
+
+    load = checkpoint.load
+    monkeypatch.setattr(checkpoint, "load", failing_load)
+    args = ["fix", str(bert_tiny_dir), "--k", "4", "--n-pairs", FEW, "--out",
+            str(parent / "fixed")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and result.stderr == "Error: damaged weights\n"
+    assert seen == [[".fixed.headscope-lock"]]
+    assert list(parent.iterdir()) == []  # removed on the error path
+    # a lock whose process is gone (same host) is a killed run's: taken, then removed
+    monkeypatch.setattr(checkpoint, "load", load)
+    _lock(parent, _dead_pid())
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in parent.iterdir()) == ["fixed"]
