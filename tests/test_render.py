@@ -74,6 +74,7 @@ def _one_line(renderable) -> str:
 
 def test_the_healthy_models_k_is_said_to_be_small_and_uncertain():
     from headscope.api.demo import TrainedEvidence
+
     from headscope.findings import Finding
 
     evidence = TrainedEvidence()
