@@ -73,8 +73,7 @@ def _one_line(renderable) -> str:
 
 
 def test_the_healthy_models_k_is_said_to_be_small_and_uncertain():
-    from headscope.api.demo import TrainedEvidence
-
+    from headscope.api.demonstration import TrainedEvidence
     from headscope.findings import Finding
 
     evidence = TrainedEvidence()
@@ -103,7 +102,7 @@ def test_the_demos_trained_evidence_is_the_calibration_pages():
     """The numbers the demo quotes for the real BERT-tiny are docs/calibration.md's."""
     from pathlib import Path
 
-    from headscope.api.demo import TrainedEvidence
+    from headscope.api.demonstration import TrainedEvidence
 
     e = TrainedEvidence()
     page = " ".join((Path(__file__).resolve().parent.parent / "docs" / "calibration.md")
