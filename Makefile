@@ -33,13 +33,26 @@ $(VENV)/bin/python:
 	@echo "Created the project virtualenv $(VENV) (activate it with: . $(VENV)/bin/activate)"
 endif
 
+# Install progress, one line per step: `pip -q` prints nothing while it works, and torch is by
+# far the largest step (its CPU wheel is ~190 MB, ~750 MB installed; PyPI's default Linux build
+# is the CUDA one, several GB).
+TORCH_STEP = @echo "Installing $(TORCH)$(if $(TORCH_INDEX), from $(TORCH_INDEX),) (the largest step: ~190 MB for the CPU build, several GB for a CUDA build; nothing is printed until it is done)..."
+
+INSTALLED = Installed $(if $(VENV_PYTHON),into $(VENV); put headscope on your PATH with: . $(VENV)/bin/activate,for $(PYTHON))
+
 install: venv
-	$(PIP) install -q $(TORCH_FLAGS) $(TORCH)
-	$(PIP) install -q -e .
+	$(TORCH_STEP)
+	@$(PIP) install -q $(TORCH_FLAGS) $(TORCH)
+	@echo "Installing headscope (editable) and its dependencies: transformers, safetensors, numpy, ..."
+	@$(PIP) install -q -e .
+	@echo "$(INSTALLED)"
 
 install-test: venv
-	$(PIP) install -q $(TORCH_FLAGS) $(TORCH)
-	$(PIP) install -q -e '.[test]'
+	$(TORCH_STEP)
+	@$(PIP) install -q $(TORCH_FLAGS) $(TORCH)
+	@echo "Installing headscope (editable) with its test extras: transformers, pytest, hypothesis, ..."
+	@$(PIP) install -q -e '.[test]'
+	@echo "$(INSTALLED)"
 
 # The main job on its embedded default: real BERT-tiny vs its simulated large-head variant.
 demo: install

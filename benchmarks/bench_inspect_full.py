@@ -8,7 +8,11 @@ BERT-tiny's tokenizer). Threads: OMP_NUM_THREADS / torch threads = --threads (de
 bench_probe.py).
 
     python benchmarks/bench_inspect_full.py [--models bert-tiny modernbert] [--skip-default]
-        [--threads 1] [--device cpu]
+        [--threads 1] [--device cpu] [--repeat N]
+
+With --repeat N the default and --fast runs alternate N times (so a change of load hits both)
+and the medians are printed side by side: end to end (wall) and the probe alone (its "probe:
+done in S s" progress line), with the ratio default / fast of each.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import statistics
 import subprocess
 import sys
 import time
@@ -48,10 +54,15 @@ def main() -> None:
     parser.add_argument("--skip-default", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeat", type=int, default=0)
     args = parser.parse_args()
     from headscope import assets
 
     paths = {"bert-tiny": assets.fetch("bert-tiny-splade"), "modernbert": modernbert_base()}
+    if args.repeat:
+        for name in args.models:
+            repeated(name, paths[name], args)
+        return
     for name in args.models:
         for fast in (True,) if args.skip_default else (False, True):
             seconds, report, lines = run(paths[name], fast, args.threads, args.device)
@@ -62,6 +73,25 @@ def main() -> None:
                   f"recommended k = {rec['k']:g} (scale_bias {rec['scale_bias']})", flush=True)
             for line in lines:
                 print(f"    stderr | {line}")
+
+
+def repeated(name: str, path: Path, args) -> None:
+    """Default and --fast alternately, `args.repeat` times; medians and ratios."""
+    times: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    for i in range(args.repeat):
+        for fast in (False, True):
+            seconds, _report, lines = run(path, fast, args.threads, args.device)
+            done = [float(m.group(1)) for line in lines
+                    if (m := re.match(r"probe: done in ([0-9.]+) s", line))]
+            probe = done[-1] if done else float("nan")
+            times[fast].append((seconds, probe))
+            print(f"{name} run {i + 1} {'--fast ' if fast else 'default'}: {seconds:.1f} s wall, "
+                  f"probe {probe:g} s", flush=True)
+    wall = {f: statistics.median(t[0] for t in times[f]) for f in times}
+    probe = {f: statistics.median(t[1] for t in times[f]) for f in times}
+    print(f"{name}, median of {args.repeat}: end to end {wall[False]:.1f} s default vs "
+          f"{wall[True]:.1f} s --fast ({wall[False] / wall[True]:.1f}x); probe {probe[False]:g} s "
+          f"vs {probe[True]:g} s ({probe[False] / probe[True]:.1f}x)")
 
 
 if __name__ == "__main__":

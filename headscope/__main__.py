@@ -1,3 +1,68 @@
-from headscope.cli import main
+"""The `headscope` command (the console script and `python -m headscope`).
 
-main()
+Signals are handled from this module's first statement, before the CLI and its dependencies are
+imported (about a second): SIGTERM and SIGHUP then raise `Terminated` like Ctrl-C raises
+KeyboardInterrupt, so a signal at any moment ends the command with one line and 128 + its
+number (`errors.EXIT_CODES`). While a command runs, `cli.handle_errors` handles it (cleanup,
+then its line); a signal that comes before (importing, parsing the flags) says that nothing
+was written. Either way the process then leaves with `os._exit` once its output is flushed:
+the cleanup has run, and a normal interpreter exit would destroy native thread pools (torch's)
+that may still be running, which aborts the process (std::terminate, SIGABRT) instead of
+giving the documented code. Only the interpreter's own start-up, before this module runs, is
+outside this (a few hundredths of a second).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from headscope.errors import (
+    EXIT_HUNG_UP,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    Terminated,
+    stopped_message,
+)
+
+_SIGNAL_EXITS = (EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED)
+_HANDLED = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _terminated(signum, frame):
+    for sig in _HANDLED:  # a second one waits: the first one's unwinding finishes
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+def run() -> None:
+    """Run the CLI with signals handled from the start (see the module docstring)."""
+    for sig in _HANDLED:
+        signal.signal(sig, _terminated)
+    try:
+        from headscope.cli import main
+
+        main()
+    except KeyboardInterrupt as exc:  # before a command ran: importing, parsing the flags
+        signum = getattr(exc, "signum", signal.SIGINT)
+        sys.stderr.write(stopped_message(signum, started=False) + "\n")
+        _leave(128 + int(signum))
+    except SystemExit as exc:
+        if exc.code in _SIGNAL_EXITS:  # a command stopped by a signal, its cleanup done
+            _leave(int(exc.code))  # type: ignore[arg-type]
+        raise
+
+
+def _leave(code: int) -> None:
+    """Flush what was printed, then end the process without the interpreter's teardown."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    run()

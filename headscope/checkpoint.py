@@ -42,6 +42,7 @@ from headscope.safetensors_file import (
     safetensors_header,
 )
 from headscope.vocabulary import TOKENIZER_FILES, Vocabulary, own_file, read_file
+from headscope.vocabulary import check_files as check_tokenizer_files
 
 if TYPE_CHECKING:
     import torch
@@ -262,6 +263,7 @@ def resolve(source: str, revision: str | None = None) -> Checkpoint:
         raise CheckpointNotFoundError(source, f"{folder} has no config.json")
     config = read_json_object(folder / "config.json")
     check_config(config, folder / "config.json")
+    check_tokenizer_files(folder)  # seconds, not after a minute of model loading
     found = _find_weights(folder)
     if found is None:
         raise CheckpointNotFoundError(
@@ -591,10 +593,13 @@ def load_tokenizer(ckpt: Checkpoint, options: LoadOptions | None = None):
             str(ckpt.path), trust_remote_code=options.trust_remote_code, **extra
         )
     except Exception as err:
+        # Only a missing package is fixed by installing one; a damaged file is named as such.
+        missing = isinstance(err, ImportError) or "pip install" in str(err)
         raise InputError(
             f"The tokenizer of {ckpt.source} in {ckpt.path} cannot be loaded "
-            f"({first_line(err)}); install the package it needs (e.g. sentencepiece) or remove "
-            "the broken tokenizer files."
+            f"({first_line(err)}); "
+            + ("install the package it names." if missing else
+               "repair or replace the tokenizer files.")
         ) from err
     if len(tokenizer) > len(set(tokenizer.all_special_tokens)):
         return tokenizer

@@ -11,6 +11,49 @@ EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
+# A signal ends a command with 128 + its number, after the cleanup (cli.handle_errors).
+EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED = 129, 130, 143
+
+# The one list of exit codes: README.md and docs/cli.md state it as `exit_codes_text()` words
+# (a test compares both), docs/findings.md as a table with these codes.
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (EXIT_OK, "ok"),
+    (EXIT_CHECK_FAILED, "check failed its policy"),
+    (EXIT_USAGE, "usage or input error"),
+    (EXIT_INTERNAL, "internal error"),
+    (EXIT_HUNG_UP, "hung up (SIGHUP)"),
+    (EXIT_INTERRUPTED, "interrupted (SIGINT, Ctrl-C)"),
+    (EXIT_TERMINATED, "terminated (SIGTERM)"),
+)
+
+
+def exit_codes_text() -> str:
+    """The exit codes in words: "0 ok, 1 check failed its policy, ..."."""
+    return ", ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is so that it unwinds like Ctrl-C: every
+    `finally` of the library runs and removes its temporary files."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def stopped_message(signum: int, *, started: bool = True) -> str:
+    """The one line a signal ends a command with; `started`: a command was running (its
+    temporary files have been removed), else it came before any work."""
+    import signal
+
+    if not started:
+        name = "Interrupted" if signum == signal.SIGINT else \
+            f"Stopped by {signal.Signals(signum).name}"
+        return f"{name} before any work began; nothing was written."
+    if signum == signal.SIGINT:
+        return "Interrupted; nothing was left half-written."
+    return (f"Stopped by {signal.Signals(signum).name}; temporary files removed, nothing was "
+            "left half-written.")
 
 
 class HeadscopeError(Exception):

@@ -388,8 +388,9 @@ def _validate(config: ProbeConfig, probe: ProbeSet) -> None:
     for name in ("n_pairs", "batch_size", "max_query_length", "max_passage_length"):
         if int(getattr(config, name)) < 1:
             raise InputError(f"ProbeConfig.{name} = {getattr(config, name)!r} must be >= 1.")
-    if not config.ks or any(not (math.isfinite(float(k)) and float(k) > 0) for k in config.ks):
-        raise InputError(f"ProbeConfig.ks = {config.ks!r} must be positive finite numbers.")
+    if not config.ks or any(not (math.isfinite(float(k)) and float(k) >= 1) for k in config.ks):
+        raise InputError(f"ProbeConfig.ks = {config.ks!r} must be finite numbers >= 1 (k divides "
+                         "the head).")
 
 
 def samples_per_token(config: ProbeConfig, n_pairs: int, vocab_size: int) -> int:

@@ -311,21 +311,85 @@ def finding_legend(reports: Sequence[Report]) -> Text | None:
                 "headscope inspect MODEL for the full messages)", style="dim")
 
 
-def demo_next_steps() -> Text:
-    """The commands to run after the demo."""
-    return Text(
-        "Next, on your own model (a local folder or a Hub id in your cache):\n"
-        "  headscope inspect MODEL                 measure its head and recommend k\n"
+# What the demo says first: why a head's scale matters, and what k does.
+DEMO_WHY = (
+    "Why the head's scale matters: SPLADE turns the MLM head's logits into term weights, "
+    "log(1 + relu(logit)), and scores a query against a passage by their dot product, so a head "
+    "on a large scale makes most of the vocabulary active with large weights, and contrastive "
+    "training starts from huge scores and losses and degrades or collapses.",
+    "What k does: dividing the head's projection by k before training shrinks its logits, so "
+    "that active terms, weights and scores start on the scale SPLADE trains well from; "
+    "headscope measures the head and recommends k.",
+)
+
+
+def activation_command() -> str | None:
+    """`. .venv/bin/activate` (the running virtualenv's activate script, relative to the
+    working directory when it lies below it) when headscope runs from a virtualenv that is not
+    active, so that `headscope` is not on PATH; None otherwise."""
+    import os
+    import sys
+    from pathlib import Path
+
+    prefix = Path(sys.prefix)
+    active = os.environ.get("VIRTUAL_ENV")
+    if sys.prefix == sys.base_prefix or (active and Path(active).resolve() == prefix.resolve()):
+        return None
+    script = prefix / ("Scripts" if os.name == "nt" else "bin") / "activate"
+    try:
+        shown = script.relative_to(Path.cwd())
+    except ValueError:
+        shown = script
+    return f". {shown}"
+
+
+def demo_next_steps(model_path: str = "", activate: str | None = None) -> Text:
+    """The commands to run after the demo: first how to put `headscope` on PATH (`activate`,
+    when it is not), then the demo's own real model (`model_path`, a local folder), then yours."""
+    lines = ["Next:"]
+    if activate:
+        lines.append(f"  {activate}    puts headscope on your PATH (it is installed there)")
+    if model_path:
+        lines += ["Try it first on the demo's real model, a local folder:",
+                  f"  headscope inspect {model_path}"]
+    lines += [
+        f"{'Then on' if model_path else 'On'} your own model (a local folder or a Hub id in "
+        "your cache):",
+        "  headscope inspect MODEL                 measure its head and recommend k",
         "  headscope fix MODEL --out ./fixed       write the rescaled checkpoint (nothing when "
-        "k = 1)\n"
+        "k = 1)",
         "  headscope confirm MODEL --k K           train original and fixed side by side "
-        "(minutes)\n"
-        "  headscope demo --confirm                train this simulation as is and fixed\n"
-        "Every command and flag: headscope COMMAND --help, or docs/cli.md.")
+        "(minutes)",
+        "  headscope demo --confirm                train this simulation as is and fixed",
+        "Every command and flag: headscope COMMAND --help, or docs/cli.md."]
+    return Text("\n".join(lines))
+
+
+def healthy_note(report: Report, evidence) -> Text | None:
+    """For a model with no warning findings whose recommended k is above 1: what that k is
+    (small, and as certain as `evidence`, the trained comparison, says), so that "rescale"
+    beside "findings: none" is not read as a repair. None for any other report."""
+    rec = report.recommendation
+    if rec is None or rec.k == 1 or any(f.severity != "info" for f in report.findings):
+        return None
+    k = k_text(rec.k)
+    text = (f"No finding says this head is too large: k = {k} is a small and uncertain "
+            "adjustment the bands suggest, not a repair.")
+    if evidence is not None and rec.k == evidence.k and not rec.scale_bias:
+        lo, hi = evidence.gain_in_domain_interval
+        olo, ohi = evidence.diff_out_of_domain_interval
+        text += (f" Trained (docs/calibration.md, 3 seeds x 50 steps): k = {k} beat k = 1 by "
+                 f"{evidence.gain_in_domain:.3f} MRR@10 in domain (95% interval {lo:+.3f} to "
+                 f"{hi:+.3f}), and out of domain the two were tied "
+                 f"({evidence.mrr_k1_out_of_domain:.3f} at k = 1, "
+                 f"{evidence.mrr_k_out_of_domain:.3f} at k = {k}; interval {olo:+.3f} to "
+                 f"{ohi:+.3f}).")
+    return Text(text, style="cyan")
 
 
 def demo_view(outcome) -> Group:
-    """The demo: the simulation's label, the two models side by side, both recommendations."""
+    """The demo: why scale matters and what k does, the simulation's label, the two models side
+    by side, both recommendations (the healthy one said for what it is), what to run next."""
     sim = outcome.simulation
     note = Text(
         f"{sim.label}\nShift {num(sim.shift)}: median token logit {num(sim.median_before)} -> "
@@ -334,7 +398,8 @@ def demo_view(outcome) -> Group:
         f"{num(sim.active_after)} of {sim.vocab_size:,}.\nMeasured on the {sim.n_texts} probe "
         "passages the shift was calibrated on; the table below counts the tokens of the probe's "
         "queries too, so its median and share of positive logits differ.", style="yellow")
-    parts: list = [Panel(note, title="Simulated large-head regime (not a real checkpoint)",
+    parts: list = [Text("\n".join(DEMO_WHY)),
+                   Panel(note, title="Simulated large-head regime (not a real checkpoint)",
                          title_align="left"),
                    compare_table(outcome.reports, outcome.labels)]
     legend = finding_legend(outcome.reports)
@@ -344,15 +409,20 @@ def demo_view(outcome) -> Group:
         parts.append(Text(label, style="bold"))
         parts.append(per_k_table(rep))
         parts.append(recommendation_view(rep.recommendation, _has_bias(rep)))
+        healthy = healthy_note(rep, outcome.evidence)
+        if healthy is not None:
+            parts.append(healthy)
     if outcome.training is not None:
         parts.append(Text("Trained side by side: the simulation as is, and fixed as recommended",
                           style="bold"))
         parts.append(training_view(outcome.training))
-    parts.append(demo_next_steps())
+    parts.append(demo_next_steps(outcome.model_path, activation_command()))
     return Group(*parts)
 
 
-_STATUS_STYLE = {"stable": "green", "degraded": "yellow", "collapsed": "bold red"}
+_STATUS_STYLE = {"stable": "green", "degraded": "yellow", "collapsed": "bold red",
+                 "too short": "dim"}
+_STATUS_TEXT = {"too short": "too short to judge"}
 
 
 def training_view(outcome) -> Group:
@@ -369,7 +439,8 @@ def training_view(outcome) -> Group:
         t.add_row(a.name, a.description, num(a.start_loss), num(a.end_loss),
                   num(a.max_grad_norm), num(a.active_query_end), num(a.active_passage_end),
                   num(a.ndcg_at_10), num(a.mrr_at_10), num(a.recall_at_100),
-                  Text(a.status, style=_STATUS_STYLE.get(a.status, "")))
+                  Text(_STATUS_TEXT.get(a.status, a.status),
+                       style=_STATUS_STYLE.get(a.status, "")))
     parts: list = []
     if outcome.simulation:
         parts.append(Text(outcome.simulation, style="yellow"))

@@ -9,10 +9,19 @@ schema_version, a missing or unknown field, or a value of the wrong type raises 
 JSON has no NaN or infinity. A non-finite float is written as `null`; reading `null` back gives
 NaN for a float field and None for a field that is optional (`float | None`). Everything else
 round-trips exactly: `from_dict(to_dict(r)) == r` for reports without NaN.
+
+A report cannot be edited into a pass. Every number has a range (`RANGES`: k >= 1 and finite,
+counts >= 0, shares in [0, 1], norms >= 0, ...), stated by the shipped schema and checked by the
+reader, which names the first field out of range. The JSON form carries `content_sha256`, the
+sha256 of the rest of the document in a canonical form (`content_sha256()`); the reader refuses
+a report whose content no longer matches it ("edited after it was written"). This is a check
+against edits and damage, not a signature: whoever edits a report can recompute the hash, but
+not move a number out of its range.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -28,10 +37,13 @@ from typing import IO, Any, Union, get_args, get_origin, get_type_hints
 from headscope import __version__, fileio
 from headscope.errors import ReportError
 from headscope.findings import SEVERITIES, Finding
-from headscope.recommend import Recommendation
-from headscope.stats import KStats, WeightStats
+from headscope.recommend import KVerdict, Recommendation
+from headscope.stats import Histogram, KStats, Summary, WeightStats
 
-SCHEMA_VERSION = 1
+# 2: the content hash and the ranges. A report of schema_version 1 (no hash, unchecked ranges)
+# is refused like any other version: re-create it.
+SCHEMA_VERSION = 2
+HASH_FIELD = "content_sha256"
 _REMEDY = "re-create the report with headscope inspect --json"
 
 
@@ -98,6 +110,61 @@ class Report:
     recommendation: Recommendation | None  # the recommended k and its reasons; None: none
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values one number of a report may take; None leaves a side open. `finite`: null (a
+    non-finite number) is refused too; otherwise null (unknown) is allowed."""
+
+    low: float | None = None
+    high: float | None = None
+    finite: bool = False
+
+    def admits(self, x: float | None) -> bool:
+        if x is None or (isinstance(x, float) and math.isnan(x)):
+            return not self.finite
+        return (self.low is None or x >= self.low) and (self.high is None or x <= self.high)
+
+    def text(self, integer: bool = False) -> str:
+        """The range in words, e.g. "a finite number >= 1", "a number between 0 and 1 or null"."""
+        kind = "an integer" if integer else "a finite number" if self.finite else "a number"
+        if self.low is not None and self.high is not None:
+            bounds = f"between {self.low:g} and {self.high:g}"
+        elif self.low is not None:
+            bounds = f">= {self.low:g}"
+        else:
+            bounds = f"<= {self.high:g}"
+        return f"{kind} {bounds}" + ("" if integer or self.finite else " or null")
+
+
+_K = Range(1.0, finite=True)  # a divisor of the head: headscope only divides (ProbeConfig.ks)
+_COUNT = Range(0)
+_NONNEGATIVE = Range(0.0)  # norms, term weights, scores of non-negative vectors, losses
+_SHARE = Range(0.0, 1.0)
+
+# Every number of a report with a range, by record and field (a tuple field: each item). The
+# shipped schema states the same bounds (tests/test_report.py compares them).
+RANGES: dict[type, dict[str, Range]] = {
+    ModelInfo: {"n_rows": _COUNT, "n_tokenizer": _COUNT, "hidden_size": _COUNT},
+    Summary: {"mean": _NONNEGATIVE, "median": _NONNEGATIVE, "p99": _NONNEGATIVE,
+              "max": _NONNEGATIVE, "min": _NONNEGATIVE, "count": _COUNT},
+    Histogram: {"edges": Range(0.0, finite=True), "real": _COUNT, "other": _COUNT},
+    WeightStats: {"n_rows": _COUNT, "n_real_rows": _COUNT, "hidden_size": _COUNT,
+                  "bias_std": _NONNEGATIVE, "norm_weight_l2": _NONNEGATIVE,
+                  "norm_bias_l2": _NONNEGATIVE, "dense_spectral_norm": _NONNEGATIVE},
+    ProbeSummary: {"n_pairs": _COUNT, "ks": _K, "batch_size": Range(1),
+                   "max_query_length": Range(1), "max_passage_length": Range(1),
+                   "unknown_token_share": _SHARE},
+    KStats: {"k": _K, "frac_positive": _SHARE, "term_weight_mean": _NONNEGATIVE,
+             "term_weight_max": _NONNEGATIVE, "share_above_5": _SHARE,
+             "active_query": _NONNEGATIVE, "active_passage": _NONNEGATIVE,
+             "active_query_share": _SHARE, "active_passage_share": _SHARE,
+             "cosine_unrelated": _SHARE, "score_pos": _NONNEGATIVE, "score_neg": _NONNEGATIVE,
+             "start_loss": _NONNEGATIVE, "frac_positive_se": _NONNEGATIVE},
+    KVerdict: {"k": _K},
+    Recommendation: {"k": _K, "passing": _K},
+}
+
+
 def utc_now() -> str:
     """The current time as the report's `created` string (seconds, UTC, trailing Z)."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -133,16 +200,32 @@ def make_report(
 
 def to_dict(obj: Any) -> Any:
     """JSON-ready form of a report (or any record in it): dicts in field order, lists for
-    tuples, None for non-finite floats."""
+    tuples, None for non-finite floats. A Report's dict ends with its `content_sha256`."""
+    data = _plain(obj)
+    if isinstance(obj, Report):
+        data[HASH_FIELD] = content_sha256(data)
+    return data
+
+
+def _plain(obj: Any) -> Any:
     if is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+        return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
     if isinstance(obj, tuple | list):
-        return [to_dict(v) for v in obj]
+        return [_plain(v) for v in obj]
     if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
+        return {k: _plain(v) for k, v in obj.items()}
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def content_sha256(data: dict[str, Any]) -> str:
+    """The sha256 (hex) of a report's dict form without its `content_sha256`: JSON with sorted
+    keys, no spaces, UTF-8. Re-indenting a report keeps it; changing any value does not."""
+    body = {k: v for k, v in data.items() if k != HASH_FIELD}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def from_dict(data: Any, *, source: str | None = None) -> Report:
@@ -159,12 +242,29 @@ def from_dict(data: Any, *, source: str | None = None) -> Report:
             "written by headscope inspect --json."
         )
     version = data["schema_version"]
+    if version == 1 and not isinstance(version, bool):
+        raise ReportError(
+            f"{prefix} has schema_version 1, written before reports carried a content hash and "
+            f"range-checked numbers; headscope {__version__} reads schema_version "
+            f"{SCHEMA_VERSION}: {_REMEDY}."
+        )
     if version != SCHEMA_VERSION or isinstance(version, bool):
         raise ReportError(
             f"{prefix} has schema_version {version!r}, but headscope {__version__} reads "
             f"schema_version {SCHEMA_VERSION}; {_REMEDY} or use the headscope that wrote it."
         )
-    report = _decode(Report, data, "", prefix)
+    stored = data.get(HASH_FIELD)
+    if not isinstance(stored, str):
+        raise ReportError(
+            f"{prefix} has no {HASH_FIELD}, which every report headscope writes carries; "
+            f"{_REMEDY}."
+        )
+    if stored != content_sha256(data):
+        raise ReportError(
+            f"{prefix} was edited after it was written: its content does not match its "
+            f"{HASH_FIELD}; {_REMEDY} rather than editing it."
+        )
+    report = _decode(Report, {k: v for k, v in data.items() if k != HASH_FIELD}, "", prefix)
     for i, finding in enumerate(report.findings):
         if finding.severity not in SEVERITIES:
             raise ReportError(
@@ -201,8 +301,14 @@ def _decode(tp: Any, value: Any, path: str, prefix: str) -> Any:
             if name not in value and name not in optional:
                 raise ReportError(f"{prefix} is missing field '{_join(path, name)}'; {_REMEDY}.")
         hints = _hints(tp)
-        return tp(**{n: _decode(hints[n], value[n], _join(path, n), prefix) for n in names
-                     if n in value})
+        ranges = RANGES.get(tp, {})
+        decoded = {}
+        for n in names:
+            if n in value:
+                decoded[n] = _decode(hints[n], value[n], _join(path, n), prefix)
+                if n in ranges:
+                    _check_range(ranges[n], decoded[n], value[n], _join(path, n), prefix)
+        return tp(**decoded)
     if origin is tuple:
         if not isinstance(value, list):
             raise _type_error(prefix, path, "a list", value)
@@ -226,6 +332,21 @@ def _decode(tp: Any, value: Any, path: str, prefix: str) -> Any:
             raise _type_error(prefix, path, "a string", value)
         return value
     raise TypeError(f"report field {path} has unsupported type {tp!r}")  # a bug in headscope
+
+
+def _check_range(rng: Range, decoded: Any, raw: Any, path: str, prefix: str) -> None:
+    """Refuse a decoded number (or each number of a tuple) outside `rng`, naming the field."""
+    if isinstance(decoded, tuple):
+        for i, (d, r) in enumerate(zip(decoded, raw, strict=True)):
+            _check_range(rng, d, r, f"{path}[{i}]", prefix)
+        return
+    if not rng.admits(decoded):
+        shown = "null" if raw is None else repr(raw)
+        raise ReportError(
+            f"{prefix} field '{path}' is {shown}, outside its range "
+            f"({rng.text(isinstance(decoded, int))}): the report "
+            f"was edited or damaged; {_REMEDY}."
+        )
 
 
 def _join(path: str, name: str) -> str:
@@ -339,7 +460,7 @@ def read_json(path: str | os.PathLike[str]) -> Report:
 
 
 def schema() -> dict[str, Any]:
-    """The shipped JSON Schema of schema_version 1 (draft 2020-12)."""
+    """The shipped JSON Schema of this schema_version (draft 2020-12)."""
     text = resources.files("headscope").joinpath("schema/report.schema.json").read_text("utf-8")
     return json.loads(text)
 
@@ -380,10 +501,14 @@ def _finite_or_none(x: float | None) -> float | None:
 
 
 __all__ = [
+    "HASH_FIELD",
+    "RANGES",
     "SCHEMA_VERSION",
     "ModelInfo",
+    "Range",
     "ProbeSummary",
     "Report",
+    "content_sha256",
     "dumps",
     "from_dict",
     "key_statistics",

@@ -683,7 +683,9 @@ class ProbeAccumulator:
                     active_passage=float(ad),
                     active_query_share=float(aq / self.vocab_size),
                     active_passage_share=float(ad / self.vocab_size),
-                    cosine_unrelated=float(self._cos_sum[i] / self._n_offdiag) if neg else nan,
+                    # A mean of cosines of unit rows: at most 1 but for rounding.
+                    cosine_unrelated=(min(1.0, float(self._cos_sum[i] / self._n_offdiag))
+                                      if neg else nan),
                     score_pos=float(self._pos_sum[i] / self._n_queries),
                     score_neg=float(self._neg_sum[i] / self._n_offdiag) if neg else nan,
                     start_loss=float(self._loss_sum[i] / self._n_neg_batches) if neg else nan,

@@ -9,6 +9,7 @@ transformers (`checkpoint.load_tokenizer`) for the others.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,40 @@ def own_file(folder: Path) -> str | None:
     if "vocab.txt" in present and present <= {"vocab.txt", "tokenizer_config.json"}:
         return "vocab.txt"
     return None
+
+
+# The JSON files beside tokenizer.json whose content the tokenizer loaders read.
+_JSON_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+
+
+def check_files(folder: Path) -> None:
+    """Refuse, in a fraction of a second and before any model is built, tokenizer files the
+    loaders would refuse after it: tokenizer.json is parsed by the `tokenizers` library itself
+    (so it accepts exactly what that library accepts), the other JSON files must hold objects.
+    InputError names the file and, for tokenizer.json, whether it is not JSON at all or JSON
+    the library does not accept (with the top-level keys it does not know)."""
+    for name in _JSON_FILES:
+        if (folder / name).is_file():
+            read_json_object(folder / name)
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return
+    import tokenizers
+
+    try:
+        tokenizers.Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises plain Exceptions on malformed files
+        data = read_json_object(path)  # not JSON at all: named with its line and column
+        known = set(json.loads(tokenizers.Tokenizer(
+            tokenizers.models.WordPiece({"[UNK]": 0}, unk_token="[UNK]")).to_str()))
+        unknown = sorted(set(data) - known)
+        what = (f"top-level key{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(map(repr, unknown))} it does not know (it knows "
+                f"{', '.join(sorted(known))})" if unknown else str(err).splitlines()[0])
+        raise InputError(
+            f"{path} is JSON, but the tokenizers library {tokenizers.__version__} (which loads "
+            f"it for transformers too) refuses it: {what}; repair or replace the file."
+        ) from err
 
 
 def read_file(folder: Path, file_name: str, source: str) -> Vocabulary:

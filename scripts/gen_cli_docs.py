@@ -29,9 +29,10 @@ shows the real BERT-tiny beside its simulated large-head variant without any mod
 Conventions shared by every command:
 
 - **stdout carries data, stderr everything else.** With `--json -` stdout holds the JSON
-  document and nothing else; tables, progress and messages go to stderr or are left out.
-- **Exit codes:** 0 ok, 1 `check` failed its policy, 2 usage or input error (one `Error:` line on
-  stderr naming the problem and the remedy), 3 internal error, 130 interrupted.
+  document and nothing else; tables, progress and messages go to stderr or are left out. With
+  `--json PATH` the JSON goes to PATH and stdout keeps the tables, the same data for a reader
+  (`> /dev/null` silences them); progress and messages stay on stderr.
+EXIT_CODES_BULLET
 - `HEADSCOPE_DEBUG=1` prints the traceback behind an `Error:` line.
 - Models are local folders or Hub ids already in the Hugging Face cache; `HF_HUB_OFFLINE=1` is
   honoured.
@@ -55,11 +56,24 @@ def _help(args: list[str]) -> str:
     return result.stdout.rstrip() + "\n"
 
 
+def exit_codes_bullet() -> str:
+    """The exit-code bullet, from headscope.errors.EXIT_CODES (the README states the same)."""
+    import textwrap
+
+    from headscope.errors import exit_codes_text
+
+    text = (f"- **Exit codes:** {exit_codes_text()}. A usage or input error is one `Error:` "
+            "line on stderr naming the problem and the remedy.")
+    return "\n".join(textwrap.wrap(text, width=96, subsequent_indent="  ",
+                                    break_on_hyphens=False))
+
+
 def render() -> str:
     """The full text of docs/cli.md."""
     from headscope.cli import commands
 
-    parts = [INTRO, "## headscope\n", "```text\n" + _help(["--help"]) + "```\n"]
+    intro = INTRO.replace("EXIT_CODES_BULLET", exit_codes_bullet())
+    parts = [intro, "## headscope\n", "```text\n" + _help(["--help"]) + "```\n"]
     for name in commands():  # the order they were defined in: the order of a workflow
         parts.append(f"## headscope {name}\n")
         parts.append("```text\n" + _help([name, "--help"]) + "```\n")

@@ -31,6 +31,7 @@ SECTIONS = (
     ("recommendation", recommend.Recommendation),
     ("recommendation.verdicts[]", recommend.KVerdict),
     ("recommendation.bands[]", recommend.Band),
+    ("weights.row_norm_histogram", stats.Histogram),
 )
 
 INTRO = """# The JSON report
@@ -40,6 +41,16 @@ JSON Schema shipped in the package (`headscope/schema/report.schema.json`, loade
 `headscope.report.schema()`). `schema_version` is an integer; a reader refuses a version it does
 not know. JSON has no NaN or infinity: a non-finite number is written as `null`. Finding codes
 and the bands are documented in [findings.md](findings.md).
+
+**A report cannot be edited into a pass.** Every number with a range (the "range" column below)
+is checked by the schema and by the reader (`headscope check --report` among them, without
+torch): a value outside it is refused, exit 2, naming the field. The last field,
+`content_sha256`, is the sha256 of the rest of the document as JSON with sorted keys and no
+spaces (UTF-8): re-indenting a report keeps it, and a report whose content no longer matches it
+is refused as "edited after it was written". It guards against edits and damage, not against
+forgery (whoever edits a report can recompute it; not move a number out of its range).
+`schema_version` 2 introduced both; a report of schema_version 1 is refused with the advice to
+re-create it, since nothing in it can tell whether it was edited.
 
 Units: norms, logits, term weights and scores are in the model's own logit units (a SPLADE
 term weight is `log(1 + relu(logit))`); shares are fractions in [0, 1]; active-term counts are
@@ -69,10 +80,16 @@ def render() -> str:
         doc = inspect.getdoc(cls)
         if doc and not doc.startswith(cls.__name__ + "("):
             parts.append(doc.split("\n\n")[0].replace("\n", " ") + "\n")
-        parts.append("| field | type | meaning |\n|---|---|---|")
+        parts.append("| field | type | range | meaning |\n|---|---|---|---|")
+        ranges = report.RANGES.get(cls, {})
         for f in fields(cls):
             kind = str(f.type).replace("|", "\\|")
-            parts.append(f"| `{f.name}` | `{kind}` | {notes.get(f.name, '')} |")
+            rng = ranges.get(f.name)
+            shown = "—" if rng is None else rng.text(integer=kind.startswith(("int", "tuple[int")))
+            parts.append(f"| `{f.name}` | `{kind}` | {shown} | {notes.get(f.name, '')} |")
+        if cls is report.Report:
+            parts.append(f"| `{report.HASH_FIELD}` | `str` | — | sha256 (hex) of the rest of the "
+                         "document, canonical JSON (above); in the JSON form only |")
         parts.append("")
     return "\n".join(parts)
 

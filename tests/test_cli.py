@@ -120,6 +120,37 @@ def test_inspect_json_to_stdout_is_only_json_and_valid(runner, bert_tiny_dir, st
     assert json.loads(state_file.read_text())["source"] == str(bert_tiny_dir)
 
 
+def test_an_inspection_whose_json_was_not_written_is_not_remembered(runner, bert_tiny_dir,
+                                                                       state_file, tmp_path,
+                                                                       monkeypatch):
+    """The issue's case: `inspect --json FILE` failed to write its report and still became the
+    inspection an argument-less `fix` follows. It is recorded only after every output."""
+    from headscope import fileio
+    from headscope.errors import OutputWriteError
+
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    state_file.write_text("earlier record\n")
+    dest = tmp_path / "report.json"
+    write_text = fileio.write_text
+
+    def full_disk(path, text, *args, **kwargs):
+        if str(path) == str(dest):
+            raise OutputWriteError(str(dest), "No space left on device")
+        return write_text(path, text, *args, **kwargs)
+
+    monkeypatch.setattr(fileio, "write_text", full_disk)
+    result = runner.invoke(main, ["inspect", str(bert_tiny_dir), "--weights-only", "--json",
+                                  str(dest)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"Error: Cannot write {dest}")
+    assert state_file.read_text() == "earlier record\n"  # not replaced by the failed run
+    monkeypatch.setattr(fileio, "write_text", write_text)
+    result = runner.invoke(main, ["inspect", str(bert_tiny_dir), "--weights-only", "--json",
+                                  str(dest)])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(state_file.read_text())["source"] == str(bert_tiny_dir)
+
+
 def test_inspect_weights_only_json(runner, bert_tiny_dir):
     result = runner.invoke(main, ["inspect", str(bert_tiny_dir), "--weights-only", "--json", "-"])
     assert result.exit_code == 0, result.stderr
@@ -221,7 +252,7 @@ def tmp_checkpoint_bert(tiny_checkpoint) -> Path:
 def test_inspect_bad_ks_is_a_usage_error(runner, bert_tiny_dir):
     result = runner.invoke(main, ["inspect", str(bert_tiny_dir), "--ks", "1,0"])
     assert result.exit_code == 2
-    assert "'1,0': every k must be a positive number" in result.stderr
+    assert "'1,0': every k must be a number >= 1 (k divides the head)" in result.stderr
 
 
 # --------------------------------------------------------------------------------------------
@@ -534,6 +565,13 @@ def test_demo_shows_the_real_model_and_the_labelled_simulation(runner):
         assert f"{code} {FINDING_CODES[code].gist}" in out
     assert out.endswith("Every command and flag: headscope COMMAND --help, or docs/cli.md.")
     assert "headscope inspect MODEL measure its head and recommend k" in out
+    # it says why scale matters and what k does, and names its own cached model to try first
+    from headscope import assets
+    from headscope.render import DEMO_WHY
+
+    assert out.startswith(" ".join(" ".join(DEMO_WHY).split()))
+    assert ("Try it first on the demo's real model, a local folder: headscope inspect "
+            f"{assets.fetch('bert-tiny-splade')}") in out
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -594,11 +632,27 @@ def test_compare_never_heads_two_columns_alike(runner, bert_tiny_dir, tmp_path):
     result = runner.invoke(main, ["compare", str(full), str(weights), str(full), "--json", "-"])
     assert result.exit_code == 0, result.stderr
     labels = [m["label"] for m in valid("compare", json.loads(result.stdout))["models"]]
-    assert labels == ["bert-tiny-splade (probe) #1", "bert-tiny-splade (weights only)",
-                      "bert-tiny-splade (probe) #2"]
+    # saved reports are named by file (they were "bert-tiny-splade (probe) #1", ...)
+    assert labels == ["full.json #1", "weights.json", "full.json #2"]
     table = runner.invoke(main, ["compare", str(full), str(weights)])
-    header = next(line for line in table.stdout.splitlines() if "bert-tiny-splade (" in line)
-    assert "(probe)" in header and "(weights only)" in header
+    header = next(line for line in table.stdout.splitlines() if "full.json" in line)
+    assert "weights.json" in header and "bert-tiny-splade" not in header
+    # two files of one name: their paths as given; a model beside them: its folder name
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "full.json").write_text(full.read_text())
+    result = runner.invoke(main, ["compare", str(full), str(other / "full.json"),
+                                  str(bert_tiny_dir), "--n-pairs", FEW, "--json", "-"])
+    assert result.exit_code == 0, result.stderr
+    labels = [m["label"] for m in valid("compare", json.loads(result.stdout))["models"]]
+    assert labels == [str(full), str(other / "full.json"), "bert-tiny-splade"]
+    # models (no saved-report sources): one model's reports differ by what they measured
+    from headscope import api, report
+
+    reports = (report.read_json(full), report.read_json(weights), report.read_json(full))
+    assert api.compare_labels(reports) == (
+        "bert-tiny-splade (probe) #1", "bert-tiny-splade (weights only)",
+        "bert-tiny-splade (probe) #2")
 
 
 def test_compare_inspects_on_the_probe_file_given(runner, tmp_checkpoint_bert, tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_splade_train import _healthy, _metrics, _record, _replace
 
-from headscope import api
+from headscope.api.training import ArmSummary, judge_summaries
 from headscope.errors import InputError
 from headscope.splade import detectors
 from headscope.splade.detectors import (
@@ -19,11 +19,13 @@ from headscope.splade.detectors import (
     DEGRADED,
     NOTE,
     STABLE,
+    TOO_SHORT,
     Thresholds,
     bootstrap_interval,
     judge_arms,
     judged_status,
     normal_interval,
+    run_verdict,
     verdict,
 )
 from headscope.splade.evaluate import RetrievalMetrics
@@ -191,7 +193,7 @@ def test_judge_arms_refuses_what_it_cannot_pair():
 
 
 def _arm(name, status="stable", k=1.0):
-    return api.ArmSummary(name=name, description="", k=k, status=status, evidence=(),
+    return ArmSummary(name=name, description="", k=k, status=status, evidence=(),
                           start_loss=1.0, end_loss=0.5, max_grad_norm=1.0, active_query_end=10.0,
                           active_passage_end=100.0, ndcg_at_10=None, mrr_at_10=None,
                           recall_at_100=1.0)
@@ -207,9 +209,9 @@ def test_confirm_and_sweep_judge_the_same_arm_the_same_way():
     k1 = _rr([1, 1, 2, 1, 1, 1, 1, 3, 1, 1])
     k16 = k1.copy()
     k16[::4] = 0.25
-    confirm = api.training.judge_summaries((_arm("original"), _arm("fixed", k=16.0)),
+    confirm = judge_summaries((_arm("original"), _arm("fixed", k=16.0)),
                               {"original": _with(k1), "fixed": _with(k16)})
-    sweep = api.training.judge_summaries(
+    sweep = judge_summaries(
         tuple(_arm(f"k={k:g}", k=k) for k in (1.0, 4.0, 16.0)),
         {"k=1": _with(k1), "k=4": _with(k1), "k=16": _with(k16)})
     fixed, k16_arm = confirm[1], sweep[2]
@@ -222,4 +224,49 @@ def test_confirm_and_sweep_judge_the_same_arm_the_same_way():
         f"MRR@10 {k1.mean():.3f} is tied with the best arm (k=1, ")
     # without per-query results (no evaluation) nothing is judged
     bare = (_arm("original"), _arm("fixed"))
-    assert api.training.judge_summaries(bare, {"original": None, "fixed": None}) == bare
+    assert judge_summaries(bare, {"original": None, "fixed": None}) == bare
+
+
+# ---------------------------------------------------------------- runs too short to judge
+
+
+def _flat(n):
+    """A run whose ranking loss does not move: `no_learning` fires on it at any length."""
+    return [_record(s, loss=2.0, ranking_loss=2.0) for s in range(n)]
+
+
+def test_a_run_shorter_than_min_steps_is_too_short_not_degraded():
+    th = Thresholds()
+    assert th.min_steps == 20
+    assert verdict(_flat(10), V).status == DEGRADED  # what confirm/sweep said before
+    short = run_verdict(_flat(10), V, _metrics(0.01))  # even MRR@10 near zero
+    assert short.status == TOO_SHORT
+    (e,) = short.evidence
+    assert (e.detector, e.severity, e.value, e.threshold) == ("too_short", NOTE, 10.0, 20.0)
+    assert e.message == (
+        "10 steps are too short to judge: loss spikes, density, dead terms and learning are "
+        "judged over at least 20 steps (measured: benchmarks/verdict_steps.py); train with "
+        "--steps 20 or more for a verdict")
+    # from min_steps on, the full verdict
+    assert run_verdict(_flat(19), V).status == TOO_SHORT
+    assert run_verdict(_flat(20), V) == verdict(_flat(20), V)
+    assert run_verdict(_flat(20), V).status == DEGRADED
+
+
+def test_a_short_run_still_reports_what_any_length_shows():
+    blown = _replace(_flat(6), 3, score_pos=5e3)
+    v = run_verdict(blown, V)
+    assert v.status == DEGRADED
+    assert [e.detector for e in v.evidence] == ["score_explosion", "too_short"]
+    nan = _replace(_flat(6), 2, loss=float("nan"), loss_finite=False)
+    assert run_verdict(nan, V).status == COLLAPSED
+
+
+def test_a_short_arm_worse_than_the_best_stays_too_short_with_the_sentence():
+    k1 = _rr([1, 1, 2, 1, 1, 1, 1, 3, 1, 1])
+    k16 = k1.copy()
+    k16[::4] = 0.25
+    judged = judge_arms({"k=1": k1, "k=16": k16})
+    assert judged["k=16"].worse
+    assert judged_status(TOO_SHORT, judged["k=16"]) == (TOO_SHORT, judged["k=16"].message)
+    assert judged_status(TOO_SHORT, judged["k=1"]) == (TOO_SHORT, None)

@@ -62,3 +62,87 @@ def test_probe_line_reports_the_unknown_token_share():
     report = replace(report, probe=replace(report.probe, unknown_token_share=0.8824))
     assert "88.2% of its tokens unknown to the tokenizer)" in text(render.report_view(report))
     assert ", 88.2% of its tokens unknown to the tokenizer" in export.report_markdown(report)
+
+
+# --------------------------------------------------------------------------------------------
+# The demo teaches: why scale matters, what a healthy model's k is, what to run next
+
+
+def _one_line(renderable) -> str:
+    return " ".join(text(renderable).split())
+
+
+def test_the_healthy_models_k_is_said_to_be_small_and_uncertain():
+    from headscope.api.demonstration import TrainedEvidence
+    from headscope.findings import Finding
+
+    evidence = TrainedEvidence()
+    base = six_k_report()
+    healthy = replace(base, findings=(), recommendation=replace(
+        base.recommendation, k=evidence.k, scale_bias=False))
+    assert _one_line(render.healthy_note(healthy, evidence)) == (
+        "No finding says this head is too large: k = 4 is a small and uncertain adjustment the "
+        "bands suggest, not a repair. Trained (docs/calibration.md, 3 seeds x 50 steps): k = 4 "
+        "beat k = 1 by 0.012 MRR@10 in domain (95% interval +0.004 to +0.022), and out of domain "
+        "the two were tied (0.931 at k = 1, 0.927 at k = 4; interval -0.002 to +0.010).")
+    # another k: no training evidence to quote, the size is still said
+    at8 = replace(healthy, recommendation=replace(healthy.recommendation, k=8.0))
+    assert _one_line(render.healthy_note(at8, evidence)) == (
+        "No finding says this head is too large: k = 8 is a small and uncertain adjustment the "
+        "bands suggest, not a repair.")
+    # a head with a warning, or one that needs no rescale: nothing to soften
+    warned = replace(healthy, findings=(Finding("HS101", "large-head-scale", "warning", "m",
+                                                2.5, 1.5),))
+    assert render.healthy_note(warned, evidence) is None
+    at1 = replace(healthy, recommendation=replace(healthy.recommendation, k=1.0))
+    assert render.healthy_note(at1, evidence) is None
+
+
+def test_the_demos_trained_evidence_is_the_calibration_pages():
+    """The numbers the demo quotes for the real BERT-tiny are docs/calibration.md's."""
+    from pathlib import Path
+
+    from headscope.api.demonstration import TrainedEvidence
+
+    e = TrainedEvidence()
+    page = " ".join((Path(__file__).resolve().parent.parent / "docs" / "calibration.md")
+                    .read_text().split())
+    lo, hi = e.gain_in_domain_interval
+    assert f"best − k=1 +{e.gain_in_domain:.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}]" in page
+    olo, ohi = e.diff_out_of_domain_interval
+    assert (f"k = 1 and k = {e.k:g} are tied ({e.mrr_k1_out_of_domain:.3f} vs "
+            f"{e.mrr_k_out_of_domain:.3f}, [{olo:+.3f}, {ohi:+.3f}])") in page
+    assert "real BERT-tiny 1 → 4" in page
+
+
+def test_demo_next_steps_put_headscope_on_path_and_name_a_local_model_first():
+    out = text(render.demo_next_steps("/cache/bert-tiny-splade", ". .venv/bin/activate"))
+    lines = [ln.rstrip() for ln in out.splitlines()]
+    assert lines[:4] == [
+        "Next:",
+        "  . .venv/bin/activate    puts headscope on your PATH (it is installed there)",
+        "Try it first on the demo's real model, a local folder:",
+        "  headscope inspect /cache/bert-tiny-splade"]
+    assert lines[4] == "Then on your own model (a local folder or a Hub id in your cache):"
+    bare = text(render.demo_next_steps()).splitlines()
+    assert bare[1] == "On your own model (a local folder or a Hub id in your cache):"
+
+
+def test_activation_command_only_when_the_virtualenv_is_not_active(monkeypatch, tmp_path):
+    import sys
+
+    venv = tmp_path / ".venv"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "prefix", str(venv))
+    monkeypatch.setattr(sys, "base_prefix", "/usr")
+    monkeypatch.delenv("VIRTUAL_ENV", raising=False)
+    assert render.activation_command() == ". .venv/bin/activate"
+    monkeypatch.setenv("VIRTUAL_ENV", str(venv))  # already active: headscope is on PATH
+    assert render.activation_command() is None
+    monkeypatch.delenv("VIRTUAL_ENV")
+    elsewhere = tmp_path / "elsewhere"  # the virtualenv is not below it: its absolute path
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert render.activation_command() == f". {venv}/bin/activate"
+    monkeypatch.setattr(sys, "prefix", "/usr")  # no virtualenv at all
+    assert render.activation_command() is None

@@ -17,10 +17,13 @@ from headscope.errors import ReportError
 from headscope.findings import Finding, diagnose
 from headscope.recommend import Band, KVerdict, Recommendation, recommend
 from headscope.report import (
+    HASH_FIELD,
+    RANGES,
     SCHEMA_VERSION,
     ModelInfo,
     ProbeSummary,
     Report,
+    content_sha256,
     dumps,
     from_dict,
     loads,
@@ -30,7 +33,7 @@ from headscope.report import (
     to_dict,
     write_json,
 )
-from headscope.stats import KStats, Summary, WeightStats
+from headscope.stats import Histogram, KStats, Summary, WeightStats
 
 CREATED = "2026-07-01T12:00:00Z"
 
@@ -127,7 +130,7 @@ def weights_only() -> Report:
 
 def test_realistic_report_contents():
     report = realistic()
-    assert report.schema_version == SCHEMA_VERSION == 1
+    assert report.schema_version == SCHEMA_VERSION == 2
     assert report.headscope_version == __version__
     assert report.recommendation is not None and report.recommendation.k == 16.0
     assert [f.code for f in report.findings] == [
@@ -164,7 +167,8 @@ def test_schema_names_exactly_the_dataclass_fields():
         names = [f.name for f in fields(cls)]
         assert list(defs[name]["properties"]) == names, name
         assert defs[name]["required"] == names, name
-    assert list(schema()["properties"]) == [f.name for f in fields(Report)]
+    assert list(schema()["properties"]) == [f.name for f in fields(Report)] + [HASH_FIELD]
+    assert schema()["required"] == [f.name for f in fields(Report)] + [HASH_FIELD]
 
 
 def test_schema_rejects_unknown_field_and_wrong_version():
@@ -173,7 +177,7 @@ def test_schema_rejects_unknown_field_and_wrong_version():
     data["model"]["colour"] = "red"
     assert not validator.is_valid(data)
     data = to_dict(realistic())
-    data["schema_version"] = 2
+    data["schema_version"] = 3
     assert not validator.is_valid(data)
 
 
@@ -201,7 +205,7 @@ def test_json_text_is_pinned():
     verdict = KVerdict(4.0, ("start_loss",))
     assert json.dumps(to_dict(verdict)) == '{"k": 4.0, "failed": ["start_loss"]}'
     text = dumps(realistic())
-    assert text.startswith('{\n  "schema_version": 1,\n  "headscope_version": "')
+    assert text.startswith('{\n  "schema_version": 2,\n  "headscope_version": "')
     assert text.endswith("}\n")
     assert '"created": "2026-07-01T12:00:00Z"' in text
 
@@ -221,7 +225,14 @@ def test_non_finite_floats_are_written_as_null():
     assert back.weights.norm_bias_l2 is None  # an optional float stays None
 
 
-def _with(path: str, value, *, delete: bool = False) -> dict:
+def seal(data: dict) -> dict:
+    """`data` with its content hash recomputed: an edit made by someone who also rewrote the
+    hash (so that only the reader's other checks can catch it)."""
+    data[HASH_FIELD] = content_sha256(data)
+    return data
+
+
+def _with(path: str, value, *, delete: bool = False, sealed: bool = True) -> dict:
     data = to_dict(realistic())
     *parents, last = path.split(".")
     node = data
@@ -231,7 +242,7 @@ def _with(path: str, value, *, delete: bool = False) -> dict:
         del node[last]
     else:
         node[last] = value
-    return data
+    return seal(data) if sealed else data
 
 
 REMEDY = "re-create the report with headscope inspect --json"
@@ -241,14 +252,30 @@ REMEDY = "re-create the report with headscope inspect --json"
     ("data", "message"),
     [
         (
-            _with("schema_version", 2),
-            f"Report r.json has schema_version 2, but headscope {__version__} reads "
-            f"schema_version 1; {REMEDY} or use the headscope that wrote it.",
+            _with("schema_version", 3),
+            f"Report r.json has schema_version 3, but headscope {__version__} reads "
+            f"schema_version 2; {REMEDY} or use the headscope that wrote it.",
         ),
         (
             _with("schema_version", True),
             f"Report r.json has schema_version True, but headscope {__version__} reads "
-            f"schema_version 1; {REMEDY} or use the headscope that wrote it.",
+            f"schema_version 2; {REMEDY} or use the headscope that wrote it.",
+        ),
+        (
+            _with("schema_version", 1),
+            "Report r.json has schema_version 1, written before reports carried a content hash "
+            f"and range-checked numbers; headscope {__version__} reads schema_version 2: "
+            f"{REMEDY}.",
+        ),
+        (
+            _with(HASH_FIELD, None, delete=True, sealed=False),
+            f"Report r.json has no content_sha256, which every report headscope writes carries; "
+            f"{REMEDY}.",
+        ),
+        (
+            _with("recommendation.k", 1.0, sealed=False),
+            "Report r.json was edited after it was written: its content does not match its "
+            f"content_sha256; {REMEDY} rather than editing it.",
         ),
         (
             _with("schema_version", None, delete=True),
@@ -345,7 +372,17 @@ def test_read_json_errors(tmp_path):
 def test_round_trip_any_finite_floats(values):
     names = [f.name for f in fields(KStats) if f.type in (float, "float") and f.name != "k"
              and f.name != "frac_positive_se"]
-    per_k = (KStats(k=1.0, **dict(zip(names, values, strict=True))),)
+    # Each value moved into its field's range (a share folded into [0, 1], a norm made >= 0).
+    ranges = RANGES[KStats]
+    inside = {}
+    for name, v in zip(names, values, strict=True):
+        rng = ranges.get(name)
+        if rng is not None and rng.low is not None:
+            v = abs(v)
+        if rng is not None and rng.high is not None:
+            v = v / (1 + v)
+        inside[name] = v
+    per_k = (KStats(k=1.0, **inside),)
     report = replace(realistic(), per_k=per_k)
     assert loads(dumps(report)) == report
 
@@ -380,9 +417,109 @@ def test_a_report_written_before_the_frac_positive_fields_still_reads():
     data = json.loads(dumps(realistic()))
     for row in data["per_k"]:
         del row["frac_positive_exact"], row["frac_positive_se"]
-    old = from_dict(data)
+    old = from_dict(seal(data))
     assert all(s.frac_positive_exact and s.frac_positive_se == 0.0 for s in old.per_k)
     assert old.per_k == realistic().per_k
     del data["per_k"][0]["start_loss"]
     with pytest.raises(ReportError, match=r"is missing field 'per_k\[0\]\.start_loss'"):
-        from_dict(data)
+        from_dict(seal(data))
+
+
+# --------------------------------------------------------------------------------------------
+# A report cannot be edited into a pass: ranges (schema and reader) and the content hash
+
+# Schema $defs name of every record with ranged fields.
+_DEFS = {ModelInfo: "model_info", Summary: "summary", Histogram: "histogram",
+         WeightStats: "weight_stats", ProbeSummary: "probe_summary", KStats: "k_stats",
+         KVerdict: "k_verdict", Recommendation: "recommendation"}
+
+
+def test_schema_states_exactly_the_reader_ranges():
+    defs = schema()["$defs"]
+    assert set(RANGES) == set(_DEFS)
+    for cls, name in _DEFS.items():
+        for f in fields(cls):
+            node = defs[name]["properties"][f.name]
+            if node.get("type") == "array":
+                node = node["items"]
+            rng = RANGES[cls].get(f.name)
+            assert node.get("minimum") == (None if rng is None else rng.low), (name, f.name)
+            assert node.get("maximum") == (None if rng is None else rng.high), (name, f.name)
+            if rng is not None and rng.finite:
+                assert node["type"] in ("number", "integer"), (name, f.name)  # null refused
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "shown", "range_text"),
+    [
+        ("recommendation.k", -4, "-4", "a finite number >= 1"),
+        ("recommendation.k", 0, "0", "a finite number >= 1"),
+        ("recommendation.k", None, "null", "a finite number >= 1"),  # null would read as NaN
+        ("recommendation.passing", [0.5], "0.5", "a finite number >= 1"),
+        ("model.n_rows", -1, "-1", "an integer >= 0"),
+        ("weights.row_norm_all.mean", -0.1, "-0.1", "a number >= 0 or null"),
+        ("per_k.0.active_passage_share", 1.5, "1.5", "a number between 0 and 1 or null"),
+        ("per_k.1.k", 0.25, "0.25", "a finite number >= 1"),
+        ("per_k.2.start_loss", -3.0, "-3.0", "a number >= 0 or null"),
+        ("probe.batch_size", 0, "0", "an integer >= 1"),
+        ("per_k.0.frac_positive_se", -1e-3, "-0.001", "a number >= 0 or null"),
+    ],
+)
+def test_a_number_out_of_range_is_refused_naming_the_field(path, value, shown, range_text):
+    data = _with(path, value)  # the hash rewritten too: only the range can catch it
+    field = path.replace(".0.", "[0].").replace(".1.", "[1].").replace(".2.", "[2].")
+    if path == "recommendation.passing":
+        field += "[0]"
+    with pytest.raises(ReportError) as err:
+        from_dict(data, source="r.json")
+    assert str(err.value) == (
+        f"Report r.json field '{field}' is {shown}, outside its range ({range_text}): the report "
+        f"was edited or damaged; {REMEDY}."
+    )
+    body = {k: v for k, v in data.items()}
+    assert not jsonschema.Draft202012Validator(schema()).is_valid(body)
+
+
+def test_the_hash_survives_reindenting_but_not_an_edit(tmp_path):
+    text = dumps(realistic())
+    data = json.loads(text)
+    assert data[HASH_FIELD] == content_sha256(data)
+    assert len(data[HASH_FIELD]) == 64
+    compact = json.dumps(data, separators=(",", ":"))
+    assert loads(compact) == realistic()  # the same content, another layout
+    edited = text.replace('"k": 16.0,\n    "rule"', '"k": 1.0,\n    "rule"')
+    assert edited != text
+    with pytest.raises(ReportError, match="was edited after it was written"):
+        loads(edited)
+
+
+def _check(tmp_path, data, *args):
+    from click.testing import CliRunner
+
+    from headscope.cli import main
+
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(data, indent=2))
+    return CliRunner().invoke(main, ["check", "--report", str(path), *args]), path
+
+
+def test_check_report_refuses_an_edited_report(tmp_path):
+    result, path = _check(tmp_path, to_dict(realistic()), "--max-k", "16")
+    assert result.exit_code == 0, result.output  # as written: passes
+    # The issue's cases: edited to k = -4, k = 0, n_rows = -1 passed --max-k 8 with exit 0.
+    for edit, field, shown in (("recommendation.k", "recommendation.k", "-4"),
+                               ("recommendation.k", "recommendation.k", "0"),
+                               ("model.n_rows", "model.n_rows", "-1")):
+        sealed = _with(edit, int(shown))
+        result, path = _check(tmp_path, sealed, "--max-k", "8")
+        assert result.exit_code == 2
+        assert result.stdout == ""
+        assert result.stderr.splitlines() == [
+            f"Error: Report {path} field '{field}' is {shown}, outside its range "
+            f"({'a finite number >= 1' if 'k' in field else 'an integer >= 0'}): the "
+            f"report was edited or damaged; {REMEDY}."]
+        result, path = _check(tmp_path, _with(edit, int(shown), sealed=False), "--max-k", "8")
+        assert result.exit_code == 2
+        assert result.stderr.splitlines() == [
+            f"Error: Report {path} was edited after it was written: its content does not match "
+            f"its content_sha256; {REMEDY} rather than editing it."]

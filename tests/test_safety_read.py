@@ -784,7 +784,7 @@ def test_gzipped_tsv_triples_are_read_as_triples(tmp_path):
 @pytest.fixture
 def deep_report(tmp_path) -> Path:
     path = tmp_path / "deep.json"
-    path.write_text('{"schema_version": 1, "model": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    path.write_text('{"schema_version": 2, "model": ' + "[" * 100_000 + "]" * 100_000 + "}")
     return path
 
 
@@ -904,8 +904,8 @@ def test_every_usage_error_is_one_line(name, args, start):
 
 def test_usage_error_word_for_word():
     result = CliRunner().invoke(main, ["inspect", "x", "--ks", "0"], prog_name="headscope")
-    assert result.stderr == ("Error: Invalid value for '--ks': '0': every k must be a positive "
-                             "number. Try 'headscope inspect --help' for help.\n")
+    assert result.stderr == ("Error: Invalid value for '--ks': '0': every k must be a number >= 1 "
+                             "(k divides the head). Try 'headscope inspect --help' for help.\n")
 
 
 def test_bare_command_prints_the_help():
@@ -1037,3 +1037,84 @@ def test_training_options_are_validated_before_the_model_loads(bert, no_model_lo
     for command in ("confirm", "sweep"):
         result = invoke([command, str(bert), flag, value])
         assert_refused(result, message)
+
+
+# --------------------------------------------------------------------------------------------
+# tokenizer files are checked before any model is built, by every command
+
+
+def _tokenizer_json(folder: Path) -> Path:
+    """The checkpoint's tokenizer.json, written from its vocab.txt by the tokenizers library
+    when it ships only the latter (a valid file to damage)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordPiece
+
+    path = folder / "tokenizer.json"
+    if not path.exists():
+        vocab = (folder / "vocab.txt").read_text(encoding="utf-8").split("\n")
+        tok = Tokenizer(WordPiece({t: i for i, t in enumerate(vocab) if t}, unk_token="[UNK]"))
+        path.write_text(tok.to_str(), encoding="utf-8")
+    return path
+
+
+_EVERY_COMMAND = ("inspect", "inspect --weights-only", "fix", "check", "compare", "confirm")
+
+
+def _command_args(command: str, folder: Path, out: Path) -> list[str]:
+    name, *flags = command.split()
+    args = {"fix": ["fix", str(folder), "--out", str(out)]}.get(name, [name, str(folder)])
+    return args + flags
+
+
+@pytest.mark.parametrize("command", _EVERY_COMMAND)
+def test_a_tokenizer_json_the_library_refuses_is_named_before_the_model_loads(
+        bert, tmp_path, isolated, no_model_load, command):
+    """The issue's case: a tokenizer.json with an extra top-level key was found only after the
+    model had loaded (a minute), as a 'JSON syntax error', with the advice to install
+    sentencepiece. The tokenizers library itself refuses such a file (so transformers cannot
+    load it either): the check asks that library, before any model is built, and says what it
+    refuses."""
+    import tokenizers
+
+    path = _tokenizer_json(bert)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["x_comment"] = "added by hand"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(Exception):  # noqa: B017 - the library's own verdict on the file
+        tokenizers.Tokenizer.from_file(str(path))
+    result = invoke(_command_args(command, bert, tmp_path / "out"))
+    assert_refused(result, (
+        f"{path} is JSON, but the tokenizers library {tokenizers.__version__} (which loads it "
+        "for transformers too) refuses it: top-level key 'x_comment' it does not know (it "
+        "knows added_tokens, decoder, model, normalizer, padding, post_processor, "
+        "pre_tokenizer, truncation, version); repair or replace the file."))
+    assert "sentencepiece" not in result.stderr
+    assert not (tmp_path / "out").exists()
+    assert_nothing_written(isolated)
+
+
+@pytest.mark.parametrize("command", _EVERY_COMMAND)
+def test_a_malformed_tokenizer_file_is_named_before_the_model_loads(bert, tmp_path, isolated,
+                                                                    no_model_load, command):
+    path = _tokenizer_json(bert)
+    path.write_text(path.read_text(encoding="utf-8")[:200], encoding="utf-8")  # cut short
+    result = invoke(_command_args(command, bert, tmp_path / "out"))
+    assert_refused(result, contains=f"Error: {path} is not readable JSON (")
+    assert result.stderr.endswith("; repair or replace the file.\n")
+    assert "sentencepiece" not in result.stderr
+    (bert / "tokenizer_config.json").write_text("[1, 2]", encoding="utf-8")
+    path.unlink()
+    result = invoke(_command_args(command, bert, tmp_path / "out"))
+    assert_refused(result, f"{bert / 'tokenizer_config.json'} does not hold a JSON object; "
+                           "repair or replace the file.")
+
+
+def test_the_tokenizer_check_accepts_what_the_library_accepts(bert):
+    """A tokenizer.json the library reads passes, whatever the order of its keys."""
+    from headscope.vocabulary import check_files
+
+    path = _tokenizer_json(bert)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps(dict(reversed(list(data.items())))), encoding="utf-8")
+    check_files(bert)  # no error
+    assert ck.resolve(str(bert)).path == bert.resolve()

@@ -3,6 +3,7 @@ was rescaled by."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -145,56 +146,58 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
         from headscope.sparse_layout import check_sparse_encoder_source
 
         check_sparse_encoder_source(ckpt.path)
-    loaded = checkpoint.load(ckpt, load_options)
-    # The bias-divided re-measurement may only replace the statistics when the bias switch is
-    # still open (scale_bias None: follow the recommendation, or learn it to refuse).
-    head = heads.find_head(loaded)  # once: the inspection and the writer share it
-    if k is not None and scale_bias is not None:
-        # (k, bias) decided: no probe. The writer verifies the output by its bytes against the
-        # source and one reload and forward pass; the head's weight statistics are recorded.
-        before = inspect_head(loaded, head)
-    else:
-        before = inspect_loaded(loaded, probe_config=probe_config, progress=progress, head=head,
-                                options=InspectOptions(bias_fallback=scale_bias is None))
-    if open_bias and scale_bias is None:
-        assert before.recommendation is not None and k is not None
-        if before.recommendation.scale_bias:
-            _refuse_open_bias(source, before.recommendation.k, float(k))
-        scale_bias = False  # the recommendation keeps the bias: so does this k
-    if k is None:
-        assert before.recommendation is not None
-        applied = recommended_spec(before.recommendation, options.strategy, scale_bias)
-        k, scale_bias = applied.k, applied.scale_bias
-        k_from = f"recommended by the {before.recommendation.rule} rule"
-        if weights_only_k is not None:
-            k_from += (f" of the full inspection (the last inspection was weights-only: its "
-                       f"paper rule gave k = {weights_only_k:g}, from the row norm alone)")
-    if k == 1 and k_from != "--k" and not options.force:
-        return FixOutcome(source=source, k=1.0, k_from=k_from, followed_last_inspection=followed,
-                          report=before, result=None)
-    spec = RescaleSpec(float(k), options.strategy, bool(scale_bias))
-    stats_before = next((s for s in before.per_k if s.k == 1.0), None)  # None: not probed
-    stats_after = next((s for s in before.per_k if s.k == spec.k), None)
-    weights = to_dict(before.weights)
-    if not before.per_k and last is not None and _same_source(last, ckpt):
-        # Not probed now, but the last inspection probed these very files: its statistics.
-        weights = last.weights
-        stats_before = next((s for s in last.per_k or () if s["k"] == 1.0), None)
-        if spec.scale_bias == last.scale_bias:  # measured with this bias setting
-            stats_after = next((s for s in last.per_k or () if s["k"] == spec.k), None)
-    pset = probe_set(None, 8)
-    texts = [p.passage for p in pset.pairs]
-    extra = None
-    if options.sparse_encoder:
-        from headscope.sparse_layout import sparse_encoder_files
+    # One run per --out: a second one refuses here, before loading (a dry run writes nothing).
+    with nullcontext() if options.dry_run else save.out_lock(Path(out).resolve()):
+        loaded = checkpoint.load(ckpt, load_options)
+        # The bias-divided re-measurement may only replace the statistics when the bias switch is
+        # still open (scale_bias None: follow the recommendation, or learn it to refuse).
+        head = heads.find_head(loaded)  # once: the inspection and the writer share it
+        if k is not None and scale_bias is not None:
+            # (k, bias) decided: no probe. The writer verifies the output by its bytes against the
+            # source and one reload and forward pass; the head's weight statistics are recorded.
+            before = inspect_head(loaded, head)
+        else:
+            before = inspect_loaded(loaded, probe_config=probe_config, progress=progress, head=head,
+                                    options=InspectOptions(bias_fallback=scale_bias is None))
+        if open_bias and scale_bias is None:
+            assert before.recommendation is not None and k is not None
+            if before.recommendation.scale_bias:
+                _refuse_open_bias(source, before.recommendation.k, float(k))
+            scale_bias = False  # the recommendation keeps the bias: so does this k
+        if k is None:
+            assert before.recommendation is not None
+            applied = recommended_spec(before.recommendation, options.strategy, scale_bias)
+            k, scale_bias = applied.k, applied.scale_bias
+            k_from = f"recommended by the {before.recommendation.rule} rule"
+            if weights_only_k is not None:
+                k_from += (f" of the full inspection (the last inspection was weights-only: its "
+                           f"paper rule gave k = {weights_only_k:g}, from the row norm alone)")
+        if k == 1 and k_from != "--k" and not options.force:
+            return FixOutcome(source=source, k=1.0, k_from=k_from,
+                              followed_last_inspection=followed, report=before, result=None)
+        spec = RescaleSpec(float(k), options.strategy, bool(scale_bias))
+        stats_before = next((s for s in before.per_k if s.k == 1.0), None)  # None: not probed
+        stats_after = next((s for s in before.per_k if s.k == spec.k), None)
+        weights = to_dict(before.weights)
+        if not before.per_k and last is not None and _same_source(last, ckpt):
+            # Not probed now, but the last inspection probed these very files: its statistics.
+            weights = last.weights
+            stats_before = next((s for s in last.per_k or () if s["k"] == 1.0), None)
+            if spec.scale_bias == last.scale_bias:  # measured with this bias setting
+                stats_after = next((s for s in last.per_k or () if s["k"] == spec.k), None)
+        pset = probe_set(None, 8)
+        texts = [p.passage for p in pset.pairs]
+        extra = None
+        if options.sparse_encoder:
+            from headscope.sparse_layout import sparse_encoder_files
 
-        extra = sparse_encoder_files(ckpt.path)
-    result = save.save_fixed(loaded, spec, out, head=head, overwrite=options.overwrite,
-                             dry_run=options.dry_run, verify_texts=texts,
-                             stats_before=to_dict({"weights": weights,
-                                                   "probe_at_k1": stats_before}),
-                             stats_after=to_dict({"probe_predicted": stats_after}),
-                             progress=progress, extra_files=extra)
+            extra = sparse_encoder_files(ckpt.path)
+        result = save.save_fixed(loaded, spec, out, head=head, overwrite=options.overwrite,
+                                 dry_run=options.dry_run, verify_texts=texts,
+                                 stats_before=to_dict({"weights": weights,
+                                                       "probe_at_k1": stats_before}),
+                                 stats_after=to_dict({"probe_predicted": stats_after}),
+                                 progress=progress, extra_files=extra)
     pushed = None
     if options.push_to_hub is not None:
         from headscope import remote

@@ -405,7 +405,7 @@ def compare(sources: Sequence[str], *, load_options=None, probe_config=None,
         raise InputError("compare needs at least one MODEL or saved report.")
     reports = []
     for source in sources:
-        if source.endswith(".json") and Path(source).is_file():
+        if is_saved_report(source):
             reports.append(report_mod.read_json(source))
         else:
             reports.append(inspect(source, load_options=load_options,
@@ -414,15 +414,33 @@ def compare(sources: Sequence[str], *, load_options=None, probe_config=None,
     return tuple(reports)
 
 
-def compare_labels(reports: Sequence[Report]) -> tuple[str, ...]:
-    """Column labels for `compare`: each model's folder name, made unique. Reports of one source
-    differ by "weights only" / "probe" (a full and a weights-only report of one model), then
-    by their position (#1, #2, ...)."""
-    base = [os.path.basename(r.model.source.rstrip("/")) or r.model.source for r in reports]
+def is_saved_report(source: str) -> bool:
+    """Whether `compare` reads SOURCE as a saved report: an existing `.json` file."""
+    return source.endswith(".json") and Path(source).is_file()
+
+
+def compare_labels(reports: Sequence[Report],
+                   sources: Sequence[str] | None = None) -> tuple[str, ...]:
+    """Column labels for `compare`, made unique: a saved report among `sources` (the SOURCEs
+    given, in the order of `reports`) is named by its file name (by its path as given when two
+    files share a name), a model by its folder name. Labels of one model differ by "weights
+    only" / "probe" (a full and a weights-only report of one model), then by their position
+    (#1, #2, ...)."""
+    files = [s if is_saved_report(s) else None for s in sources or ()]
+    files += [None] * (len(reports) - len(files))
+    base = [os.path.basename(f) if f else
+            os.path.basename(r.model.source.rstrip("/")) or r.model.source
+            for f, r in zip(files, reports, strict=True)]
     labels = list(base)
     for i, r in enumerate(reports):
-        if base.count(base[i]) > 1:
+        same = [j for j, b in enumerate(base) if b == base[i]]
+        if len(same) == 1:
+            continue
+        f = files[i]
+        if f is None:
             labels[i] = f"{base[i]} ({'weights only' if r.model.weights_only else 'probe'})"
+        elif len({files[j] for j in same}) > 1:  # different files of one name
+            labels[i] = f
     for i in range(len(labels)):
         if labels.count(labels[i]) > 1:
             same = [j for j, lab in enumerate(labels) if lab == labels[i]]

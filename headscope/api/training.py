@@ -81,7 +81,7 @@ class ArmSummary:
     name: str  # "original", "fixed", "k=8", ...
     description: str  # what the arm's model is
     k: float
-    status: str  # "stable" | "degraded" | "collapsed"
+    status: str  # "stable" | "degraded" | "collapsed" | "too short" (under min_steps steps)
     evidence: tuple[str, ...]  # the detectors' messages
     start_loss: float
     end_loss: float  # median of the last 10 steps
@@ -189,10 +189,10 @@ def _recommended(loaded, options: ConfirmOptions, progress):
 def _summarise_arm(name, description, k, result, vocab_size) -> ArmSummary:
     import statistics
 
-    from headscope.splade.detectors import NOTE, verdict
+    from headscope.splade.detectors import NOTE, run_verdict
 
     records = result.train.records
-    v = verdict(records, vocab_size, result.metrics)
+    v = run_verdict(records, vocab_size, result.metrics)
     tail = records[-10:]
     m, before = result.metrics, result.metrics_before
     serving = m.serving if m else None

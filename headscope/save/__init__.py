@@ -39,6 +39,7 @@ from headscope.save.folder import (
     check_out,
     check_replaceable,
     foreign_files,
+    out_lock,
     staging,
 )
 from headscope.save.plan import Plan, make_plan, other_files
@@ -77,6 +78,7 @@ __all__ = [
     "check_replaceable",
     "fixed_k",
     "foreign_files",
+    "out_lock",
     "read_provenance",
     "save_fixed",
 ]

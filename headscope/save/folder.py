@@ -141,6 +141,67 @@ def _is_stale(folder: Path) -> bool:
     return foreign_files(folder) == []
 
 
+def _lock_holder(lock: Path) -> tuple[int, str] | None:
+    """(pid, host) written in a lock file, or None when it cannot be read."""
+    try:
+        info = json.loads(lock.read_text(encoding="utf-8"))
+        return int(info["pid"]), str(info["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@contextmanager
+def out_lock(out: Path) -> Iterator[None]:
+    """Hold `out` for one run of fix, from before its slow work to its last exit path: a lock
+    file beside it (``.OUT.headscope-lock``, naming this process and host) made with O_EXCL.
+    A lock a live run holds refuses at once (InputError, exit 2); one whose process is gone
+    (same host: the stale-folder rule) is removed and taken. Removed on every exit."""
+    lock = out.parent / f"{temp_prefix(out)}lock"
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"headscope_version": __version__, "pid": os.getpid(),
+                       "host": socket.gethostname(), "out": str(out)}) + "\n"
+    try:
+        for _attempt in range(2):
+            try:
+                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = _lock_holder(lock)
+                if holder is not None and holder[1] == socket.gethostname() \
+                        and not _pid_alive(holder[0]):
+                    with suppress(FileNotFoundError):
+                        lock.unlink()  # a killed run's lock
+                    continue
+                who = ("another headscope run" if holder is None else
+                       f"headscope process {holder[0]} on {holder[1]}")
+                raise InputError(
+                    f"{out} is being written by {who} (lock {lock}); wait for it to finish or "
+                    "choose another --out (delete the lock only if no headscope fix is "
+                    "running).") from None
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+            break
+        else:
+            raise InputError(f"Could not take the lock {lock} for {out}; try again.")
+    except BaseException:
+        for folder in created:
+            with suppress(OSError):
+                folder.rmdir()
+        raise
+    try:
+        yield
+    finally:
+        with suppress(OSError):
+            lock.unlink()
+        for folder in created:  # parents this run created, if still empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
 def remove_stale(out: Path) -> tuple[str, ...]:
     """Remove the temporary siblings of `out` that killed runs left (see `_is_stale`). A
     headscope checkpoint set aside by an interrupted non-atomic swap is moved back to `out`

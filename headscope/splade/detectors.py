@@ -12,6 +12,9 @@ and the threshold it crossed) or None. `verdict` runs them all and rates the arm
 - "stable": no detector fired. Evidence of severity "note" (a single recovered loss spike; a head
   still dense but sparsifying under FLOPS) is reported without changing the status, so that
   the reader sees it and why it did not count.
+- "too short": `run_verdict` (what confirm and sweep use) on a run of fewer than
+  `Thresholds.min_steps` steps: only the detectors that mean the same at any length (non-finite
+  values, exploding scores) are run; the others need longer windows than the run has.
 
 `judge_arms` compares arms trained on the same batches through their per-query metric: an arm
 whose paired difference to the best arm lies below zero over its whole interval (a 95% paired
@@ -41,6 +44,7 @@ if TYPE_CHECKING:  # evaluate imports torch; the detectors read telemetry files 
     from headscope.splade.evaluate import RetrievalMetrics
 
 STABLE, DEGRADED, COLLAPSED = "stable", "degraded", "collapsed"
+TOO_SHORT = "too short"  # a run shorter than Thresholds.min_steps: not judged (run_verdict)
 NOTE = "note"  # evidence worth reading that does not change the status
 _RANK = {STABLE: 0, DEGRADED: 1, COLLAPSED: 2}
 
@@ -89,6 +93,13 @@ class Thresholds:
     # Evaluation near zero: held-out MRR@10 below `eval_floor` (a random ranking of 1,000
     # passages scores about 0.003).
     eval_floor: float = 0.05
+    # The shortest run `run_verdict` judges. Measured on the 104 committed calibration runs
+    # (benchmarks/verdict_steps.py: each run's first n steps judged against the whole run):
+    # below 20 steps `no_learning` alone rates 15-40 of them worse than their whole run (its
+    # first and last 10% are one step each), at 20 steps 2; and below 20 steps the second half
+    # holds fewer than 2 x `tail` steps, so a dense head cannot be told sparsifying from
+    # collapsed. (A head that starts dense still needs its FLOPS ramp: see dense_collapse.)
+    min_steps: int = 20
 
 
 @dataclass(frozen=True)
@@ -325,6 +336,29 @@ def verdict(
     return Verdict(status, evidence)
 
 
+def run_verdict(
+    records: Sequence[StepRecord],
+    vocab_size: int,
+    metrics: RetrievalMetrics | None = None,
+    thresholds: Thresholds = Thresholds(),
+) -> Verdict:
+    """`verdict` for a whole training run (confirm, sweep). A run of fewer than
+    `thresholds.min_steps` steps is "too short": only non-finite values (collapsed) and
+    exploding scores (degraded), which mean the same at any length, can rate it."""
+    th = thresholds
+    if len(records) >= th.min_steps:
+        return verdict(records, vocab_size, metrics, th)
+    fired = tuple(e for e in (non_finite(records, th), score_explosion(records, th))
+                  if e is not None)
+    short = Evidence(
+        "too_short", NOTE, None, float(len(records)), float(th.min_steps),
+        f"{len(records)} steps are too short to judge: loss spikes, density, dead terms and "
+        f"learning are judged over at least {th.min_steps} steps (measured: "
+        f"benchmarks/verdict_steps.py); train with --steps {th.min_steps} or more for a verdict")
+    status = max((e.severity for e in fired), key=_RANK.__getitem__, default=TOO_SHORT)
+    return Verdict(status, (*fired, short))
+
+
 # --------------------------------------------------------------------------------------------
 # Arms judged against each other
 
@@ -416,12 +450,15 @@ def judge_arms(
 def judged_status(status: str, judgement: ArmJudgement) -> tuple[str, str | None]:
     """An arm's status after the cross-arm judgement, and the sentence to add to its evidence.
 
-    Worse than the best arm: a stable arm becomes degraded (a collapsed one stays collapsed).
+    Worse than the best arm: a stable arm becomes degraded (a collapsed one stays collapsed; a
+    run too short to judge stays so, with the sentence).
     An arm the detectors rated degraded or collapsed that retrieves as well as the best keeps
     its status, and the sentence says the two disagree; a stable arm tied with the best gets
     the sentence with its interval. The reader never meets a verdict next to metrics that seem
     to contradict it without being told why.
     """
+    if status == TOO_SHORT:  # the retrieval comparison is still a measurement: said, not judged
+        return status, None if judgement.arm == judgement.best else judgement.message
     if judgement.worse:
         return (DEGRADED if status == STABLE else status), judgement.message
     if status != STABLE:
