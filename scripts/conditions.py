@@ -148,6 +148,15 @@ def _solve_share(pooled, slopes, share: float) -> float:
     return sign * hi
 
 
+def _real_head(model):
+    """(the masked LM, its head) of a model that is not a simulation yet."""
+    mlm = unwrap_mlm(model)
+    if getattr(mlm.config, CONFIG_KEY, None):
+        raise InputError("This model is already a headscope simulation; start from the real "
+                         "checkpoint.")
+    return mlm, find_head(mlm)
+
+
 def make_modernbert_matched(model, tokenizer, queries: Sequence[str],
                             options: MatchedOptions = MatchedOptions()) -> MatchedInfo:
     """Turn a real BERT-like masked LM (in place) into the labelled ModernBERT-matched simulation.
@@ -162,12 +171,8 @@ def make_modernbert_matched(model, tokenizer, queries: Sequence[str],
     if tokenizer is None:
         tokenizer = getattr(model, "tokenizer", None)
     check_texts(tokenizer, queries)
-    mlm = unwrap_mlm(model)
+    mlm, head = _real_head(model)
     config = mlm.config
-    if getattr(config, CONFIG_KEY, None):
-        raise InputError("This model is already a headscope simulation; start from the real "
-                         "checkpoint.")
-    head = find_head(mlm)
     if head.bias is None or head.norm_weight is None or head.norm_bias is None:
         raise InputError(
             f"The ModernBERT-matched simulation needs an output bias and a head LayerNorm with a "
@@ -228,12 +233,8 @@ def make_tied_scale(model, row_norm: float = MODERNBERT_ROW_NORM) -> dict[str, A
     """
     import torch
 
-    mlm = unwrap_mlm(model)
+    mlm, head = _real_head(model)
     config = mlm.config
-    if getattr(config, CONFIG_KEY, None):
-        raise InputError("This model is already a headscope simulation; start from the real "
-                         "checkpoint.")
-    head = find_head(mlm)
     embeddings = mlm.get_input_embeddings().weight
     if head.decoder_weight is not embeddings:
         raise InputError("The tied-scale simulation needs a decoder tied to the input "
