@@ -1056,13 +1056,26 @@ def tied_range(g: dict) -> str:
     return span + (f" (bias {' or '.join(biases)})" if biases else "")
 
 
+def grid_progress(g: dict, entry: dict) -> tuple[int, int]:
+    """(trainings done, trainings registered) of a pre-registered condition's group."""
+    grid = entry["grid"]
+    arms = {Arm(float(k), b if k != 1 else False).name for k in grid["k"] for b in grid["bias"]}
+    done = sum(len(g["by_arm"].get(a, {})) for a in arms)
+    return done, len(arms) * len(grid["seeds"])
+
+
 def rule_outcomes(groups: list[dict], registry: dict[str, dict]) -> dict[tuple, str]:
-    """(block, condition, domain, rule) -> "tied" | "worse" | "not run"."""
+    """(block, condition, domain, rule) -> "tied" | "worse" | "not run"; a pre-registered
+    condition is judged only once its registered grid is complete."""
     out = {}
     for (name, domain), g in domain_groups(groups).items():
         entry = registry.get(name)
         if entry is None:
             continue
+        if entry["block"] == PREREGISTERED:
+            done, total = grid_progress(g, entry)
+            if done < total:
+                continue
         for rule, decision in rule_decisions(entry).items():
             out[(entry["block"], name, domain, rule)] = _outcome(decision, g)
     return out
@@ -1144,7 +1157,15 @@ def rules_section(groups: list[dict], registry: dict[str, dict]) -> list[str]:
                 and all((PREREGISTERED, c, d, "k = 1") in outcomes for d in ("in", "out"))]
     missing = [c for c in registry if c not in {c for (_b, c, _d, _r) in outcomes}]
     if missing:
-        lines += ["", f"Registered without a judged grid yet: {', '.join(missing)}."]
+        progress = []
+        for c in missing:
+            done = [f"{where} {grid_progress(picked[c, d], registry[c])[0]} of "
+                    f"{grid_progress(picked[c, d], registry[c])[1]} trainings"
+                    for d, where in (("in", "in domain"), ("out", "out of domain"))
+                    if (c, d) in picked]
+            progress.append(f"{c} ({'; '.join(done)})" if done else c)
+        lines += ["", "Registered, grid not complete (not judged until it is): "
+                  f"{', '.join(progress)}."]
     lines += ["", f"**Out-of-sample verdict** (pre-registered block only): "
               f"{decide(outcomes, complete)}"]
     return lines

@@ -349,7 +349,9 @@ def test_every_preregistered_condition_was_committed_before_its_runs(calibrate):
 def _entry(k: float, divided: bool, row_norm: float, has_bias: bool = True,
            block: str = "pre-registered") -> dict:
     return {"recommendation": {"k": k, "scale_bias": divided}, "row_norm_mean": row_norm,
-            "has_bias": has_bias, "block": block}
+            "has_bias": has_bias, "block": block,
+            "grid": {"k": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0], "bias": [False, True],
+                     "seeds": [0, 1, 2]}}
 
 
 def test_rule_decisions_by_hand(calibrate):
@@ -368,7 +370,7 @@ def _group(condition: str, eval_name: str, arms: list[str], tied: list[str]):
     from types import SimpleNamespace
 
     return {"condition": condition, "data": "boolq", "eval": eval_name, "seeds": [0, 1, 2],
-            "arms": arms, "steps": 300,
+            "arms": arms, "steps": 300, "by_arm": {a: {0: {}, 1: {}, 2: {}} for a in ARMS},
             "tied_mrr": SimpleNamespace(tied=tuple(tied), best=tied[0])}
 
 
@@ -432,3 +434,16 @@ def test_a_group_keeps_the_recommendation_of_its_own_file(calibrate):
     assert calibrate._group_recommendation(recs, runs) is old
     assert calibrate._group_recommendation(recs, runs[5:]) is new
     assert calibrate._group_recommendation({}, runs) is None
+
+
+def test_a_preregistered_grid_is_judged_only_when_complete(calibrate):
+    entry = _entry(4.0, False, 0.7) | {"grid": {"k": [1.0, 4.0], "bias": [False, True],
+                                                "seeds": [0, 1, 2]}}
+    g = _group("a", "boolq", ["k=1", "k=4/bias kept"], ["k=4/bias kept"])
+    g["by_arm"] = {"k=1": {0: {}, 1: {}, 2: {}}, "k=4/bias kept": {0: {}, 1: {}, 2: {}}}
+    assert calibrate.grid_progress(g, entry) == (6, 9)  # k=4/bias divided not run yet
+    assert calibrate.rule_outcomes([g], {"a": entry}) == {}
+    g["by_arm"]["k=4/bias divided"] = {0: {}, 1: {}, 2: {}}
+    assert calibrate.grid_progress(g, entry) == (9, 9)
+    assert calibrate.rule_outcomes([g], {"a": entry})[
+        ("pre-registered", "a", "in", "bands (shipped)")] == "tied"
