@@ -234,8 +234,10 @@ def test_confirm_example_runs(bert_tiny_dir, tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("original: ") and lines[0].split(": ")[1].split(";")[0] in (
-        "stable", "degraded", "collapsed")
+    # 2 steps are below the steps a verdict needs (detectors.Thresholds.min_steps): a healthy
+    # run of the real BERT-tiny is "too short", not "stable" or "degraded"
+    assert lines[0].startswith("original: ") and lines[0].split(": ")[1].split(";")[0] == \
+        "too short"
     assert any(line.startswith("fixed: ") for line in lines)
     records = (tmp_path / "confirm.jsonl").read_text().splitlines()
     assert len(records) == 4  # 2 steps x 2 arms
