@@ -1018,6 +1018,7 @@ PAPER_K, LARGE_HEAD_ROW_NORM = 16.0, 1.5  # recommend's paper rule (arXiv 2606.1
 CONSTANT_RULES = (("k = 1", (1.0, False)),
                   *((f"k = {k:g}, bias {b}", (float(k), b == "divided"))
                     for k in (4, 8, 16) for b in ("kept", "divided")))
+RULE_NAMES = ("bands (shipped)", "paper", *(name for name, _ in CONSTANT_RULES))
 MIN_PREREGISTERED = 4  # complete conditions before the decision rule gives a verdict
 
 
@@ -1088,8 +1089,7 @@ def decide(outcomes: dict[tuple, str], complete: list[str]) -> str:
                 f"complete grids in both domains, and the decision rule needs "
                 f"{MIN_PREREGISTERED}. The product keeps its current default (the bands rule) "
                 "and says the out-of-sample verdict is pending.")
-    rules = list(rule_decisions({"recommendation": {"k": 1, "scale_bias": False},
-                                 "row_norm_mean": 0.0, "has_bias": True}))
+    rules = list(RULE_NAMES)
     count = {(r, d): sum(outcomes.get((PREREGISTERED, c, d, r)) == "tied" for c in complete)
              for r in rules for d in ("in", "out")}
     bands = "bands (shipped)"
@@ -1113,8 +1113,7 @@ def rules_section(groups: list[dict], registry: dict[str, dict]) -> list[str]:
     """The headline: per block and domain, how often each rule lands inside the tied-with-best
     set, then per condition; the verdict from the pre-registered block alone."""
     outcomes = rule_outcomes(groups, registry)
-    rules = list(rule_decisions({"recommendation": {"k": 1, "scale_bias": False},
-                                 "row_norm_mean": 0.0, "has_bias": True}))
+    rules = list(RULE_NAMES)
     lines = ["### Rules compared: how often each lands inside the tied-with-best set", "",
              "Each rule chooses one arm per condition: **bands** the shipped fitted rule (the "
              "decision recorded in the condition's registry entry), **paper** k = 16 with the "
@@ -1159,10 +1158,10 @@ def rules_section(groups: list[dict], registry: dict[str, dict]) -> list[str]:
     if missing:
         progress = []
         for c in missing:
-            done = [f"{where} {grid_progress(picked[c, d], registry[c])[0]} of "
-                    f"{grid_progress(picked[c, d], registry[c])[1]} trainings"
-                    for d, where in (("in", "in domain"), ("out", "out of domain"))
-                    if (c, d) in picked]
+            counts = {where: grid_progress(picked[c, d], registry[c])
+                      for d, where in (("in", "in domain"), ("out", "out of domain"))
+                      if (c, d) in picked}
+            done = [f"{where} {n} of {total} trainings" for where, (n, total) in counts.items()]
             progress.append(f"{c} ({'; '.join(done)})" if done else c)
         lines += ["", "Registered, grid not complete (not judged until it is): "
                   f"{', '.join(progress)}."]

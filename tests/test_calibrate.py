@@ -356,6 +356,7 @@ def _entry(k: float, divided: bool, row_norm: float, has_bias: bool = True,
 
 def test_rule_decisions_by_hand(calibrate):
     large = calibrate.rule_decisions(_entry(32.0, True, 2.553))
+    assert tuple(large) == calibrate.RULE_NAMES  # the table's columns are the rules decided
     assert large["bands (shipped)"] == (32.0, True)
     assert large["paper"] == (16.0, False)  # above 1.5: the paper's k = 16, bias kept
     assert large["k = 8, bias divided"] == (8.0, True)
