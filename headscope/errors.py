@@ -11,7 +11,7 @@ EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
-# A signal ends a command with 128 + its number, after the cleanup (cli.handle_errors).
+# A signal ends a command with 128 + its number, after the cleanup (cli.plumbing.handle_errors).
 EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED = 129, 130, 143
 
 # The one list of exit codes: README.md and docs/cli.md state it as `exit_codes_text()` words

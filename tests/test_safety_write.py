@@ -327,7 +327,7 @@ def test_signal_during_fix_removes_the_temporary_folder(bert_tiny_dir, tmp_path,
 ])
 def test_interrupts_map_to_one_line_and_128_plus_the_signal(bert_tiny_dir, tmp_path,
                                                             monkeypatch, raised, code, line):
-    from headscope.cli import Terminated
+    from headscope.errors import Terminated
 
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
 
