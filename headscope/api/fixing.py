@@ -20,6 +20,10 @@ from headscope.errors import InputError
 from headscope.report import Report, to_dict
 
 if TYPE_CHECKING:
+    from headscope.api.memory import LastInspection
+    from headscope.checkpoint import LoadOptions
+    from headscope.probe import ProbeConfig
+    from headscope.rescale import RescaleSpec
     from headscope.save import FixResult
 
 @dataclass(frozen=True)
@@ -91,6 +95,103 @@ class FixOutcome:
         return self.result.verification.tensors_changed
 
 
+@dataclass
+class _Choice:
+    """What `fix` knows of the model and of (k, bias) before it loads anything: from the flags
+    and, without MODEL, from the last inspection."""
+
+    source: str
+    k: float | None
+    k_from: str
+    scale_bias: bool | None
+    load_options: LoadOptions
+    # An explicit k with the bias switch left open: the recommendation is one decision (k,
+    # bias), so when it divides the bias, fix must not silently keep it (the variant that
+    # trains worst) or divide it unasked; it refuses and names both flags.
+    open_bias: bool
+    last: LastInspection | None = None
+    weights_only_k: float | None = None  # a weights-only last inspection's k, not followed
+
+    @property
+    def decided(self) -> bool:
+        """(k, bias) both known: no probe runs."""
+        return self.k is not None and self.scale_bias is not None
+
+
+def _choose(source: str | None, options: FixOptions, load_options: LoadOptions) -> _Choice:
+    """The flags' (k, bias), completed by the last inspection when MODEL was omitted."""
+    from headscope.rescale import recommended_spec
+
+    choice = _Choice(source=source or "", k=options.k, k_from="--k",
+                     scale_bias=options.scale_bias, load_options=load_options,
+                     open_bias=options.k is not None and options.scale_bias is None)
+    if source is not None:
+        return choice
+    last = choice.last = last_inspection()
+    choice.source = last.source
+    choice.load_options = replace(load_options, revision=load_options.revision or last.revision)
+    if last.weights_only:
+        # One answer per model: a weights-only inspection's k comes from the paper rule, and the
+        # full inspection (which fix runs) may recommend another.
+        choice.weights_only_k = last.k
+    elif choice.k is None and last.k is not None:
+        applied = recommended_spec(last, options.strategy, choice.scale_bias)
+        choice.k, choice.scale_bias = applied.k, applied.scale_bias
+        choice.k_from = "last inspection's recommendation"
+    elif choice.open_bias:
+        if last.k is not None and last.scale_bias:
+            _refuse_open_bias(choice.source, last.k, float(options.k or 0.0))
+        choice.scale_bias = False  # the recommendation keeps the bias: so does this k
+    return choice
+
+
+def _measured_ks(choice: _Choice, probe_config: ProbeConfig) -> ProbeConfig:
+    """The probe's ks: k = 1 always (the provenance records the statistics before the fix),
+    the chosen k, and with the bias switch open the recommendation's full grid to learn it."""
+    if choice.k is not None:
+        ks = {float(choice.k)} | (set(probe_config.ks) if choice.scale_bias is None else set())
+        probe_config = replace(probe_config, ks=tuple(sorted(ks)))
+    return replace(probe_config, scale_bias=bool(choice.scale_bias),
+                   ks=tuple(sorted({1.0, *probe_config.ks})))
+
+
+def _apply_recommendation(choice: _Choice, before: Report, strategy: str) -> None:
+    """After the inspection: refuse an open bias the recommendation divides, or take its
+    (k, bias) when no k was given."""
+    from headscope.rescale import recommended_spec
+
+    if choice.open_bias and choice.scale_bias is None:
+        assert before.recommendation is not None and choice.k is not None
+        if before.recommendation.scale_bias:
+            _refuse_open_bias(choice.source, before.recommendation.k, float(choice.k))
+        choice.scale_bias = False  # the recommendation keeps the bias: so does this k
+    if choice.k is None:
+        assert before.recommendation is not None
+        applied = recommended_spec(before.recommendation, strategy, choice.scale_bias)
+        choice.k, choice.scale_bias = applied.k, applied.scale_bias
+        choice.k_from = f"recommended by the {before.recommendation.rule} rule"
+        if choice.weights_only_k is not None:
+            choice.k_from += (f" of the full inspection (the last inspection was weights-only: "
+                              f"its paper rule gave k = {choice.weights_only_k:g}, from the row "
+                              "norm alone)")
+
+
+def _recorded_statistics(before: Report, choice: _Choice, ckpt, spec: RescaleSpec) -> tuple:
+    """(weights, probe at k = 1, probe predicted at the fix's k) for the provenance: this run's
+    inspection, or, when it ran no probe, the last inspection's where it probed these very
+    files."""
+    stats_before = next((s for s in before.per_k if s.k == 1.0), None)  # None: not probed
+    stats_after = next((s for s in before.per_k if s.k == spec.k), None)
+    weights = to_dict(before.weights)
+    last = choice.last
+    if not before.per_k and last is not None and _same_source(last, ckpt):
+        weights = last.weights
+        stats_before = next((s for s in last.per_k or () if s["k"] == 1.0), None)
+        if spec.scale_bias == last.scale_bias:  # measured with this bias setting
+            stats_after = next((s for s in last.per_k or () if s["k"] == spec.k), None)
+    return weights, stats_before, stats_after
+
+
 def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), load_options=None,
         probe_config=None, progress: Progress | None = None) -> FixOutcome:
     """Write a corrected checkpoint of `source` to `out`, verified by reloading.
@@ -99,48 +200,17 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
     recommended k unless `options.k` is given.
     """
     from headscope import checkpoint, heads, probe, save
-    from headscope.rescale import RescaleSpec, recommended_spec
+    from headscope.rescale import RescaleSpec
 
-    load_options = load_options or checkpoint.LoadOptions()
-    followed = source is None
-    k, k_from, scale_bias = options.k, "--k", options.scale_bias
-    # An explicit k with the bias switch left open: the recommendation is one decision (k,
-    # bias), so when it divides the bias, fix must not silently keep it (the variant that
-    # trains worst) or divide it unasked; it refuses and names both flags.
-    open_bias = k is not None and scale_bias is None
-    weights_only_k = None  # the k of a weights-only last inspection, which fix does not follow
-    last = None
-    if followed:
-        last = last_inspection()
-        source = last.source
-        load_options = replace(load_options, revision=load_options.revision or last.revision)
-        if last.weights_only:
-            # One answer per model: a weights-only inspection's k comes from the paper rule, and
-            # the full inspection (which fix runs below) may recommend another.
-            weights_only_k = last.k
-        elif k is None and last.k is not None:
-            applied = recommended_spec(last, options.strategy, scale_bias)
-            k, scale_bias = applied.k, applied.scale_bias
-            k_from = "last inspection's recommendation"
-        elif open_bias:
-            if last.k is not None and last.scale_bias:
-                _refuse_open_bias(source, last.k, float(options.k or 0.0))
-            scale_bias = False  # the recommendation keeps the bias: so does this k
-    assert source is not None
+    choice = _choose(source, options, load_options or checkpoint.LoadOptions())
     if options.push_to_hub is not None:
         from headscope import remote
 
         remote.check_push(options.push_to_hub, dry_run=options.dry_run)  # before any work
-    probe_config = probe_config or probe.ProbeConfig()
-    if k is not None:
-        RescaleSpec(k, options.strategy, bool(scale_bias))  # validate before the slow part
-        # With the bias switch open, measure the recommendation's full grid to learn it.
-        ks = {1.0, float(k)} | (set(probe_config.ks) if scale_bias is None else set())
-        probe_config = replace(probe_config, ks=tuple(sorted(ks)))
-    # k = 1 is always measured: the provenance records the statistics before the fix.
-    probe_config = replace(probe_config, scale_bias=bool(scale_bias),
-                           ks=tuple(sorted({1.0, *probe_config.ks})))
-    ckpt = checkpoint.resolve(source, load_options.revision)
+    if choice.k is not None:
+        RescaleSpec(choice.k, options.strategy, bool(choice.scale_bias))  # before the slow part
+    probe_config = _measured_ks(choice, probe_config or probe.ProbeConfig())
+    ckpt = checkpoint.resolve(choice.source, choice.load_options.revision)
     save.check_out(ckpt.path, Path(out).resolve(), options.overwrite)  # before the slow part
     if options.sparse_encoder:
         from headscope.sparse_layout import check_sparse_encoder_source
@@ -148,52 +218,33 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
         check_sparse_encoder_source(ckpt.path)
     # One run per --out: a second one refuses here, before loading (a dry run writes nothing).
     with nullcontext() if options.dry_run else save.out_lock(Path(out).resolve()):
-        loaded = checkpoint.load(ckpt, load_options)
-        # The bias-divided re-measurement may only replace the statistics when the bias switch is
-        # still open (scale_bias None: follow the recommendation, or learn it to refuse).
+        loaded = checkpoint.load(ckpt, choice.load_options)
         head = heads.find_head(loaded)  # once: the inspection and the writer share it
-        if k is not None and scale_bias is not None:
-            # (k, bias) decided: no probe. The writer verifies the output by its bytes against the
-            # source and one reload and forward pass; the head's weight statistics are recorded.
+        if choice.decided:
+            # No probe: the writer verifies the output by its bytes against the source and one
+            # reload and forward pass; the head's weight statistics are recorded.
             before = inspect_head(loaded, head)
         else:
+            # The bias-divided re-measurement may replace the statistics only while the bias
+            # switch is open (follow the recommendation, or learn it to refuse).
             before = inspect_loaded(loaded, probe_config=probe_config, progress=progress, head=head,
-                                    options=InspectOptions(bias_fallback=scale_bias is None))
-        if open_bias and scale_bias is None:
-            assert before.recommendation is not None and k is not None
-            if before.recommendation.scale_bias:
-                _refuse_open_bias(source, before.recommendation.k, float(k))
-            scale_bias = False  # the recommendation keeps the bias: so does this k
-        if k is None:
-            assert before.recommendation is not None
-            applied = recommended_spec(before.recommendation, options.strategy, scale_bias)
-            k, scale_bias = applied.k, applied.scale_bias
-            k_from = f"recommended by the {before.recommendation.rule} rule"
-            if weights_only_k is not None:
-                k_from += (f" of the full inspection (the last inspection was weights-only: its "
-                           f"paper rule gave k = {weights_only_k:g}, from the row norm alone)")
-        if k == 1 and k_from != "--k" and not options.force:
-            return FixOutcome(source=source, k=1.0, k_from=k_from,
-                              followed_last_inspection=followed, report=before, result=None)
-        spec = RescaleSpec(float(k), options.strategy, bool(scale_bias))
-        stats_before = next((s for s in before.per_k if s.k == 1.0), None)  # None: not probed
-        stats_after = next((s for s in before.per_k if s.k == spec.k), None)
-        weights = to_dict(before.weights)
-        if not before.per_k and last is not None and _same_source(last, ckpt):
-            # Not probed now, but the last inspection probed these very files: its statistics.
-            weights = last.weights
-            stats_before = next((s for s in last.per_k or () if s["k"] == 1.0), None)
-            if spec.scale_bias == last.scale_bias:  # measured with this bias setting
-                stats_after = next((s for s in last.per_k or () if s["k"] == spec.k), None)
-        pset = probe_set(None, 8)
-        texts = [p.passage for p in pset.pairs]
+                                    options=InspectOptions(bias_fallback=choice.scale_bias is None))
+        _apply_recommendation(choice, before, options.strategy)
+        assert choice.k is not None
+        if choice.k == 1 and choice.k_from != "--k" and not options.force:
+            return FixOutcome(source=choice.source, k=1.0, k_from=choice.k_from,
+                              followed_last_inspection=source is None, report=before,
+                              result=None)
+        spec = RescaleSpec(float(choice.k), options.strategy, bool(choice.scale_bias))
+        weights, stats_before, stats_after = _recorded_statistics(before, choice, ckpt, spec)
         extra = None
         if options.sparse_encoder:
             from headscope.sparse_layout import sparse_encoder_files
 
             extra = sparse_encoder_files(ckpt.path)
         result = save.save_fixed(loaded, spec, out, head=head, overwrite=options.overwrite,
-                                 dry_run=options.dry_run, verify_texts=texts,
+                                 dry_run=options.dry_run,
+                                 verify_texts=[p.passage for p in probe_set(None, 8).pairs],
                                  stats_before=to_dict({"weights": weights,
                                                        "probe_at_k1": stats_before}),
                                  stats_after=to_dict({"probe_predicted": stats_after}),
@@ -205,10 +256,11 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
         bias = "bias divided" if spec.scale_bias else "bias kept"
         pushed = remote.push_folder(
             result.out, options.push_to_hub,
-            commit_message=f"headscope fix of {source}: k = {spec.k:g}, {bias}, "
+            commit_message=f"headscope fix of {choice.source}: k = {spec.k:g}, {bias}, "
                            f"{spec.strategy}")
-    return FixOutcome(source=source, k=spec.k, k_from=k_from, followed_last_inspection=followed,
-                      report=before, result=result, pushed=pushed)
+    return FixOutcome(source=choice.source, k=spec.k, k_from=choice.k_from,
+                      followed_last_inspection=source is None, report=before, result=result,
+                      pushed=pushed)
 
 
 def _same_source(last, ckpt) -> bool:
