@@ -162,6 +162,27 @@ def test_the_rooms_of_cli_import_only_the_rooms_before_them():
         "cli.group", "cli.verbs"}
 
 
+MAX_MODULE_LINES = 800
+MAX_FUNCTION_LINES = 85  # "about 80": longer needs its reason in the docstring
+
+
+def test_no_room_grows_into_a_hall():
+    """No module over 800 lines; no function over about 80 unless its docstring says why
+    ("Over 80 lines ...")."""
+    too_long = []
+    for module, path in _modules().items():
+        text = path.read_text(encoding="utf-8")
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            too_long.append(f"{module}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+                if length > MAX_FUNCTION_LINES and "Over 80 lines" not in (
+                        ast.get_docstring(node) or ""):
+                    too_long.append(f"{module}.{node.name}: {length} lines")
+    assert too_long == []
+
+
 def test_the_layer_rule_would_catch_an_upward_import(tmp_path):
     """The checker itself: a function-level import of a face from a core module is found, one
     under TYPE_CHECKING is not."""
