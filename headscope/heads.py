@@ -284,6 +284,18 @@ def _module_name(model, module) -> str | None:
     return None
 
 
+def _sibling_bias(model, decoder_name: str, vocab: int):
+    """(bias, its name) of a head that keeps its output bias beside a bias-free decoder, as a
+    parameter `bias` of one vocabulary entry per row of the decoder's parent module (ESM's
+    `lm_head.bias`, added to `decoder(x)`); (None, None) when there is none."""
+    parent_name = decoder_name.rpartition(".")[0]
+    parent = model.get_submodule(parent_name) if parent_name else model
+    bias = parent._parameters.get("bias") if hasattr(parent, "_parameters") else None
+    if bias is None or tuple(bias.shape) != (vocab,):
+        return None, None
+    return bias, f"{parent_name}.bias" if parent_name else "bias"
+
+
 def _generic_head(model, source: str, model_type: str) -> Head:
     out = model.get_output_embeddings()
     if out is None or getattr(out, "weight", None) is None:
@@ -306,6 +318,10 @@ def _generic_head(model, source: str, model_type: str) -> Head:
     bias = getattr(out, "bias", None)
     if bias is not None:
         names["bias"] = f"{decoder_name}.bias"
+    else:
+        bias, bias_name = _sibling_bias(model, decoder_name, out.weight.shape[0])
+        if bias_name is not None:
+            names["bias"] = bias_name
     if emb_name is not None:
         names["embeddings"] = f"{emb_name}.weight"
     layout = HeadLayout(

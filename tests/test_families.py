@@ -125,14 +125,42 @@ def test_every_family_of_the_table_is_covered():
 
 
 def test_meta_model_names_a_head_without_reading_other_tensors(family_dir):
-    """ESM keeps its output bias outside the decoder, which the full load's generic finder (and
-    so weights-only) does not take for the head's bias; the decoder is the tied embeddings."""
+    """ESM keeps its output bias beside a bias-free decoder (`lm_head.bias`, added to
+    `decoder(x)`): the generic finder takes it for the head's bias, on the full load and so on
+    the weights-only path; the decoder is the tied embeddings."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
     folder = family_dir("esm")
     stored = heads.read_head(ck.resolve(str(folder)))
     assert stored.found_by == "meta-model" and stored.tied
     assert stored.names == {"decoder_weight": "esm.embeddings.word_embeddings.weight",
-                            "embeddings": "esm.embeddings.word_embeddings.weight"}
+                            "embeddings": "esm.embeddings.word_embeddings.weight",
+                            "bias": "lm_head.bias"}
     assert stored.decoder_weight is stored.arrays["embeddings"]
+    np.testing.assert_array_equal(stored.arrays["bias"],
+                                  load_file(str(folder / "model.safetensors"))["lm_head.bias"])
+
+
+def test_a_bias_beside_the_decoder_is_the_heads_bias_on_the_full_load(family_dir):
+    """The full load finds ESM's `lm_head.bias`, and the logits are decoder(x) + that bias: the
+    head's bias is the one the logits carry (checked against the model's own forward)."""
+    import torch
+
+    loaded = ck.load(ck.resolve(str(family_dir("esm"))))
+    head = heads.find_head(loaded)
+    model = loaded.model
+    assert head.names["bias"] == "lm_head.bias"
+    assert head.bias is model.lm_head.bias
+    with torch.no_grad():
+        model.lm_head.bias.add_(1.5)  # a non-zero bias, so the check could fail
+        ids = torch.tensor([[0, 5, 6, 7, 2]])
+        logits = model(input_ids=ids).logits
+        hidden = model.esm(input_ids=ids).last_hidden_state
+        features = model.lm_head.layer_norm(torch.nn.functional.gelu(
+            model.lm_head.dense(hidden)))
+        by_hand = features @ head.decoder_weight.T + head.bias
+    torch.testing.assert_close(logits, by_hand)
 
 
 def test_weights_only_refuses_a_family_without_a_masked_lm_class(tmp_path, tiny_checkpoint):
