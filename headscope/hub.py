@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from headscope.errors import CheckpointNotFoundError, NotCachedError
+from headscope.errors import CheckpointNotFoundError, HeadscopeError, NotCachedError
 
 # What the network path downloads: config, tokenizer and safetensors weights first; .bin weights
 # only when the repository has no safetensors.
@@ -97,6 +98,16 @@ def snapshot_folder(repo_id: str, revision: str | None,
         return cached
     if hub_offline():
         raise NotCachedError(repo_id, revision)
+    with hub_errors(repo_id, revision):
+        return download_snapshot(repo_id, revision, has_weights)
+
+
+@contextmanager
+def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
+    """huggingface_hub's errors as headscope's, one message each, for every path that talks to
+    the Hub (the snapshot download here, the range reads and the push of `remote`): a gated or
+    missing repository or revision is named; any other failure (connection refused, DNS, proxy,
+    HTTP 5xx) is "not cached, and the Hub could not be reached". headscope's own errors pass."""
     from huggingface_hub.errors import (
         GatedRepoError,
         RepositoryNotFoundError,
@@ -104,7 +115,7 @@ def snapshot_folder(repo_id: str, revision: str | None,
     )
 
     try:
-        return download_snapshot(repo_id, revision, has_weights)
+        yield
     except GatedRepoError as err:
         raise CheckpointNotFoundError(
             repo_id, "the repository is gated: accept its terms on the Hub and log in"
@@ -115,6 +126,8 @@ def snapshot_folder(repo_id: str, revision: str | None,
         raise CheckpointNotFoundError(
             repo_id, f"the Hub has no revision {revision!r} for it"
         ) from err
+    except HeadscopeError:
+        raise
     except Exception as err:  # connection refused, DNS failure, proxy, HTTP 5xx...
         raise NotCachedError(repo_id, revision) from err
 

@@ -29,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from headscope.errors import CheckpointNotFoundError, InputError, NotCachedError
+from headscope.errors import CheckpointNotFoundError, InputError
 
 if TYPE_CHECKING:
     from headscope.checkpoint import Checkpoint
@@ -49,31 +49,6 @@ def wants_ranges(source: str, revision: str | None) -> bool:
     if Path(source).exists() or not hub.looks_like_hub_id(source) or hub.hub_offline():
         return False
     return hub.cached_snapshot(source, revision) is None
-
-
-@contextmanager
-def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
-    """huggingface_hub's errors as headscope's (the messages `checkpoint.resolve` gives)."""
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    try:
-        yield
-    except GatedRepoError as err:
-        raise CheckpointNotFoundError(
-            repo_id, "the repository is gated: accept its terms on the Hub and log in") from err
-    except RepositoryNotFoundError as err:
-        raise CheckpointNotFoundError(repo_id, "no such repository on the Hub") from err
-    except RevisionNotFoundError as err:
-        raise CheckpointNotFoundError(
-            repo_id, f"the Hub has no revision {revision!r} for it") from err
-    except InputError:
-        raise
-    except Exception as err:  # connection refused, DNS failure, proxy, HTTP 5xx...
-        raise NotCachedError(repo_id, revision) from err
 
 
 class _Reader:
@@ -165,12 +140,12 @@ def head_only(repo_id: str, revision: str | None = None) -> Iterator[Checkpoint 
     safetensors weights (a pickled .bin is read whole: the caller downloads it instead)."""
     from huggingface_hub import HfApi
 
-    from headscope import checkpoint, heads
+    from headscope import checkpoint, heads, hub
 
     folder = Path(tempfile.mkdtemp(prefix="headscope-remote-"))
     try:
         local = None
-        with hub_errors(repo_id, revision):
+        with hub.hub_errors(repo_id, revision):
             info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
             commit = str(info.sha)
             files = {s.rfilename: s.size for s in (info.siblings or [])}
