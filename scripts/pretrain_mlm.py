@@ -393,25 +393,29 @@ def plot(folders: list[Path], out: Path) -> None:
     """The pretraining curves of each model folder's pretrain.jsonl, side by side."""
     from matplotlib.figure import Figure
 
-    panels = (("mlm_accuracy", "held-out MLM accuracy"),
-              ("row_norm_mean", "decoder row-norm mean"),
-              ("positive_share", "share of positive logits"),
-              ("active_share", "active share of vocabulary (per block)"),
-              ("logit_p99", "99th-percentile logit"),
-              ("bias_mean", "output-bias mean"))
-    fig = Figure(figsize=(12, 6.5), layout="constrained")
-    axes = fig.subplots(2, 3)
+    # (y, title, x): x None is the pretraining step; "mlm_accuracy" puts the head's scale
+    # against how much the model has learned, which compares models that learn at other speeds.
+    panels = (("mlm_accuracy", "held-out MLM accuracy", None),
+              ("row_norm_mean", "decoder row-norm mean", None),
+              ("row_norm_mean", "row-norm mean against accuracy", "mlm_accuracy"),
+              ("bias_mean", "output-bias mean", None),
+              ("positive_share", "share of positive logits", None),
+              ("active_share", "active share of vocabulary (per block)", None),
+              ("logit_p50", "median logit", None),
+              ("logit_p99", "99th-percentile logit", None))
+    fig = Figure(figsize=(15, 6.5), layout="constrained")
+    axes = fig.subplots(2, 4)
     for folder in folders:
         rows = [json.loads(line) for line in (folder / "pretrain.jsonl").open()]
         # A run still going (no provenance.json yet) says so in its legend.
         label = folder.name if (folder / "provenance.json").is_file() else (
             f"{folder.name} (in progress: step {rows[-1]['step']})")
-        for ax, (key, title) in zip(axes.flat, panels, strict=True):
-            ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker=".",
+        for ax, (key, title, x) in zip(axes.flat, panels, strict=True):
+            ax.plot([r[x or "step"] for r in rows], [r[key] for r in rows], marker=".",
                     label=label)
             ax.set_title(title, fontsize=10)
-            ax.set_xlabel("pretraining step")
-    axes.flat[0].legend()
+            ax.set_xlabel("held-out MLM accuracy" if x else "pretraining step")
+    axes.flat[0].legend(fontsize=8, loc="lower right")
     fig.suptitle("Pretraining from scratch on CPU, same data, tokenizer and budget "
                  "(real models, not simulations)")
     out.parent.mkdir(parents=True, exist_ok=True)
