@@ -240,20 +240,29 @@ def audit_registrations() -> list[str]:
     return problems
 
 
-def check_one_commit(path: Path, condition: str, steps: int, data: str, commit: str) -> None:
-    """One grid is one commit: refuse to add runs of `condition` to a file whose runs of the same
-    training were made by other code."""
+def check_one_grid(path: Path, condition: str, steps: int, data: str, commit: str,
+                   device: str) -> None:
+    """One grid is one commit on one device: refuse to add runs of `condition` to a file whose
+    runs of the same training were made by other code or on another kind of device (a CPU and
+    a GPU training of the same arm differ in the last bits, and so in the comparison)."""
     if not path.is_file():
         return
     for line in path.read_text(encoding="utf-8").splitlines():
         row = json.loads(line) if line.strip() else {}
-        if (row.get("kind") == "run" and row["condition"] == condition
-                and row["config"]["steps"] == steps and row["data"] == data
-                and row["git_commit"] != commit):
+        if not (row.get("kind") == "run" and row["condition"] == condition
+                and row["config"]["steps"] == steps and row["data"] == data):
+            continue
+        if row["git_commit"] != commit:
             raise SystemExit(
                 f"{path} holds runs of {condition} made at {row['git_commit'][:7]}, and this "
                 f"code is {commit[:7]}; one grid is one commit: finish it from a worktree at "
                 f"{row['git_commit'][:7]} or write to another --out.")
+        theirs = row["config"].get("device", "cpu").split(":")[0]
+        if theirs != device.split(":")[0]:
+            raise SystemExit(
+                f"{path} holds runs of {condition} trained on {theirs}, and this run would use "
+                f"--device {device}; one grid is one kind of device: pass --device {theirs} or "
+                "write to another --out.")
 
 
 def done_keys(path: Path) -> set[str]:
@@ -367,9 +376,9 @@ def run(args) -> int:
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else grid["seeds"]
     for e, split in eval_splits.items():
         check_eval_size(out, name, data, e, len(split.queries))
-    check_one_commit(out, name, steps, data, commit)
+    check_one_grid(out, name, steps, data, commit, args.device)
     eval_config = EvalConfig(max_query_length=32,
-                             max_passage_length=recipe["max_passage_length"])
+                             max_passage_length=recipe["max_passage_length"], device=args.device)
     new_runs = 0
     for seed in seeds:
         for arm in arms_sorted:
@@ -381,9 +390,11 @@ def run(args) -> int:
                 return 0
             config = TrainConfig(steps=steps, batch_size=recipe["batch_size"], lr=recipe["lr"],
                                  max_query_length=32,
-                                 max_passage_length=recipe["max_passage_length"], seed=seed)
+                                 max_passage_length=recipe["max_passage_length"], seed=seed,
+                                 device=args.device)
             clone = copy.deepcopy(model)
             rescale_model(clone, RescaleSpec(arm.k, "untie", arm.scale_bias))
+            clone.to(args.device)
             t0 = time.perf_counter()
             before = {e: evaluate(clone, tokenizer, eval_splits[e], eval_config) for e in evals}
             result = train(clone, tokenizer, train_set.train, config)
@@ -508,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="held-out queries evaluated (default: the registered grid's; a file's "
                    "runs must all use the same number)")
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--device", default="cpu", help="cpu or cuda[:N]; recorded in each run's "
+                   "config (a file's grid stays on one kind of device)")
     r.add_argument("--max-runs", type=int, default=None,
                    help="stop after this many new trainings (the rest resume later)")
     r.add_argument("--out", required=True)

@@ -166,6 +166,15 @@ def test_grid_resumes_and_report_is_regenerated_from_the_lines(calibrate, grid_r
         f"worktree at {first['git_commit'][:7]} or write to another --out.")
     _git(root, "reset", "-q", "--hard", "HEAD~1")
 
+    # One grid is one kind of device: a GPU cannot add to a CPU grid (refused before training).
+    calls.clear()
+    with pytest.raises(SystemExit) as err:
+        calibrate.main(argv + ["--k", "4", "--device", "cuda:1"])
+    assert str(err.value) == (
+        f"{out} holds runs of {name} trained on cpu, and this run would use --device cuda:1; "
+        "one grid is one kind of device: pass --device cpu or write to another --out.")
+    assert calls == []
+
     # --max-runs 0 starts nothing new.
     calls.clear()
     assert calibrate.main(argv + ["--max-runs", "0"]) == 0
