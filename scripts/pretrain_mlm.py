@@ -422,6 +422,33 @@ def plot(folders: list[Path], out: Path) -> None:
     fig.savefig(out, dpi=110)
 
 
+HELDOUT_FILE = "heldout.json"  # a finished model's statistics on every held-out block
+
+
+def evaluate_all(folder: Path, use_boolq: bool = True) -> dict:
+    """A finished model's held-out statistics on every held-out block (pretraining tracks 32):
+    the number its accuracy bar is judged on. Rebuilds the held-out documents, tokenises them
+    with the folder's own tokenizer.json, and writes `<folder>/heldout.json`."""
+    import torch
+    from transformers import AutoModelForMaskedLM, PreTrainedTokenizerFast
+
+    torch.set_num_threads(1)
+    provenance = json.loads((folder / "provenance.json").read_text())
+    cfg = PretrainConfig(**{k: v for k, v in provenance["config"].items()
+                            if k in PretrainConfig.__dataclass_fields__})
+    _, held_docs, source = documents(use_boolq)
+    if source["sha256_of_documents"] != provenance["source"]["sha256_of_documents"]:
+        raise SystemExit(f"The documents differ from those {folder} was trained on.")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    held = blocks(tokenizer, held_docs, cfg.seq)
+    model = AutoModelForMaskedLM.from_pretrained(str(folder))
+    stats = evaluate(model, held, cfg)
+    result = {"name": folder.name, "held_out_blocks": int(held.shape[0]),
+              "model.safetensors sha256": sha256_file(folder / "model.safetensors"), **stats}
+    (folder / HELDOUT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = PretrainConfig()
@@ -441,7 +468,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="train on pydoc_data.topics alone (no wheel download)")
     parser.add_argument("--plot", type=Path, metavar="PNG",
                         help="only draw the curves of the models already in --out into PNG")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="only measure the finished models --name (comma-separated) in "
+                        "--out on every held-out block; writes <out>/<name>/heldout.json")
     args = parser.parse_args(argv)
+    if args.evaluate:
+        for n in args.name.split(","):
+            print(json.dumps(evaluate_all(args.out / n, not args.no_boolq)))
+        return 0
     if args.plot:
         names = args.name.split(",") if args.name else [NAMES[a] for a in ("modernbert", "bert")]
         plot([args.out / n for n in names], args.plot)
