@@ -258,3 +258,19 @@ def test_sparse_encoder_flag_on_a_sparse_encoder_folder(encoders, tmp_path):
         "fix keeps; --sparse-encoder cannot make it a SparseEncoder: drop --sparse-encoder, "
         f"or pass the masked LM's folder {other}/0_MLMTransformer to wrap it in a new one.\n")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cached_hub_snapshot_is_read_at_its_mlm_module(encoders, tmp_path, monkeypatch):
+    """A Hub id whose cached snapshot keeps its masked LM in a sub-folder (no config.json at
+    the top) is found in the cache, offline, and read at that module."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--splade"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(encoders["sub-folder"], repo / "snapshots" / commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = CliRunner().invoke(main, ["inspect", "--weights-only", "acme/splade", "--json", "-"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == f"acme/splade: reading the {NOTE['sub-folder']}.\n"
+    assert json.loads(result.stdout)["model"]["revision"] == commit

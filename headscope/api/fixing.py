@@ -274,7 +274,7 @@ def _layout_note(ckpt, sparse_encoder: bool) -> str | None:
     if ckpt.module is None:
         return None
     note = (f"Fixed the {ckpt.module.description}; every other sentence-transformers file is "
-            "kept, so SparseEncoder(out) loads it as the source was.")
+            "kept, so SparseEncoder(out) loads with the source's settings.")
     if sparse_encoder:
         note += " --sparse-encoder added nothing: the source is a SparseEncoder folder already."
     return note
