@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from headscope import hub
+from headscope.containment import containment
 from headscope.errors import InputError
 
 MODULES_FILE = "modules.json"
@@ -56,6 +57,12 @@ class MlmModule:
 
 
 def _read(path: Path, root: Path) -> Any:
+    """The JSON in `path`, a file inside `root` (never through a link out of it)."""
+    reason = containment(root, path.relative_to(root).as_posix())
+    if reason is not None:
+        raise InputError(f"{path} {reason}; headscope reads a sentence-transformers folder's "
+                         "files only from inside it: refusing it (repair the folder or "
+                         "re-download it).")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:

@@ -210,6 +210,18 @@ def test_find_mlm_refuses_two_mlm_modules_and_paths_out(encoders, tmp_path):
         f"{src}/modules.json lists 2 masked-LM modules (0_MLMTransformer, 2_MLMTransformer); "
         "headscope fixes one head at a time: pass one module's folder as MODEL, e.g. "
         f"{src}/0_MLMTransformer.")
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps({"transformer_task": "fill-mask"}))
+    (src / "0_MLMTransformer" / "sentence_bert_config.json").unlink()
+    (src / "0_MLMTransformer" / "sentence_bert_config.json").symlink_to(outside)
+    (src / "modules.json").write_text(json.dumps(
+        [{**modules[0], "type": "sentence_transformers.models.Transformer"}]))
+    with pytest.raises(InputError) as err:
+        find_mlm(src)
+    assert str(err.value) == (
+        f"{src}/0_MLMTransformer/sentence_bert_config.json resolves to {outside}, outside the "
+        "checkpoint folder; headscope reads a sentence-transformers folder's files only from "
+        "inside it: refusing it (repair the folder or re-download it).")
     (src / "modules.json").write_text(json.dumps([{**modules[0], "path": "../elsewhere"}]))
     with pytest.raises(InputError) as err:
         find_mlm(src)
