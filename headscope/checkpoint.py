@@ -17,7 +17,7 @@ and tokenizers in other formats fall back to torch and transformers.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ from headscope.safetensors_file import (
     read_safetensors_header,
     safetensors_header,
 )
+from headscope.st_folder import MODULES_FILE, MlmModule, find_mlm
 from headscope.vocabulary import TOKENIZER_FILES, Vocabulary, own_file, read_file
 from headscope.vocabulary import check_files as check_tokenizer_files
 
@@ -94,11 +95,16 @@ class Checkpoint:
     config: dict  # config.json as read (model_type filled in when inferred)
     weight_files: tuple[Path, ...]  # every shard, in index order
     weight_format: str  # "safetensors" | "bin"
+    module: MlmModule | None = None  # a sentence-transformers folder: its MLM module (`path`)
+
+    @property
+    def root(self) -> Path:
+        """The folder the user named: the sentence-transformers folder, else `path`."""
+        return self.module.root if self.module is not None else self.path
 
 
 # --------------------------------------------------------------------------------------------
 # resolve
-
 
 
 def _find_weights(folder: Path) -> tuple[tuple[Path, ...], str] | None:
@@ -243,14 +249,16 @@ def resolve(source: str, revision: str | None = None) -> Checkpoint:
             )
         folder, commit = local.resolve(), None
     elif hub.looks_like_hub_id(source):
-        folder = hub.snapshot_folder(source, revision,
-                                    lambda f: _find_weights(f) is not None)
+        folder = hub.snapshot_folder(source, revision, lambda f: (
+            (f / MODULES_FILE).is_file() or _find_weights(f) is not None))
         commit = folder.name
     else:
         raise CheckpointNotFoundError(
             source, "no such directory, and not a Hub id of the form org/name"
         )
 
+    module = find_mlm(folder)  # a sentence-transformers folder: read its MLM module's folder
+    folder = module.folder if module is not None else folder
     for name in _READ_FILES:
         reason = containment(folder, name)
         if reason is not None and reason != "missing":
@@ -288,20 +296,13 @@ def resolve(source: str, revision: str | None = None) -> Checkpoint:
         config=config,
         weight_files=weight_files,
         weight_format=weight_format,
+        module=module,
     )
     if ckpt.model_type:
         return ckpt
     # Only a config without model_type needs the tensor names (cheap for safetensors).
     model_type = _infer_model_type(source, folder, config, tensor_names(ckpt))
-    return Checkpoint(
-        source=source,
-        path=folder,
-        revision=commit,
-        model_type=model_type,
-        config={**config, "model_type": model_type},
-        weight_files=weight_files,
-        weight_format=weight_format,
-    )
+    return replace(ckpt, model_type=model_type, config={**config, "model_type": model_type})
 
 
 # --------------------------------------------------------------------------------------------

@@ -63,7 +63,8 @@ def cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
                 repo_id, f"{ref} does not hold a commit hash; repair or delete the cached ref"
             )
     snapshot = repo_dir / "snapshots" / commit
-    if not (snapshot / "config.json").is_file():
+    # A sentence-transformers model may keep its masked LM (config.json) in a sub-folder.
+    if not ((snapshot / "config.json").is_file() or (snapshot / "modules.json").is_file()):
         return None
     return snapshot
 

@@ -5,7 +5,9 @@ loads it as the SPLADE encoder (the masked LM with SpladePooling("max")). They a
 the installed sentence-transformers itself: a SparseEncoder built on the source folder is saved
 into a temporary folder, and every file it writes that the masked LM does not already have
 (modules.json, config_sentence_transformers.json, sentence_bert_config.json, the pooling's
-folder) is taken, bytes as written.
+folder) is taken, bytes as written. A source that is a sentence-transformers folder already
+keeps its own layout (`fix` writes it back, see `st_folder`): for a SparseEncoder folder the
+flag adds nothing, and another kind of folder is refused.
 """
 
 from __future__ import annotations
@@ -14,17 +16,25 @@ import tempfile
 from pathlib import Path
 
 from headscope.errors import InputError
+from headscope.fileio import read_json_object
+from headscope.st_folder import ST_CONFIG
 
 # Files of the masked LM itself, which `fix` writes (weights, config, tokenizer, card).
 _MLM_FILES = ("config.json", "README.md", "model.safetensors", "model.safetensors.index.json")
 
 
-def check_sparse_encoder_source(folder: Path) -> None:
-    """Refuse what --sparse-encoder cannot do, before any work."""
-    if (folder / "modules.json").is_file():
-        raise InputError(
-            f"{folder} is a sentence-transformers folder already (it has modules.json), whose "
-            "files fix copies as they are; drop --sparse-encoder.")
+def check_sparse_encoder_source(ckpt) -> None:
+    """Refuse what --sparse-encoder cannot do, before any work. A SparseEncoder folder needs
+    nothing (fix keeps its layout); another sentence-transformers folder would conflict."""
+    if ckpt.module is not None:
+        config = ckpt.root / ST_CONFIG
+        kind = read_json_object(config).get("model_type") if config.is_file() else None
+        if kind not in (None, "SparseEncoder"):
+            raise InputError(
+                f"{ckpt.root} is a sentence-transformers {kind} folder, whose layout fix keeps; "
+                "--sparse-encoder cannot make it a SparseEncoder: drop --sparse-encoder, or "
+                f"pass the masked LM's folder {ckpt.path} to wrap it in a new one.")
+        return
     try:
         import sentence_transformers.sparse_encoder  # noqa: F401
     except ImportError as err:

@@ -681,10 +681,11 @@ def test_fix_writes_a_sparse_encoder_folder(tiny_checkpoint, tmp_path):
     # bias divided too: every logit is the source's / 4, so the weights are log1p(relu(x / 4))
     assert torch.allclose(torch.log1p(torch.expm1(a) * 4), c, atol=1e-4)
 
-    with pytest.raises(InputError) as err:
-        api.fix(str(out), str(tmp_path / "again"),
-                options=api.FixOptions(k=2, scale_bias=False, sparse_encoder=True))
-    assert str(err.value) == (
-        f"{out} is a sentence-transformers folder already (it has modules.json), whose files "
-        "fix copies as they are; drop --sparse-encoder.")
-    assert not (tmp_path / "again").exists()
+    # Fixing that folder again keeps its layout: --sparse-encoder adds nothing, and says so.
+    again = api.fix(str(out), str(tmp_path / "again"),
+                    options=api.FixOptions(k=2, scale_bias=False, sparse_encoder=True))
+    assert again.note.endswith("--sparse-encoder added nothing: the source is a SparseEncoder "
+                               "folder already.")
+    assert {n for n in again.result.files} == {n for n in outcome.result.files}
+    assert (tmp_path / "again" / "1_SpladePooling" / "config.json").read_bytes() == \
+        (out / "1_SpladePooling" / "config.json").read_bytes()

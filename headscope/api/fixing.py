@@ -54,6 +54,8 @@ class FixOutcome:
     report: Report  # the original model's inspection (statistics before)
     result: FixResult | None  # None: the recommended k is 1, so nothing was written
     pushed: str | None = None  # the Hub commit URL of --push-to-hub; None: nothing pushed
+    # A sentence-transformers folder: which module was fixed, and what of its layout was kept.
+    layout_note: str | None = None
 
     @property
     def needed(self) -> bool:
@@ -71,6 +73,8 @@ class FixOutcome:
                     f"`headscope inspect`, with k = {self.k:g} ({self.k_from}).")
         else:
             note = f"Fixing {self.source} with k = {self.k:g} ({self.k_from})."
+        if self.layout_note:
+            note += f" {self.layout_note}"
         if self.result.cleaned:
             note += (" Removed the temporary folder(s) an interrupted run left: "
                      f"{', '.join(self.result.cleaned)}.")
@@ -211,11 +215,8 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
         RescaleSpec(choice.k, options.strategy, bool(choice.scale_bias))  # before the slow part
     probe_config = _measured_ks(choice, probe_config or probe.ProbeConfig())
     ckpt = checkpoint.resolve(choice.source, choice.load_options.revision)
-    save.check_out(ckpt.path, Path(out).resolve(), options.overwrite)  # before the slow part
-    if options.sparse_encoder:
-        from headscope.sparse_layout import check_sparse_encoder_source
-
-        check_sparse_encoder_source(ckpt.path)
+    save.check_out(ckpt.root, Path(out).resolve(), options.overwrite)  # before the slow part
+    layout_note = _layout_note(ckpt, options.sparse_encoder)  # refuses before the slow part
     # One run per --out: a second one refuses here, before loading (a dry run writes nothing).
     with nullcontext() if options.dry_run else save.out_lock(Path(out).resolve()):
         loaded = checkpoint.load(ckpt, choice.load_options)
@@ -238,7 +239,7 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
         spec = RescaleSpec(float(choice.k), options.strategy, bool(choice.scale_bias))
         weights, stats_before, stats_after = _recorded_statistics(before, choice, ckpt, spec)
         extra = None
-        if options.sparse_encoder:
+        if options.sparse_encoder and ckpt.module is None:
             from headscope.sparse_layout import sparse_encoder_files
 
             extra = sparse_encoder_files(ckpt.path)
@@ -260,7 +261,23 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
                            f"{spec.strategy}")
     return FixOutcome(source=choice.source, k=spec.k, k_from=choice.k_from,
                       followed_last_inspection=source is None, report=before, result=result,
-                      pushed=pushed)
+                      pushed=pushed, layout_note=layout_note)
+
+
+def _layout_note(ckpt, sparse_encoder: bool) -> str | None:
+    """What the note says of a sentence-transformers source (the module fixed, the layout
+    kept); --sparse-encoder checked against the source first."""
+    if sparse_encoder:
+        from headscope.sparse_layout import check_sparse_encoder_source
+
+        check_sparse_encoder_source(ckpt)
+    if ckpt.module is None:
+        return None
+    note = (f"Fixed the {ckpt.module.description}; every other sentence-transformers file is "
+            "kept, so SparseEncoder(out) loads with the source's settings.")
+    if sparse_encoder:
+        note += " --sparse-encoder added nothing: the source is a SparseEncoder folder already."
+    return note
 
 
 def _same_source(last, ckpt) -> bool:

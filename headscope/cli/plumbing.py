@@ -218,6 +218,17 @@ def writable(*paths: str | None, parents: bool = False) -> None:
 # Flags that only the probe or the bands rule read: weights-only runs neither (its k follows the
 
 
+def say_modules(sources, revision: str | None = None) -> None:
+    """One stderr line for each sentence-transformers folder among `sources`: which of its
+    modules headscope reads (the masked LM)."""
+    from headscope.st_folder import module_note
+
+    for source in sources:
+        note = module_note(source, revision)
+        if note is not None:
+            stderr.print(note, markup=False, highlight=False)
+
+
 def json_lines(documents) -> str:
     """Several JSON documents, one per line (JSON Lines), in the order given."""
     return "\n".join(json.dumps(d, allow_nan=False) for d in documents)

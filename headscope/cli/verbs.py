@@ -36,6 +36,7 @@ from headscope.cli.plumbing import (
     json_lines,
     progress_bar,
     quiet_transformers,
+    say_modules,
     stderr,
     stdout,
     writable,
@@ -94,7 +95,9 @@ def inspect(models, revision, dtype, device, trust_remote_code, probe_file, ks, 
     load = load_opts(revision, dtype, device, trust_remote_code, weights_only)
     if len(models) > 1:
         reports = api.inspect_many(models, load_options=load, options=options)
+        say_modules(models, revision)  # once every model was read (errors name their model)
     else:
+        say_modules(models, revision)
         # Weights-only reports no progress (it reads a few tensors): no bar to import.
         with nullcontext() if weights_only else progress_bar() as progress:
             reports = (api.inspect(models[0], load_options=load, probe_config=probe_config,
@@ -135,7 +138,8 @@ def inspect(models, revision, dtype, device, trust_remote_code, probe_file, ks, 
 @click.option("--sparse-encoder", is_flag=True,
               help="Also write the files that make --out a sentence-transformers SparseEncoder "
               "folder (the masked LM with SpladePooling('max')), laid out by the installed "
-              "sentence-transformers: SparseEncoder(OUT) then loads it.")
+              "sentence-transformers: SparseEncoder(OUT) then loads it. A SparseEncoder folder "
+              "(modules.json) keeps its own layout without it: the flag then adds nothing.")
 @click.option("--push-to-hub", "push_to_hub", default=None, metavar="ORG/NAME",
               help="After writing and verifying --out, upload it to this Hub repository (created "
               "if absent) in one commit; needs a token (hf auth login or HF_TOKEN). Nothing is "
@@ -153,6 +157,8 @@ def fix(model, out, k, strategy, scale_bias, dry_run, overwrite, force, n_pairs,
     the weight files are the ones it measured (same sha256). When the recommended k is 1 the
     head needs no fix: nothing is written (unless --force). With k and the bias setting given
     no probe runs: the output is verified by its bytes and one reload and forward pass.
+    A sentence-transformers folder (modules.json) is fixed at its MLM module and written back
+    in its own layout, every other file kept, so SparseEncoder(OUT) loads as the source did.
     """
     from headscope import api, render
 
@@ -252,7 +258,7 @@ def report_cmd(report_path, html, md, confirm_log):
         stderr.print(f"wrote {path}", markup=False)
 
 
-def _train(json_dest, kw: dict, verb: Callable) -> None:
+def _train(json_dest, kw: dict, verb: Callable, model: str) -> None:
     """confirm / sweep: refuse unwritable outputs, run `verb(options, progress)`, report."""
     writable(json_dest, kw.get("figure"))
     writable(kw.get("log"), parents=True)
@@ -264,6 +270,8 @@ def _train(json_dest, kw: dict, verb: Callable) -> None:
         from headscope.trainer_callback import quiet_other_ranks
 
         quiet_other_ranks()
+    else:
+        say_modules([model], kw.get("revision"))
     with progress_bar() if main_rank else nullcontext() as progress:
         outcome = verb(confirm_options_from(kw), progress)
     _report_training(outcome, json_dest)
@@ -300,7 +308,7 @@ def _confirm_command() -> click.Command:
         from headscope import api
 
         _train(json_dest, kw, lambda options, progress: api.confirm(
-            model, k=k, fixed=fixed, options=options, progress=progress))
+            model, k=k, fixed=fixed, options=options, progress=progress), model)
 
     return confirm
 
@@ -324,7 +332,8 @@ def _sweep_command() -> click.Command:
         from headscope import api
 
         _train(json_dest, kw, lambda options, progress: api.sweep(
-            model, ks, options=options, progress=progress, flops_weights=flops_weights))
+            model, ks, options=options, progress=progress, flops_weights=flops_weights),
+               model)
 
     return sweep
 
@@ -369,11 +378,13 @@ def _check_command() -> click.Command:
         if len(models) > 1 and report_path is None:
             outcomes = api.check_many(models, policy_path=policy_path, overrides=overrides,
                                       options=options)
+            say_modules(models)  # once every model was read (errors name their model)
             for o in outcomes:
                 failed = ", ".join(r.name for r in o.result.failed)
                 stderr.print(f"PASS {o.report.model.source}" if o.result.passed
                              else f"FAIL {o.report.model.source} ({failed})", markup=False)
         else:
+            say_modules(models)
             with nullcontext() if weights_only else progress_bar() as progress:
                 probe_config = (probe_config_from(ks, n_pairs, batch_size, scale_bias) if models
                                 else None)

@@ -42,7 +42,7 @@ from headscope.save.folder import (
     out_lock,
     staging,
 )
-from headscope.save.plan import Plan, make_plan, other_files
+from headscope.save.plan import Plan, make_plan, mlm_folder, other_files
 from headscope.save.provenance import (
     PROVENANCE_FILE,
     fixed_k,
@@ -141,10 +141,38 @@ def _source_card(folder: Path) -> str | None:
         return None
 
 
-def _result(out: Path, spec: RescaleSpec, plan: Plan, files: Sequence[str], skipped: Sequence[str],
-            verification: Verification, dry_run: bool, cleaned: tuple[str, ...]) -> FixResult:
+@dataclass(frozen=True)
+class _Names:
+    """The output's files, relative to the folder the user named."""
+
+    copied: list[str]  # copied unchanged from the source
+    skipped: list[str]  # left out, each "name (why)"
+    weight_files: list[str]
+    files: list[str]  # everything written, headscope.json and README.md included
+
+
+def _names(ckpt, plan: Plan, extra_files: dict[str, bytes]) -> _Names:
+    """What the output holds. A sentence-transformers folder keeps its masked LM in the
+    folder `mlm_folder(ckpt)`, whose files are written anew; its other modules' folders are
+    copied whole (their weights are not the head's)."""
+    mlm = mlm_folder(ckpt)
+    inside = (lambda name: f"{mlm}/{name}") if mlm else (lambda name: name)
+    replaced = {inside(name) for name in (*(p.name for p in ckpt.weight_files), INDEX,
+                                          "pytorch_model.bin.index.json")}
+    copied, skipped = other_files(ckpt.root, replaced | {CARD_FILE}, mlm=mlm,
+                                  keep=ckpt.module.others if ckpt.module else ())
+    copied = [name for name in copied if name not in extra_files]
+    weight_files = [inside(name) for name, _ in plan.shards]
+    files = sorted({*weight_files, *([inside(INDEX)] if plan.sharded else []),
+                    inside("config.json"), PROVENANCE_FILE, CARD_FILE, *copied, *extra_files})
+    return _Names(copied, skipped, weight_files, files)
+
+
+def _result(out: Path, spec: RescaleSpec, weight_files: Sequence[str], plan: Plan,
+            files: Sequence[str], skipped: Sequence[str], verification: Verification,
+            dry_run: bool, cleaned: tuple[str, ...]) -> FixResult:
     return FixResult(out=out, spec=spec, dry_run=dry_run, files=tuple(files),
-                     weight_files=tuple(name for name, _ in plan.shards), skipped=tuple(skipped),
+                     weight_files=tuple(weight_files), skipped=tuple(skipped),
                      verification=verification, tied=plan.tied_out,
                      source_weight_bytes=plan.source_bytes, weight_bytes=plan.weight_bytes,
                      largest_shard_bytes=max(sum(e.nbytes for e in entries)
@@ -182,7 +210,7 @@ def save_fixed(
     _check_arguments(loaded, spec, verify_texts, max_shard_size)
     ckpt = loaded.checkpoint
     out = Path(out).expanduser().resolve()
-    check_out(ckpt.path, out, overwrite)
+    check_out(ckpt.root, out, overwrite)
     before = jsonable(stats_before, "stats_before")
     after = jsonable(stats_after, "stats_after")
     report = progress or (lambda phase, done, total: None)
@@ -194,12 +222,11 @@ def save_fixed(
     source_hashes = None if (dry_run or ckpt.revision) else hash_in_background(ckpt.weight_files)
     plan = make_plan(loaded, head, spec, max_shard_size)
     inputs = encode_texts(loaded, verify_texts)
-    replaced = {p.name for p in ckpt.weight_files} | {INDEX, "pytorch_model.bin.index.json"}
-    copied, skipped = other_files(ckpt.path, replaced | {CARD_FILE})
     extra_files = dict(extra_files or {})
-    copied = [name for name in copied if name not in extra_files]
-    files = sorted({*(name for name, _ in plan.shards), *([INDEX] if plan.sharded else []),
-                    "config.json", PROVENANCE_FILE, CARD_FILE, *copied, *extra_files})
+    names = _names(ckpt, plan, extra_files)
+    copied, skipped, weight_files, files = (names.copied, names.skipped, names.weight_files,
+                                            names.files)
+    mlm = mlm_folder(ckpt)
 
     def references() -> tuple[Probe, Probe | None, Any]:
         return _references(loaded, spec, inputs, dry_run)
@@ -210,27 +237,29 @@ def save_fixed(
         verification = verify_model(memory_model, loaded, head, spec, plan, reference,
                                     memory_ref, "memory", "the rescaled model in memory")
         report("verify", 1, 1)
-        return _result(out, spec, plan, files, skipped, verification, dry_run, ())
+        return _result(out, spec, weight_files, plan, files, skipped, verification, dry_run,
+                       ())
 
-    with staging(out, ckpt.path) as stage:
+    with staging(out, ckpt.root) as stage:
         assert stage.tmp is not None
         # The original's outputs on the verification texts, computed while the files are
         # written (they do not depend on them).
         referenced = in_background(references, "headscope-reference")
         stage.pending.append(referenced)
         flushed = write_checkpoint(stage.tmp, ckpt, spec, plan, copied, report)
-        verification = verify_written(stage.tmp, loaded, head, spec, plan, inputs, referenced,
-                                      stage.pending, report)
+        verification = verify_written(stage.tmp / mlm, loaded, head, spec, plan, inputs,
+                                      referenced, stage.pending, report)
         provenance = provenance_record(ckpt, spec, plan, verification,
                                        None if source_hashes is None else source_hashes(),
                                        before, after, files)
         fileio.write_text(stage.tmp / PROVENANCE_FILE, json.dumps(provenance, indent=2) + "\n",
                           sync=False)
-        fileio.write_text(stage.tmp / CARD_FILE, model_card(_source_card(ckpt.path), provenance),
+        fileio.write_text(stage.tmp / CARD_FILE, model_card(_source_card(ckpt.root), provenance),
                           sync=False)
         for name, data in extra_files.items():
             (stage.tmp / name).parent.mkdir(parents=True, exist_ok=True)
             fileio.write_bytes(stage.tmp / name, data, sync=False)
         flushed()
         stage.install(overwrite)
-    return _result(out, spec, plan, files, skipped, verification, dry_run, stage.cleaned)
+    return _result(out, spec, weight_files, plan, files, skipped, verification, dry_run,
+                   stage.cleaned)

@@ -113,13 +113,22 @@ def headscope_section(provenance: dict[str, Any]) -> str:
         "",
         "Load it as the source:",
         "",
-        "```python",
-        "from transformers import AutoModelForMaskedLM",
-        'model = AutoModelForMaskedLM.from_pretrained("path/to/this/folder")',
-        "```",
+        *_load_lines(provenance.get("module")),
         "",
     ]
     return "\n".join(lines)
+
+
+def _load_lines(module: str | None) -> list[str]:
+    """How to load the written folder: a SparseEncoder when the source was a
+    sentence-transformers folder (its MLM module `module` fixed), else the masked LM."""
+    if module is None:
+        return ["```python", "from transformers import AutoModelForMaskedLM",
+                'model = AutoModelForMaskedLM.from_pretrained("path/to/this/folder")', "```"]
+    where = f"module `{module}`" if module else "module at the folder's root"
+    return [f"(a SparseEncoder folder: the masked LM of its {where} was rescaled)", "",
+            "```python", "from sentence_transformers import SparseEncoder",
+            'model = SparseEncoder("path/to/this/folder")', "```"]
 
 
 def model_card(source_card: str | None, provenance: dict[str, Any]) -> str:

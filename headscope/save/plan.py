@@ -15,6 +15,7 @@ embeddings.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -295,12 +296,22 @@ def make_plan(loaded: LoadedModel, head: Head, spec: RescaleSpec, max_shard_size
                  tied_out=tied_out, source_bytes=source_bytes)
 
 
-def other_files(src: Path, replaced: set[str]) -> tuple[list[str], list[str]]:
+def mlm_folder(ckpt) -> str:
+    """The masked LM's folder relative to the folder the user named ("" unless a
+    sentence-transformers folder keeps it in a sub-folder): where its files are written."""
+    return ckpt.module.path if ckpt.module is not None else ""
+
+
+def other_files(src: Path, replaced: set[str], *, mlm: str = "", keep: Sequence[str] = ()
+                ) -> tuple[list[str], list[str]]:
     """(files to copy unchanged, files left out, each "name (why)"): every regular file of
-    `src`, recursively, except dotfiles, config.json and headscope.json (both rewritten) and the
-    `replaced` files (the weights and indexes written anew, README.md). Left out: weights in
-    other formats and their indexes, and links out of the checkpoint or special files
+    `src`, recursively, except dotfiles, the masked LM's config.json (in the folder `mlm`,
+    relative) and headscope.json (both rewritten) and the `replaced` files (the weights and
+    indexes written anew, README.md). Left out: weights in other formats and their indexes,
+    except inside the `keep` folders (a sentence-transformers folder's other modules, whose
+    weights are not the head's), and links out of the checkpoint or special files
     (`checkpoint.containment`), which are never read."""
+    rewritten = {f"{mlm}/config.json" if mlm else "config.json", PROVENANCE_FILE}
     copied, skipped = [], []
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
@@ -313,7 +324,10 @@ def other_files(src: Path, replaced: set[str]) -> tuple[list[str], list[str]]:
             reason = "points nowhere" if reason == "missing" else reason
             skipped.append(f"{name} ({'a link that ' if path.is_symlink() else ''}{reason})")
             continue
-        if name in ("config.json", PROVENANCE_FILE) or name in replaced:
+        if name in rewritten or name in replaced:
+            continue
+        if any(rel.is_relative_to(folder) for folder in keep):
+            copied.append(name)
             continue
         if path.name in _WEIGHT_INDEXES:
             skipped.append(f"{name} (the index of weights in another format, which are not "

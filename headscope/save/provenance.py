@@ -92,12 +92,12 @@ def provenance_record(ckpt, spec: RescaleSpec, plan: Plan, verification: Verific
                 source_files: dict[str, str] | None, before: Any, after: Any,
                 files: Sequence[str]) -> dict[str, Any]:
     """headscope.json: what was written, from what, and how it verified."""
-    previous = read_provenance(ckpt.path)
-    return {
+    previous = read_provenance(ckpt.root)
+    record: dict[str, Any] = {
         "headscope_version": __version__,
         "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
         "source": ckpt.source,
-        "source_path": str(ckpt.path),
+        "source_path": str(ckpt.root),
         "source_revision": ckpt.revision,
         "source_files": source_files,
         "model_type": ckpt.model_type,
@@ -112,3 +112,6 @@ def provenance_record(ckpt, spec: RescaleSpec, plan: Plan, verification: Verific
         "previous": previous,
         "files": list(files),  # every file written: what a later --overwrite may replace
     }
+    if ckpt.module is not None:  # a sentence-transformers folder: which module was fixed
+        record["module"] = ckpt.module.path
+    return record

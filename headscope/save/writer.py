@@ -22,7 +22,7 @@ from headscope import __version__, fileio
 from headscope.errors import InputError
 from headscope.safetensors_file import SAFETENSORS_DTYPE_BITS
 from headscope.save.background import Progress, in_background
-from headscope.save.plan import Entry, Plan
+from headscope.save.plan import Entry, Plan, mlm_folder
 
 if TYPE_CHECKING:
     from headscope.rescale import RescaleSpec
@@ -152,11 +152,14 @@ def shard_metadata(ckpt, spec: RescaleSpec, plan: Plan) -> dict[str, str]:
 
 def write_checkpoint(tmp: Path, ckpt, spec: RescaleSpec, plan: Plan, copied: Sequence[str],
                       report: Progress) -> Callable[[], None]:
-    """The weights (and their index when sharded), config.json and the copied files, in `tmp`.
-    The weight files are flushed to disk on a thread while the caller verifies them; the
-    returned function waits for that flush (and raises its error: a full disk may only tell
-    then)."""
+    """The weights (and their index when sharded), config.json and the copied files, in `tmp`:
+    the masked LM's files in its folder there (`mlm_folder`), the copied ones (named relative
+    to the source folder, `ckpt.root`) where they were. The weight files are flushed to disk on
+    a thread while the caller verifies them; the returned function waits for that flush (and
+    raises its error: a full disk may only tell then)."""
     metadata = shard_metadata(ckpt, spec, plan)
+    root, tmp = tmp, tmp / mlm_folder(ckpt)
+    tmp.mkdir(exist_ok=True)
     total = plan.weight_bytes
     done = 0
 
@@ -184,6 +187,6 @@ def write_checkpoint(tmp: Path, ckpt, spec: RescaleSpec, plan: Plan, copied: Seq
     fileio.write_text(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n",
                      sync=False)
     for name in copied:
-        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(ckpt.path / name, tmp / name)
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ckpt.root / name, root / name)
     return flushed
