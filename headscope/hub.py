@@ -134,14 +134,16 @@ def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
 
 
 def cache_blobs(root: Path) -> Path | None:
-    """The `blobs/` folder of the Hugging Face cache repository whose snapshot `root` is.
+    """The `blobs/` folder of the Hugging Face cache repository whose snapshot `root` is, or
+    lies in (a sentence-transformers module's sub-folder of a snapshot).
 
     The cache stores each file once in `models--org--name/blobs/<hash>` and links it from
-    `models--org--name/snapshots/<commit>/<name>`; None when `root` is not laid out like that.
+    `models--org--name/snapshots/<commit>/<path>`; None when `root` is not laid out like that.
     """
-    snapshots = root.parent
-    repo = snapshots.parent
-    if snapshots.name != "snapshots" or not repo.name.startswith("models--"):
-        return None
-    blobs = repo / "blobs"
-    return blobs.resolve() if blobs.is_dir() else None
+    for snapshot in (root, *root.parents):
+        snapshots = snapshot.parent
+        repo = snapshots.parent
+        if snapshots.name == "snapshots" and repo.name.startswith("models--"):
+            blobs = repo / "blobs"
+            return blobs.resolve() if blobs.is_dir() else None
+    return None

@@ -26,13 +26,14 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from headscope.errors import CheckpointNotFoundError, InputError
 
 if TYPE_CHECKING:
     from headscope.checkpoint import Checkpoint
+    from headscope.st_folder import MlmModule
 
 # Small files fetched whole (as `checkpoint` downloads them), weight files excluded.
 SMALL_FILES = ("*.json", "*.txt", "*.model")
@@ -79,18 +80,55 @@ class _Reader:
         return body
 
 
-def _weight_files(repo_id: str, files: dict[str, int | None], reader: _Reader) -> list[str]:
-    """The safetensors files of the repository in index order; [] when it has none."""
-    if SAFETENSORS_INDEX in files:
-        index = json.loads(reader.get(SAFETENSORS_INDEX))
-        shards = list(dict.fromkeys(index.get("weight_map", {}).values()))
+def _weight_files(repo_id: str, files: dict[str, int | None], reader: _Reader,
+                  under: str = "") -> list[str]:
+    """The safetensors files of the repository's folder `under` ("" the root), as repository
+    paths in index order; [] when it has none."""
+    prefix = f"{under}/" if under else ""
+    if prefix + SAFETENSORS_INDEX in files:
+        index = json.loads(reader.get(prefix + SAFETENSORS_INDEX))
+        shards = [prefix + s for s in dict.fromkeys(index.get("weight_map", {}).values())]
         missing = [s for s in shards if s not in files]
         if missing:
             raise CheckpointNotFoundError(
-                repo_id, f"its {SAFETENSORS_INDEX} names {missing[0]}, which the repository "
-                "does not hold")
+                repo_id, f"its {prefix}{SAFETENSORS_INDEX} names {missing[0]}, which the "
+                "repository does not hold")
         return shards
-    return ["model.safetensors"] if "model.safetensors" in files else []
+    return [prefix + "model.safetensors"] if prefix + "model.safetensors" in files else []
+
+
+def _fetch(reader: _Reader, name: str, folder: Path) -> None:
+    """Write the repository file `name` (a relative POSIX path) whole into `folder`."""
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or ".." in pure.parts:  # the Hub never lists such a path
+        raise InputError(f"{reader.repo_id} lists the file {name!r}, which is not a relative "
+                         "path inside the repository; refusing it.")
+    path = folder / pure
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(reader.get(name))
+
+
+def _small_files(files: dict[str, int | None], under: str) -> list[str]:
+    """The small files (SMALL_FILES) directly inside the repository's folder `under`."""
+    prefix = f"{under}/" if under else ""
+    return [name for name in files if name.startswith(prefix)
+            and "/" not in name[len(prefix):]
+            and any(fnmatch.fnmatch(name[len(prefix):], p) for p in SMALL_FILES)]
+
+
+def _find_module(reader: _Reader, files: dict[str, int | None],
+                 folder: Path) -> MlmModule | None:
+    """The MLM module of a sentence-transformers repository, from its modules.json and its
+    modules' configs (fetched into `folder` unless there already); None without modules.json."""
+    from headscope import st_folder
+
+    if st_folder.MODULES_FILE not in files:
+        return None
+    for name in files:
+        if (name == st_folder.MODULES_FILE or PurePosixPath(name).name in
+                st_folder.MODULE_CONFIGS) and not (folder / name).is_file():
+            _fetch(reader, name, folder)
+    return st_folder.find_mlm(folder)
 
 
 def _sparse_copy_of_header(reader: _Reader, name: str, size: int | None, folder: Path) -> None:
@@ -125,7 +163,7 @@ def _fill(reader: _Reader, ckpt: Checkpoint, names: tuple[str, ...], folder: Pat
                 merged[-1][1] = max(merged[-1][1], end)
             else:
                 merged.append([start, end])
-        rel = file.relative_to(ckpt.path).as_posix()
+        rel = file.relative_to(folder).as_posix()  # the repository path
         with open(folder / rel, "r+b") as fh:
             for start, end in merged:
                 if end > start:
@@ -136,8 +174,11 @@ def _fill(reader: _Reader, ckpt: Checkpoint, names: tuple[str, ...], folder: Pat
 @contextmanager
 def head_only(repo_id: str, revision: str | None = None) -> Iterator[Checkpoint | None]:
     """The remote checkpoint with only what `heads.read_head` reads, in a temporary folder
-    removed afterwards (source and revision are the Hub's); None when the repository has no
-    safetensors weights (a pickled .bin is read whole: the caller downloads it instead)."""
+    removed afterwards (source and revision are the Hub's); None when the masked LM has no
+    safetensors weights (a pickled .bin is read whole: the caller downloads it instead).
+
+    A sentence-transformers repository is read at its MLM module (`st_folder.find_mlm`) as a
+    local folder of it is: modules.json and the modules' configs, then the module's own files."""
     from huggingface_hub import HfApi
 
     from headscope import checkpoint, heads, hub
@@ -150,16 +191,39 @@ def head_only(repo_id: str, revision: str | None = None) -> Iterator[Checkpoint 
             commit = str(info.sha)
             files = {s.rfilename: s.size for s in (info.siblings or [])}
             reader = _Reader(repo_id, commit)
-            shards = _weight_files(repo_id, files, reader)
+            for name in _small_files(files, ""):
+                _fetch(reader, name, folder)
+            module = _find_module(reader, files, folder)
+            if module is not None and module.path:  # the masked LM's own config, tokenizer
+                for name in _small_files(files, module.path):
+                    if not (folder / name).is_file():
+                        _fetch(reader, name, folder)
+            shards = _weight_files(repo_id, files, reader, module.path if module else "")
             if shards:
-                for name in files:
-                    if "/" not in name and any(fnmatch.fnmatch(name, p) for p in SMALL_FILES):
-                        (folder / name).write_bytes(reader.get(name))
                 for name in shards:
                     _sparse_copy_of_header(reader, name, files.get(name), folder)
                 local = checkpoint.resolve(str(folder))  # every header checked, no tensor read
                 _fill(reader, local, heads.head_tensor_names(local), folder)
         yield None if local is None else replace(local, source=repo_id, revision=commit)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def module_note(repo_id: str, revision: str | None = None) -> str | None:
+    """"ORG/NAME: reading the MLM module ... of modules.json." for a Hub repository that is not
+    in the cache, from its modules.json and module configs (a few small files, read into a
+    temporary folder and removed: nothing is cached); None when it has no modules.json."""
+    from huggingface_hub import HfApi
+
+    from headscope import hub
+
+    folder = Path(tempfile.mkdtemp(prefix="headscope-remote-"))
+    try:
+        with hub.hub_errors(repo_id, revision):
+            info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
+            files = {s.rfilename: s.size for s in (info.siblings or [])}
+            module = _find_module(_Reader(repo_id, str(info.sha)), files, folder)
+        return None if module is None else f"{repo_id}: reading the {module.description}."
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

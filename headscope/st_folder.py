@@ -26,6 +26,9 @@ MODULES_FILE = "modules.json"
 ST_CONFIG = "config_sentence_transformers.json"
 _ROUTER_CONFIGS = ("router_config.json", "config.json")
 _FILL_MASK = "fill-mask"
+# The files `find_mlm` reads inside module folders (besides modules.json at the root): what a
+# reader that fetches files one by one (remote) needs to find the MLM module.
+MODULE_CONFIGS = ("sentence_bert_config.json", *_ROUTER_CONFIGS)
 
 
 @dataclass(frozen=True)

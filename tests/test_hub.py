@@ -2,7 +2,8 @@
 
 The server binds 127.0.0.1 only and stops by itself; huggingface_hub reads HF_ENDPOINT when it is
 imported, so each command runs in a subprocess pointed at the server. The model is the real
-BERT-tiny SPLADE (and a tiny ESM for a family outside the layout table).
+BERT-tiny SPLADE (and a tiny ESM for a family outside the layout table, and tiny SparseEncoders
+whose masked LM sits in a sub-folder per modules.json).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hub_server import HubServer
 
@@ -168,3 +170,152 @@ def test_push_to_hub_refuses_a_malformed_repository_id(hub, tmp_path):
         "Error: --push-to-hub 'not a repo' is not a Hub repository id of the form org/name; pass "
         "one such as my-org/my-model-fixed.")
     assert not Path(tmp_path / "o").exists() and not hub.requests
+
+
+# ------------------------------------------------------------ a SparseEncoder in a sub-folder
+
+SPLADE = "org/splade"
+MLM = "0_MLMTransformer"
+NOTE = f"{SPLADE}: reading the MLM module {MLM} of modules.json."
+
+
+@pytest.fixture(scope="module")
+def splade_dir(tmp_path_factory) -> Path:
+    """A SparseEncoder saved as sentence-transformers 5 saved one: modules.json at the root, the
+    masked LM in 0_MLMTransformer/ (no config.json at the top), the pooling in 1_SpladePooling/.
+    Its BERT has six layers, so the head's tensors are a small part of the weight file."""
+    pytest.importorskip("sentence_transformers.sparse_encoder")
+    import tiny_models
+    import torch
+    from sentence_transformers.sparse_encoder import SparseEncoder
+    from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
+    from transformers import BertForMaskedLM
+
+    root = tmp_path_factory.mktemp("splade")
+    config = tiny_models._config("bert")
+    config.num_hidden_layers, config.intermediate_size = 6, 512
+    torch.manual_seed(18)
+    BertForMaskedLM(config).save_pretrained(str(root / "mlm"))
+    tiny_models.write_tokenizer(root / "mlm")
+    mlm = MLMTransformer(str(root / "mlm"))
+    mlm.save_in_root = False
+    SparseEncoder(modules=[mlm, SpladePooling("max")], device="cpu").save(str(root / "st"))
+    assert (root / "st" / MLM / "model.safetensors").is_file()
+    assert not (root / "st" / "config.json").exists()
+    return root / "st"
+
+
+@pytest.fixture(scope="module")
+def router_dir(splade_dir, tmp_path_factory) -> Path:
+    """An inference-free SparseEncoder on the same masked LM: a Router sends queries to a
+    SparseStaticEmbedding (weights of its own) and documents to the masked LM."""
+    from sentence_transformers.base.modules import Router, Transformer
+    from sentence_transformers.sparse_encoder import SparseEncoder
+    from sentence_transformers.sparse_encoder.modules import SparseStaticEmbedding, SpladePooling
+
+    doc = Transformer(str(splade_dir / MLM), transformer_task="fill-mask")
+    router = Router.for_query_document(
+        query_modules=[SparseStaticEmbedding(tokenizer=doc.tokenizer, frozen=False)],
+        document_modules=[doc, SpladePooling("max")])
+    folder = tmp_path_factory.mktemp("router") / "st"
+    SparseEncoder(modules=[router], device="cpu").save(str(folder))
+    return folder
+
+
+@pytest.fixture
+def splade_hub(splade_dir):
+    with HubServer(lifetime=240) as server:
+        server.add_folder(SPLADE, splade_dir)
+        yield server
+        assert server.unknown == []
+
+
+def test_weights_only_of_a_sparse_encoder_reads_its_mlm_module_by_ranges(
+        splade_hub, tmp_path, splade_dir):
+    result = _run(splade_hub, tmp_path, "inspect", "--weights-only", SPLADE, "--json", "-")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == NOTE + "\n"
+    report = json.loads(result.stdout)
+    assert report["model"]["revision"] == splade_hub.repos[SPLADE].commits[-1]
+    assert _same_weights(report, splade_dir)
+    assert _same_weights(report, splade_dir / MLM)  # the module's folder read on its own
+
+    # Read whole: modules.json, the modules' configs, the MLM module's config and tokenizer.
+    # The weight file: its header and the head's ranges only, a small part of it.
+    got = {p.split("/resolve/")[1].split("/", 1)[1] for m, p, _ in splade_hub.requests
+           if m == "GET" and "/resolve/" in p}
+    assert got == {"modules.json", "config_sentence_transformers.json",
+                   "1_SpladePooling/config.json", f"{MLM}/config.json",
+                   f"{MLM}/sentence_bert_config.json", f"{MLM}/tokenizer.json",
+                   f"{MLM}/tokenizer_config.json", f"{MLM}/model.safetensors"}
+    assert not [r for r in splade_hub.requests
+                if r[1].endswith("/model.safetensors") and r[2] is None]
+    resolved = ck.resolve(str(splade_dir))
+    infos = ck.tensor_infos(resolved)
+    names = heads.head_tensor_names(resolved)
+    header_end = min(info.start for info in infos.values())
+    head_bytes = sum(infos[n].end - infos[n].start for n in names)
+    served = splade_hub.served[f"{SPLADE}/{MLM}/model.safetensors"]
+    size = (splade_dir / MLM / "model.safetensors").stat().st_size
+    assert header_end + head_bytes <= served <= header_end + head_bytes + MERGE_GAP * len(names)
+    assert served < size / 10
+    assert not (tmp_path / "hf-cache").exists()
+
+
+def test_weights_only_of_an_inference_free_sparse_encoder(splade_hub, tmp_path, router_dir):
+    """The Router's document route is the masked LM; the query route's SparseStaticEmbedding
+    weights are not read at all."""
+    splade_hub.add_folder("org/router", router_dir)
+    result = _run(splade_hub, tmp_path, "inspect", "--weights-only", "org/router", "--json", "-")
+    assert result.returncode == 0, result.stderr
+    assert " ".join(result.stderr.split()) == (
+        "org/router: reading the MLM module document_0_Transformer of modules.json, the "
+        "Router's document route; its query route is a SparseStaticEmbedding, which has no MLM "
+        "head (left as it is).")
+    assert _same_weights(json.loads(result.stdout), router_dir)
+    weights = [p for p in (p.relative_to(router_dir).as_posix() for p in router_dir.rglob("*"))
+               if p.endswith(".safetensors")]
+    assert sorted(weights) == ["document_0_Transformer/model.safetensors",
+                               "query_0_SparseStaticEmbedding/model.safetensors"]
+    assert splade_hub.served["org/router/document_0_Transformer/model.safetensors"] > 0
+    assert "org/router/query_0_SparseStaticEmbedding/model.safetensors" not in splade_hub.served
+
+
+def test_inspect_downloads_a_sparse_encoder_and_reads_its_mlm_module(
+        splade_hub, tmp_path, splade_dir):
+    result = _run(splade_hub, tmp_path, "inspect", SPLADE, "--fast", "--n-pairs", "8",
+                  "--json", "r.json")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[0] == NOTE
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["model"]["source"] == SPLADE and not report["model"]["weights_only"]
+    assert _same_weights(report, splade_dir)
+    sha = splade_hub.repos[SPLADE].commits[-1]
+    snapshot = tmp_path / "hf-cache" / "models--org--splade" / "snapshots" / sha
+    for name in ("modules.json", f"{MLM}/config.json", f"{MLM}/model.safetensors"):
+        assert (snapshot / name).read_bytes() == (splade_dir / name).read_bytes()
+
+
+def test_fix_of_a_hub_sparse_encoder_pushes_the_same_layout(splade_hub, tmp_path, splade_dir):
+    out = tmp_path / "fixed"
+    result = _run(splade_hub, tmp_path, "fix", SPLADE, "--k", "4", "--no-scale-bias",
+                  "--n-pairs", "8", "--out", str(out), "--push-to-hub", "me/splade-k4",
+                  "--json", "-")
+    assert result.returncode == 0, result.stderr
+    assert f"Fixed the MLM module {MLM} of modules.json" in " ".join(result.stderr.split())
+    pushed = splade_hub.repos["me/splade-k4"]
+    written = {p.relative_to(out).as_posix(): p.read_bytes()
+               for p in out.rglob("*") if p.is_file()}
+    assert {k: v for k, v in pushed.files.items() if k != ".gitattributes"} == written
+    for name in ("modules.json", "config_sentence_transformers.json",
+                 "1_SpladePooling/config.json", f"{MLM}/tokenizer.json"):
+        assert written[name] == (splade_dir / name).read_bytes()
+    # The pushed module's head is the source's divided by 4 (the rest of it unchanged).
+    from safetensors.numpy import load_file
+
+    before = load_file(str(splade_dir / MLM / "model.safetensors"))
+    after = load_file(str(out / MLM / "model.safetensors"))
+    decoder = "cls.predictions.decoder.weight"
+    embeddings = "bert.embeddings.word_embeddings.weight"
+    assert np.allclose(after[decoder], before[embeddings] / 4, rtol=1e-6, atol=0)
+    assert np.array_equal(after[embeddings], before[embeddings])

@@ -220,11 +220,15 @@ def writable(*paths: str | None, parents: bool = False) -> None:
 
 def say_modules(sources, revision: str | None = None) -> None:
     """One stderr line for each sentence-transformers folder among `sources`: which of its
-    modules headscope reads (the masked LM)."""
+    modules headscope reads (the masked LM). A Hub id that is not in the cache is asked over
+    HTTP (its modules.json and module configs only)."""
+    from headscope import remote
     from headscope.st_folder import module_note
 
     for source in sources:
         note = module_note(source, revision)
+        if note is None and remote.wants_ranges(source, revision):
+            note = remote.module_note(source, revision)
         if note is not None:
             stderr.print(note, markup=False, highlight=False)
 
