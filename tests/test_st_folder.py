@@ -286,3 +286,25 @@ def test_a_cached_hub_snapshot_is_read_at_its_mlm_module(encoders, tmp_path, mon
     assert result.exit_code == 0, result.stderr
     assert result.stderr == f"acme/splade: reading the {NOTE['sub-folder']}.\n"
     assert json.loads(result.stdout)["model"]["revision"] == commit
+
+
+def test_compare_says_which_module_it_read(encoders, tmp_path):
+    """One stderr line per SparseEncoder source, in the order given; none for a plain masked
+    LM or a saved report; the columns are the MLM modules' statistics."""
+    runner = CliRunner()
+    sub, router = encoders["sub-folder"], encoders["router"]
+    plain = sub / "0_MLMTransformer"
+    saved = tmp_path / "plain.json"
+    inspected = runner.invoke(main, ["inspect", str(plain), "--n-pairs", "8", "--json",
+                                     str(saved)])
+    assert inspected.exit_code == 0, inspected.stderr
+    result = runner.invoke(main, ["compare", str(sub), str(saved), str(router), str(plain),
+                                  "--n-pairs", "8", "--json", "-"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == (f"{sub}: reading the {NOTE['sub-folder']}.\n"
+                             f"{router}: reading the {NOTE['router']}.\n")
+    models = json.loads(result.stdout)["models"]
+    assert [m["label"] for m in models] == ["sub-folder", "plain.json", "router",
+                                            "0_MLMTransformer"]
+    stats = [{k: v for k, v in m.items() if k not in ("label", "source")} for m in models]
+    assert stats[0] == stats[1] == stats[2] == stats[3]  # one masked LM, read four ways

@@ -217,12 +217,15 @@ def compare(sources, revision, dtype, device, trust_remote_code, probe_file, ks,
     """Key statistics and recommendations of several checkpoints or saved reports side by side.
 
     Each SOURCE is a model (folder or cached Hub id) or a report saved with `inspect --json`.
+    A SparseEncoder folder is read at its MLM module (a line on stderr names it).
     """
     from headscope import api, render
 
     writable(json_dest)
-    if any(not (s.endswith(".json") and os.path.isfile(s)) for s in sources):
+    models = [s for s in sources if not (s.endswith(".json") and os.path.isfile(s))]
+    if models:
         quiet_transformers()
+    say_modules(models, revision)
     with progress_bar() as progress:
         reports = api.compare(list(sources),
                               load_options=load_opts(revision, dtype, device,
