@@ -7,7 +7,7 @@ import hashlib
 import json
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import torch
@@ -391,6 +391,14 @@ def test_single_source_split_by_max_shard_size(tmp_path):
         assert torch.equal(dst_t[name], want), name
 
 
+OTHER = "weights in another format: they would ship the unfixed head beside the fixed one"
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_other_files_copied_weights_in_other_formats_skipped(tmp_path):
     src = save_tiny("bert", tmp_path / "src")
     (src / "README.md").write_text("# model card\n")
@@ -408,12 +416,72 @@ def test_other_files_copied_weights_in_other_formats_skipped(tmp_path):
     assert (out / "1_Pooling" / "config.json").read_text() == "{}"
     assert not (out / "onnx").exists() and not (out / ".gitattributes").exists()
     assert not (out / "heads.pt").exists()
-    other = "weights in another format: they would ship the unfixed head beside the fixed one"
     assert result.skipped == (
-        f"heads.pt ({other})",
-        f"onnx/model.onnx ({other})",
+        ".gitattributes (hidden: fix copies no hidden file or folder)",
+        f"heads.pt ({OTHER})",
+        "onnx/model.onnx (weights in onnx/, a folder that is not the masked LM's (no "
+        "modules.json says what it holds): they may be this model in another format or state, "
+        "which would ship the unfixed head beside the fixed one, so onnx/ is left out whole; "
+        "copy it yourself if they are not this model's)",
         "tf_model.h5.index.json (the index of weights in another format, which are not copied)",
     )
+
+
+def test_a_sub_folder_holding_weights_is_left_out_whole_and_every_file_accounted_for(
+        tmp_path):
+    """A plain masked-LM folder (no modules.json): a sub-folder holding weights (a training
+    checkpoint, a module no modules.json lists) is left out whole, not half copied; a sub-folder
+    without weights is copied; every source file is in the output byte for byte, rewritten, or
+    named with its reason."""
+    src = save_tiny("bert", tmp_path / "src")
+    extra = {
+        "1_Pooling/config.json": b'{"pooling_mode_cls_token": true}',
+        "2_Dense/config.json": b'{"in_features": 32}',
+        "2_Dense/model.safetensors": (src / "model.safetensors").read_bytes()[:64],
+        "checkpoint-500/config.json": (src / "config.json").read_bytes(),
+        "checkpoint-500/model.safetensors": (src / "model.safetensors").read_bytes(),
+        "checkpoint-500/optimizer.pt": b"optimizer state",
+        "checkpoint-500/trainer_state.json": b"{}",
+        "notes/usage.md": b"how to use it",
+        ".git/HEAD": b"ref: refs/heads/main\n",
+        ".git/objects/ab/cdef": b"object",
+    }
+    for name, data in extra.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    out = tmp_path / "out"
+    result = save_fixed(_load(src), RescaleSpec(2), out, verify_texts=TEXTS)
+
+    dense = "2_Dense/model.safetensors"
+    ckpt = "checkpoint-500/model.safetensors"
+    why = ("a folder that is not the masked LM's (no modules.json says what it holds): they may "
+           "be this model in another format or state, which would ship the unfixed head beside "
+           "the fixed one, so {0}/ is left out whole; copy it yourself if they are not this "
+           "model's")
+    assert result.skipped == (
+        ".git/ (hidden: fix copies no hidden file or folder)",
+        f"2_Dense/config.json (in 2_Dense/, which holds weights ({dense}) and is left out "
+        "whole)",
+        f"{dense} (weights in 2_Dense/, {why.format('2_Dense')})",
+        f"checkpoint-500/config.json (in checkpoint-500/, which holds weights ({ckpt}) and is "
+        "left out whole)",
+        f"{ckpt} (weights in checkpoint-500/, {why.format('checkpoint-500')})",
+        f"checkpoint-500/optimizer.pt (in checkpoint-500/, which holds weights ({ckpt}) and is "
+        "left out whole)",
+        f"checkpoint-500/trainer_state.json (in checkpoint-500/, which holds weights ({ckpt}) "
+        "and is left out whole)",
+    )
+    source, written = _tree(src), _tree(out)
+    for name in ("1_Pooling/config.json", "notes/usage.md", "tokenizer.json"):
+        assert written[name] == source[name]
+    left_out = ("2_Dense", "checkpoint-500", ".git")
+    assert set(written) == {n for n in source if PurePosixPath(n).parts[0] not in left_out} | {
+        "README.md", "headscope.json"}  # the card and the provenance are new
+    named = {entry.split(" (", 1)[0].rstrip("/") for entry in result.skipped}
+    for name in source:  # every file: copied, rewritten, or named (or its hidden folder)
+        assert (name in written or name in named
+                or PurePosixPath(name).parts[0] in named), name
+    assert set(json.loads((out / "headscope.json").read_text())["files"]) == set(written)
 
 
 CARD = """---

@@ -308,3 +308,30 @@ def test_compare_says_which_module_it_read(encoders, tmp_path):
                                             "0_MLMTransformer"]
     stats = [{k: v for k, v in m.items() if k not in ("label", "source")} for m in models]
     assert stats[0] == stats[1] == stats[2] == stats[3]  # one masked LM, read four ways
+
+
+def test_an_export_beside_the_modules_is_left_out_and_named(encoders, tmp_path):
+    """An onnx/ export in a SparseEncoder folder (as Hub repositories ship them) is not a
+    module of modules.json: left out whole, with its reason on the "Not copied" line; the
+    modules are written as they always are."""
+    src = tmp_path / "with-onnx"
+    shutil.copytree(encoders["sub-folder"], src)
+    (src / "onnx").mkdir()
+    (src / "onnx" / "model.onnx").write_bytes(b"the unfixed model")
+    (src / "onnx" / "config.json").write_text("{}")
+    out = tmp_path / "out"
+    result = _fix(src, out, "--json", "-")
+    assert result.exit_code == 0, result.stderr
+    line = next(x for x in result.stderr.split("\n") if x.startswith("Not copied"))
+    assert line == (
+        f"Not copied from {src}: onnx/config.json (in onnx/, which holds weights "
+        "(onnx/model.onnx) and is left out whole); onnx/model.onnx (weights in onnx/, a folder "
+        "that is not a module of modules.json: they may be this model in another format or "
+        "state, which would ship the unfixed head beside the fixed one, so onnx/ is left out "
+        "whole; copy it yourself if they are not this model's)")
+    written, plain = _files(out), _files(encoders["sub-folder"])
+    assert not (out / "onnx").exists()
+    assert written["1_SpladePooling/config.json"] == plain["1_SpladePooling/config.json"]
+    without = tmp_path / "out-without-onnx"
+    assert _fix(encoders["sub-folder"], without).exit_code == 0
+    assert set(written) == set(_files(without))  # the same files as without the export

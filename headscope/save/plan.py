@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from headscope.checkpoint import read_bin
@@ -302,19 +302,80 @@ def mlm_folder(ckpt) -> str:
     return ckpt.module.path if ckpt.module is not None else ""
 
 
+def _is_weights(name: str) -> bool:
+    """A weight file in any format, or an index of one."""
+    pure = PurePosixPath(name)
+    return pure.name in _WEIGHT_INDEXES or pure.suffix in _WEIGHT_SUFFIXES
+
+
+def _weight_folders(names: Sequence[str], mlm: str) -> dict[str, str]:
+    """Top-level sub-folder -> the first weight file in it, for each that holds weights and is
+    not (nor holds) the masked LM's folder `mlm`. `names`: the candidate files (kept modules
+    already taken out)."""
+    own = PurePosixPath(mlm).parts[0] if mlm else None
+    folders: dict[str, str] = {}
+    for name in names:
+        parts = PurePosixPath(name).parts
+        if len(parts) > 1 and parts[0] != own and _is_weights(name):
+            folders.setdefault(parts[0], name)
+    return folders
+
+
+def _hidden(rel: PurePosixPath, path: Path) -> tuple[str, str] | None:
+    """(name, "name (why)") of a hidden file or folder (a dot name: .git, .gitattributes, a
+    tool's .cache) that is the first hidden part of its path; None for anything else. The
+    files inside a hidden folder are left out with it, without a line each."""
+    first = next((i for i, part in enumerate(rel.parts) if part.startswith(".")), None)
+    if first is None or first != len(rel.parts) - 1:
+        return None
+    folder = "/" if path.is_dir() and not path.is_symlink() else ""
+    return rel.as_posix(), f"{rel.as_posix()}{folder} (hidden: fix copies no hidden file or folder)"
+
+
+def _skip_reason(name: str, weight_folders: dict[str, str], st_folder: bool) -> str | None:
+    """Why the file `name` (no link, not rewritten, not in a kept module) is not copied, or
+    None: it is copied."""
+    top = PurePosixPath(name).parts[0]
+    if top in weight_folders and top != name:
+        first = weight_folders[top]
+        if name != first:
+            return f"in {top}/, which holds weights ({first}) and is left out whole"
+        what = ("is not a module of modules.json" if st_folder else
+                "is not the masked LM's (no modules.json says what it holds)")
+        return (f"weights in {top}/, a folder that {what}: they may be this model in another "
+                "format or state, which would ship the unfixed head beside the fixed one, so "
+                f"{top}/ is left out whole; copy it yourself if they are not this model's")
+    if PurePosixPath(name).name in _WEIGHT_INDEXES:
+        return "the index of weights in another format, which are not copied"
+    if PurePosixPath(name).suffix in _WEIGHT_SUFFIXES:
+        return "weights in another format: they would ship the unfixed head beside the fixed one"
+    return None
+
+
 def other_files(src: Path, replaced: set[str], *, mlm: str = "", keep: Sequence[str] = ()
                 ) -> tuple[list[str], list[str]]:
     """(files to copy unchanged, files left out, each "name (why)"): every regular file of
-    `src`, recursively, except dotfiles, the masked LM's config.json (in the folder `mlm`,
-    relative) and headscope.json (both rewritten) and the `replaced` files (the weights and
-    indexes written anew, README.md). Left out: weights in other formats and their indexes,
-    except inside the `keep` folders (a sentence-transformers folder's other modules, whose
-    weights are not the head's), and links out of the checkpoint or special files
-    (`checkpoint.containment`), which are never read."""
+    `src`, recursively, except the masked LM's config.json (in the folder `mlm`, relative) and
+    headscope.json (both rewritten) and the `replaced` files (the weights and indexes written
+    anew, README.md). Every other file is copied, or listed with its reason:
+
+    - weights in other formats and their indexes (they would ship the unfixed head beside the
+      fixed one), except inside the `keep` folders (a sentence-transformers folder's other
+      modules, whose weights are not the head's);
+    - a top-level sub-folder holding weights that is neither the masked LM's nor a kept module
+      (an `onnx/` export, a `checkpoint-500/`, a module no modules.json lists), left out whole:
+      headscope cannot tell its weights from a copy of the unfixed model, and half of such a
+      folder would be of no use;
+    - hidden files and folders (one line for a hidden folder, not one per file in it);
+    - links out of the checkpoint and special files (`containment`), which are never read."""
     rewritten = {f"{mlm}/config.json" if mlm else "config.json", PROVENANCE_FILE}
-    copied, skipped = [], []
+    copied, candidates = [], []
+    skipped: list[tuple[str, str]] = []  # (name, "name (why)"), listed in name order
     for path in sorted(src.rglob("*")):
-        rel = path.relative_to(src)
+        rel = PurePosixPath(path.relative_to(src).as_posix())
+        hidden = _hidden(rel, path)
+        if hidden is not None:
+            skipped.append(hidden)
         if any(part.startswith(".") for part in rel.parts) or (
                 path.is_dir() and not path.is_symlink()):
             continue
@@ -322,20 +383,18 @@ def other_files(src: Path, replaced: set[str], *, mlm: str = "", keep: Sequence[
         reason = containment(src, name)
         if reason is not None:
             reason = "points nowhere" if reason == "missing" else reason
-            skipped.append(f"{name} ({'a link that ' if path.is_symlink() else ''}{reason})")
-            continue
-        if name in rewritten or name in replaced:
-            continue
-        if any(rel.is_relative_to(folder) for folder in keep):
+            link = "a link that " if path.is_symlink() else ""
+            skipped.append((name, f"{name} ({link}{reason})"))
+        elif name not in rewritten and name not in replaced:
+            candidates.append(name)
+    kept = [n for n in candidates if any(PurePosixPath(n).is_relative_to(f) for f in keep)]
+    rest = [n for n in candidates if n not in set(kept)]
+    weight_folders = _weight_folders(rest, mlm)
+    st_folder = (src / "modules.json").is_file()
+    for name in rest:
+        why = _skip_reason(name, weight_folders, st_folder)
+        if why is None:
             copied.append(name)
-            continue
-        if path.name in _WEIGHT_INDEXES:
-            skipped.append(f"{name} (the index of weights in another format, which are not "
-                           "copied)")
-            continue
-        if path.suffix in _WEIGHT_SUFFIXES:
-            skipped.append(f"{name} (weights in another format: they would ship the unfixed "
-                           "head beside the fixed one)")
-            continue
-        copied.append(name)
-    return copied, skipped
+        else:
+            skipped.append((name, f"{name} ({why})"))
+    return sorted([*kept, *copied]), [text for _, text in sorted(skipped)]
