@@ -73,6 +73,9 @@ class PretrainConfig:
     eval_blocks: int = 32
     seed: int = 0
     boolq: bool = True
+    # BERT's hidden and attention dropout; None: the architecture's default (0.1). ModernBERT
+    # has none by default and ignores this.
+    dropout: float | None = None
     # "linear": linear warm-up then linear decay to 0 (the first models' schedule).
     # "wsd": ModernBERT's warmup-stable-decay (trapezoidal) schedule: linear warm-up, constant,
     # then a 1 - sqrt decay to 0 over the last `decay` share of steps (Warner et al. 2024, §2.2).
@@ -183,7 +186,9 @@ def build_model(cfg: PretrainConfig):
                                   eos_token_id=SEP, max_position_embeddings=512)
         config._attn_implementation = "sdpa"
         return ModernBertForMaskedLM(config)
-    config = BertConfig(**common)
+    extra = {} if cfg.dropout is None else {"hidden_dropout_prob": cfg.dropout,
+                                            "attention_probs_dropout_prob": cfg.dropout}
+    config = BertConfig(**common, **extra)
     config._attn_implementation = "sdpa"
     return BertForMaskedLM(config)
 
@@ -462,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{field.replace('_', '-')}", type=float,
                             default=getattr(defaults, field))
     parser.add_argument("--schedule", choices=("linear", "wsd"), default=defaults.schedule)
+    parser.add_argument("--dropout", type=float, default=None,
+                        help="BERT's hidden and attention dropout (default: its own, 0.1)")
     parser.add_argument("--name", default="", help="output folder name (default: per --arch); "
                         "with --plot, comma-separated folders to draw")
     parser.add_argument("--no-boolq", action="store_true",
@@ -502,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
                                              "vocab", "steps", "batch", "lr", "warmup",
                                              "weight_decay", "mask_rate", "clip", "eval_every",
                                              "eval_blocks", "seed", "schedule", "decay",
-                                             "name", "save_every")},
+                                             "name", "save_every", "dropout")},
         )
         provenance = pretrain(cfg, args.out, tokenizer, train_ids, held_ids, source)
         print(json.dumps({k: provenance[k] for k in ("name", "parameters", "wall_s",
