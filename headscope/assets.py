@@ -209,6 +209,17 @@ LOCAL: dict[str, LocalAsset] = {
             description="real BertForMaskedLM of the same size, data, tokenizer and budget as "
             "modernbert-mini: its control",
         ),
+        LocalAsset(
+            name="modernbert-pt128",
+            folder="models/modernbert-pt128",
+            sha256="2ed5f705048f689b9a7c46c13cb8d11a75210effe1d954907e07a0e14ea4931f",
+            rebuild="python3 scripts/pretrain_mlm.py --arch modernbert --name modernbert-pt128 "
+            "--steps 6000 --batch 32 --lr 2e-3 --warmup 0.05 --schedule wsd --decay 0.2 "
+            "--eval-every 250 --out models",
+            description="real ModernBertForMaskedLM of modernbert-mini's size pretrained 20x "
+            "longer (6,000 steps of 32 x 128 tokens, warmup-stable-decay): held-out MLM accuracy "
+            "0.41",
+        ),
     )
 }
 

@@ -185,6 +185,8 @@ def register(args) -> int:
         "recipe": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                    "max_passage_length": args.max_passage_length},
     }
+    if args.recipe_note:
+        entry["recipe_note"] = args.recipe_note
     append(path, entry)
     rec = entry["recommendation"]
     print(f"registered {name} ({block}) at {commit[:7]}: bands recommend "
@@ -501,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--data", default="boolq")
     g.add_argument("--eval-data", default=",".join(GRID_EVALS))
     g.add_argument("--max-eval-queries", type=int, default=400)
+    g.add_argument("--recipe-note", default=None,
+                   help="how the recipe was chosen (e.g. a check of one arm before registering), "
+                   "recorded with it")
     g.add_argument("--fitted", action="store_true",
                    help="record a condition of the fitted block (it had runs before)")
     g.add_argument("--threads", type=int, default=1)

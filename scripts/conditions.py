@@ -367,6 +367,9 @@ _ITEMS = (
     Condition("tied-scale-sim", True, "SIMULATION, not a real checkpoint: BERT-tiny with its "
               "tied input/output embeddings multiplied so that the decoder's mean row norm is "
               "ModernBERT-base's 2.553 (the scale reaches the encoder's input too)", _tied_scale),
+    Condition("modernbert-pt128", False, "real ModernBertForMaskedLM pretrained here to a "
+              "held-out MLM accuracy of 0.41 (scripts/pretrain_mlm.py, 6,000 steps)",
+              _real("modernbert-pt128", local=True)),
 )
 CONDITIONS: dict[str, Condition] = {c.name: c for c in _ITEMS}
 ALIASES: dict[str, str] = {alias: c.name for c in _ITEMS for alias in c.aliases}

@@ -85,9 +85,10 @@ def test_run_refuses_unregistered_uncommitted_and_dirty(calibrate, grid_repo, pa
     assert calibrate.main(["register", "--condition", name, "--k", "1,2", "--seeds", "0",
                            "--steps", "2", "--batch-size", "4", "--max-passage-length", "32",
                            "--data", str(pairs_file), "--eval-data", str(pairs_file),
-                           "--max-eval-queries", "6"]) == 0
+                           "--max-eval-queries", "6", "--recipe-note", "lr checked on k=1"]) == 0
     entry = json.loads((root / registry).read_text())
     assert entry["condition"] == name and entry["block"] == "pre-registered"
+    assert entry["recipe_note"] == "lr checked on k=1"
     assert entry["git_commit"] == _git(root, "rev-parse", "HEAD")
     assert entry["grid"]["k"] == [1.0, 2.0] and entry["grid"]["bias"] == [False, True]
     assert set(entry["per_k"]) == {"kept", "divided"}
