@@ -1075,12 +1075,18 @@ def tied_range(g: dict) -> str:
     return span + (f" (bias {' or '.join(biases)})" if biases else "")
 
 
-def grid_progress(g: dict, entry: dict) -> tuple[int, int]:
-    """(trainings done, trainings registered) of a pre-registered condition's group."""
+def registered_arms(entry: dict) -> set[str]:
+    """The names of a registered grid's arms (k = 1 once: dividing the bias by 1 is no change)."""
     grid = entry["grid"]
-    arms = {Arm(float(k), b if k != 1 else False).name for k in grid["k"] for b in grid["bias"]}
-    done = sum(len(g["by_arm"].get(a, {})) for a in arms)
-    return done, len(arms) * len(grid["seeds"])
+    return {Arm(float(k), b if k != 1 else False).name for k in grid["k"] for b in grid["bias"]}
+
+
+def grid_progress(g: dict | None, entry: dict) -> tuple[int, int]:
+    """(trainings done, trainings registered) of a pre-registered condition's group (None: no
+    run yet)."""
+    arms = registered_arms(entry)
+    done = sum(len(g["by_arm"].get(a, {})) for a in arms) if g is not None else 0
+    return done, len(arms) * len(entry["grid"]["seeds"])
 
 
 def rule_outcomes(groups: list[dict], registry: dict[str, dict]) -> dict[tuple, str]:
@@ -1180,7 +1186,9 @@ def rules_section(groups: list[dict], registry: dict[str, dict]) -> list[str]:
                       for d, where in (("in", "in domain"), ("out", "out of domain"))
                       if (c, d) in picked}
             done = [f"{where} {n} of {total} trainings" for where, (n, total) in counts.items()]
-            progress.append(f"{c} ({'; '.join(done)})" if done else c)
+            if not done:  # registered, nothing run yet
+                done = [f"0 of {grid_progress(None, registry[c])[1]} trainings run"]
+            progress.append(f"{c} ({'; '.join(done)})")
         lines += ["", "Registered, grid not complete (not judged until it is): "
                   f"{', '.join(progress)}."]
     lines += ["", f"**Out-of-sample verdict** (pre-registered block only): "

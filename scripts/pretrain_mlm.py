@@ -412,9 +412,11 @@ def plot(folders: list[Path], out: Path) -> None:
     axes = fig.subplots(2, 4)
     for folder in folders:
         rows = [json.loads(line) for line in (folder / "pretrain.jsonl").open()]
-        # A run still going (no provenance.json yet) says so in its legend.
+        # A run not finished (no provenance.json) says so in its legend: still going (its
+        # resumable state is there) or stopped.
+        state = "in progress" if (folder / RESUME_FILE).is_file() else "stopped"
         label = folder.name if (folder / "provenance.json").is_file() else (
-            f"{folder.name} (in progress: step {rows[-1]['step']})")
+            f"{folder.name} ({state}: step {rows[-1]['step']})")
         for ax, (key, title, x) in zip(axes.flat, panels, strict=True):
             ax.plot([r[x or "step"] for r in rows], [r[key] for r in rows], marker=".",
                     label=label)
