@@ -287,9 +287,18 @@ def test_exchange_swaps_two_folders(tmp_path):
 # 2. signals: SIGTERM and SIGHUP like Ctrl-C; stale temporary folders
 
 
+def _default_signals() -> None:
+    """In the child, before Python starts: SIGINT and SIGHUP at their defaults, as a terminal
+    gives them (a shell's background job inherits SIGINT ignored, and Python then keeps it
+    ignored, so a suite started with `&` or nohup would see Ctrl-C do nothing)."""
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _headscope(*args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "headscope", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals,
+                            **kwargs)
 
 
 @pytest.mark.parametrize("sig, code", [
