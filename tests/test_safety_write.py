@@ -295,10 +295,14 @@ def _default_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
-def _headscope(*args: str, **kwargs) -> subprocess.Popen:
+def _headscope(*args: str, preexec_fn=None, **kwargs) -> subprocess.Popen:
+    def before() -> None:
+        _default_signals()
+        if preexec_fn is not None:
+            preexec_fn()
+
     return subprocess.Popen([sys.executable, "-m", "headscope", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals,
-                            **kwargs)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=before, **kwargs)
 
 
 @pytest.mark.parametrize("sig, code", [
