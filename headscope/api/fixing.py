@@ -124,8 +124,6 @@ class _Choice:
 
 def _choose(source: str | None, options: FixOptions, load_options: LoadOptions) -> _Choice:
     """The flags' (k, bias), completed by the last inspection when MODEL was omitted."""
-    from headscope.rescale import recommended_spec
-
     choice = _Choice(source=source or "", k=options.k, k_from="--k",
                      scale_bias=options.scale_bias, load_options=load_options,
                      open_bias=options.k is not None and options.scale_bias is None)
@@ -138,14 +136,10 @@ def _choose(source: str | None, options: FixOptions, load_options: LoadOptions) 
         # One answer per model: a weights-only inspection's k comes from the paper rule, and the
         # full inspection (which fix runs) may recommend another.
         choice.weights_only_k = last.k
-    elif choice.k is None and last.k is not None:
-        applied = recommended_spec(last, options.strategy, choice.scale_bias)
-        choice.k, choice.scale_bias = applied.k, applied.scale_bias
-        choice.k_from = "last inspection's recommendation"
+    elif last.k is not None:
+        _follow(choice, last, options.strategy, "last inspection's recommendation")
     elif choice.open_bias:
-        if last.k is not None and last.scale_bias:
-            _refuse_open_bias(choice.source, last.k, float(options.k or 0.0))
-        choice.scale_bias = False  # the recommendation keeps the bias: so does this k
+        choice.scale_bias = False  # no recommendation to follow: the bias is kept
     return choice
 
 
@@ -159,25 +153,32 @@ def _measured_ks(choice: _Choice, probe_config: ProbeConfig) -> ProbeConfig:
                    ks=tuple(sorted({1.0, *probe_config.ks})))
 
 
-def _apply_recommendation(choice: _Choice, before: Report, strategy: str) -> None:
-    """After the inspection: refuse an open bias the recommendation divides, or take its
-    (k, bias) when no k was given."""
+def _follow(choice: _Choice, rec, strategy: str, k_from: str) -> None:
+    """Complete `choice` from a recommendation `rec` (its k and bias setting: a Recommendation or
+    the last inspection): with no k given, take both; with a k given and the bias switch open,
+    refuse when `rec` divides the bias, else keep the bias as it does."""
     from headscope.rescale import recommended_spec
 
-    if choice.open_bias and choice.scale_bias is None:
-        assert before.recommendation is not None and choice.k is not None
-        if before.recommendation.scale_bias:
-            _refuse_open_bias(choice.source, before.recommendation.k, float(choice.k))
-        choice.scale_bias = False  # the recommendation keeps the bias: so does this k
     if choice.k is None:
-        assert before.recommendation is not None
-        applied = recommended_spec(before.recommendation, strategy, choice.scale_bias)
-        choice.k, choice.scale_bias = applied.k, applied.scale_bias
-        choice.k_from = f"recommended by the {before.recommendation.rule} rule"
-        if choice.weights_only_k is not None:
-            choice.k_from += (f" of the full inspection (the last inspection was weights-only: "
-                              f"its paper rule gave k = {choice.weights_only_k:g}, from the row "
-                              "norm alone)")
+        applied = recommended_spec(rec, strategy, choice.scale_bias)
+        choice.k, choice.scale_bias, choice.k_from = applied.k, applied.scale_bias, k_from
+    elif choice.open_bias and choice.scale_bias is None:
+        if rec.scale_bias:
+            _refuse_open_bias(choice.source, rec.k, float(choice.k))
+        choice.scale_bias = False  # the recommendation keeps the bias: so does this k
+
+
+def _apply_recommendation(choice: _Choice, before: Report, strategy: str) -> None:
+    """After the inspection, follow its recommendation where the choice is still open."""
+    if choice.decided:
+        return
+    rec = before.recommendation
+    assert rec is not None
+    k_from = f"recommended by the {rec.rule} rule"
+    if choice.weights_only_k is not None:
+        k_from += (f" of the full inspection (the last inspection was weights-only: its paper "
+                   f"rule gave k = {choice.weights_only_k:g}, from the row norm alone)")
+    _follow(choice, rec, strategy, k_from)
 
 
 def _recorded_statistics(before: Report, choice: _Choice, ckpt, spec: RescaleSpec) -> tuple:
