@@ -1182,12 +1182,14 @@ def rules_section(groups: list[dict], registry: dict[str, dict]) -> list[str]:
     if missing:
         progress = []
         for c in missing:
-            counts = {where: grid_progress(picked[c, d], registry[c])
-                      for d, where in (("in", "in domain"), ("out", "out of domain"))
-                      if (c, d) in picked}
-            done = [f"{where} {n} of {total} trainings" for where, (n, total) in counts.items()]
-            if not done:  # registered, nothing run yet
-                done = [f"0 of {grid_progress(None, registry[c])[1]} trainings run"]
+            grid = registry[c]["grid"]  # its registered domains, run or not
+            domains = sorted({"in" if Path(e).name == Path(grid["data"]).name else "out"
+                              for e in grid["evals"]})
+            done = []
+            for d in domains:
+                n, total = grid_progress(picked.get((c, d)), registry[c])
+                done.append(f"{'in domain' if d == 'in' else 'out of domain'} {n} of {total} "
+                            "trainings")
             progress.append(f"{c} ({'; '.join(done)})")
         lines += ["", "Registered, grid not complete (not judged until it is): "
                   f"{', '.join(progress)}."]

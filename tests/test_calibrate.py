@@ -453,6 +453,11 @@ def test_a_preregistered_grid_is_judged_only_when_complete(calibrate):
     g = _group("a", "boolq", ["k=1", "k=4/bias kept"], ["k=4/bias kept"])
     g["by_arm"] = {"k=1": {0: {}, 1: {}, 2: {}}, "k=4/bias kept": {0: {}, 1: {}, 2: {}}}
     assert calibrate.grid_progress(None, entry) == (0, 9)  # registered, nothing run
+    entry["block"] = "pre-registered"
+    entry["grid"] |= {"data": "boolq", "evals": ["boolq", "sciq"]}
+    section = calibrate.rules_section([], {"a": entry})
+    assert ("Registered, grid not complete (not judged until it is): a (in domain 0 of 9 "
+            "trainings; out of domain 0 of 9 trainings).") in section
     assert calibrate.grid_progress(g, entry) == (6, 9)  # k=4/bias divided not run yet
     assert calibrate.rule_outcomes([g], {"a": entry}) == {}
     g["by_arm"]["k=4/bias divided"] = {0: {}, 1: {}, 2: {}}
