@@ -69,6 +69,7 @@ _PREFIX_MODEL_TYPES: tuple[tuple[str, str], ...] = (
     ("deberta.", "deberta"),
     ("distilbert.", "distilbert"),
     ("roberta.", "roberta"),
+    ("roberta_prelayernorm.", "roberta-prelayernorm"),
     ("albert.", "albert"),
     ("electra.", "electra"),
     ("mpnet.", "mpnet"),

@@ -70,6 +70,16 @@ LAYOUTS: tuple[HeadLayout, ...] = (
         norm_has_bias=True,
     ),
     HeadLayout(
+        family="roberta-prelayernorm",  # RoBERTa with pre-norm blocks
+        model_types=("roberta-prelayernorm",),
+        decoder="lm_head.decoder",
+        bias="lm_head.bias",
+        dense="lm_head.dense",
+        norm="lm_head.layer_norm",
+        embeddings="roberta_prelayernorm.embeddings.word_embeddings.weight",
+        norm_has_bias=True,
+    ),
+    HeadLayout(
         family="distilbert",
         model_types=("distilbert",),
         decoder="vocab_projector",

@@ -60,6 +60,17 @@ EXPECTED: dict[str, tuple[str, dict[str, str]]] = {
     "roberta": ("roberta", _ROBERTA),
     "xlm-roberta": ("roberta", _ROBERTA),
     "camembert": ("roberta", _ROBERTA),
+    "roberta-prelayernorm": (
+        "roberta-prelayernorm",
+        _bert_like(
+            "roberta_prelayernorm",
+            "lm_head.dense",
+            "lm_head.layer_norm",
+            "lm_head.decoder",
+            "lm_head.bias",
+            "embeddings.word_embeddings.weight",
+        ),
+    ),
     "distilbert": (
         "distilbert",
         _bert_like(

@@ -29,6 +29,7 @@ FAMILIES = (
     "roberta",
     "xlm-roberta",
     "camembert",
+    "roberta-prelayernorm",
     "distilbert",
     "albert",
     "electra",
@@ -76,6 +77,7 @@ def _config(family: str):
         ModernBertConfig,
         MPNetConfig,
         RobertaConfig,
+        RobertaPreLayerNormConfig,
         XLMRobertaConfig,
     )
 
@@ -87,6 +89,8 @@ def _config(family: str):
         return XLMRobertaConfig(vocab_size=VOCAB, **_SMALL, **_IDS)
     if family == "camembert":
         return CamembertConfig(vocab_size=VOCAB, **_SMALL, **_IDS)
+    if family == "roberta-prelayernorm":
+        return RobertaPreLayerNormConfig(vocab_size=VOCAB, **_SMALL, **_IDS)
     if family == "distilbert":
         return DistilBertConfig(
             vocab_size=VOCAB,
