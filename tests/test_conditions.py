@@ -378,7 +378,7 @@ def _load_pretrain():
     return module
 
 
-@pytest.mark.parametrize("arch", ["modernbert", "bert", "roberta-pre"])
+@pytest.mark.parametrize("arch", ["modernbert", "bert", "roberta-pre", "esm"])
 def test_pretrain_loss_is_the_models_own_masked_lm_loss(arch):
     """The script's head-on-masked-positions loss equals each architecture's own forward loss
     with labels, and head_tensors are the parameters that make its logits."""
@@ -397,5 +397,5 @@ def test_pretrain_loss_is_the_models_own_masked_lm_loss(arch):
         head = find_head(model)
         assert weight is head.decoder_weight and bias is head.bias
     expected = {"modernbert": "ModernBertForMaskedLM", "bert": "BertForMaskedLM",
-                "roberta-pre": "RobertaPreLayerNormForMaskedLM"}[arch]
+                "roberta-pre": "RobertaPreLayerNormForMaskedLM", "esm": "EsmForMaskedLM"}[arch]
     assert type(model).__name__ == expected
