@@ -226,10 +226,12 @@ def make_tied_scale(model, row_norm: float = MODERNBERT_ROW_NORM) -> dict[str, A
     norm is `row_norm`; nothing else changes.
 
     ModernBERT ties its decoder to the input embeddings, so a large head there is also a large
-    input embedding. Unlike the other simulations the scale then reaches the encoder too: the
-    word embedding outweighs the position and token-type embeddings before the embedding
-    LayerNorm, and a rescale (which divides only the decoder) does not undo that. Returns the
-    simulation's config entry (also set on the model's config).
+    input embedding. In a BERT-like encoder the scale then reaches the encoder too: the word
+    embedding outweighs the position and token-type embeddings before the embedding LayerNorm,
+    and a rescale (which divides only the decoder) does not undo that. In ModernBERT, whose
+    embedding LayerNorm sees the word embedding alone, the norm takes the scale off again (up
+    to its epsilon): there only the head's scale changes. Returns the simulation's config entry
+    (also set on the model's config).
     """
     import torch
 
@@ -292,18 +294,25 @@ def _probe_texts(kind: str, n: int) -> list[str]:
     return [p.query if kind == "query" else p.passage for p in pairs]
 
 
-def _write_simulation(name: str, cache: Path, apply: Callable[[Any, Any], Any]) -> Path:
-    """Build the simulation of the real BERT-tiny into cache/name once: temp folder, reload and
-    compare logits, then rename into place."""
+def _bert_tiny() -> Path:
+    from headscope import assets
+
+    return assets.fetch("bert-tiny-splade")
+
+
+def _write_simulation(name: str, cache: Path, apply: Callable[[Any, Any], Any],
+                      source: Callable[[], Path] = _bert_tiny) -> Path:
+    """Build the simulation of a real checkpoint (`source`: the real BERT-tiny unless given) into
+    cache/name once: temp folder, reload and compare logits, then rename into place."""
     import torch
 
-    from headscope import assets, checkpoint, fileio
+    from headscope import checkpoint, fileio
     from headscope.splade.encode import forward
 
     def build(tmp: Path) -> None:
-        loaded = checkpoint.load(checkpoint.resolve(str(assets.fetch("bert-tiny-splade"))))
+        loaded = checkpoint.load(checkpoint.resolve(str(source())))
         tokenizer = loaded.tokenizer
-        assert tokenizer is not None  # the asset ships tokenizer.json
+        assert tokenizer is not None  # every source ships tokenizer.json
         apply(loaded.model, tokenizer)
         loaded.model.save_pretrained(str(tmp))  # config.json: the mark of a finished build
         tokenizer.save_pretrained(str(tmp))
@@ -339,6 +348,14 @@ def _tied_scale(cache: Path) -> Path:
     return _write_simulation("bert-tiny-tied-scale-sim", cache, lambda m, t: make_tied_scale(m))
 
 
+def _pt128_scaled(cache: Path) -> Path:
+    from headscope import assets
+
+    return _write_simulation("modernbert-pt128-scaled-sim", cache,
+                             lambda m, t: make_tied_scale(m),
+                             source=lambda: assets.local("modernbert-pt128"))
+
+
 def _matched(cache: Path) -> Path:
     return _write_simulation(
         "modernbert-matched-sim", cache,
@@ -370,6 +387,10 @@ _ITEMS = (
     Condition("modernbert-pt128", False, "real ModernBertForMaskedLM pretrained here to a "
               "held-out MLM accuracy of 0.41 (scripts/pretrain_mlm.py, 6,000 steps)",
               _real("modernbert-pt128", local=True)),
+    Condition("pt128-scaled-sim", True, "SIMULATION, not a real checkpoint: modernbert-pt128 "
+              "(a real language model pretrained here) with its tied input/output embeddings "
+              "multiplied so that the decoder's mean row norm is ModernBERT-base's 2.553 (the "
+              "embedding LayerNorm takes the scale off the encoder's input)", _pt128_scaled),
 )
 CONDITIONS: dict[str, Condition] = {c.name: c for c in _ITEMS}
 ALIASES: dict[str, str] = {alias: c.name for c in _ITEMS for alias in c.aliases}

@@ -150,7 +150,7 @@ def test_conditions_registry_names_aliases_and_labels():
     conds = conditions.CONDITIONS
     assert list(conds) == ["real-bert-tiny", "bias-dense", "projection-dense",
                            "modernbert-matched-sim", "modernbert-mini", "bert-mini-control",
-                           "tied-scale-sim", "modernbert-pt128"]
+                           "tied-scale-sim", "modernbert-pt128", "pt128-scaled-sim"]
     assert conditions.ALIASES == {"bert-tiny": "real-bert-tiny",
                                   "bert-tiny-bias-sim": "bias-dense",
                                   "bert-tiny-projection-sim": "projection-dense"}
@@ -159,14 +159,16 @@ def test_conditions_registry_names_aliases_and_labels():
         assert conditions.get(name) is cond
         assert cond.label.startswith("SIMULATION") == cond.simulation
     assert [c.name for c in conds.values() if c.simulation] == [
-        "bias-dense", "projection-dense", "modernbert-matched-sim", "tied-scale-sim"]
+        "bias-dense", "projection-dense", "modernbert-matched-sim", "tied-scale-sim",
+        "pt128-scaled-sim"]
     assert conditions.get("bert-tiny-bias-sim") is conds["bias-dense"]
     with pytest.raises(KeyError) as err:
         conditions.get("bert-base")
     assert err.value.args[0] == (
         "No calibration condition 'bert-base'; known: bert-mini-control, bert-tiny, "
         "bert-tiny-bias-sim, bert-tiny-projection-sim, bias-dense, modernbert-matched-sim, "
-        "modernbert-mini, modernbert-pt128, projection-dense, real-bert-tiny, tied-scale-sim.")
+        "modernbert-mini, modernbert-pt128, projection-dense, pt128-scaled-sim, real-bert-tiny, "
+        "tied-scale-sim.")
 
 
 def test_the_package_keeps_only_what_users_call():
@@ -219,6 +221,39 @@ def test_tied_scale_multiplies_the_tied_embeddings_only(tmp_path, bert_tiny):
         conditions.make_tied_scale(sim.model)
     assert str(err.value) == ("This model is already a headscope simulation; start from the "
                               "real checkpoint.")
+
+
+def test_pt128_scaled_changes_the_head_scale_of_a_real_language_model(tmp_path):
+    """modernbert-pt128 with its tied embeddings multiplied to row norm 2.553: every other tensor
+    is the real one, and the encoder's last hidden states are unchanged up to the embedding
+    LayerNorm's epsilon (it divides the scale out; measured: 5e-4 on hidden values up to 6), so
+    only the logits' projection part grows."""
+    folder = conditions.get("pt128-scaled-sim")(tmp_path)
+    sim = checkpoint.load(checkpoint.resolve(str(folder)))
+    real = checkpoint.load(checkpoint.resolve(str(assets.local("modernbert-pt128"))))
+    entry = json.loads((folder / "config.json").read_text())[simulate.CONFIG_KEY]
+    assert entry["where"] == "tied-scale" and entry["simulation"] is True
+    assert entry["changed"] == ["decoder.weight", "model.embeddings.tok_embeddings.weight"]
+    w = find_head(sim.model).decoder_weight.detach().double().numpy()  # (V, E)
+    assert np.linalg.norm(w, axis=1).mean() == pytest.approx(2.553, abs=1e-4)
+    scale = entry["projection_scale"]
+    assert scale == pytest.approx(2.553 / 1.3198, rel=1e-3)
+    original = real.model.state_dict()
+    for name, tensor in sim.model.state_dict().items():
+        if name in entry["changed"]:
+            torch.testing.assert_close(tensor, original[name] * scale)
+        else:
+            torch.testing.assert_close(tensor, original[name], rtol=0, atol=0)
+    enc = real.tokenizer(["the head of a masked language model", "scale"], padding=True,
+                         return_tensors="pt")
+    with torch.no_grad():
+        h_real = real.model.model(**enc).last_hidden_state
+        h_sim = sim.model.model(**enc).last_hidden_state
+        torch.testing.assert_close(h_sim, h_real, atol=2e-3, rtol=0)
+        bias = find_head(real.model).bias
+        torch.testing.assert_close(sim.model(**enc).logits - bias,
+                                   (real.model(**enc).logits - bias) * scale,
+                                   atol=2e-2, rtol=0)
 
 
 def test_real_conditions_are_the_assets(bert_tiny_dir, tmp_path):
