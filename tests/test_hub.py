@@ -120,6 +120,30 @@ def test_weights_only_from_the_hub_outside_the_layout_table(hub, tmp_path):
     assert _same_weights(report, folder)
 
 
+def test_a_session_lists_a_repository_once_per_revision_and_outside_it_always(
+        monkeypatch, tmp_path):
+    """Within one command (remote.session) a listing is asked once per revision; outside one,
+    every reader asks again (a long-lived process sees a branch move)."""
+    from headscope import remote
+
+    asked: list[tuple[str, str | None]] = []
+
+    def listing(repo_id, revision):
+        asked.append((repo_id, revision))
+        return "0" * 40, {}
+
+    monkeypatch.setattr(remote, "_listing", listing)
+    remote._Reader("o/n", None, tmp_path)
+    remote._Reader("o/n", None, tmp_path)
+    assert asked == [("o/n", None), ("o/n", None)]
+    with remote.session():
+        for revision in (None, "v1", None, "v1"):
+            remote._Reader("o/n", revision, tmp_path)
+    assert asked[2:] == [("o/n", None), ("o/n", "v1")]
+    remote._Reader("o/n", None, tmp_path)
+    assert len(asked) == 5
+
+
 def test_weights_only_of_a_missing_repository(hub, tmp_path):
     result = _run(hub, tmp_path, "inspect", "--weights-only", "org/missing")
     assert result.returncode == 2
@@ -240,16 +264,22 @@ def test_weights_only_of_a_sparse_encoder_reads_its_mlm_module_by_ranges(
     assert _same_weights(report, splade_dir)
     assert _same_weights(report, splade_dir / MLM)  # the module's folder read on its own
 
-    # Read whole: modules.json, the modules' configs, the MLM module's config and tokenizer.
-    # The weight file: its header and the head's ranges only, a small part of it.
-    got = {p.split("/resolve/")[1].split("/", 1)[1] for m, p, _ in splade_hub.requests
-           if m == "GET" and "/resolve/" in p}
-    assert got == {"modules.json", "config_sentence_transformers.json",
-                   "1_SpladePooling/config.json", f"{MLM}/config.json",
-                   f"{MLM}/sentence_bert_config.json", f"{MLM}/tokenizer.json",
-                   f"{MLM}/tokenizer_config.json", f"{MLM}/model.safetensors"}
-    assert not [r for r in splade_hub.requests
-                if r[1].endswith("/model.safetensors") and r[2] is None]
+    # One listing for the module line and the read together; read whole, once each:
+    # modules.json (an MLMTransformer needs no other module file to be found) and the MLM
+    # module's small files. Not the root's or the pooling's config. The weight file: its
+    # header and the head's ranges only, a small part of it.
+    commit = splade_hub.repos[SPLADE].commits[-1]
+    prefix = f"/{SPLADE}/resolve/{commit}/"
+    assert [r for r in splade_hub.requests if not r[1].startswith(prefix)] == [
+        ("GET", f"/api/models/{SPLADE}", None)]
+    whole = sorted(p[len(prefix):] for m, p, wanted in splade_hub.requests
+                   if p.startswith(prefix) and wanted is None)
+    assert whole == ["0_MLMTransformer/config.json", "0_MLMTransformer/sentence_bert_config.json",
+                     "0_MLMTransformer/tokenizer.json", "0_MLMTransformer/tokenizer_config.json",
+                     "modules.json"]
+    ranged = [(m, p[len(prefix):]) for m, p, wanted in splade_hub.requests
+              if p.startswith(prefix) and wanted is not None]
+    assert set(ranged) == {("GET", f"{MLM}/model.safetensors")}
     resolved = ck.resolve(str(splade_dir))
     infos = ck.tensor_infos(resolved)
     names = heads.head_tensor_names(resolved)
