@@ -354,6 +354,25 @@ def test_weights_only_of_an_inference_free_sparse_encoder(splade_hub, tmp_path, 
     assert "org/router/query_0_SparseStaticEmbedding/model.safetensors" not in splade_hub.served
 
 
+def test_the_module_line_is_of_the_revision_asked_for(splade_hub, tmp_path, router_dir):
+    """modules.json moved between two commits (a sub-folder MLM, then a Router's): each
+    revision's line and report are its own."""
+    first = splade_hub.repos[SPLADE].commits[-1]
+    splade_hub.add_folder(SPLADE, router_dir)  # main: the Router's modules.json
+    lines = {}
+    for revision in (first, None):
+        args = ("--revision", first) if revision else ()
+        result = _run(splade_hub, tmp_path, "inspect", "--weights-only", SPLADE, *args,
+                      "--json", "-")
+        assert result.returncode == 0, result.stderr
+        lines[revision] = " ".join(result.stderr.split())
+        assert json.loads(result.stdout)["model"]["revision"] == (
+            revision or splade_hub.repos[SPLADE].commits[-1])
+    assert lines[first] == NOTE
+    assert lines[None].startswith(f"{SPLADE}: reading the MLM module document_0_Transformer "
+                                  "of modules.json, the Router's document route;")
+
+
 def test_inspect_downloads_a_sparse_encoder_and_reads_its_mlm_module(
         splade_hub, tmp_path, splade_dir):
     result = _run(splade_hub, tmp_path, "inspect", SPLADE, "--fast", "--n-pairs", "8",
