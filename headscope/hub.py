@@ -16,9 +16,12 @@ from pathlib import Path
 
 from headscope.errors import CheckpointNotFoundError, HeadscopeError, NotCachedError
 
-# What the network path downloads: config, tokenizer and safetensors weights first; .bin weights
-# only when the repository has no safetensors.
-_HUB_PATTERNS = ("*.json", "*.txt", "*.model", "*.safetensors")
+# What the network path downloads: config, tokenizer, the model card (README.md, at the root
+# and in any sub-folder such as a sentence-transformers module's, which `fix` keeps) and
+# safetensors weights first; .bin weights only when the repository has no safetensors. A
+# snapshot cached before the card was downloaded is still complete for every read (the card is
+# only kept by `fix`, which then writes headscope's section alone).
+_HUB_PATTERNS = ("*.json", "*.txt", "*.model", "*.safetensors", "README.md", "*/README.md")
 _HUB_BIN_PATTERNS = ("pytorch_model*.bin",)
 
 # "org/name": one slash, Hub-legal characters, not a relative path like "./x" or "../x".
@@ -71,8 +74,8 @@ def cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
 
 def download_snapshot(repo_id: str, revision: str | None,
                       has_weights: Callable[[Path], bool]) -> Path:
-    """Fetch config, tokenizer and safetensors weights of `repo_id` into the cache, and its .bin
-    weights when `has_weights` finds none in that; raise on any failure."""
+    """Fetch config, tokenizer, model card and safetensors weights of `repo_id` into the cache,
+    and its .bin weights when `has_weights` finds none in that; raise on any failure."""
     from huggingface_hub import snapshot_download
 
     cache = str(hub_cache_dir())

@@ -7,7 +7,10 @@ each safetensors header by an HTTP Range request, and then only the byte ranges 
 `heads.read_head` reads, into a temporary folder whose weight files are sparse (full size on
 paper, only those ranges on disk). `checkpoint.resolve` and `heads.read_head` then work on it
 unchanged, so a model-zoo scan costs megabytes, not gigabytes. Nothing is added to the
-Hugging Face cache (a partial snapshot there would later pass for a complete one).
+Hugging Face cache (a partial snapshot there would later pass for a complete one). Within one
+command (`session`, which the CLI opens), the listing and each small file are fetched once,
+though both the line naming a sentence-transformers module (`module_note`) and the range read
+ask for them.
 
 `push_folder(folder, repo_id)` uploads a folder `fix` wrote, with huggingface_hub's
 `create_repo` + `upload_folder` (one commit). `check_push` refuses, before any work, what could
@@ -23,23 +26,26 @@ import json
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from headscope.errors import CheckpointNotFoundError, InputError
 
 if TYPE_CHECKING:
     from headscope.checkpoint import Checkpoint
-    from headscope.st_folder import MlmModule
 
 # Small files fetched whole (as `checkpoint` downloads them), weight files excluded.
 SMALL_FILES = ("*.json", "*.txt", "*.model")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on a header
 MERGE_GAP = 64 * 1024  # ranges closer than this are fetched in one request
+
+T = TypeVar("T")
+_SESSION: ContextVar[dict[tuple, Any] | None] = ContextVar("headscope_remote", default=None)
 
 
 def wants_ranges(source: str, revision: str | None) -> bool:
@@ -52,17 +58,58 @@ def wants_ranges(source: str, revision: str | None) -> bool:
     return hub.cached_snapshot(source, revision) is None
 
 
-class _Reader:
-    """GETs of one repository at one commit through huggingface_hub's session; counts bytes."""
+@contextmanager
+def session() -> Iterator[None]:
+    """One command's reads of the Hub: inside it, a repository's listing (per revision asked)
+    and each whole file (per commit, whose contents never change) are fetched once, however
+    many readers ask (the CLI's module line, then the range read of the same model). Outside
+    a session nothing is remembered, so a long-lived process sees a branch move."""
+    token = _SESSION.set({})
+    try:
+        yield
+    finally:
+        _SESSION.reset(token)
 
-    def __init__(self, repo_id: str, commit: str) -> None:
+
+def _remembered(key: tuple, fetch: Callable[[], T]) -> T:
+    """`fetch()`, or its value from earlier in this session."""
+    memo = _SESSION.get()
+    if memo is None:
+        return fetch()
+    if key not in memo:
+        memo[key] = fetch()
+    return memo[key]
+
+
+def _listing(repo_id: str, revision: str | None) -> tuple[str, dict[str, int | None]]:
+    """(commit, repository path -> size) of `repo_id` at `revision`: one request."""
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
+    return str(info.sha), {s.rfilename: s.size for s in (info.siblings or [])}
+
+
+class _Reader:
+    """One repository at one commit (its listing, `files`), read through huggingface_hub's
+    session into the local folder `folder`; counts requests and bytes."""
+
+    def __init__(self, repo_id: str, revision: str | None, folder: Path) -> None:
         self.repo_id = repo_id
-        self.commit = commit
+        self.commit, self.files = _remembered(("listing", repo_id, revision),
+                                              lambda: _listing(repo_id, revision))
+        self.folder = folder
         self.bytes_read = 0
         self.requests = 0
 
     def get(self, filename: str, start: int | None = None, end: int | None = None) -> bytes:
-        """The file, or its bytes start..end (inclusive) by a Range request."""
+        """The file (once per session), or its bytes start..end (inclusive) by a Range
+        request."""
+        if start is None:
+            return _remembered(("file", self.repo_id, self.commit, filename),
+                               lambda: self._get(filename, None, None))
+        return self._get(filename, start, end)
+
+    def _get(self, filename: str, start: int | None, end: int | None) -> bytes:
         from huggingface_hub import hf_hub_url
         from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
@@ -79,33 +126,37 @@ class _Reader:
             body = body[start:end + 1]  # the server ignored the range and sent it all
         return body
 
+    def has(self, name: str) -> bool:
+        """Whether the repository holds the file `name` (a relative POSIX path); when it does,
+        the file is written whole into `folder` first (`st_folder.find_mlm` asks this)."""
+        if name not in self.files:
+            return False
+        pure = PurePosixPath(name)
+        if pure.is_absolute() or ".." in pure.parts:  # the Hub never lists such a path
+            raise InputError(f"{self.repo_id} lists the file {name!r}, which is not a relative "
+                             "path inside the repository; refusing it.")
+        path = self.folder / pure
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(self.get(name))
+        return True
 
-def _weight_files(repo_id: str, files: dict[str, int | None], reader: _Reader,
-                  under: str = "") -> list[str]:
+
+def _weight_files(reader: _Reader, under: str = "") -> list[str]:
     """The safetensors files of the repository's folder `under` ("" the root), as repository
     paths in index order; [] when it has none."""
     prefix = f"{under}/" if under else ""
+    files = reader.files
     if prefix + SAFETENSORS_INDEX in files:
         index = json.loads(reader.get(prefix + SAFETENSORS_INDEX))
         shards = [prefix + s for s in dict.fromkeys(index.get("weight_map", {}).values())]
         missing = [s for s in shards if s not in files]
         if missing:
             raise CheckpointNotFoundError(
-                repo_id, f"its {prefix}{SAFETENSORS_INDEX} names {missing[0]}, which the "
-                "repository does not hold")
+                reader.repo_id, f"its {prefix}{SAFETENSORS_INDEX} names {missing[0]}, which "
+                "the repository does not hold")
         return shards
     return [prefix + "model.safetensors"] if prefix + "model.safetensors" in files else []
-
-
-def _fetch(reader: _Reader, name: str, folder: Path) -> None:
-    """Write the repository file `name` (a relative POSIX path) whole into `folder`."""
-    pure = PurePosixPath(name)
-    if pure.is_absolute() or ".." in pure.parts:  # the Hub never lists such a path
-        raise InputError(f"{reader.repo_id} lists the file {name!r}, which is not a relative "
-                         "path inside the repository; refusing it.")
-    path = folder / pure
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(reader.get(name))
 
 
 def _small_files(files: dict[str, int | None], under: str) -> list[str]:
@@ -114,21 +165,6 @@ def _small_files(files: dict[str, int | None], under: str) -> list[str]:
     return [name for name in files if name.startswith(prefix)
             and "/" not in name[len(prefix):]
             and any(fnmatch.fnmatch(name[len(prefix):], p) for p in SMALL_FILES)]
-
-
-def _find_module(reader: _Reader, files: dict[str, int | None],
-                 folder: Path) -> MlmModule | None:
-    """The MLM module of a sentence-transformers repository, from its modules.json and its
-    modules' configs (fetched into `folder` unless there already); None without modules.json."""
-    from headscope import st_folder
-
-    if st_folder.MODULES_FILE not in files:
-        return None
-    for name in files:
-        if (name == st_folder.MODULES_FILE or PurePosixPath(name).name in
-                st_folder.MODULE_CONFIGS) and not (folder / name).is_file():
-            _fetch(reader, name, folder)
-    return st_folder.find_mlm(folder)
 
 
 def _sparse_copy_of_header(reader: _Reader, name: str, size: int | None, folder: Path) -> None:
@@ -178,51 +214,41 @@ def head_only(repo_id: str, revision: str | None = None) -> Iterator[Checkpoint 
     safetensors weights (a pickled .bin is read whole: the caller downloads it instead).
 
     A sentence-transformers repository is read at its MLM module (`st_folder.find_mlm`) as a
-    local folder of it is: modules.json and the modules' configs, then the module's own files."""
-    from huggingface_hub import HfApi
-
-    from headscope import checkpoint, heads, hub
+    local folder of it is: modules.json and the module configs that find_mlm reads (no other
+    module's files), then the MLM module's own small files and weights."""
+    from headscope import checkpoint, heads, hub, st_folder
 
     folder = Path(tempfile.mkdtemp(prefix="headscope-remote-"))
     try:
         local = None
         with hub.hub_errors(repo_id, revision):
-            info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
-            commit = str(info.sha)
-            files = {s.rfilename: s.size for s in (info.siblings or [])}
-            reader = _Reader(repo_id, commit)
-            for name in _small_files(files, ""):
-                _fetch(reader, name, folder)
-            module = _find_module(reader, files, folder)
-            if module is not None and module.path:  # the masked LM's own config, tokenizer
-                for name in _small_files(files, module.path):
-                    if not (folder / name).is_file():
-                        _fetch(reader, name, folder)
-            shards = _weight_files(repo_id, files, reader, module.path if module else "")
+            reader = _Reader(repo_id, revision, folder)
+            module = st_folder.find_mlm(folder, reader.has)
+            under = module.path if module is not None else ""
+            for name in _small_files(reader.files, under):  # config, tokenizer, index
+                reader.has(name)
+            shards = _weight_files(reader, under)
             if shards:
                 for name in shards:
-                    _sparse_copy_of_header(reader, name, files.get(name), folder)
+                    _sparse_copy_of_header(reader, name, reader.files.get(name), folder)
                 local = checkpoint.resolve(str(folder))  # every header checked, no tensor read
                 _fill(reader, local, heads.head_tensor_names(local), folder)
-        yield None if local is None else replace(local, source=repo_id, revision=commit)
+        yield None if local is None else replace(local, source=repo_id, revision=reader.commit)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
 def module_note(repo_id: str, revision: str | None = None) -> str | None:
     """"ORG/NAME: reading the MLM module ... of modules.json." for a Hub repository that is not
-    in the cache, from its modules.json and module configs (a few small files, read into a
-    temporary folder and removed: nothing is cached); None when it has no modules.json."""
-    from huggingface_hub import HfApi
-
-    from headscope import hub
+    in the cache, from its modules.json and the module configs find_mlm reads (a few small
+    files, read into a temporary folder and removed: nothing is cached; within a `session`,
+    `head_only` of the same model reuses them); None when it has no modules.json."""
+    from headscope import hub, st_folder
 
     folder = Path(tempfile.mkdtemp(prefix="headscope-remote-"))
     try:
         with hub.hub_errors(repo_id, revision):
-            info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
-            files = {s.rfilename: s.size for s in (info.siblings or [])}
-            module = _find_module(_Reader(repo_id, str(info.sha)), files, folder)
+            module = st_folder.find_mlm(folder, _Reader(repo_id, revision, folder).has)
         return None if module is None else f"{repo_id}: reading the {module.description}."
     finally:
         shutil.rmtree(folder, ignore_errors=True)

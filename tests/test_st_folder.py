@@ -288,6 +288,26 @@ def test_a_cached_hub_snapshot_is_read_at_its_mlm_module(encoders, tmp_path, mon
     assert json.loads(result.stdout)["model"]["revision"] == commit
 
 
+def test_a_cached_snapshot_is_named_at_the_revision_asked_for(encoders, tmp_path, monkeypatch):
+    """Two cached commits whose modules.json differ: --revision picks the line (and the read)
+    of its own commit, main the other."""
+    main_commit, other = "1" * 40, "2" * 40
+    repo = tmp_path / "hub" / "models--acme--splade"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(main_commit)
+    shutil.copytree(encoders["sub-folder"], repo / "snapshots" / main_commit)
+    shutil.copytree(encoders["router"], repo / "snapshots" / other)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for args, layout, commit in (((), "sub-folder", main_commit),
+                                 (("--revision", other), "router", other)):
+        result = CliRunner().invoke(main, ["inspect", "--weights-only", "acme/splade", *args,
+                                           "--json", "-"])
+        assert result.exit_code == 0, result.stderr
+        assert " ".join(result.stderr.split()) == f"acme/splade: reading the {NOTE[layout]}."
+        assert json.loads(result.stdout)["model"]["revision"] == commit
+
+
 def test_compare_says_which_module_it_read(encoders, tmp_path):
     """One stderr line per SparseEncoder source, in the order given; none for a plain masked
     LM or a saved report; the columns are the MLM modules' statistics."""

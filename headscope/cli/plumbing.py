@@ -119,12 +119,15 @@ def one_line(text: str) -> str:
 
 def handle_errors(fn: Callable) -> Callable:
     """Map library errors to one `Error:` line and the documented exit code; SIGTERM and SIGHUP
-    end a command like Ctrl-C."""
+    end a command like Ctrl-C. A command is one `remote.session`: what it reads from the Hub
+    over HTTP, it fetches once."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from headscope import remote
+
         try:
-            with signals_as_interrupts(), warnings_as_lines():
+            with signals_as_interrupts(), warnings_as_lines(), remote.session():
                 return fn(*args, **kwargs)
         except HeadscopeError as exc:
             if os.environ.get("HEADSCOPE_DEBUG"):

@@ -274,7 +274,7 @@ def _train(json_dest, kw: dict, verb: Callable, model: str) -> None:
 
         quiet_other_ranks()
     else:
-        say_modules([model], kw.get("revision"))
+        say_modules([model])  # confirm and sweep take no --revision: the Hub's main
     with progress_bar() if main_rank else nullcontext() as progress:
         outcome = verb(confirm_options_from(kw), progress)
     _report_training(outcome, json_dest)

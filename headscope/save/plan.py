@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from headscope.assets import COMPLETE_MARKER
 from headscope.checkpoint import read_bin
 from headscope.containment import containment
 from headscope.errors import InputError
@@ -329,8 +328,6 @@ def _hidden(rel: PurePosixPath, path: Path) -> tuple[str, str] | None:
     first = next((i for i, part in enumerate(rel.parts) if part.startswith(".")), None)
     if first is None or first != len(rel.parts) - 1:
         return None
-    if rel.as_posix() == COMPLETE_MARKER and path.is_file():  # headscope's own asset marker
-        return None
     folder = "/" if path.is_dir() and not path.is_symlink() else ""
     return rel.as_posix(), f"{rel.as_posix()}{folder} (hidden: fix copies no hidden file or folder)"
 
@@ -369,9 +366,7 @@ def other_files(src: Path, replaced: set[str], *, mlm: str = "", keep: Sequence[
       (an `onnx/` export, a `checkpoint-500/`, a module no modules.json lists), left out whole:
       headscope cannot tell its weights from a copy of the unfixed model, and half of such a
       folder would be of no use;
-    - hidden files and folders (one line for a hidden folder, not one per file in it), except
-      headscope's own marker of an extracted asset (`assets.COMPLETE_MARKER`), left out
-      without a line;
+    - hidden files and folders (one line for a hidden folder, not one per file in it);
     - links out of the checkpoint and special files (`containment`), which are never read."""
     rewritten = {f"{mlm}/config.json" if mlm else "config.json", PROVENANCE_FILE}
     copied, candidates = [], []
