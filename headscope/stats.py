@@ -302,7 +302,7 @@ def weight_stats(
     if real.dtype != np.bool_ or real.shape != (n_rows,):
         raise InputError(
             f"real_rows must be a bool array of shape ({n_rows},), got {real.dtype} "
-            f"{real.shape}; build it with heads.vocab_info for this decoder."
+            f"{real.shape}; build it with vocabulary.vocab_info for this decoder."
         )
     norms = row_norms(w)  # (V,)
     b = _vector("bias", bias, n_rows)

@@ -10,12 +10,16 @@ transformers (`checkpoint.load_tokenizer`) for the others.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headscope.errors import InputError
 from headscope.fileio import read_json_object
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Files whose presence means the folder ships a tokenizer.
 TOKENIZER_FILES = (
@@ -32,7 +36,7 @@ TOKENIZER_FILES = (
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """A tokenizer's vocabulary read from its files, as `heads.vocab_info` needs it.
+    """A tokenizer's vocabulary read from its files, as `vocab_info` (below) needs it.
 
     It answers the three questions vocab_info asks a transformers tokenizer (`len`,
     `convert_ids_to_tokens`, `all_special_ids`), without transformers.
@@ -189,3 +193,53 @@ def read_file(folder: Path, file_name: str, source: str) -> Vocabulary:
     return Vocabulary(tokens=tuple(tok.id_to_token(i) for i in range(n)),
                       all_special_ids=tuple(i for i in special_ids if i is not None),
                       file=file_name)
+
+
+# --------------------------------------------------------------------------------------------
+# which decoder rows are real tokens
+
+# "[unused12]" (BERT), "<unused12>" (Gemma-style), "[UNUSED_TOKEN_3]", "<|unused_3|>".
+_PLACEHOLDER = re.compile(r"^[\[<]\|?unused(?:[_ -]?token)?[_ -]?\d*\|?[\]>]$", re.IGNORECASE)
+
+
+def is_placeholder(token: str | None) -> bool:
+    return token is None or bool(_PLACEHOLDER.match(token))
+
+
+@dataclass(frozen=True)
+class VocabInfo:
+    n_rows: int  # decoder rows (config vocab_size)
+    n_tokenizer: int | None  # len(tokenizer), None without tokenizer
+    real_rows: np.ndarray  # bool (V,): rows of real tokens (id < len(tokenizer), not a
+    # "[unused*]"-style placeholder)
+    special_ids: tuple[int, ...]
+    special_tokens: tuple[str, ...]
+
+
+def vocab_info(n_rows: int, tokenizer) -> VocabInfo:
+    """Which of the `n_rows` decoder rows belong to real tokens of `tokenizer` (or all, without):
+    a transformers tokenizer or a `Vocabulary`."""
+    import numpy as np
+
+    if tokenizer is None:
+        return VocabInfo(
+            n_rows=n_rows,
+            n_tokenizer=None,
+            real_rows=np.ones(n_rows, dtype=bool),
+            special_ids=(),
+            special_tokens=(),
+        )
+    n_tok = len(tokenizer)
+    n_ids = min(n_rows, n_tok)
+    tokens = tokenizer.convert_ids_to_tokens(list(range(n_ids)))
+    real = np.zeros(n_rows, dtype=bool)  # (V,) rows past the tokenizer stay False
+    real[:n_ids] = [not is_placeholder(t) for t in tokens]
+    special_ids = tuple(sorted({int(i) for i in tokenizer.all_special_ids if i is not None}))
+    special_tokens = tuple(str(t) for t in tokenizer.convert_ids_to_tokens(list(special_ids)))
+    return VocabInfo(
+        n_rows=n_rows,
+        n_tokenizer=n_tok,
+        real_rows=real,
+        special_ids=special_ids,
+        special_tokens=special_tokens,
+    )

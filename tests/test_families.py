@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tiny_models
 
-from headscope import api, heads
+from headscope import api, heads, vocabulary
 from headscope import checkpoint as ck
 from headscope.api.inspecting import head_weight_stats
 from headscope.errors import NoMLMHeadError
@@ -54,7 +54,7 @@ def family_dir(tmp_path_factory):
 def _full_load(folder):
     loaded = ck.load(ck.resolve(str(folder)))
     head = heads.find_head(loaded)
-    vocab = heads.vocab_info(head.decoder_weight.shape[0], loaded.tokenizer)
+    vocab = vocabulary.vocab_info(head.decoder_weight.shape[0], loaded.tokenizer)
     return head, head_weight_stats(head, vocab)
 
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from headscope import checkpoint as ck
-from headscope import heads
+from headscope import heads, vocabulary
 from headscope.errors import NoMLMHeadError
 
 
@@ -577,7 +577,7 @@ def test_legacy_names_in_weights_only_mode(tmp_path, loaded_family):
 
 def test_vocab_info_padded_modernbert(loaded_family):
     tokenizer = loaded_family("modernbert").tokenizer
-    info = heads.vocab_info(tiny_models.MODERNBERT_VOCAB, tokenizer)
+    info = vocabulary.vocab_info(tiny_models.MODERNBERT_VOCAB, tokenizer)
     assert info.n_rows == 128
     assert info.n_tokenizer == tiny_models.N_TOKENS == 100
     vocab = tiny_models.vocab_tokens()
@@ -592,7 +592,7 @@ def test_vocab_info_padded_modernbert(loaded_family):
 
 
 def test_vocab_info_without_tokenizer():
-    info = heads.vocab_info(7, None)
+    info = vocabulary.vocab_info(7, None)
     assert info.n_tokenizer is None
     assert np.array_equal(info.real_rows, np.ones(7, dtype=bool))
     assert info.special_ids == () and info.special_tokens == ()
@@ -600,7 +600,7 @@ def test_vocab_info_without_tokenizer():
 
 def test_vocab_info_real_bert_tiny(bert_tiny_dir):
     loaded = ck.load(ck.resolve(str(bert_tiny_dir)))
-    info = heads.vocab_info(30522, loaded.tokenizer)
+    info = vocabulary.vocab_info(30522, loaded.tokenizer)
     tokens = loaded.tokenizer.convert_ids_to_tokens(list(range(30522)))
     n_unused = sum(1 for t in tokens if re.fullmatch(r"\[unused\d+\]", t))
     assert n_unused == 994
@@ -624,4 +624,4 @@ def test_vocab_info_real_bert_tiny(bert_tiny_dir):
     ],
 )
 def test_is_placeholder(token, placeholder):
-    assert heads.is_placeholder(token) is placeholder
+    assert vocabulary.is_placeholder(token) is placeholder

@@ -113,7 +113,7 @@ def test_weight_stats_optional_parts_and_errors():
         weight_stats(w, np.array([1, 1, 0, 0]))
     assert str(err.value) == (
         "real_rows must be a bool array of shape (4,), got int64 (4,); build it with "
-        "heads.vocab_info for this decoder."
+        "vocabulary.vocab_info for this decoder."
     )
     with pytest.raises(InputError) as err:
         weight_stats(w, np.ones(4, dtype=bool), bias=np.zeros(5))

@@ -22,7 +22,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from headscope import api, heads
+from headscope import api, heads, vocabulary
 from headscope import checkpoint as ck
 from headscope import report as report_mod
 from headscope.cli import main
@@ -207,7 +207,7 @@ def _same_vocabulary(folder: Path) -> ck.Vocabulary:
     assert vocab.convert_ids_to_tokens(ids) == tokenizer.convert_ids_to_tokens(ids)
     assert sorted(set(vocab.all_special_ids)) == sorted(set(tokenizer.all_special_ids))
     n_rows = len(tokenizer) + 7
-    ours, theirs = heads.vocab_info(n_rows, vocab), heads.vocab_info(n_rows, tokenizer)
+    ours, theirs = vocabulary.vocab_info(n_rows, vocab), vocabulary.vocab_info(n_rows, tokenizer)
     assert (ours.n_tokenizer, ours.special_ids, ours.special_tokens) == (
         theirs.n_tokenizer, theirs.special_ids, theirs.special_tokens)
     assert np.array_equal(ours.real_rows, theirs.real_rows)
@@ -279,7 +279,7 @@ def _torch_path(folder: Path) -> tuple[dict, dict]:
     """Weight statistics and model facts through the loaded model (torch, transformers)."""
     loaded = ck.load(ck.resolve(str(folder)))
     head = heads.find_head(loaded)
-    vocab = heads.vocab_info(head.decoder_weight.shape[0], loaded.tokenizer)
+    vocab = vocabulary.vocab_info(head.decoder_weight.shape[0], loaded.tokenizer)
     weights = report_mod.to_dict(api.inspecting.head_weight_stats(head, vocab))
     facts = {"family": head.layout.family, "n_rows": vocab.n_rows,
              "n_tokenizer": vocab.n_tokenizer, "hidden_size": head.decoder_weight.shape[1],

@@ -102,11 +102,11 @@ def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = Inspe
                    head=None) -> Report:
     """Inspect a model already in memory (a `checkpoint.LoadedModel`). `head`: its
     `heads.find_head(loaded)` when the caller has it already (found here otherwise)."""
-    from headscope import heads, probe
+    from headscope import heads, probe, vocabulary
 
     probe_config = probe_config or probe.ProbeConfig()
     head = head if head is not None else heads.find_head(loaded)
-    vocab = heads.vocab_info(head.decoder_weight.shape[0], loaded.tokenizer)
+    vocab = vocabulary.vocab_info(head.decoder_weight.shape[0], loaded.tokenizer)
     weights = head_weight_stats(head, vocab)
     if loaded.tokenizer is None:
         raise InputError(
@@ -139,9 +139,9 @@ def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = Inspe
 def inspect_head(loaded, head) -> Report:
     """The head's weight statistics of a model in memory, no probe run (`fix` with k and the
     bias setting given): the weights-only report of the loaded model."""
-    from headscope import heads
+    from headscope import heads, vocabulary
 
-    vocab = heads.vocab_info(head.decoder_weight.shape[0], loaded.tokenizer)
+    vocab = vocabulary.vocab_info(head.decoder_weight.shape[0], loaded.tokenizer)
     weights = head_weight_stats(head, vocab)
     rec = recommend((), rule="paper", weights=weights)
     findings = diagnose(weights, (), vocab_fields(vocab, tied=head.tied), rec)
@@ -269,10 +269,10 @@ def _inspect_remote_weights_only(source: str, load_options) -> Report | None:
 def _inspect_weights_only(ckpt, load_options) -> Report:
     """Head tensors straight from the files: no model is instantiated, no probe is run, and for
     safetensors checkpoints neither torch nor transformers is imported."""
-    from headscope import checkpoint, heads, stats
+    from headscope import checkpoint, heads, stats, vocabulary
 
     head = heads.read_head(ckpt)
-    vocab = heads.vocab_info(head.decoder_weight.shape[0],
+    vocab = vocabulary.vocab_info(head.decoder_weight.shape[0],
                              checkpoint.read_vocabulary(ckpt, load_options))
     arrays = head.arrays
     weights = stats.weight_stats(arrays["decoder_weight"], vocab.real_rows,
