@@ -1052,6 +1052,11 @@ def rule_decisions(entry: dict) -> dict[str, tuple[float, bool]]:
     return out
 
 
+def domain_of(data: str, evaluated: str) -> str:
+    """"in" when a run evaluates on the set it trained on, else "out"."""
+    return "in" if Path(evaluated).name == Path(data).name else "out"
+
+
 def domain_groups(groups: list[dict]) -> dict[tuple[str, str], dict]:
     """(condition, "in" | "out") -> its judged group: of several, the most seeds x arms, then
     the longest training."""
@@ -1059,7 +1064,7 @@ def domain_groups(groups: list[dict]) -> dict[tuple[str, str], dict]:
     for g in groups:
         if g.get("tied_mrr") is None:
             continue
-        key = (g["condition"], "in" if Path(g["eval"]).name == Path(g["data"]).name else "out")
+        key = (g["condition"], domain_of(g["data"], g["eval"]))
         old = picked.get(key)
         if old is None or (len(g["seeds"]) * len(g["arms"]), g["steps"]) > (
                 len(old["seeds"]) * len(old["arms"]), old["steps"]):
@@ -1183,8 +1188,7 @@ def rules_section(groups: list[dict], registry: dict[str, dict]) -> list[str]:
         progress = []
         for c in missing:
             grid = registry[c]["grid"]  # its registered domains, run or not
-            domains = sorted({"in" if Path(e).name == Path(grid["data"]).name else "out"
-                              for e in grid["evals"]})
+            domains = sorted({domain_of(grid["data"], e) for e in grid["evals"]})
             done = []
             for d in domains:
                 n, total = grid_progress(picked.get((c, d)), registry[c])
