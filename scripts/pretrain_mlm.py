@@ -224,12 +224,11 @@ def build_model(cfg: PretrainConfig):
 
 
 def head_tensors(model):
-    """(decoder weight (V, E), output bias (V,)) of either model."""
-    if model.config.model_type == "modernbert":
-        return model.decoder.weight, model.decoder.bias
-    if model.config.model_type in ("roberta-prelayernorm", "esm"):
-        return model.lm_head.decoder.weight, model.lm_head.bias
-    return model.cls.predictions.decoder.weight, model.cls.predictions.bias
+    """(decoder weight (V, E), output bias (V,)) of the model: the head headscope measures."""
+    from headscope.heads import find_head
+
+    head = find_head(model)
+    return head.decoder_weight, head.bias
 
 
 def masked_loss(model, inputs, labels):
@@ -238,18 +237,13 @@ def masked_loss(model, inputs, labels):
     import torch
 
     sel = labels != -100  # (B, T)
+    hidden = model.base_model(input_ids=inputs).last_hidden_state[sel]  # (M, E)
     if model.config.model_type == "modernbert":
-        hidden = model.model(input_ids=inputs).last_hidden_state  # (B, T, E)
-        logits = model.decoder(model.head(hidden[sel]))  # (M, V)
-    elif model.config.model_type == "roberta-prelayernorm":
-        hidden = model.roberta_prelayernorm(input_ids=inputs).last_hidden_state  # (B, T, E)
-        logits = model.lm_head(hidden[sel])  # (M, V)
-    elif model.config.model_type == "esm":
-        hidden = model.esm(input_ids=inputs).last_hidden_state  # (B, T, E)
-        logits = model.lm_head(hidden[sel])  # (M, V)
-    else:
-        hidden = model.bert(input_ids=inputs).last_hidden_state  # (B, T, E)
-        logits = model.cls(hidden[sel])  # (M, V)
+        logits = model.decoder(model.head(hidden))  # (M, V)
+    elif model.config.model_type == "bert":
+        logits = model.cls(hidden)  # (M, V)
+    else:  # RoBERTa-PreLayerNorm, ESM: lm_head (dense, LayerNorm, decoder, bias)
+        logits = model.lm_head(hidden)  # (M, V)
     return torch.nn.functional.cross_entropy(logits.float(), labels[sel])
 
 

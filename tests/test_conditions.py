@@ -434,6 +434,11 @@ def test_pretrain_loss_is_the_models_own_masked_lm_loss(arch):
         weight, bias = pretrain.head_tensors(model)
         head = find_head(model)
         assert weight is head.decoder_weight and bias is head.bias
+        assert weight is model.get_output_embeddings().weight
+        before = model(input_ids=inputs).logits
+        bias.add_(1.0)  # the bias evaluate() reports is the one the logits carry
+        torch.testing.assert_close(model(input_ids=inputs).logits - before,
+                                   torch.ones_like(before))
     expected = {"modernbert": "ModernBertForMaskedLM", "bert": "BertForMaskedLM",
                 "roberta-pre": "RobertaPreLayerNormForMaskedLM", "esm": "EsmForMaskedLM"}[arch]
     assert type(model).__name__ == expected
