@@ -426,8 +426,13 @@ def pretrain(cfg: PretrainConfig, out: Path, tokenizer, train_ids, held_ids, sou
     return provenance
 
 
-def plot(folders: list[Path], out: Path) -> None:
-    """The pretraining curves of each model folder's pretrain.jsonl, side by side."""
+PLOT_TITLE = ("Pretraining from scratch on CPU, same data, tokenizer and budget (real models, not "
+              "simulations)")
+
+
+def plot(folders: list[Path], out: Path, title: str = PLOT_TITLE):
+    """The pretraining curves of each model folder's pretrain.jsonl, side by side, saved to
+    `out`; returns the figure."""
     from matplotlib.figure import Figure
 
     # (y, title, x): x None is the pretraining step; "mlm_accuracy" puts the head's scale
@@ -449,16 +454,16 @@ def plot(folders: list[Path], out: Path) -> None:
         state = "in progress" if (folder / RESUME_FILE).is_file() else "stopped"
         label = folder.name if (folder / "provenance.json").is_file() else (
             f"{folder.name} ({state}: step {rows[-1]['step']})")
-        for ax, (key, title, x) in zip(axes.flat, panels, strict=True):
+        for ax, (key, panel, x) in zip(axes.flat, panels, strict=True):
             ax.plot([r[x or "step"] for r in rows], [r[key] for r in rows], marker=".",
                     label=label)
-            ax.set_title(title, fontsize=10)
+            ax.set_title(panel, fontsize=10)
             ax.set_xlabel("held-out MLM accuracy" if x else "pretraining step")
     axes.flat[0].legend(fontsize=8, loc="lower right")
-    fig.suptitle("Pretraining from scratch on CPU, same data, tokenizer and budget "
-                 "(real models, not simulations)")
+    fig.suptitle(title)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
+    return fig
 
 
 HELDOUT_FILE = "heldout.json"  # a finished model's statistics on every held-out block
@@ -511,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="train on pydoc_data.topics alone (no wheel download)")
     parser.add_argument("--plot", type=Path, metavar="PNG",
                         help="only draw the curves of the models already in --out into PNG")
+    parser.add_argument("--title", default=PLOT_TITLE, help="with --plot, the figure's title")
     parser.add_argument("--evaluate", action="store_true",
                         help="only measure the finished models --name (comma-separated) in "
                         "--out on every held-out block; writes <out>/<name>/heldout.json")
@@ -521,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.plot:
         names = args.name.split(",") if args.name else [NAMES[a] for a in ("modernbert", "bert")]
-        plot([args.out / n for n in names], args.plot)
+        plot([args.out / n for n in names], args.plot, args.title)
         return 0
 
     import torch

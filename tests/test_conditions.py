@@ -442,3 +442,26 @@ def test_pretrain_loss_is_the_models_own_masked_lm_loss(arch):
     expected = {"modernbert": "ModernBertForMaskedLM", "bert": "BertForMaskedLM",
                 "roberta-pre": "RobertaPreLayerNormForMaskedLM", "esm": "EsmForMaskedLM"}[arch]
     assert type(model).__name__ == expected
+
+
+def test_pretrain_plot_labels_each_run_and_takes_a_title(tmp_path):
+    """`--plot` draws one line per folder in every panel, labelled by the folder (a run without
+    provenance.json says where it stopped), under the title given."""
+    pretrain = _load_pretrain()
+    keys = ("mlm_accuracy", "row_norm_mean", "bias_mean", "positive_share", "active_share",
+            "logit_p50", "logit_p99")
+    for name, steps, done in (("wide", (0, 250, 500), True), ("narrow", (0, 250), False)):
+        folder = tmp_path / name
+        folder.mkdir()
+        rows = [{"step": s, **{k: s / 1000 for k in keys}} for s in steps]
+        (folder / "pretrain.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if done:
+            (folder / "provenance.json").write_text("{}")
+    fig = pretrain.plot([tmp_path / "wide", tmp_path / "narrow"], tmp_path / "f.png",
+                        "Width at one recipe")
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert fig.get_suptitle() == "Width at one recipe"
+    for ax in fig.axes:
+        assert [len(line.get_xdata()) for line in ax.get_lines()] == [3, 2]
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["wide", "narrow (stopped: step 250)"]
