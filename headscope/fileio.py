@@ -8,7 +8,8 @@ file gets the user's umask (it is created with mode 0o666, as ``open`` does; not
 leaves an older file at the destination as it was; an ``OSError`` becomes `OutputWriteError`
 (exit 2) naming the destination.
 
-`check_writable` and `check_writable_folder` let a command refuse an unwritable destination
+`sha256_file` is the one hash of a file's bytes (provenance, the assets' pins, the calibration
+evidence). `check_writable` and `check_writable_folder` let a command refuse an unwritable destination
 before any slow work; `build_folder` builds a cached folder (an asset, a simulation) in a
 temporary sibling and renames it into place (`build_once`: unless a marker file inside says it
 is built); `read_json_object` is the one reader of the JSON
@@ -283,6 +284,17 @@ def build_folder(target: PathLike, build: Callable[[Path], object]) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def sha256_file(path: PathLike) -> str:
+    """The sha256 (hex) of a file's bytes, read 16 MiB at a time."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_json_object(path: PathLike) -> dict:

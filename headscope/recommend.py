@@ -79,19 +79,33 @@ class Band:
 LARGE_HEAD_ROW_NORM = 1.5
 PAPER_K = 16.0
 
-# How sure each rule's k is, in one sentence shown under every recommendation (the evidence is
-# docs/calibration.md; the decision rule that will pick the default, calibration/decision-rule.md).
+# How sure each rule's k is, shown under every recommendation (`how_sure`). The evidence is
+# docs/calibration.md; its counts on the conditions registered before they ran ship with the
+# package (`calibrated`), and the decision rule that will pick the default is
+# docs/calibration/decision-rule.md.
 RULE_EVIDENCE = {
-    "bands": ("How sure: the bands were fitted on six calibration conditions (in sample); where "
-              "they could be checked outside them they tied or lost to a constant k, and "
-              "conditions registered before they run have not yet decided between them. Read k "
-              "as a best guess inside the range that trained about as well."),
+    "bands": "How sure: the bands were fitted on six calibration conditions (in sample).",
     "paper": ("How sure: one constant from the paper (k = 16 for a mean row norm above "
               f"{LARGE_HEAD_ROW_NORM:g}, else 1); headscope's calibration judges it beside the "
               "bands and other constants on the same arms."),
     "reference": ("How sure: k matches another checkpoint's statistics; no training run stands "
                   "behind the match itself."),
 }
+
+
+def how_sure(rule: str) -> str:
+    """The sentence under a recommendation of `rule`: what its k rests on and, for the bands
+    and the paper's rule, how each rule fared on the calibration conditions registered before
+    they ran."""
+    from headscope import calibrated
+
+    text = RULE_EVIDENCE[rule]
+    if rule in ("bands", "paper"):
+        text += " " + calibrated.counts_sentence()
+    if rule == "bands":
+        text += " Read k as a best guess inside the range that trained about as well."
+    return text
+
 
 # Calibrated on the measured trainings of docs/demonstration.md (real BERT-tiny and its three
 # simulated dense regimes, BoolQ, 100 steps), read on the built-in probe's statistics. Each band
@@ -548,6 +562,7 @@ _pct = percent
 
 __all__ = [
     "RULE_EVIDENCE",
+    "how_sure",
     "ACTIVITY_METRICS",
     "BAND_ACTIVE_PASSAGE_SHARE",
     "BAND_COSINE_UNRELATED",

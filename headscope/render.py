@@ -10,8 +10,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from headscope.calibrated import ModelEvidence, model_sentences
 from headscope.findings import FINDING_CODES
-from headscope.recommend import RULE_EVIDENCE, Recommendation, decision_text
+from headscope.recommend import Recommendation, decision_text, how_sure
 from headscope.report import Report
 from headscope.stats import BAND_ABBREV, METRIC_REGISTRY, k_text, number, percent
 
@@ -172,16 +173,24 @@ def findings_view(report: Report) -> Group | Text:
     return Group(Text("Findings", style="bold"), *lines)
 
 
-def recommendation_view(rec: Recommendation | None, has_bias: bool = True) -> Panel | Text:
-    """The recommendation's headline names k and the bias setting together (one decision)."""
+def recommendation_view(rec: Recommendation | None, has_bias: bool = True,
+                        evidence: ModelEvidence | None = None) -> Panel | Text:
+    """The recommendation's headline names k and the bias setting together (one decision), its
+    reasons, how sure it is, and, for a checkpoint that is a calibration condition, what its
+    own grid measured."""
     if rec is None:
-        return Text("No recommendation.")
+        if evidence is None:
+            return Text("No recommendation.")
+        return Text("\n".join(["No recommendation.", *model_sentences(evidence, None, False)]))
     body = Text()
     body.append(decision_text(rec, has_bias=has_bias), style="bold")
     body.append(f"  (rule: {rec.rule})\n")
     for r in rec.reasons:
         body.append(f"- {r}\n")
-    body.append(RULE_EVIDENCE[rec.rule] + "\n", style="italic")
+    body.append(how_sure(rec.rule) + "\n", style="italic")
+    if evidence is not None:
+        for line in model_sentences(evidence, rec.k, rec.scale_bias):
+            body.append(f"- {line}\n")
     body.rstrip()  # in place
     return Panel(body, title="Recommendation", title_align="left")
 
@@ -200,7 +209,8 @@ def report_view(report: Report) -> Group:
                    if p.unknown_token_share is not None else "") + ")",
                 style="dim"))
     parts += [findings_view(report),
-              recommendation_view(report.recommendation, _has_bias(report))]
+              recommendation_view(report.recommendation, _has_bias(report),
+                                  report.evidence)]
     return Group(*parts)
 
 
@@ -408,7 +418,7 @@ def demo_view(outcome) -> Group:
     for label, rep in zip(outcome.labels, outcome.reports, strict=True):
         parts.append(Text(label, style="bold"))
         parts.append(per_k_table(rep))
-        parts.append(recommendation_view(rep.recommendation, _has_bias(rep)))
+        parts.append(recommendation_view(rep.recommendation, _has_bias(rep), rep.evidence))
         healthy = healthy_note(rep, outcome.evidence)
         if healthy is not None:
             parts.append(healthy)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any, Union, get_args, get_origin, get_type_hints
 
 from headscope import __version__, fileio
+from headscope.calibrated import DomainEvidence, ModelEvidence, TiedArm
 from headscope.errors import ReportError
 from headscope.findings import SEVERITIES, Finding
 from headscope.recommend import KVerdict, Recommendation
@@ -108,6 +109,7 @@ class Report:
     per_k: tuple[KStats, ...]  # ascending k; () without a probe
     findings: tuple[Finding, ...]  # stable codes, docs/findings.md
     recommendation: Recommendation | None  # the recommended k and its reasons; None: none
+    evidence: ModelEvidence | None = None  # a calibration condition's own grid; None: another model
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,8 @@ RANGES: dict[type, dict[str, Range]] = {
              "start_loss": _NONNEGATIVE, "frac_positive_se": _NONNEGATIVE},
     KVerdict: {"k": _K},
     Recommendation: {"k": _K, "passing": _K},
+    DomainEvidence: {"steps": Range(1), "seeds": Range(1)},
+    TiedArm: {"k": _K},
 }
 
 
@@ -178,6 +182,7 @@ def make_report(
     per_k: tuple[KStats, ...] = (),
     findings: tuple[Finding, ...] = (),
     recommendation: Recommendation | None = None,
+    evidence: ModelEvidence | None = None,
     created: str | None = None,
 ) -> Report:
     """A Report stamped with this schema version, this headscope version and the time."""
@@ -191,6 +196,7 @@ def make_report(
         per_k=tuple(per_k),
         findings=tuple(findings),
         recommendation=recommendation,
+        evidence=evidence,
     )
 
 

@@ -538,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default=str(ROOT / "docs" / "calibration" / "runs"))
     p.add_argument("--md", default=str(ROOT / "docs" / "calibration.md"))
     p.add_argument("--figures", default=str(ROOT / "docs" / "calibration"))
+    p.add_argument("--evidence", default=str(ROOT / EVIDENCE_FILE),
+                   help="the evidence the package ships (inspect's 'how sure' lines)")
     args = parser.parse_args(argv)
     if args.command == "register":
         return register(args)
@@ -1111,28 +1113,50 @@ def rule_outcomes(groups: list[dict], registry: dict[str, dict]) -> dict[tuple, 
     return out
 
 
-def decide(outcomes: dict[tuple, str], complete: list[str]) -> str:
-    """The verdict of docs/calibration/decision-rule.md on the pre-registered block."""
+def judge(groups: list[dict], registry: dict[str, dict]) -> tuple[dict[tuple, str], list[str]]:
+    """(rule_outcomes, the pre-registered conditions complete in both domains)."""
+    outcomes = rule_outcomes(groups, registry)
+    complete = [c for c, e in registry.items() if e["block"] == PREREGISTERED
+                and all((PREREGISTERED, c, d, "k = 1") in outcomes for d in ("in", "out"))]
+    return outcomes, complete
+
+
+def rule_counts(outcomes: dict[tuple, str], complete: list[str]) -> dict[tuple[str, str], int]:
+    """(rule, "in" | "out") -> on how many complete pre-registered conditions the rule lands
+    inside the tied-with-best set."""
+    return {(r, d): sum(outcomes.get((PREREGISTERED, c, d, r)) == "tied" for c in complete)
+            for r in RULE_NAMES for d in ("in", "out")}
+
+
+def verdict(outcomes: dict[tuple, str], complete: list[str]) -> str | None:
+    """The rule docs/calibration/decision-rule.md ships, judged on the pre-registered block;
+    None while the block is too small for a verdict."""
     if len(complete) < MIN_PREREGISTERED:
+        return None
+    count = rule_counts(outcomes, complete)
+    bands = "bands (shipped)"
+    others = [r for r in RULE_NAMES if r != bands]
+    if all(count[bands, d] > count[r, d] for r in others for d in ("in", "out")):
+        return bands
+    simplest = ["k = 1", *(r for r in RULE_NAMES if r.startswith("k = ") and r != "k = 1"),
+                "paper", bands]
+    as_good = [r for r in simplest if all(count[r, d] >= count[bands, d] for d in ("in", "out"))]
+    if as_good and as_good[0] != bands:
+        return as_good[0]
+    return max(simplest, key=lambda r: (count[r, "in"] + count[r, "out"], -simplest.index(r)))
+
+
+def decide(outcomes: dict[tuple, str], complete: list[str]) -> str:
+    """The verdict of docs/calibration/decision-rule.md on the pre-registered block, in words."""
+    choice = verdict(outcomes, complete)
+    if choice is None:
         return (f"No verdict yet: the pre-registered block has {len(complete)} condition(s) with "
                 f"complete grids in both domains, and the decision rule needs "
                 f"{MIN_PREREGISTERED}. The product keeps its current default (the bands rule) "
                 "and says the out-of-sample verdict is pending.")
-    rules = list(RULE_NAMES)
-    count = {(r, d): sum(outcomes.get((PREREGISTERED, c, d, r)) == "tied" for c in complete)
-             for r in rules for d in ("in", "out")}
-    bands = "bands (shipped)"
-    others = [r for r in rules if r != bands]
-    if all(count[bands, d] > count[r, d] for r in others for d in ("in", "out")):
+    if choice == "bands (shipped)":
         return "The bands rule beats every other rule in both domains: it ships as the default."
-    simplest = ["k = 1", *(r for r in rules if r.startswith("k = ") and r != "k = 1"), "paper",
-                bands]
-    as_good = [r for r in simplest if all(count[r, d] >= count[bands, d] for d in ("in", "out"))]
-    if as_good and as_good[0] != bands:
-        choice = as_good[0]
-    else:
-        choice = max(simplest, key=lambda r: (count[r, "in"] + count[r, "out"],
-                                              -simplest.index(r)))
+    count = rule_counts(outcomes, complete)
     return (f"The bands rule does not beat every other rule in both domains; the simplest rule "
             f"that does as well ships: **{choice}** ({count[choice, 'in']} in domain, "
             f"{count[choice, 'out']} out of domain, of {len(complete)}).")
@@ -1141,7 +1165,7 @@ def decide(outcomes: dict[tuple, str], complete: list[str]) -> str:
 def rules_section(groups: list[dict], registry: dict[str, dict]) -> list[str]:
     """The headline: per block and domain, how often each rule lands inside the tied-with-best
     set, then per condition; the verdict from the pre-registered block alone."""
-    outcomes = rule_outcomes(groups, registry)
+    outcomes, complete = judge(groups, registry)
     rules = list(RULE_NAMES)
     lines = ["### Rules compared: how often each lands inside the tied-with-best set", "",
              "Each rule chooses one arm per condition: **bands** the shipped fitted rule (the "
@@ -1181,8 +1205,6 @@ def rules_section(groups: list[dict], registry: dict[str, dict]) -> list[str]:
             lines.append(f"| {block} | {name} | {domain} | {tied_range(picked[name, domain])} | "
                          + " | ".join(mark[outcomes[(block, name, domain, r)]] for r in rules)
                          + " |")
-    complete = [c for c, e in registry.items() if e["block"] == PREREGISTERED
-                and all((PREREGISTERED, c, d, "k = 1") in outcomes for d in ("in", "out"))]
     missing = [c for c in registry if c not in {c for (_b, c, _d, _r) in outcomes}]
     if missing:
         progress = []
@@ -1202,6 +1224,58 @@ def rules_section(groups: list[dict], registry: dict[str, dict]) -> list[str]:
     return lines
 
 
+EVIDENCE_FILE = Path("headscope/data/calibration.json")  # relative to ROOT: what inspect shows
+_ARM = re.compile(r"k=([0-9.e+]+)(?:/bias (kept|divided))?$")
+
+
+def weights_identity(name: str) -> dict | None:
+    """The sha256 and size of a real condition's weight file, by which `inspect` knows the
+    model; None for a simulation (no user has its files)."""
+    from headscope.fileio import sha256_file
+
+    condition = conditions.CONDITIONS[name]
+    if condition.simulation:
+        return None
+    path = condition() / "model.safetensors"
+    return {"weights_sha256": sha256_file(path), "weights_bytes": path.stat().st_size}
+
+
+def product_evidence(groups: list[dict], registry: dict[str, dict]) -> dict:
+    """What the package ships of this evidence (headscope/data/calibration.json): each rule's
+    counts on the complete pre-registered conditions, the verdict (None while pending), and,
+    for each real condition by its weights' sha256, the arms its tied-with-best set holds in
+    each judged domain."""
+    outcomes, complete = judge(groups, registry)
+    count = rule_counts(outcomes, complete)
+    picked = domain_groups(groups)
+    models = []
+    for name, entry in registry.items():
+        domains = []
+        for d in ("in", "out"):
+            if (entry["block"], name, d, "k = 1") not in outcomes:
+                continue  # not run in this domain, or a pre-registered grid not complete
+            g = picked[name, d]
+            arms = [_ARM.match(a) for a in sorted(g["tied_mrr"].tied)]
+            tied = sorted({(float(m[1]), m[2] == "divided") for m in arms if m})
+            domains.append({"domain": d, "train": Path(g["data"]).name,
+                            "eval": Path(g["eval"]).name, "steps": g["steps"],
+                            "seeds": len(g["seeds"]), "tied_text": tied_range(g),
+                            "tied": [{"k": k, "scale_bias": b} for k, b in tied]})
+        identity = weights_identity(name) if domains else None
+        if identity is not None:
+            models.append({"condition": name, "block": entry["block"], **identity,
+                           "domains": domains})
+    return {
+        "written_by": "scripts/calibrate.py report, from the committed runs; do not edit",
+        "complete": len(complete),
+        "needed": MIN_PREREGISTERED,
+        "verdict": verdict(outcomes, complete),
+        "counts": {rule: {d: [count[rule, d], len(complete)] for d in ("in", "out")}
+                   for rule in RULE_NAMES},
+        "models": models,
+    }
+
+
 def report(args) -> int:
     runs_dir, md = Path(args.runs), Path(args.md)
     rows = read_rows(runs_dir)
@@ -1216,6 +1290,10 @@ def report(args) -> int:
     registry = (registry_rows(registry_file.read_text(encoding="utf-8"))
                 if registry_file.is_file() else {})
     out += rules_section(groups, registry) + [""]
+    evidence = Path(args.evidence)
+    evidence.parent.mkdir(parents=True, exist_ok=True)
+    evidence.write_text(json.dumps(product_evidence(groups, registry), indent=1) + "\n",
+                        encoding="utf-8")
     out += summary_table(groups, inspections) + [""]
     for g in groups:
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{g['condition']}-{g['steps']}steps-"

@@ -15,7 +15,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from headscope import findings, recommend, report, stats
+from headscope import calibrated, findings, recommend, report, stats
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "report.md"
 
@@ -32,6 +32,9 @@ SECTIONS = (
     ("recommendation.verdicts[]", recommend.KVerdict),
     ("recommendation.bands[]", recommend.Band),
     ("weights.row_norm_histogram", stats.Histogram),
+    ("evidence", calibrated.ModelEvidence),
+    ("evidence.domains[]", calibrated.DomainEvidence),
+    ("evidence.domains[].tied[]", calibrated.TiedArm),
 )
 
 INTRO = """# The JSON report

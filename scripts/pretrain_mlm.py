@@ -48,6 +48,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from headscope.fileio import sha256_file
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -310,14 +312,6 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
         done = (step - decay_start) / max(1, cfg.steps - decay_start)  # 0 -> 1 over the decay
         return cfg.lr * max(0.0, 1.0 - done ** 0.5)
     return cfg.lr * max(0.0, (cfg.steps - step) / max(1, cfg.steps - warm))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def pretrain(cfg: PretrainConfig, out: Path, tokenizer, train_ids, held_ids, source: dict) -> dict:

@@ -80,12 +80,17 @@ def test_committed_runs_place_the_recommendation(calibrate, evidence, name):
 
 
 def test_the_page_is_the_report_of_the_committed_runs(calibrate, tmp_path):
+    """The page, and the evidence the package ships (inspect's counts and the arms each
+    condition's grid cannot separate), are what the report makes of the committed runs."""
     md = tmp_path / "calibration.md"
     shutil.copy(ROOT / "docs" / "calibration.md", md)
     assert calibrate.main(["report", "--runs", str(RUNS), "--md", str(md),
-                           "--figures", str(tmp_path / "figures")]) == 0
+                           "--figures", str(tmp_path / "figures"),
+                           "--evidence", str(tmp_path / "calibration.json")]) == 0
     assert md.read_text(encoding="utf-8") == \
         (ROOT / "docs" / "calibration.md").read_text(encoding="utf-8")
+    assert (tmp_path / "calibration.json").read_text(encoding="utf-8") == \
+        (ROOT / "headscope" / "data" / "calibration.json").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow

@@ -38,13 +38,27 @@ def test_cli_headline_and_per_k_title_name_k_and_the_bias():
 
 @pytest.mark.parametrize("rule", ["bands", "paper", "reference"])
 def test_every_recommendation_says_how_sure_it_is(rule):
-    from headscope.recommend import RULE_EVIDENCE
+    """The sentence under each rule's recommendation; the bands' and the paper's carry the
+    counts the package ships from its calibration (read here from the data file itself)."""
+    import json
+
+    from headscope import calibrated
+    from headscope.recommend import how_sure
 
     report = six_k_report()
     report = replace(report, recommendation=replace(report.recommendation, rule=rule))
     out = " ".join(ln.strip(" │") for ln in text(render.report_view(report)).splitlines())
-    assert RULE_EVIDENCE[rule].startswith("How sure: ")
-    assert " ".join(RULE_EVIDENCE[rule].split()) in " ".join(out.split())
+    said = how_sure(rule)
+    assert said.startswith("How sure: ")
+    assert " ".join(said.split()) in " ".join(out.split())
+    counts = json.loads(calibrated.DATA_FILE.read_text())["counts"]
+    bands, paper = counts["bands (shipped)"], counts["paper"]
+    expected = (f"the bands' k landed among the arms that trained as well as the best "
+                f"{bands['in'][0]} of {bands['in'][1]} in domain, {bands['out'][0]} of "
+                f"{bands['out'][1]} out of domain; the paper's rule {paper['in'][0]} of "
+                f"{paper['in'][1]} in domain, {paper['out'][0]} of {paper['out'][1]} out of "
+                "domain")
+    assert (expected in said) == (rule in ("bands", "paper"))
 
 
 def test_compare_table_shows_the_whole_decision():

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from headscope import __version__
+from headscope.calibrated import DomainEvidence, ModelEvidence, TiedArm
 from headscope.errors import ReportError
 from headscope.findings import Finding, diagnose
 from headscope.recommend import Band, KVerdict, Recommendation, recommend
@@ -162,6 +163,9 @@ def test_schema_names_exactly_the_dataclass_fields():
         "band": Band,
         "k_verdict": KVerdict,
         "recommendation": Recommendation,
+        "model_evidence": ModelEvidence,
+        "domain_evidence": DomainEvidence,
+        "tied_arm": TiedArm,
     }
     for name, cls in pairs.items():
         names = [f.name for f in fields(cls)]
@@ -431,7 +435,8 @@ def test_a_report_written_before_the_frac_positive_fields_still_reads():
 # Schema $defs name of every record with ranged fields.
 _DEFS = {ModelInfo: "model_info", Summary: "summary", Histogram: "histogram",
          WeightStats: "weight_stats", ProbeSummary: "probe_summary", KStats: "k_stats",
-         KVerdict: "k_verdict", Recommendation: "recommendation"}
+         KVerdict: "k_verdict", Recommendation: "recommendation",
+         DomainEvidence: "domain_evidence", TiedArm: "tied_arm"}
 
 
 def test_schema_states_exactly_the_reader_ranges():

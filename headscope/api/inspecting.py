@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from headscope import calibrated
 from headscope.api.memory import remember_inspection
 from headscope.errors import HeadscopeError, InputError, ModelErrors
 from headscope.findings import (
@@ -133,7 +134,8 @@ def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = Inspe
                        weights_only=False, source=source)
     return make_report(info, weights, probe=ProbeSummary.from_result(
                            result, unknown_token_share=unknown),
-                       per_k=result.per_k, findings=findings, recommendation=rec)
+                       per_k=result.per_k, findings=findings, recommendation=rec,
+                       evidence=calibrated.identify(loaded.checkpoint.weight_files))
 
 
 def inspect_head(loaded, head) -> Report:
@@ -263,12 +265,15 @@ def _inspect_remote_weights_only(source: str, load_options) -> Report | None:
     if not remote.wants_ranges(source, load_options.revision):
         return None
     with remote.head_only(source, load_options.revision) as ckpt:
-        return None if ckpt is None else _inspect_weights_only(ckpt, load_options)
+        # The files are sparse (only the header and head byte ranges were fetched): not hashed.
+        return None if ckpt is None else _inspect_weights_only(ckpt, load_options,
+                                                               identify=False)
 
 
-def _inspect_weights_only(ckpt, load_options) -> Report:
+def _inspect_weights_only(ckpt, load_options, identify: bool = True) -> Report:
     """Head tensors straight from the files: no model is instantiated, no probe is run, and for
-    safetensors checkpoints neither torch nor transformers is imported."""
+    safetensors checkpoints neither torch nor transformers is imported. `identify`: look the
+    weight file up among the calibration conditions (`calibrated.identify`)."""
     from headscope import checkpoint, heads, stats, vocabulary
 
     head = heads.read_head(ckpt)
@@ -283,7 +288,8 @@ def _inspect_weights_only(ckpt, load_options) -> Report:
     findings = diagnose(weights, (), vocab_fields(vocab, tied=head.tied), rec)
     info = _model_info(ckpt, head.layout, vocab, weights, tied=head.tied, dtype=head.dtype,
                        device="cpu", weights_only=True)
-    return make_report(info, weights, findings=findings, recommendation=rec)
+    return make_report(info, weights, findings=findings, recommendation=rec,
+                       evidence=calibrated.identify(ckpt.weight_files) if identify else None)
 
 
 def _each_model(sources: Sequence[str], verb: Callable) -> tuple:

@@ -48,7 +48,7 @@ def weight_file_hashes(ckpt) -> dict[str, str] | None:
     names it)."""
     if ckpt.revision:
         return None
-    from headscope.save.provenance import sha256_file
+    from headscope.fileio import sha256_file
 
     return {p.name: sha256_file(p) for p in ckpt.weight_files}
 

@@ -8,7 +8,6 @@ multiply (`fixed_k`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from headscope import __version__
 from headscope.errors import InputError
+from headscope.fileio import sha256_file
 from headscope.save.background import in_background
 
 if TYPE_CHECKING:
@@ -26,15 +26,6 @@ if TYPE_CHECKING:
     from headscope.save.verify import Verification
 
 PROVENANCE_FILE = "headscope.json"
-_HASH_CHUNK = 1 << 24  # 16 MiB per read
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def hash_in_background(paths: Sequence[Path]) -> Callable[[], dict[str, str]]:
