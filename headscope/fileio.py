@@ -317,4 +317,4 @@ def read_json_object(path: PathLike) -> dict:
 
 __all__ = ["atomic_open", "build_folder", "build_once", "check_writable",
            "check_writable_folder", "exchange", "fsync_dir", "make_temp_dir", "read_json_object",
-           "umask", "write_bytes", "write_text"]
+           "sha256_file", "umask", "write_bytes", "write_text"]
