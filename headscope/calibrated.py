@@ -60,9 +60,37 @@ class ModelEvidence:
     domains: tuple[DomainEvidence, ...]  # each judged domain of its grid, in first
 
 
+@dataclass(frozen=True)
+class ShippedRule:
+    """The rule `inspect` applies by default: the decision rule's verdict on the conditions
+    registered before they ran, or the bands while that verdict is pending."""
+
+    rule: str  # "bands" | "paper" | "constant"
+    k: float | None = None  # the constant's k (rule "constant")
+    scale_bias: bool = False  # the constant divides the output bias too
+    decided: bool = False  # False: no verdict yet, the bands stay the default
+
+
 @functools.cache
 def _data() -> dict[str, Any]:
     return json.loads(DATA_FILE.read_text(encoding="utf-8"))
+
+
+def shipped_rule() -> ShippedRule:
+    """The default rule: what the shipped evidence's verdict chose (`ships`), else the bands."""
+    ships = _data().get("ships")
+    if ships is None:
+        return ShippedRule("bands")
+    k = ships.get("k")
+    return ShippedRule(ships["rule"], None if k is None else float(k),
+                       bool(ships.get("scale_bias", False)), decided=True)
+
+
+def judged_row_norms() -> tuple[float, float] | None:
+    """(lowest, highest) mean decoder row norm of the complete pre-registered conditions: the
+    range of heads the counts and the verdict speak for; None before any is complete."""
+    norms = _data().get("row_norms") or []
+    return (min(norms), max(norms)) if norms else None
 
 
 def identify(weight_files: Sequence[Path]) -> ModelEvidence | None:
@@ -121,7 +149,8 @@ def counts_sentence() -> str:
     if data["verdict"] is None:
         return text + (f" The decision rule needs {data['needed']} such conditions: its "
                        "verdict is pending.")
-    return text + f" The decision rule's verdict: {data['verdict']}."
+    return text + (f" The decision rule, written before those runs, chose {data['verdict']} "
+                   "as the default.")
 
 
 def _arms(tied: tuple[TiedArm, ...]) -> str:
@@ -156,5 +185,5 @@ def model_sentences(evidence: ModelEvidence, k: float | None, scale_bias: bool) 
     return out
 
 
-__all__ = ["DATA_FILE", "DomainEvidence", "ModelEvidence", "TiedArm", "counts_sentence",
-           "identify", "model_sentences"]
+__all__ = ["DATA_FILE", "DomainEvidence", "ModelEvidence", "ShippedRule", "TiedArm",
+           "counts_sentence", "identify", "judged_row_norms", "model_sentences", "shipped_rule"]

@@ -9,11 +9,11 @@ leaves an older file at the destination as it was; an ``OSError`` becomes `Outpu
 (exit 2) naming the destination.
 
 `sha256_file` is the one hash of a file's bytes (provenance, the assets' pins, the calibration
-evidence). `check_writable` and `check_writable_folder` let a command refuse an unwritable destination
-before any slow work; `build_folder` builds a cached folder (an asset, a simulation) in a
-temporary sibling and renames it into place (`build_once`: unless a marker file inside says it
-is built); `read_json_object` is the one reader of the JSON
-objects headscope reads from a checkpoint folder. Standard library only (no numpy, no torch):
+evidence). `check_writable` and `check_writable_folder` let a command refuse an unwritable
+destination before any slow work; `build_folder` builds a cached folder (an asset, a
+simulation) in a temporary sibling and renames it into place (`build_once`: unless a marker file
+inside says it is built); `read_json_object` is the one reader of the JSON objects headscope
+reads from a checkpoint folder. Standard library only (no numpy, no torch):
 every layer may use it.
 """
 

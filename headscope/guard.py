@@ -281,7 +281,7 @@ def _recommended_k(report: Report, policy: Policy, k: float | None) -> RuleResul
     if rec is None:
         return RuleResult("max_k", policy.max_k, None, False,
                           "The report has no recommendation; re-run headscope inspect.")
-    if report.model.weights_only:
+    if report.model.weights_only and rec.rule != "constant":
         return RuleResult("max_k", policy.max_k, None, False,
                           f"Cannot check the recommended k: {WEIGHTS_ONLY_K}.")
     return _at_most("max_k", "recommended k", rec.k, policy.max_k)
@@ -297,8 +297,13 @@ PROBE_KEYS = ("max_k", "max_start_loss", "max_active_passage_share", "max_cosine
 
 
 def weights_only_conflicts(policy: Policy) -> tuple[str, ...]:
-    """The keys `policy` switches on that a weights-only report cannot judge (PROBE_KEYS)."""
-    return tuple(key for key in PROBE_KEYS if getattr(policy, key) not in (None, False))
+    """The keys `policy` switches on that a weights-only report cannot judge (PROBE_KEYS); with
+    a shipped constant rule the weights-only k is the full inspection's, so max_k is judged."""
+    from headscope.recommend import resolve_rule
+
+    keys = PROBE_KEYS if resolve_rule("shipped")[0] != "constant" else tuple(
+        key for key in PROBE_KEYS if key != "max_k")
+    return tuple(key for key in keys if getattr(policy, key) not in (None, False))
 
 
 def _per_k_rule(key: str, metric: str) -> Callable[[Report, Policy, float | None], RuleResult]:

@@ -1,10 +1,13 @@
 """The recommended k, computed from statistics alone (no torch, no numpy needed).
 
-`recommend` proposes the divisor k for the MLM-head projection under one of three rules:
+`recommend` proposes the divisor k for the MLM-head projection under one of these rules:
 "bands" (smallest k whose statistics fall inside every healthy band), "paper" (k = 16 for a
-large head, else 1) and "reference" (the k whose statistics best match a reference checkpoint's
-unscaled statistics on the same probe). The bands are defined here; the findings that read the
-same statistics (and these bands' limits) are in `findings`.
+large head, else 1), "reference" (the k whose statistics best match a reference checkpoint's
+unscaled statistics on the same probe) and "shipped", the default: the rule headscope's
+out-of-sample calibration chose (`calibrated.shipped_rule`), which is the bands while its
+verdict is pending and may be one constant arm (rule "constant": the same k and bias setting
+for every head). The bands are defined here; the findings that read the same statistics (and
+these bands' limits) are in `findings`.
 
 Reminder that shapes the bands (docs/science.md): dividing every logit by k never changes which
 terms are active; only an output bias left undivided can. So the active-terms band is a health
@@ -18,10 +21,13 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 
+from headscope import calibrated
 from headscope.errors import InputError
 from headscope.stats import KStats, WeightStats, k_text, number, percent
 
-RULES = ("bands", "paper", "reference")
+RULES = ("shipped", "bands", "paper", "reference")  # what a caller may ask for
+# The rule a Recommendation records: "shipped" resolves to one of the first three.
+APPLIED_RULES = ("bands", "paper", "constant", "reference")
 
 # Per-k statistics a band may bound: every KStats field except k itself.
 METRICS: tuple[str, ...] = tuple(f.name for f in fields(KStats) if f.name != "k")
@@ -90,6 +96,8 @@ RULE_EVIDENCE = {
               "bands and other constants on the same arms."),
     "reference": ("How sure: k matches another checkpoint's statistics; no training run stands "
                   "behind the match itself."),
+    "constant": ("How sure: one arm for every head, judged beside the bands, the paper's rule "
+                 "and the other constants on the same arms."),
 }
 
 
@@ -97,10 +105,8 @@ def how_sure(rule: str) -> str:
     """The sentence under a recommendation of `rule`: what its k rests on and, for the bands
     and the paper's rule, how each rule fared on the calibration conditions registered before
     they ran."""
-    from headscope import calibrated
-
     text = RULE_EVIDENCE[rule]
-    if rule in ("bands", "paper"):
+    if rule in ("bands", "paper", "constant"):
         text += " " + calibrated.counts_sentence()
     if rule == "bands":
         text += " Read k as a best guess inside the range that trained about as well."
@@ -256,7 +262,7 @@ class KVerdict:
 @dataclass(frozen=True)
 class Recommendation:
     k: float  # the recommended divisor of the projection
-    rule: str  # the rule actually applied: "bands" | "paper" | "reference"
+    rule: str  # the rule actually applied: "bands" | "paper" | "constant" | "reference"
     reasons: tuple[str, ...]  # checkable sentences with numbers
     passing: tuple[float, ...]  # candidate ks inside every band, ascending
     verdicts: tuple[KVerdict, ...] = ()  # one per candidate k, ascending; () without a probe
@@ -290,25 +296,62 @@ def decision_text(rec: Recommendation, *, has_bias: bool = True, short: bool = F
 REFERENCE_METRICS = ("start_loss", "term_weight_mean", "score_pos")
 
 
+def resolve_rule(rule: str) -> tuple[str, calibrated.ShippedRule | None]:
+    """(the rule `recommend` applies for `rule`, the shipped constant when that is "constant");
+    only "shipped" resolves to anything but itself."""
+    if rule not in RULES:
+        raise InputError(f"Unknown recommendation rule {rule!r}; use one of: {', '.join(RULES)}.")
+    if rule != "shipped":
+        return rule, None
+    shipped = calibrated.shipped_rule()
+    return shipped.rule, (shipped if shipped.rule == "constant" else None)
+
+
+def weights_only_rule() -> str:
+    """The rule of a recommendation made without a probe: the shipped rule when it needs none
+    (a constant, or the paper's rule), else the paper's rule, which reads the row norm alone."""
+    return "shipped" if resolve_rule("shipped")[0] in ("constant", "paper") else "paper"
+
+
 def recommend(
     per_k: Sequence[KStats],
     *,
-    rule: str = "bands",
+    rule: str = "shipped",
     bands: Sequence[Band] = DEFAULT_BANDS,
     weights: WeightStats | None = None,
     reference: Sequence[KStats] | None = None,
+    rescaled: float | None = None,
 ) -> Recommendation:
     """Recommend the divisor k for the MLM-head projection.
 
-    Without probe statistics (`per_k` empty) the paper rule is applied whatever `rule` says,
-    and the first reason says so; this is how a weights-only report gets its recommendation.
+    `rescaled`: the k a headscope fix already divided this head by (its provenance), which a
+    constant rule, meant for the head as pretrained, takes off its k.
+
+    "shipped" (the default) applies the rule the calibration's verdict chose. A constant needs
+    no statistics; without probe statistics (`per_k` empty) any other rule falls back to the
+    paper rule, and the first reason says so: this is how a weights-only report gets its
+    recommendation.
     """
-    if rule not in RULES:
-        raise InputError(f"Unknown recommendation rule {rule!r}; use one of: {', '.join(RULES)}.")
+    rule, constant = resolve_rule(rule)
     bands = check_bands(bands)
     per_k = sorted_candidates(per_k)
     verdicts = tuple(KVerdict(s.k, _failed(s, bands)) for s in per_k)
     passing = tuple(v.k for v in verdicts if v.passed)
+
+    if constant is not None:
+        assert constant.k is not None
+        reasons = _constant(constant, weights)
+        k = constant.k
+        if rescaled is not None and rescaled != 1:
+            k = max(1.0, k / rescaled)
+            reasons += (f"This checkpoint was written by headscope fix, its head already divided "
+                        f"by {_k(rescaled)} (headscope.json), and the constant is meant for the "
+                        f"head as pretrained: k = {_k(k)} is left.",)
+        verdict = next((v for v in verdicts if v.k == k), None)
+        if verdict is not None:
+            reasons += (_verdict_sentence(verdict, per_k, bands),)
+        return Recommendation(k, "constant", reasons, passing, verdicts, bands,
+                              scale_bias=constant.scale_bias and k != 1)
 
     if not per_k:
         if weights is None:
@@ -507,6 +550,27 @@ def _paper(weights: WeightStats) -> tuple[float, tuple[str, ...]]:
     )
 
 
+def _constant(constant: calibrated.ShippedRule, weights: WeightStats | None
+              ) -> tuple[str, ...]:
+    """Why the shipped constant's k, and whether this head lies among the heads that chose it."""
+    k = _k(constant.k or 1.0)
+    bias = "divided too" if constant.scale_bias else "kept"
+    arm = "no rescale" if constant.k == 1 else f"projection divided by {k}, output bias {bias}"
+    reasons = [f"k = {k} ({arm}) for every head: headscope's calibration chose this constant "
+               "with its decision rule, written before the runs that judged it, because no "
+               "fitted rule beat it on the conditions registered before they ran "
+               "(docs/calibration.md)."]
+    span = calibrated.judged_row_norms()
+    if weights is not None and span is not None:
+        norm, (low, high) = weights.row_norm_all.mean, span
+        where = ("inside that range" if low <= norm <= high else
+                 f"{'below' if norm < low else 'above'} that range, where this evidence does not "
+                 "reach")
+        reasons.append(f"Those conditions' heads have mean decoder row norms {_num(low)} to "
+                       f"{_num(high)}; this head's {_num(norm)} is {where}.")
+    return tuple(reasons)
+
+
 def reference_distance(stats: KStats, ref: KStats) -> float:
     """Mean |ln(stats / ref)| over REFERENCE_METRICS; metrics not positive on both sides are
     skipped, and inf when none is comparable. 0 means identical; 0.69 a factor 2 on average."""
@@ -576,6 +640,9 @@ __all__ = [
     "PAPER_K",
     "REFERENCE_METRICS",
     "RULES",
+    "APPLIED_RULES",
+    "resolve_rule",
+    "weights_only_rule",
     "SCORE_LIMIT",
     "Band",
     "KVerdict",

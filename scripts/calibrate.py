@@ -1146,6 +1146,19 @@ def verdict(outcomes: dict[tuple, str], complete: list[str]) -> str | None:
     return max(simplest, key=lambda r: (count[r, "in"] + count[r, "out"], -simplest.index(r)))
 
 
+def shipped(choice: str | None) -> dict | None:
+    """The verdict as the product applies it (headscope.calibrated.shipped_rule): None while it
+    is pending (the bands stay the default), else the rule and, for a constant, its arm."""
+    if choice is None:
+        return None
+    if choice == "bands (shipped)":
+        return {"rule": "bands"}
+    if choice == "paper":
+        return {"rule": "paper"}
+    k, divided = dict(CONSTANT_RULES)[choice]
+    return {"rule": "constant", "k": k, "scale_bias": divided}
+
+
 def decide(outcomes: dict[tuple, str], complete: list[str]) -> str:
     """The verdict of docs/calibration/decision-rule.md on the pre-registered block, in words."""
     choice = verdict(outcomes, complete)
@@ -1265,11 +1278,14 @@ def product_evidence(groups: list[dict], registry: dict[str, dict]) -> dict:
         if identity is not None:
             models.append({"condition": name, "block": entry["block"], **identity,
                            "domains": domains})
+    chosen = verdict(outcomes, complete)
     return {
         "written_by": "scripts/calibrate.py report, from the committed runs; do not edit",
         "complete": len(complete),
         "needed": MIN_PREREGISTERED,
-        "verdict": verdict(outcomes, complete),
+        "verdict": chosen,
+        "ships": shipped(chosen),
+        "row_norms": sorted(registry[c]["row_norm_mean"] for c in complete),
         "counts": {rule: {d: [count[rule, d], len(complete)] for d in ("in", "out")}
                    for rule in RULE_NAMES},
         "models": models,

@@ -78,3 +78,15 @@ def pairs_file(tmp_path_factory) -> Path:
     path.write_text("".join(json.dumps({"query": p.query, "positive": p.passage}) + "\n"
                             for p in builtin_probe(40).pairs))
     return path
+
+
+@pytest.fixture
+def bands_default(monkeypatch):
+    """The bands as the default rule (the shipped evidence's verdict treated as pending), for
+    tests of the bands' path through inspect, check, fix and the exports. In process only: a
+    subprocess sees the shipped verdict. The shipped default itself is tested in
+    test_calibrated.py and test_recommend.py."""
+    from headscope import calibrated
+
+    data = dict(calibrated._data(), ships=None, verdict=None)
+    monkeypatch.setattr(calibrated, "_data", lambda: data)

@@ -101,6 +101,7 @@ def test_inspect_real_bert_tiny(bert_tiny_dir, headscope_cache):
     assert not (headscope_cache / "last-inspect.json").exists()  # remember defaults to False
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_inspect_weights_only_reads_the_files(bert_tiny_dir):
     rep = api.inspect(str(bert_tiny_dir), options=api.InspectOptions(weights_only=True))
     assert rep.model.weights_only and rep.per_k == () and rep.probe is None
@@ -183,6 +184,7 @@ def test_last_inspection_round_trip(tiny_long, headscope_cache):
     assert last.cwd == str(Path.cwd())
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_fix_after_a_weights_only_inspection_follows_the_full_rule(tiny_long, tmp_path):
     """One answer per model: a weights-only inspection's k comes from the paper rule (k = 1 for
     a small head); `fix` without MODEL acts on that model with the full inspection's
@@ -204,6 +206,7 @@ def test_fix_after_a_weights_only_inspection_follows_the_full_rule(tiny_long, tm
     assert outcome.result is not None
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_check_refuses_what_weights_only_cannot_judge(tiny_long, tmp_path):
     src = str(tiny_long("bert"))
     wo = api.InspectOptions(weights_only=True)
@@ -430,6 +433,7 @@ def test_fix_without_arguments_reuses_the_last_inspections_statistics(tiny_long,
     assert record["stats_after"] == {"probe_predicted": None}
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_fix_follows_the_last_inspection(tiny_long, tmp_path):
     import dataclasses
 
@@ -561,6 +565,7 @@ def bias_dense(tmp_path_factory) -> Path:
 FEW_SHORT = ProbeConfig(n_pairs=4, max_passage_length=48)
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_fix_with_k_refuses_to_guess_the_bias_when_the_recommendation_divides_it(bias_dense,
                                                                                    tmp_path):
     rec = api.inspect(str(bias_dense), probe_config=FEW_SHORT).recommendation
@@ -583,6 +588,7 @@ def test_fix_with_k_refuses_to_guess_the_bias_when_the_recommendation_divides_it
     assert outcome.result.spec == RescaleSpec(32.0, "untie", True)
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_fix_with_k_after_an_inspection_that_divides_the_bias_refuses_too(bias_dense, tmp_path):
     api.inspect(str(bias_dense), probe_config=FEW_SHORT, remember=True)
     with pytest.raises(InputError) as err:
@@ -594,6 +600,7 @@ def test_fix_with_k_after_an_inspection_that_divides_the_bias_refuses_too(bias_d
     assert not (tmp_path / "fixed").exists()
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_fix_with_k_on_a_bias_keeping_recommendation_keeps_the_bias(tiny_long, tmp_path):
     src = tiny_long("bert")
     assert not api.inspect(str(src), probe_config=SMALL).recommendation.scale_bias
@@ -605,6 +612,7 @@ def test_fix_with_k_on_a_bias_keeping_recommendation_keeps_the_bias(tiny_long, t
     assert not outcome.report.probe.scale_bias
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_confirm_without_k_trains_the_whole_recommendation(bias_dense, tmp_path):
     # The recommendation divides the bias: confirm's fixed arm must be trained that way too.
     from headscope.probe import builtin_probe

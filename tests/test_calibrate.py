@@ -205,6 +205,7 @@ def test_grid_resumes_and_report_is_regenerated_from_the_lines(calibrate, grid_r
 # ------------------------------------------------------------------ inspections and the bands
 
 
+@pytest.mark.usefixtures("bands_default")
 @pytest.mark.parametrize(("where", "expected"), [(None, (4.0, False)), ("bias", (16.0, True))])
 def test_replay_gives_what_inspect_recommends(calibrate, bert_tiny_dir, where, expected):
     """The band fit replays the bands rule from recorded statistics; with the default bands it

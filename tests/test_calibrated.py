@@ -104,7 +104,7 @@ def _counts(**inside: tuple[int, int]) -> dict:
 
 @pytest.mark.parametrize(("complete", "verdict", "tail"), [
     (4, None, " The decision rule needs 4 such conditions: its verdict is pending."),
-    (4, "paper", " The decision rule's verdict: paper."),
+    (4, "paper", " The decision rule, written before those runs, chose paper as the default."),
 ])
 def test_counts_sentence_by_hand(monkeypatch, complete, verdict, tail):
     counts = _counts(**{"bands (shipped)": (1, 3), "paper": (2, 2), "k = 4, bias kept": (1, 2),
@@ -169,3 +169,101 @@ def test_inspect_shows_a_conditions_own_evidence_and_writes_it_to_json(tmp_path,
     assert json.loads(other.stdout)["evidence"] is None
     assert "This checkpoint is the calibration condition" not in runner.invoke(
         main, ["inspect", "--weights-only", tiny]).stdout
+
+
+# ------------------------------------------------------------------ the shipped (default) rule
+
+def _with_verdict(monkeypatch, ships, row_norms=(1.32, 2.553)):
+    """The shipped evidence with its verdict replaced by `ships` (None: pending)."""
+    data = dict(SHIPPED, ships=ships, row_norms=list(row_norms),
+                verdict=None if ships is None else "k = 16, bias kept", complete=4)
+    monkeypatch.setattr(calibrated, "_data", lambda: data)
+
+
+def test_the_shipped_rule_is_the_verdict_and_the_bands_while_pending(monkeypatch):
+    _with_verdict(monkeypatch, None)
+    assert calibrated.shipped_rule() == calibrated.ShippedRule("bands", decided=False)
+    _with_verdict(monkeypatch, {"rule": "constant", "k": 16.0, "scale_bias": True})
+    assert calibrated.shipped_rule() == calibrated.ShippedRule("constant", 16.0, True, True)
+    _with_verdict(monkeypatch, {"rule": "paper"})
+    assert calibrated.shipped_rule() == calibrated.ShippedRule("paper", None, False, True)
+    assert calibrated.judged_row_norms() == (1.32, 2.553)
+    _with_verdict(monkeypatch, None, row_norms=())
+    assert calibrated.judged_row_norms() is None
+
+
+def test_the_shipped_file_applies_its_own_verdict():
+    """`ships` is the verdict as the product applies it, and `row_norms` the complete
+    pre-registered conditions' row norms, from the registry."""
+    verdict, ships = SHIPPED["verdict"], SHIPPED["ships"]
+    if verdict is None:
+        assert ships is None
+    elif verdict == "bands (shipped)":
+        assert ships == {"rule": "bands"}
+    elif verdict == "paper":
+        assert ships == {"rule": "paper"}
+    else:
+        k, bias = verdict.removeprefix("k = ").split(", bias ") if "," in verdict else (
+            verdict.removeprefix("k = "), "kept")
+        assert ships == {"rule": "constant", "k": float(k), "scale_bias": bias == "divided"}
+    assert len(SHIPPED["row_norms"]) == SHIPPED["complete"]
+    assert SHIPPED["row_norms"] == sorted(SHIPPED["row_norms"])
+
+
+def test_under_a_shipped_constant_inspect_check_and_fix_give_one_answer(
+        monkeypatch, bert_tiny_dir, tmp_path, headscope_cache):
+    """With a constant verdict the weights-only and the full inspection recommend the same arm,
+    check --weights-only judges max_k on it, and fix acts on it without probing, after a
+    weights-only inspection too."""
+    import torch
+    from safetensors.torch import load_file
+
+    _with_verdict(monkeypatch, {"rule": "constant", "k": 16.0, "scale_bias": False})
+    runner, model = CliRunner(), str(bert_tiny_dir)
+    full = runner.invoke(main, ["inspect", model, "--fast", "--json", "-"])
+    bare = runner.invoke(main, ["inspect", "--weights-only", model, "--json", "-"])
+    for result in (full, bare):
+        assert result.exit_code == 0, result.stderr
+        rec = json.loads(result.stdout)["recommendation"]
+        assert (rec["k"], rec["rule"], rec["scale_bias"]) == (16.0, "constant", False)
+        assert rec["reasons"][1] == ("Those conditions' heads have mean decoder row norms 1.32 "
+                                     "to 2.553; this head's 0.6819 is below that range, where "
+                                     "this evidence does not reach.")
+    checked = runner.invoke(main, ["check", "--weights-only", model, "--max-k", "8"])
+    assert checked.exit_code == 1, checked.output
+    assert checked.output.endswith("FAIL\n- The recommended k is 16, above the limit 8.\n")
+
+    assert runner.invoke(main, ["inspect", "--weights-only", model]).exit_code == 0
+    out = tmp_path / "fixed"
+    fixed = runner.invoke(main, ["fix", "--out", str(out), "--json", "-"])
+    assert fixed.exit_code == 0, fixed.stderr
+    assert (f"No MODEL given: acting on {model}, the model of the last `headscope inspect`, "
+            "with k = 16 (last inspection's recommendation).") in fixed.stderr
+    assert "probe" not in fixed.stderr.lower()
+    before = load_file(bert_tiny_dir / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    embeddings = before["bert.embeddings.word_embeddings.weight"]
+    assert torch.equal(after["bert.embeddings.word_embeddings.weight"], embeddings)
+    assert torch.allclose(after["cls.predictions.decoder.weight"] * 16, embeddings, atol=1e-6)
+    assert torch.equal(after["cls.predictions.bias"], before["cls.predictions.bias"])
+
+    # the constant is meant for the head as pretrained: a folder headscope fixed at 16 has k = 1
+    # left, so fixing it again writes nothing; one fixed at 4 has 4 left
+    again = runner.invoke(main, ["inspect", "--weights-only", str(out), "--json", "-"])
+    rec = json.loads(again.stdout)["recommendation"]
+    assert (rec["k"], rec["rule"]) == (1.0, "constant")
+    assert rec["reasons"][2] == (
+        "This checkpoint was written by headscope fix, its head already divided by 16 "
+        "(headscope.json), and the constant is meant for the head as pretrained: k = 1 is left.")
+    twice = runner.invoke(main, ["fix", str(out), "--out", str(tmp_path / "twice")])
+    assert twice.exit_code == 0, twice.stderr
+    assert not (tmp_path / "twice").exists()
+    assert "No fix needed" in twice.stdout + twice.stderr
+    quarter = tmp_path / "k4"
+    assert runner.invoke(main, ["fix", model, "--out", str(quarter), "--k", "4",
+                                "--no-scale-bias"]).exit_code == 0
+    rest = runner.invoke(main, ["fix", str(quarter), "--out", str(tmp_path / "k4-k4"), "--json",
+                                "-"])
+    assert rest.exit_code == 0, rest.stderr
+    assert json.loads(rest.stdout)["k"] == 4.0
+    assert json.loads((tmp_path / "k4-k4" / "headscope.json").read_text())["k"] == 4.0

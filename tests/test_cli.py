@@ -98,6 +98,7 @@ def tree(path: Path) -> dict[str, bytes]:
 # inspect
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_inspect_json_to_stdout_is_only_json_and_valid(runner, bert_tiny_dir, state_file):
     result = runner.invoke(main, ["inspect", str(bert_tiny_dir), "--n-pairs", N_PAIRS,
                                   "--json", "-"])
@@ -338,6 +339,7 @@ def test_fix_refuses_an_out_inside_the_source(runner, bert_tiny_dir, tmp_path):
     assert tree(src) == before
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_fix_without_model_follows_the_last_inspection(runner, bert_tiny_dir, tmp_path,
                                                        state_file):
     # --ks without 1: the recommendation cannot be the default k = 1
@@ -363,6 +365,7 @@ def test_fix_without_model_follows_the_last_inspection(runner, bert_tiny_dir, tm
     assert str(bert_tiny_dir) in json.dumps(meta)
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_fix_at_a_recommended_k_of_1_writes_nothing(runner, bert_tiny_dir, tmp_path):
     # BERT-tiny once fixed at its recommended k = 4 is inside every band unscaled: recommended
     # k = 1, so fixing it again is not needed.
@@ -434,7 +437,8 @@ def test_check_json_lists_every_rule(runner, bert_report):
     assert result.exit_code == 1, result.stderr
     payload = valid("check", json.loads(result.stdout))
     assert payload["passed"] is False
-    assert payload["k"] == 4
+    k = json.loads(bert_report.read_text())["recommendation"]["k"]
+    assert payload["k"] == k
     rules = {r["name"]: r for r in payload["rules"]}
     assert list(rules) == ["require_head_loaded", "max_row_norm", "max_k", "max_start_loss",
                            "fail_on"]
@@ -443,7 +447,7 @@ def test_check_json_lists_every_rule(runner, bert_report):
     assert rules["max_row_norm"]["threshold"] == 1.0
     assert round(rules["max_row_norm"]["measured"], 3) == 0.682
     assert rules["max_row_norm"]["passed"] is True
-    assert rules["max_k"]["measured"] == 4 and rules["max_k"]["passed"] is False
+    assert rules["max_k"]["measured"] == k and rules["max_k"]["passed"] is False
     assert rules["max_start_loss"]["passed"] is False
     assert rules["max_start_loss"]["measured"] > 0.5
     assert rules["fail_on"]["threshold"] == "error" and rules["fail_on"]["passed"] is True
@@ -712,6 +716,7 @@ def test_report_needs_an_output(runner, bert_report):
     assert_refused(result, "Pass --html OUT.html and/or --md OUT.md to say what to write.")
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_inspect_band_override_changes_the_recommendation(runner, bert_tiny_dir):
     # BERT-tiny's start loss on the probe is ~1.5 at every k; a band it cannot meet at k = 1
     # but meets at larger k (term weights shrink with k) moves the recommendation.
@@ -732,6 +737,7 @@ def test_inspect_bad_band_is_a_usage_error(runner, bert_tiny_dir):
     assert "'start_loss' is not METRIC=LOW:HIGH (e.g. start_loss=:50)" in result.stderr
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_fix_k_without_a_bias_choice_on_a_bias_dividing_recommendation_exits_2(runner,
                                                                                 tmp_path):
     model = tiny_models.build_tiny("bert")

@@ -343,9 +343,11 @@ MINI_RECOMMENDATION = (8.0, False)  # k, bias divided (its best arm in docs/cali
 def mini_report():
     from headscope import api
 
-    return api.inspect(str(assets.local("modernbert-mini")))
+    return api.inspect(str(assets.local("modernbert-mini")),
+                       options=api.InspectOptions(rule="bands"))
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_modernbert_mini_inspect_pins_statistics_and_recommendation(mini_report):
     rep = mini_report
     assert rep.model.model_type == "modernbert"
@@ -359,6 +361,7 @@ def test_modernbert_mini_inspect_pins_statistics_and_recommendation(mini_report)
     assert (rep.recommendation.k, rep.recommendation.scale_bias) == MINI_RECOMMENDATION
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_modernbert_mini_fix_reloads_with_expected_logits(mini_report, tmp_path):
     from transformers import AutoModelForMaskedLM
 

@@ -289,6 +289,7 @@ def test_flops_weight_grid_trains_one_arm_per_weight_at_one_k(bert_tiny_dir, FAS
     assert zero[0].loss == heavy[0].loss
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_flops_weight_grid_trains_the_recommended_variant_of_the_bias_simulation(
         bert_tiny_dir, FAST, monkeypatch):
     """The bias simulation's recommendation divides the output bias too (HS208); with no --k,

@@ -314,6 +314,7 @@ def test_python_blocks_are_found():
 @pytest.mark.parametrize("page", [p for p in PAGES_WITH_CODE
                                   if any(not s for _, _, s in python_blocks(p))],
                          ids=lambda p: p.name)
+@pytest.mark.usefixtures("bands_default")
 def test_python_blocks_of_the_docs_run_as_written(page, tmp_path, bert_tiny_dir):
     work = _run_page(page, tmp_path, bert_tiny_dir, slow=False)
     if page.name == "api.md":

@@ -53,6 +53,7 @@ DEC = "k = 16: projection divided by 16, output bias kept (fix --no-scale-bias)"
 # HTML
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_html_holds_recommendation_findings_and_per_k_numbers(page):
     report = six_k_report()
     rec = report.recommendation
@@ -162,6 +163,7 @@ def test_html_with_confirm_telemetry(confirm_log):
     assert re.findall(r"<td[^>]*>(.*?)</td>", rows[1])[0] == "fixed"
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_weights_only_report_renders_without_figures():
     report = weights_only()
     page = export.report_html(report)
@@ -189,6 +191,7 @@ def md_table(text: str, heading: str) -> list[list[str]]:
     return rows
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_markdown_tables_have_a_row_per_k_and_per_finding():
     report = six_k_report()
     rec = report.recommendation
@@ -323,6 +326,7 @@ def test_html_renders_in_headless_chromium(tmp_path, confirm_log):
         shutil.copyfile(shot, keep)
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_a_bias_dividing_recommendation_says_so_in_every_headline():
     from dataclasses import replace
 

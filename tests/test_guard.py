@@ -93,6 +93,7 @@ def report(per_k=PER_K, model=MODEL, weights=WEIGHTS):
     )
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_default_policy_passes_healthy_report():
     r = report()
     assert r.recommendation.k == 4.0  # k = 4 is the smallest k inside every band
@@ -104,6 +105,7 @@ def test_default_policy_passes_healthy_report():
     )
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_thresholds_pass_and_fail_with_numbers():
     policy = Policy(max_k=8, max_row_norm=2.0, max_start_loss=40.0, max_cosine_unrelated=0.9)
     result = evaluate(report(), policy)
@@ -122,6 +124,7 @@ def test_thresholds_pass_and_fail_with_numbers():
     assert [x.name for x in result.failed] == ["max_row_norm"]
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_every_rule_switched_on_is_listed_in_table_order_with_the_one_number_format():
     from headscope.guard import CHECK_RULES
 
@@ -155,6 +158,7 @@ def test_at_k_reads_another_k_and_reports_missing_k():
     )
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_weights_only_report_against_probe_rules():
     r = report(per_k=(), model=replace(MODEL, weights_only=True))
     assert r.recommendation.rule == "paper" and r.recommendation.k == 16.0
@@ -341,6 +345,7 @@ def test_missing_and_invalid_policy_files(tmp_path):
 # No torch
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_check_works_with_torch_blocked(tmp_path):
     path = tmp_path / "r.json"
     write_json(report(), path)

@@ -53,7 +53,7 @@ def six_k_report(bands=SIX_BANDS) -> Report:
         probe=replace(PROBE, ks=KS),
         per_k=per_k,
         findings=diagnose(WEIGHTS, per_k, {"n_rows": V, "n_tokenizer": 50285, "tied": True}),
-        recommendation=recommend(per_k, weights=WEIGHTS, bands=bands),
+        recommendation=recommend(per_k, rule="bands", weights=WEIGHTS, bands=bands),
         created="2026-07-01T12:00:00Z",
     )
 

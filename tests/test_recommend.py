@@ -25,7 +25,9 @@ from headscope.recommend import (
     prefer_divided_bias,
     recommend,
     reference_distance,
+    resolve_rule,
     unreachable_bands,
+    weights_only_rule,
 )
 from headscope.stats import KStats, Summary, WeightStats
 
@@ -106,6 +108,7 @@ def test_band_contains_margin_and_describe():
     assert not both.contains(0.04) and both.contains(0.05)
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_bands_rule_picks_smallest_passing_k_with_reasons():
     rec = recommend(TABLE, bands=SIX_BANDS)
     assert rec.k == 8.0 and rec.rule == "bands"
@@ -141,6 +144,7 @@ def test_bands_rule_is_order_independent():
     assert recommend(tuple(reversed(TABLE)), bands=SIX_BANDS) == recommend(TABLE, bands=SIX_BANDS)
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_unreachable_band_does_not_veto_every_k():
     # A dense head: the active share is out of band at every k (k cannot change which terms are
     # active), so it must not choose k; the smallest k inside the other bands wins.
@@ -161,6 +165,7 @@ def test_unreachable_band_does_not_veto_every_k():
         "active_passage_share"]
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_a_magnitude_band_out_of_reach_takes_the_closest_k():
     # A head on a larger scale than the grid: its start loss stays above 44 at every k (k divides
     # it), so the ks inside the other bands (8, 16, 32) are ranked by how close they come to it:
@@ -210,6 +215,7 @@ def test_bias_fallback_measures_the_divided_bias_only_when_a_band_is_out_of_reac
     assert calls == [divided, kept]  # every band in reach: nothing more measured
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_no_k_passes_tie_broken_by_smallest_shortfall():
     # Both fail one band; k=1 overshoots start_loss by 100% (88 vs 44), k=2 score_pos by 10%.
     table = (
@@ -242,6 +248,7 @@ def test_paper_rule_threshold_and_reasons():
     assert recommend((), rule="paper", weights=weights(1.5001)).k == 16.0
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_weights_only_falls_back_to_paper_rule_and_says_so():
     rec = recommend((), weights=weights(1.333, 591, 591))
     assert rec.rule == "paper" and rec.k == 1.0
@@ -276,6 +283,7 @@ def test_reference_distance_skips_non_positive_metrics():
     assert reference_distance(a, b) == pytest.approx(math.log(2) / 2)
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_override_bands_by_metric_name():
     bands = override_bands({"start_loss": (None, 10.0)})
     assert [b.metric for b in bands] == [b.metric for b in DEFAULT_BANDS]
@@ -306,7 +314,7 @@ def test_override_bands_by_metric_name():
         ),
         (
             lambda: recommend(TABLE, rule="best"),
-            "Unknown recommendation rule 'best'; use one of: bands, paper, reference.",
+            "Unknown recommendation rule 'best'; use one of: shipped, bands, paper, reference.",
         ),
         (
             lambda: recommend(TABLE, rule="paper", bands=SIX_BANDS),
@@ -333,6 +341,7 @@ def test_override_bands_by_metric_name():
         ),
     ],
 )
+@pytest.mark.usefixtures("bands_default")
 def test_errors_word_for_word(call, message):
     with pytest.raises(InputError) as err:
         call()
@@ -504,6 +513,7 @@ _value = st.floats(min_value=0.0, max_value=500.0, allow_nan=False)
         max_size=6,
     )
 )
+@pytest.mark.usefixtures("bands_default")
 def test_bands_rule_properties(rows):
     table = tuple(
         kstats(2**i, start=a, score=b, twm=c, s5=d, cos=e) for i, (a, b, c, d, e) in enumerate(rows)
@@ -553,6 +563,7 @@ def test_serving_findings_at_the_chosen_k():
     assert serving_findings(table, 999.0) == ()
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_large_head_that_the_probe_finds_harmless_is_not_told_to_rescale():
     # A large row norm (a weight fact) on a head whose probe statistics pass every band at k = 1:
     # the recommendation is k = 1, and HS101 must say what the probe showed, not "rescale".
@@ -572,6 +583,7 @@ def test_large_head_that_the_probe_finds_harmless_is_not_told_to_rescale():
     assert hs101.severity == "warning" and hs101.value == 2.553
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_large_head_that_the_probe_finds_harmful_reports_what_failed_and_the_decision():
     rec = recommend(TABLE, bands=SIX_BANDS)
     assert (rec.k, rec.scale_bias) == (8.0, False)
@@ -587,6 +599,7 @@ def test_large_head_that_the_probe_finds_harmful_reports_what_failed_and_the_dec
     )
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_decision_text_names_k_and_the_bias_together():
     rec = recommend(TABLE, bands=SIX_BANDS)
     divided = replace(rec, scale_bias=True)
@@ -609,3 +622,63 @@ def test_the_score_band_and_the_score_explosion_limit_are_one_constant():
 
     assert BAND_SCORE_POS.high == Thresholds().score_limit == SCORE_LIMIT == 1000.0
     assert BAND_SCORE_POS.describe() == "at most 1,000"
+
+
+# --------------------------------------------------------------------------------------------
+# the shipped rule: the calibration's verdict, resolved at recommendation time
+
+
+def _ship(monkeypatch, ships, row_norms=(1.32, 2.553)):
+    """The package's calibration evidence with its verdict replaced (`ships`; None: pending)."""
+    from headscope import calibrated
+
+    data = dict(calibrated._data(), ships=ships, row_norms=list(row_norms))
+    monkeypatch.setattr(calibrated, "_data", lambda: data)
+
+
+def test_a_shipped_constant_gives_one_answer_with_or_without_the_probe(monkeypatch):
+    _ship(monkeypatch, {"rule": "constant", "k": 16.0, "scale_bias": False})
+    small = weights(0.682, 30522, 30522)
+    full = recommend(TABLE, weights=small, bands=SIX_BANDS)
+    bare = recommend((), weights=small)
+    assert (full.k, full.rule, full.scale_bias) == (bare.k, bare.rule, bare.scale_bias) == (
+        16.0, "constant", False)
+    assert full.reasons[:2] == bare.reasons == (
+        "k = 16 (projection divided by 16, output bias kept) for every head: headscope's "
+        "calibration chose this constant with its decision rule, written before the runs that "
+        "judged it, because no fitted rule beat it on the conditions registered before they "
+        "ran (docs/calibration.md).",
+        "Those conditions' heads have mean decoder row norms 1.32 to 2.553; this head's 0.682 "
+        "is below that range, where this evidence does not reach.")
+    assert full.reasons[2:] == ("k = 16 falls inside every band.",)
+    assert full.passing == (8.0, 16.0, 32.0) and bare.verdicts == ()
+    assert recommend((), weights=weights(2.0)).reasons[1].endswith(
+        "this head's 2 is inside that range.")
+    assert recommend((), weights=weights(3.0)).reasons[1].endswith(
+        "this head's 3 is above that range, where this evidence does not reach.")
+    assert weights_only_rule() == "shipped"
+    # a rule asked for by name is that rule
+    assert recommend(TABLE, rule="bands", bands=SIX_BANDS).k == 8.0
+    assert recommend(TABLE, rule="paper", weights=small, bands=SIX_BANDS).k == 1.0
+
+    _ship(monkeypatch, {"rule": "constant", "k": 8.0, "scale_bias": True}, row_norms=())
+    divided = recommend((), weights=weights(2.0))
+    assert (divided.k, divided.scale_bias) == (8.0, True)
+    assert divided.reasons == (
+        "k = 8 (projection divided by 8, output bias divided too) for every head: headscope's "
+        "calibration chose this constant with its decision rule, written before the runs that "
+        "judged it, because no fitted rule beat it on the conditions registered before they "
+        "ran (docs/calibration.md).",)  # no judged range: no range sentence
+
+
+def test_the_shipped_rule_is_the_bands_while_pending_and_the_verdicts_rule_after(monkeypatch):
+    _ship(monkeypatch, None)
+    assert recommend(TABLE, bands=SIX_BANDS) == recommend(TABLE, rule="bands", bands=SIX_BANDS)
+    assert resolve_rule("shipped") == ("bands", None)
+    assert weights_only_rule() == "paper"  # the bands need the probe
+    _ship(monkeypatch, {"rule": "paper"})
+    large = weights(2.553)
+    assert recommend(TABLE, weights=large, bands=SIX_BANDS) == recommend(
+        TABLE, rule="paper", weights=large, bands=SIX_BANDS)
+    assert weights_only_rule() == "shipped"
+    assert resolve_rule("reference") == ("reference", None)

@@ -34,6 +34,7 @@ def _inspect(path, where):
     [(None, 4.0, False), ("bias", 16.0, True), ("projection", 8.0, False),
      ("scale-only", 32.0, False)],
 )
+@pytest.mark.usefixtures("bands_default")
 def test_recommended_k(bert_tiny_dir, where, k, scale_bias):
     report = _inspect(bert_tiny_dir, where)
     rec = report.recommendation
@@ -46,6 +47,7 @@ def test_recommended_k(bert_tiny_dir, where, k, scale_bias):
         assert {"HS201", "HS204"} <= codes  # dense at k = 1, high start loss
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_paper_rule_on_real_checkpoints(bert_tiny_dir, albert_dir):
     # Both heads are below the large-head threshold (0.682 and 1.332 < 1.5): k = 1.
     for path in (bert_tiny_dir, albert_dir):

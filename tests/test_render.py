@@ -17,6 +17,7 @@ def text(renderable) -> str:
     return console.export_text()
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_cli_headline_and_per_k_title_name_k_and_the_bias():
     report = six_k_report()
     rec = report.recommendation

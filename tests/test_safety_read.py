@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from headscope import api, safetensors_file
 from headscope import checkpoint as ck
 from headscope.cli import commands, main
+from headscope.recommend import weights_only_rule
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -972,8 +973,9 @@ def test_weights_only_refuses_probe_flags_given(bert, isolated, command, flags, 
     """Weights-only runs no probe and no bands rule: a flag only they read, typed on the command
     line, is refused before anything is read, not silently ignored."""
     result = invoke([command, str(bert), "--weights-only"] + flags)
+    rule = "paper" if weights_only_rule() == "paper" else "shipped"
     assert_refused(result, f"{named} no effect with --weights-only, which runs no probe and "
-                   "recommends k by the paper rule from the weights; drop "
+                   f"recommends k by the {rule} rule from the weights; drop "
                    f"{pronoun}, or drop --weights-only to run the probe.")
     assert_nothing_written(isolated)
 

@@ -468,6 +468,7 @@ def test_check_several_models_all_passing(runner, bert_tiny_dir, modernbert_dir)
     assert result.stdout.count("headscope check: ") == 2
 
 
+@pytest.mark.usefixtures("bands_default")
 def test_one_answer_per_model_on_the_real_bert_tiny(runner, bert_tiny_dir):
     """The real BERT-tiny gets k = 1 from the weights-only form (paper rule) and k = 4 from the
     full inspection (bands rule, tests/test_recommend_real.py): a weights-only check must not

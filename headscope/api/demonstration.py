@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from headscope.api.inspecting import Progress, inspect_loaded
+from headscope.api.inspecting import InspectOptions, Progress, inspect_loaded
 from headscope.api.training import ConfirmOptions, TrainingOutcome, confirm
 from headscope.report import Report
 
@@ -57,14 +57,18 @@ def demo(*, probe_config=None, where: str = "bias", confirm_options: ConfirmOpti
     path = assets.fetch(DEMO_ASSET, progress=(lambda msg: progress(msg, 0, 1)) if progress
                         else None)
     loaded = checkpoint.load(checkpoint.resolve(str(path)))
+    # The demo shows what the probe measures: the bands rule's k, which the evidence below is
+    # about (the default rule, a shipped constant, would give both models the same k).
+    bands = InspectOptions(rule="bands")
     real = inspect_loaded(loaded, probe_config=probe_config, source=f"{DEMO_ASSET} (real)",
-                          progress=progress)
+                          progress=progress, options=bands)
     variant = copy.copy(loaded)
     variant.model = copy.deepcopy(loaded.model)
     texts = [p.passage for p in probe.builtin_probe(probe_config.n_pairs).pairs]
     info = simulate.make_dense_variant(variant.model, loaded.tokenizer, texts, where=where)
     label = f"{DEMO_ASSET} SIMULATED dense ({where})"
-    dense = inspect_loaded(variant, probe_config=probe_config, source=label, progress=progress)
+    dense = inspect_loaded(variant, probe_config=probe_config, source=label, progress=progress,
+                           options=bands)
     training = None
     if confirm_options is not None:
         rec = dense.recommendation

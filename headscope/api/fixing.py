@@ -132,15 +132,29 @@ def _choose(source: str | None, options: FixOptions, load_options: LoadOptions) 
     last = choice.last = last_inspection()
     choice.source = last.source
     choice.load_options = replace(load_options, revision=load_options.revision or last.revision)
-    if last.weights_only:
+    if last.weights_only and last.rule != "constant":
         # One answer per model: a weights-only inspection's k comes from the paper rule, and the
-        # full inspection (which fix runs) may recommend another.
+        # full inspection (which fix runs) may recommend another. A shipped constant is the same
+        # k either way, and is followed.
         choice.weights_only_k = last.k
     elif last.k is not None:
         _follow(choice, last, options.strategy, "last inspection's recommendation")
     elif choice.open_bias:
         choice.scale_bias = False  # no recommendation to follow: the bias is kept
     return choice
+
+
+def _follow_shipped_constant(choice: _Choice, ckpt, strategy: str) -> None:
+    """When the default rule is a shipped constant, (k, bias) is known before the model loads,
+    so no probe runs: the full inspection would recommend that same constant (less what a
+    headscope fix already divided this head by)."""
+    from headscope.api.inspecting import rescaled_by
+    from headscope.recommend import recommend, resolve_rule
+
+    if resolve_rule("shipped")[1] is None or not (choice.k is None or choice.open_bias):
+        return
+    rec = recommend((), rescaled=rescaled_by(ckpt))
+    _follow(choice, rec, strategy, "the shipped constant rule")
 
 
 def _measured_ks(choice: _Choice, probe_config: ProbeConfig) -> ProbeConfig:
@@ -174,7 +188,8 @@ def _apply_recommendation(choice: _Choice, before: Report, strategy: str) -> Non
         return
     rec = before.recommendation
     assert rec is not None
-    k_from = f"recommended by the {rec.rule} rule"
+    k_from = (f"recommended by the {'shipped constant' if rec.rule == 'constant' else rec.rule} "
+              "rule")
     if choice.weights_only_k is not None:
         k_from += (f" of the full inspection (the last inspection was weights-only: its paper "
                    f"rule gave k = {choice.weights_only_k:g}, from the row norm alone)")
@@ -216,6 +231,8 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
         RescaleSpec(choice.k, options.strategy, bool(choice.scale_bias))  # before the slow part
     probe_config = _measured_ks(choice, probe_config or probe.ProbeConfig())
     ckpt = checkpoint.resolve(choice.source, choice.load_options.revision)
+    if source is not None:
+        _follow_shipped_constant(choice, ckpt, options.strategy)
     save.check_out(ckpt.root, Path(out).resolve(), options.overwrite)  # before the slow part
     layout_note = _layout_note(ckpt, options.sparse_encoder)  # refuses before the slow part
     # One run per --out: a second one refuses here, before loading (a dry run writes nothing).

@@ -25,6 +25,8 @@ from headscope.recommend import (
     Recommendation,
     bias_fallback,
     recommend,
+    resolve_rule,
+    weights_only_rule,
 )
 from headscope.report import ModelInfo, ProbeSummary, Report, make_report
 from headscope.stats import WeightStats
@@ -41,7 +43,7 @@ class InspectOptions:
 
     weights_only: bool = False
     probe_file: str | None = None
-    rule: str = "bands"  # "bands" | "paper" | "reference"
+    rule: str = "shipped"  # one of recommend.RULES; "shipped": what the calibration chose
     reference: str | None = None  # checkpoint whose k=1 statistics the model should match
     # When some band is out of reach of every k with the output bias kept, also measure with
     # the bias divided and recommend that (with --scale-bias) when k then reaches more bands.
@@ -115,13 +117,16 @@ def inspect_loaded(loaded, *, probe_config=None, options: InspectOptions = Inspe
             "computed; add the tokenizer to the folder or pass --weights-only."
         )
     pset = probe_set(options.probe_file, probe_config.n_pairs)
+    rule, constant = resolve_rule(options.rule)
+    if constant is not None and constant.scale_bias and head.bias is not None:
+        probe_config = replace(probe_config, scale_bias=True)  # measure the arm it recommends
     cb = (lambda done, total: progress("probe", done, total)) if progress else None
     result = probe.run_probe(loaded.model, loaded.tokenizer, head.bias, pset, probe_config, cb,
                              vocab_size=head.decoder_weight.shape[0])
     rec = recommend(result.per_k, rule=options.rule, bands=bands, weights=weights,
-                    reference=reference_per_k)
+                    reference=reference_per_k, rescaled=rescaled_by(loaded.checkpoint))
     findings = diagnose(weights, result.per_k, vocab_fields(vocab, tied=head.tied), rec)
-    if (options.rule == "bands" and options.bias_fallback and not probe_config.scale_bias
+    if (rule == "bands" and options.bias_fallback and not probe_config.scale_bias
             and head.bias is not None):
         divided = _with_bias_divided(loaded, head, pset, probe_config, rec, weights, vocab,
                                      bands, progress)
@@ -145,7 +150,8 @@ def inspect_head(loaded, head) -> Report:
 
     vocab = vocabulary.vocab_info(head.decoder_weight.shape[0], loaded.tokenizer)
     weights = head_weight_stats(head, vocab)
-    rec = recommend((), rule="paper", weights=weights)
+    rec = recommend((), rule=weights_only_rule(), weights=weights,
+                    rescaled=rescaled_by(loaded.checkpoint))
     findings = diagnose(weights, (), vocab_fields(vocab, tied=head.tied), rec)
     info = _model_info(loaded.checkpoint, head.layout, vocab, weights, tied=head.tied,
                        dtype=loaded.options.dtype, device=loaded.options.device,
@@ -183,6 +189,20 @@ def _with_bias_divided(loaded, head, pset, probe_config, rec, weights, vocab, ba
     return scaled, chosen, findings
 
 
+def rescaled_by(ckpt) -> float | None:
+    """The k a headscope fix divided this checkpoint's head by (its headscope.json); None for
+    a checkpoint headscope did not write, or whose record is unreadable."""
+    from headscope.save.provenance import PROVENANCE_FILE, fixed_k
+
+    root = getattr(ckpt, "root", None)
+    if root is None or not (Path(root) / PROVENANCE_FILE).is_file():
+        return None
+    try:
+        return fixed_k(str(root))
+    except InputError:
+        return None
+
+
 def vocab_fields(vocab, *, tied: bool, head_loaded: bool = True) -> dict:
     """The vocabulary and head facts `diagnose` needs, as plain values."""
     return {
@@ -206,8 +226,10 @@ def inspect(source: str, *, load_options=None, probe_config=None,
     load_options = load_options or checkpoint.LoadOptions()
     if options.weights_only:
         _refuse_unused_with_weights_only(load_options, options)
-        report = _inspect_remote_weights_only(source, load_options) or _inspect_weights_only(
-            checkpoint.resolve(source, load_options.revision), load_options)
+        rule = "paper" if options.rule == "paper" else weights_only_rule()
+        report = _inspect_remote_weights_only(source, load_options, rule) or \
+            _inspect_weights_only(checkpoint.resolve(source, load_options.revision),
+                                  load_options, rule=rule)
     else:
         ckpt = checkpoint.resolve(source, load_options.revision)
         if options.probe_file:
@@ -256,7 +278,7 @@ def _refuse_unused_with_weights_only(load_options, options: InspectOptions) -> N
         )
 
 
-def _inspect_remote_weights_only(source: str, load_options) -> Report | None:
+def _inspect_remote_weights_only(source: str, load_options, rule: str) -> Report | None:
     """Weights-only of a Hub model that is not in the cache: its headers and head tensors read
     by HTTP ranges (`remote.head_only`), nothing else downloaded; None when `source` is not
     such a model or has no safetensors weights (then it is downloaded as usual)."""
@@ -266,14 +288,16 @@ def _inspect_remote_weights_only(source: str, load_options) -> Report | None:
         return None
     with remote.head_only(source, load_options.revision) as ckpt:
         # The files are sparse (only the header and head byte ranges were fetched): not hashed.
-        return None if ckpt is None else _inspect_weights_only(ckpt, load_options,
+        return None if ckpt is None else _inspect_weights_only(ckpt, load_options, rule=rule,
                                                                identify=False)
 
 
-def _inspect_weights_only(ckpt, load_options, identify: bool = True) -> Report:
+def _inspect_weights_only(ckpt, load_options, rule: str = "paper",
+                          identify: bool = True) -> Report:
     """Head tensors straight from the files: no model is instantiated, no probe is run, and for
-    safetensors checkpoints neither torch nor transformers is imported. `identify`: look the
-    weight file up among the calibration conditions (`calibrated.identify`)."""
+    safetensors checkpoints neither torch nor transformers is imported. `rule`: "paper" or
+    what `weights_only_rule` says; `identify`: look the weight file up among the calibration
+    conditions (`calibrated.identify`)."""
     from headscope import checkpoint, heads, stats, vocabulary
 
     head = heads.read_head(ckpt)
@@ -284,7 +308,7 @@ def _inspect_weights_only(ckpt, load_options, identify: bool = True) -> Report:
                                  bias=arrays.get("bias"), norm_weight=arrays.get("norm_weight"),
                                  norm_bias=arrays.get("norm_bias"),
                                  dense_weight=arrays.get("dense_weight"))
-    rec = recommend((), rule="paper", weights=weights)
+    rec = recommend((), rule=rule, weights=weights, rescaled=rescaled_by(ckpt))
     findings = diagnose(weights, (), vocab_fields(vocab, tied=head.tied), rec)
     info = _model_info(ckpt, head.layout, vocab, weights, tied=head.tied, dtype=head.dtype,
                        device="cpu", weights_only=True)

@@ -83,17 +83,20 @@ def flag_given(name: str) -> bool:
 
 def refuse_probe_flags_with_weights_only() -> None:
     """With --weights-only, a probe or bands flag given on the command line (or through the
-    environment) is refused, not silently ignored; so is --rule other than paper."""
+    environment) is refused, not silently ignored; so is a --rule that needs the probe."""
+    from headscope.recommend import weights_only_rule
+
     params = click.get_current_context().params
     given = [flag for name, flag in _PROBE_ONLY_FLAGS if flag_given(name)]
-    if flag_given("rule") and params["rule"] != "paper":
+    if flag_given("rule") and params["rule"] not in ("paper", weights_only_rule()):
         given.append(f"--rule {params['rule']}")
     if given:
         from headscope.errors import InputError
 
         raise InputError(
             f"{', '.join(given)} {'has' if len(given) == 1 else 'have'} no effect with "
-            "--weights-only, which runs no probe and recommends k by the paper rule from the "
+            "--weights-only, which runs no probe and recommends k by the "
+            f"{'paper' if weights_only_rule() == 'paper' else 'shipped'} rule from the "
             f"weights; drop {'it' if len(given) == 1 else 'them'}, or drop --weights-only to run "
             "the probe."
         )

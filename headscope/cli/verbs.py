@@ -58,8 +58,10 @@ from headscope.simulate import WHERE
               help="Quicker probe: 64 pairs, passages cut at 64 tokens (about a sixth of the "
               "probe's tokens; the whole command about 2x quicker on BERT-tiny, where loading "
               "weighs; an explicit --n-pairs still applies). See docs/benchmarks.md.")
-@click.option("--rule", type=click.Choice(RULES), default="bands",
-              show_default=True, help="How k is chosen.")
+@click.option("--rule", type=click.Choice(RULES), default="shipped",
+              show_default=True, help="How k is chosen: shipped is the rule headscope's "
+              "out-of-sample calibration chose (the bands while its verdict is pending; see "
+              "docs/calibration.md); bands, paper and reference on request.")
 @click.option("--reference", default=None, help="Checkpoint whose k=1 statistics to match.")
 @click.option("--band", "band_specs", multiple=True, metavar="METRIC=LOW:HIGH",
               callback=lambda c, p, v: parse_bands(v),
@@ -365,8 +367,9 @@ def _check_command() -> click.Command:
 
         With --weights-only, several MODELs may be given (a model-zoo scan): one PASS/FAIL line per
         model on stderr; exit 1 when any fails, 2 when any cannot be read (naming it). A
-        weights-only check refuses (exit 2) the keys it cannot judge: max_k (its paper-rule k can
-        differ from the full inspection's), the per-k maxima and require_passing_k.
+        weights-only check refuses (exit 2) the keys it cannot judge: max_k (unless the shipped
+        rule is a constant arm, its weights-only k can differ from the full inspection's), the
+        per-k maxima and require_passing_k.
         """
         from headscope import api
 
