@@ -150,7 +150,8 @@ def test_conditions_registry_names_aliases_and_labels():
     conds = conditions.CONDITIONS
     assert list(conds) == ["real-bert-tiny", "bias-dense", "projection-dense",
                            "modernbert-matched-sim", "modernbert-mini", "bert-mini-control",
-                           "tied-scale-sim", "modernbert-pt128", "pt128-scaled-sim", "esm-pt128"]
+                           "tied-scale-sim", "modernbert-pt128", "pt128-scaled-sim", "esm-pt128",
+                           "modernbert-pt256"]
     assert conditions.ALIASES == {"bert-tiny": "real-bert-tiny",
                                   "bert-tiny-bias-sim": "bias-dense",
                                   "bert-tiny-projection-sim": "projection-dense"}
@@ -168,8 +169,8 @@ def test_conditions_registry_names_aliases_and_labels():
         "No calibration condition 'bert-base'; known: bert-mini-control, bert-tiny, "
         "bert-tiny-bias-sim, bert-tiny-projection-sim, bias-dense, esm-pt128, "
         "modernbert-matched-sim, "
-        "modernbert-mini, modernbert-pt128, projection-dense, pt128-scaled-sim, real-bert-tiny, "
-        "tied-scale-sim.")
+        "modernbert-mini, modernbert-pt128, modernbert-pt256, projection-dense, pt128-scaled-sim, "
+        "real-bert-tiny, tied-scale-sim.")
 
 
 def test_the_package_keeps_only_what_users_call():
@@ -271,7 +272,8 @@ def test_local_refuses_unknown_and_tampered(monkeypatch):
     with pytest.raises(InputError) as err:
         assets.local("modernbert-base")
     assert str(err.value) == ("Unknown local checkpoint 'modernbert-base'; known: "
-                              "bert-mini-control, esm-pt128, modernbert-mini, modernbert-pt128.")
+                              "bert-mini-control, esm-pt128, modernbert-mini, modernbert-pt128, "
+                              "modernbert-pt256.")
     real = assets.LOCAL["modernbert-mini"]
     monkeypatch.setitem(assets.LOCAL, "modernbert-mini",
                         assets.LocalAsset(real.name, real.folder, "0" * 64, real.rebuild,
@@ -286,7 +288,7 @@ def test_local_refuses_unknown_and_tampered(monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["modernbert-mini", "bert-mini-control", "modernbert-pt128",
-                                  "esm-pt128"])
+                                  "esm-pt128", "modernbert-pt256"])
 def test_pretrained_checkpoint_provenance(name):
     folder = assets.local(name)
     provenance = json.loads((folder / "provenance.json").read_text())
@@ -298,6 +300,10 @@ def test_pretrained_checkpoint_provenance(name):
     assert not config.get(simulate.CONFIG_KEY)  # real, not a simulation
     assert config["model_type"] == {"bert": "bert", "esm": "esm"}.get(name.split("-")[0],
                                                                       "modernbert")
+    # the architecture provenance records is the one the weights carry (pt256 doubles the width)
+    assert [config[k] for k in ("num_hidden_layers", "hidden_size", "num_attention_heads",
+                                "intermediate_size")] == [
+        provenance["config"][k] for k in ("layers", "hidden", "heads", "intermediate")]
 
 
 # The bar a model pretrained here meets before it becomes a condition (issue: held-out MLM
@@ -305,7 +311,7 @@ def test_pretrained_checkpoint_provenance(name):
 MLM_ACCURACY_BAR = 0.30
 
 
-@pytest.mark.parametrize("name", ["modernbert-pt128", "esm-pt128"])
+@pytest.mark.parametrize("name", ["modernbert-pt128", "esm-pt128", "modernbert-pt256"])
 def test_pretrained_condition_meets_the_accuracy_bar_on_every_held_out_block(name):
     """heldout.json measures the committed weights (same sha256) on all held-out blocks, more
     than pretraining tracked; the last tracked accuracy agrees with it within sampling noise."""
