@@ -439,7 +439,8 @@ def inspection(name: str, loaded, label: str, commit: str, config=None) -> dict:
     from headscope import api, heads, probe
 
     config = config or probe.ProbeConfig()
-    rep = api.inspect_loaded(loaded, probe_config=config)
+    # The bands by name: the shipped default rule may be a constant, which measures nothing.
+    rep = api.inspect_loaded(loaded, probe_config=config, options=api.InspectOptions(rule="bands"))
     rec = rep.recommendation
     assert rec is not None
     head = heads.find_head(loaded)

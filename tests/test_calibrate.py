@@ -205,11 +205,12 @@ def test_grid_resumes_and_report_is_regenerated_from_the_lines(calibrate, grid_r
 # ------------------------------------------------------------------ inspections and the bands
 
 
-@pytest.mark.usefixtures("bands_default")
 @pytest.mark.parametrize(("where", "expected"), [(None, (4.0, False)), ("bias", (16.0, True))])
 def test_replay_gives_what_inspect_recommends(calibrate, bert_tiny_dir, where, expected):
     """The band fit replays the bands rule from recorded statistics; with the default bands it
-    must decide what `inspect` decided, including the bias fallback of the bias simulation."""
+    must decide what `inspect --rule bands` decided, including the bias fallback of the bias
+    simulation. The inspection line records the bands whatever the shipped default rule is
+    (registration records the bands' decision)."""
     from headscope import checkpoint, probe, simulate
     from headscope.recommend import DEFAULT_BANDS
 
@@ -219,7 +220,7 @@ def test_replay_gives_what_inspect_recommends(calibrate, bert_tiny_dir, where, e
         simulate.make_dense_variant(loaded.model, loaded.tokenizer, texts, where=where)
     row = calibrate.inspection("test", loaded, "label", "abc", probe.ProbeConfig(n_pairs=32))
     rec = row["recommendation"]
-    assert (rec["k"], rec["scale_bias"]) == expected
+    assert (rec["k"], rec["scale_bias"], rec["rule"]) == (*expected, "bands")
     assert set(row["per_k"]) == {"kept", "divided"} and row["has_bias"]
     assert [d["k"] for d in row["per_k"]["kept"]] == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
     assert calibrate.replay(row, DEFAULT_BANDS) == expected
