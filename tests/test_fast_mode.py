@@ -19,8 +19,11 @@ FAMILIES = [pytest.param(f, marks=() if f in QUICK else pytest.mark.slow)
 
 
 def _recommendations(loaded):
-    default = api.inspect_loaded(loaded, probe_config=ProbeConfig())
-    fast = api.inspect_loaded(loaded, probe_config=fast_config())
+    """The bands rule's recommendation from the default and the fast probe (the bands by name:
+    the shipped default may be a constant, the same with any probe)."""
+    bands = api.InspectOptions(rule="bands")
+    default = api.inspect_loaded(loaded, probe_config=ProbeConfig(), options=bands)
+    fast = api.inspect_loaded(loaded, probe_config=fast_config(), options=bands)
     assert default.probe.n_pairs == 256 and fast.probe.n_pairs == 64
     assert fast.probe.max_passage_length == 64
     return default.recommendation, fast.recommendation
