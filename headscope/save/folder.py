@@ -161,10 +161,12 @@ def out_lock(out: Path) -> Iterator[None]:
     out.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"headscope_version": __version__, "pid": os.getpid(),
                        "host": socket.gethostname(), "out": str(out)}) + "\n"
+    taken = False  # set the moment the lock file is ours: a signal after it still removes it
     try:
         for _attempt in range(2):
             try:
                 fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                taken = True
             except FileExistsError:
                 holder = _lock_holder(lock)
                 if holder is not None and holder[1] == socket.gethostname() \
@@ -185,16 +187,11 @@ def out_lock(out: Path) -> Iterator[None]:
             break
         else:
             raise InputError(f"Could not take the lock {lock} for {out}; try again.")
-    except BaseException:
-        for folder in created:
-            with suppress(OSError):
-                folder.rmdir()
-        raise
-    try:
         yield
     finally:
-        with suppress(OSError):
-            lock.unlink()
+        if taken:
+            with suppress(OSError):
+                lock.unlink()
         for folder in created:  # parents this run created, if still empty
             try:
                 folder.rmdir()
