@@ -9,7 +9,8 @@ nothing was written. Either way the process then leaves with `os._exit` once its
 the cleanup has run, and a normal interpreter exit would destroy native thread pools (torch's)
 that may still be running, which aborts the process (std::terminate, SIGABRT) instead of
 giving the documented code. Only the interpreter's own start-up, before this module runs, is
-outside this (a few hundredths of a second).
+outside this (a few hundredths of a second). Once a command has finished, SIGTERM and SIGHUP
+are ignored: the work is done, and its exit code stands.
 """
 
 from __future__ import annotations
@@ -51,7 +52,17 @@ def run() -> None:
     except SystemExit as exc:
         if exc.code in _SIGNAL_EXITS:  # a command stopped by a signal, its cleanup done
             _leave(int(exc.code))  # type: ignore[arg-type]
+        _finished()
         raise
+    _finished()
+
+
+def _finished() -> None:
+    """The command is over (its outputs written, its code known): a signal now would only
+    interrupt the interpreter's teardown, where raising aborts the process (std::terminate
+    under torch's threads). It is ignored: the work it would stop is done."""
+    for sig in _HANDLED:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _leave(code: int) -> None:

@@ -422,6 +422,10 @@ def test_signals_at_any_moment_of_the_write_and_verification(bert_tiny_dir, tmp_
             continue
         proc.send_signal(sig)
         _stdout, stderr = proc.communicate(timeout=120)
+        if proc.returncode == 0:  # it had finished: the signal came during its exit, ignored
+            assert (parent / "fixed" / "headscope.json").is_file(), (attempt, stderr)
+            assert "Traceback" not in stderr and "terminate called" not in stderr
+            continue
         signalled += 1
         assert proc.returncode == 128 + sig, (attempt, stderr)
         assert stderr.splitlines()[-1] == stopped_message(sig), (attempt, stderr)
