@@ -682,3 +682,21 @@ def test_the_shipped_rule_is_the_bands_while_pending_and_the_verdicts_rule_after
         TABLE, rule="paper", weights=large, bands=SIX_BANDS)
     assert weights_only_rule() == "shipped"
     assert resolve_rule("reference") == ("reference", None)
+
+
+def test_the_report_schema_lists_the_rules_a_recommendation_records():
+    """APPLIED_RULES is the one list: the report schema's enum for recommendation.rule."""
+    from headscope import report as report_mod
+    from headscope.recommend import APPLIED_RULES
+
+    def enums(node):
+        if isinstance(node, dict):
+            if "rule" in node.get("properties", {}) and "enum" in node["properties"]["rule"]:
+                yield node["properties"]["rule"]["enum"]
+            for value in node.values():
+                yield from enums(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from enums(value)
+
+    assert list(enums(report_mod.schema())) == [list(APPLIED_RULES)]
