@@ -281,7 +281,7 @@ def _recommended_k(report: Report, policy: Policy, k: float | None) -> RuleResul
     if rec is None:
         return RuleResult("max_k", policy.max_k, None, False,
                           "The report has no recommendation; re-run headscope inspect.")
-    if report.model.weights_only and rec.rule != "constant":
+    if report.model.weights_only and not weights_only_k_is_full(rec.rule):
         return RuleResult("max_k", policy.max_k, None, False,
                           f"Cannot check the recommended k: {WEIGHTS_ONLY_K}.")
     return _at_most("max_k", "recommended k", rec.k, policy.max_k)
@@ -296,13 +296,25 @@ PROBE_KEYS = ("max_k", "max_start_loss", "max_active_passage_share", "max_cosine
               "max_share_above_5", "require_passing_k")
 
 
-def weights_only_conflicts(policy: Policy) -> tuple[str, ...]:
-    """The keys `policy` switches on that a weights-only report cannot judge (PROBE_KEYS); with
-    a shipped constant rule the weights-only k is the full inspection's, so max_k is judged."""
+def weights_only_k_is_full(applied: str) -> bool:
+    """Whether a weights-only recommendation by the rule `applied` ("constant", "paper", or the
+    rule a request resolves to) is the k the full inspection gives by the same rule: a constant
+    is; so is the paper rule, which reads the row norm alone, except while the shipped rule is
+    the bands, when a weights-only paper k stands in for the bands' measured one."""
     from headscope.recommend import resolve_rule
 
-    keys = PROBE_KEYS if resolve_rule("shipped")[0] != "constant" else tuple(
-        key for key in PROBE_KEYS if key != "max_k")
+    return applied == "constant" or (applied == "paper" and resolve_rule("shipped")[0] != "bands")
+
+
+def weights_only_conflicts(policy: Policy, rule: str = "shipped") -> tuple[str, ...]:
+    """The keys `policy` switches on that a weights-only report by the rule `rule` (as asked,
+    e.g. "shipped", or as applied, e.g. "constant") cannot judge: PROBE_KEYS, less max_k when
+    the weights-only k is the full inspection's (`weights_only_k_is_full`)."""
+    from headscope.recommend import resolve_rule
+
+    applied = rule if rule == "constant" else resolve_rule(rule)[0]
+    keys = tuple(key for key in PROBE_KEYS
+                 if key != "max_k" or not weights_only_k_is_full(applied))
     return tuple(key for key in keys if getattr(policy, key) not in (None, False))
 
 
@@ -399,4 +411,5 @@ __all__ = [
     "find_pyproject",
     "load_policy",
     "weights_only_conflicts",
+    "weights_only_k_is_full",
 ]

@@ -488,6 +488,59 @@ def test_one_answer_per_model_on_the_real_bert_tiny(runner, bert_tiny_dir):
     result = runner.invoke(main, ["check", "--weights-only", str(bert_tiny_dir),
                                   "--max-row-norm", "1"])
     assert result.exit_code == 0, result.stderr
+    # The paper rule asked for by name is still the stand-in while the bands are the default.
+    result = runner.invoke(main, ["check", "--weights-only", "--rule", "paper",
+                                  str(bert_tiny_dir), "--max-k", "1"])
+    assert result.exit_code == 2 and result.stderr.startswith(
+        "Error: --weights-only cannot judge max_k (max_k: the report is weights-only")
+
+
+def test_check_rule_paper_one_answer_weights_only_and_full(runner, bert_tiny_dir):
+    """Under the shipped verdict (a constant), `check --rule paper` asks for the paper rule by
+    name: the weights-only form reads the same row norm the full inspection does, so it judges
+    max_k, and both forms give the real BERT-tiny (row norm 0.682, below 1.5) k = 1."""
+    checked = {}
+    for form in (["--weights-only"], ["--n-pairs", "16"]):
+        result = runner.invoke(main, ["check", *form, "--rule", "paper", str(bert_tiny_dir),
+                                      "--max-k", "1", "--json", "-"])
+        assert result.exit_code == 0, result.stderr
+        summary = json.loads(result.stdout)
+        assert summary["passed"] and summary["k"] == 1.0
+        checked[form[0]] = [(r["measured"], r["passed"]) for r in summary["rules"]
+                            if r["name"] == "max_k"]
+    assert checked["--weights-only"] == checked["--n-pairs"] == [(1.0, True)]
+    # Under the default rule (the shipped k = 16, bias kept) the same policy fails, both forms.
+    result = runner.invoke(main, ["check", "--weights-only", str(bert_tiny_dir), "--max-k", "1"])
+    assert result.exit_code == 1, result.stderr
+
+
+def test_check_rule_refusals(runner, bert_tiny_dir, tmp_path):
+    result = runner.invoke(main, ["check", "--weights-only", "--rule", "bands",
+                                  str(bert_tiny_dir), "--max-row-norm", "1"])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == (
+        "Error: --rule bands has no effect with --weights-only, which runs no probe and "
+        "recommends k by the shipped rule from the weights; drop it, or drop --weights-only to "
+        "run the probe.\n")
+    saved = tmp_path / "r.json"
+    result = runner.invoke(main, ["inspect", "--weights-only", str(bert_tiny_dir), "--json",
+                                  str(saved)])
+    assert result.exit_code == 0, result.stderr
+    result = runner.invoke(main, ["check", "--report", str(saved), "--rule", "paper",
+                                  "--max-row-norm", "1"])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == (
+        "Error: --rule paper has no effect with --report, whose recommendation was made by the "
+        "rule recorded in the report; drop --rule, or check the model itself (headscope check "
+        "MODEL --rule paper).\n")
+    result = runner.invoke(main, ["check", "--rule", "reference", str(bert_tiny_dir)])
+    assert result.exit_code == 2 and "'reference' is not one of 'shipped', 'bands', 'paper'" \
+        in result.stderr
+    # The weights-only report of the shipped constant is judged on max_k from its file too.
+    result = runner.invoke(main, ["check", "--report", str(saved), "--max-k", "16", "--json",
+                                  "-"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["k"] == 16.0
 
 
 # --------------------------------------------------------------------------------------------

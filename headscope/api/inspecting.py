@@ -377,23 +377,24 @@ def check(source: str | None = None, *, report_path: str | None = None,
         if rep.model.weights_only:
             refuse_weights_only_policy(policy, f"{report_path}, a weights-only report,",
                                        "check a report of `headscope inspect` without "
-                                       "--weights-only")
+                                       "--weights-only", rule=(rep.recommendation.rule if
+                                                               rep.recommendation else "paper"))
     else:
         assert source is not None
         if options.weights_only:
             refuse_weights_only_policy(policy, "--weights-only", "drop --weights-only to measure "
-                                       "them")
+                                       "them", rule=options.rule)
         rep = inspect(source, load_options=load_options, probe_config=probe_config,
                       options=options, progress=progress)
     return CheckOutcome(rep, guard.evaluate(rep, policy))
 
 
-def refuse_weights_only_policy(policy, what: str, remedy: str) -> None:
-    """InputError when `policy` asks what a weights-only report cannot judge (before any model
-    is read): a check passes or fails on what it measured, never on another rule's k."""
+def refuse_weights_only_policy(policy, what: str, remedy: str, *, rule: str) -> None:
+    """InputError when `policy` asks what a weights-only report by `rule` cannot judge (before
+    any model is read): a check passes or fails on what it measured, never on another rule's k."""
     from headscope import guard
 
-    keys = guard.weights_only_conflicts(policy)
+    keys = guard.weights_only_conflicts(policy, rule)
     if not keys:
         return
     why = (f"max_k: {guard.WEIGHTS_ONLY_K}" if keys == ("max_k",) else
@@ -415,7 +416,7 @@ def check_many(sources: Sequence[str], *, policy_path: str | None = None,
     policy = guard.load_policy(policy_path, overrides, search_dir)
     if options.weights_only:
         refuse_weights_only_policy(policy, "--weights-only", "drop --weights-only to measure "
-                                   "them")
+                                   "them", rule=options.rule)
     reports = inspect_many(sources, load_options=load_options, options=options)
     return tuple(CheckOutcome(rep, guard.evaluate(rep, policy)) for rep in reports)
 

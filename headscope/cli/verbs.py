@@ -46,6 +46,9 @@ from headscope.recommend import RULES
 from headscope.rescale import STRATEGIES
 from headscope.simulate import WHERE
 
+# check judges one model at a time against a policy: no --reference, so no reference rule.
+CHECK_RULES = tuple(r for r in RULES if r != "reference")
+
 
 @main.command()
 @click.argument("models", nargs=-1, required=True, metavar="MODEL...")
@@ -355,30 +358,41 @@ def _check_command() -> click.Command:
     @click.option("--weights-only", is_flag=True,
                   help="Check statistics read from the files only (as inspect --weights-only: no "
                   "probe, no torch for safetensors). Accepts several MODELs.")
+    @click.option("--rule", type=click.Choice(CHECK_RULES), default="shipped",
+                  show_default=True, help="How the checked k is chosen, as inspect --rule: "
+                  "shipped (the calibration's verdict), bands (the probe's measured k: what "
+                  "max_k guards best) or paper. Not with --report, whose rule is recorded.")
     @policy_flags
     @probe_options
     @click.option("--json", "json_dest", default=None, metavar="PATH|-",
                   help="Write the check result as JSON to PATH, or stdout with '-'. Several "
                   "MODELs: JSON Lines, one result per line.")
     @handle_errors
-    def check(models, report_path, policy_path, weights_only, probe_file, ks, n_pairs, batch_size,
-              scale_bias, json_dest, **policy):
+    def check(models, report_path, policy_path, weights_only, rule, probe_file, ks, n_pairs,
+              batch_size, scale_bias, json_dest, **policy):
         """CI guard: exit 0 when MODEL (or --report) meets the policy, 1 when it does not.
 
         With --weights-only, several MODELs may be given (a model-zoo scan): one PASS/FAIL line per
         model on stderr; exit 1 when any fails, 2 when any cannot be read (naming it). A
-        weights-only check refuses (exit 2) the keys it cannot judge: max_k (unless the shipped
-        rule is a constant arm, its weights-only k can differ from the full inspection's), the
-        per-k maxima and require_passing_k.
+        weights-only check refuses (exit 2) the keys it cannot judge: the per-k maxima,
+        require_passing_k, and max_k when the weights-only k can differ from the full
+        inspection's (the paper rule standing in for the bands; a constant rule, or --rule paper
+        under a shipped verdict, is judged).
         """
         from headscope import api
 
         writable(json_dest)
         if weights_only:
             refuse_probe_flags_with_weights_only()
+        if report_path is not None and flag_given("rule"):
+            from headscope.errors import InputError
+
+            raise InputError(f"--rule {rule} has no effect with --report, whose recommendation "
+                             "was made by the rule recorded in the report; drop --rule, or "
+                             f"check the model itself (headscope check MODEL --rule {rule}).")
         overrides = {k: (tuple(v) if isinstance(v, tuple) else v) for k, v in policy.items()
                      if v is not None and v != ()}
-        options = api.InspectOptions(weights_only=weights_only, probe_file=probe_file)
+        options = api.InspectOptions(weights_only=weights_only, probe_file=probe_file, rule=rule)
         if models:
             quiet_transformers(lazily=weights_only)
         if len(models) > 1 and report_path is None:
