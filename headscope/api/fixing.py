@@ -49,7 +49,7 @@ class FixOptions:
 class FixOutcome:
     source: str
     k: float
-    k_from: str  # "--k" | "recommendation" | "last inspection"
+    k_from: str  # "--k" | "last inspection's recommendation" | "recommended by the ... rule"
     followed_last_inspection: bool  # MODEL was omitted: acted on the last `inspect`
     report: Report  # the original model's inspection (statistics before)
     result: FixResult | None  # None: the recommended k is 1, so nothing was written
@@ -154,7 +154,12 @@ def _follow_shipped_constant(choice: _Choice, ckpt, strategy: str) -> None:
     if resolve_rule("shipped")[1] is None or not (choice.k is None or choice.open_bias):
         return
     rec = recommend((), rescaled=rescaled_by(ckpt))
-    _follow(choice, rec, strategy, "the shipped constant rule")
+    _follow(choice, rec, strategy, _recommended_by(rec.rule))
+
+
+def _recommended_by(rule: str) -> str:
+    """Where a followed recommendation's k came from, in the words fix prints."""
+    return f"recommended by the {'shipped constant' if rule == 'constant' else rule} rule"
 
 
 def _measured_ks(choice: _Choice, probe_config: ProbeConfig) -> ProbeConfig:
@@ -188,8 +193,7 @@ def _apply_recommendation(choice: _Choice, before: Report, strategy: str) -> Non
         return
     rec = before.recommendation
     assert rec is not None
-    k_from = (f"recommended by the {'shipped constant' if rec.rule == 'constant' else rec.rule} "
-              "rule")
+    k_from = _recommended_by(rec.rule)
     if choice.weights_only_k is not None:
         k_from += (f" of the full inspection (the last inspection was weights-only: its paper "
                    f"rule gave k = {choice.weights_only_k:g}, from the row norm alone)")
