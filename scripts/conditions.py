@@ -39,6 +39,7 @@ from headscope.simulate import CONFIG_KEY, check_texts, make_dense_variant
 
 # Published step-0 numbers of answerdotai/ModernBERT-base that `make_modernbert_matched` fits.
 MODERNBERT_ROW_NORM = 2.553  # mean L2 norm of the decoder rows (all 50,368 rows)
+BERT_TINY_ROW_NORM = 0.682  # the real BERT-tiny SPLADE's (its tied word embeddings), measured here
 MODERNBERT_VOCAB = 50368
 MODERNBERT_ACTIVE_QUERY = 28051  # active terms per query at step 0 (third-party audit, k = 8)
 MODERNBERT_ACTIVE_DOC = 37999  # active terms per document, same audit
@@ -356,6 +357,14 @@ def _pt128_scaled(cache: Path) -> Path:
                              source=lambda: assets.local("modernbert-pt128"))
 
 
+def _pt128_bert_scale(cache: Path) -> Path:
+    from headscope import assets
+
+    return _write_simulation("modernbert-pt128-bert-scale-sim", cache,
+                             lambda m, t: make_tied_scale(m, BERT_TINY_ROW_NORM),
+                             source=lambda: assets.local("modernbert-pt128"))
+
+
 def _matched(cache: Path) -> Path:
     return _write_simulation(
         "modernbert-matched-sim", cache,
@@ -397,6 +406,11 @@ _ITEMS = (
     Condition("modernbert-pt256", False, "real ModernBertForMaskedLM (hidden 256) pretrained "
               "here on text to a held-out MLM accuracy of 0.40 (scripts/pretrain_mlm.py, 3,000 "
               "steps)", _real("modernbert-pt256", local=True)),
+    Condition("pt128-bert-scale-sim", True, "SIMULATION, not a real checkpoint: "
+              "modernbert-pt128 (a real language model pretrained here) with its tied "
+              "input/output embeddings multiplied so that the decoder's mean row norm is the real "
+              "BERT-tiny's 0.682 (the embedding LayerNorm takes the scale off the encoder's "
+              "input)", _pt128_bert_scale),
 )
 CONDITIONS: dict[str, Condition] = {c.name: c for c in _ITEMS}
 ALIASES: dict[str, str] = {alias: c.name for c in _ITEMS for alias in c.aliases}

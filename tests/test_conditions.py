@@ -151,7 +151,7 @@ def test_conditions_registry_names_aliases_and_labels():
     assert list(conds) == ["real-bert-tiny", "bias-dense", "projection-dense",
                            "modernbert-matched-sim", "modernbert-mini", "bert-mini-control",
                            "tied-scale-sim", "modernbert-pt128", "pt128-scaled-sim", "esm-pt128",
-                           "modernbert-pt256"]
+                           "modernbert-pt256", "pt128-bert-scale-sim"]
     assert conditions.ALIASES == {"bert-tiny": "real-bert-tiny",
                                   "bert-tiny-bias-sim": "bias-dense",
                                   "bert-tiny-projection-sim": "projection-dense"}
@@ -161,7 +161,7 @@ def test_conditions_registry_names_aliases_and_labels():
         assert cond.label.startswith("SIMULATION") == cond.simulation
     assert [c.name for c in conds.values() if c.simulation] == [
         "bias-dense", "projection-dense", "modernbert-matched-sim", "tied-scale-sim",
-        "pt128-scaled-sim"]
+        "pt128-scaled-sim", "pt128-bert-scale-sim"]
     assert conditions.get("bert-tiny-bias-sim") is conds["bias-dense"]
     with pytest.raises(KeyError) as err:
         conditions.get("bert-base")
@@ -169,8 +169,8 @@ def test_conditions_registry_names_aliases_and_labels():
         "No calibration condition 'bert-base'; known: bert-mini-control, bert-tiny, "
         "bert-tiny-bias-sim, bert-tiny-projection-sim, bias-dense, esm-pt128, "
         "modernbert-matched-sim, "
-        "modernbert-mini, modernbert-pt128, modernbert-pt256, projection-dense, pt128-scaled-sim, "
-        "real-bert-tiny, tied-scale-sim.")
+        "modernbert-mini, modernbert-pt128, modernbert-pt256, projection-dense, "
+        "pt128-bert-scale-sim, pt128-scaled-sim, real-bert-tiny, tied-scale-sim.")
 
 
 def test_the_package_keeps_only_what_users_call():
@@ -225,21 +225,23 @@ def test_tied_scale_multiplies_the_tied_embeddings_only(tmp_path, bert_tiny):
                               "real checkpoint.")
 
 
-def test_pt128_scaled_changes_the_head_scale_of_a_real_language_model(tmp_path):
-    """modernbert-pt128 with its tied embeddings multiplied to row norm 2.553: every other tensor
-    is the real one, and the encoder's last hidden states are unchanged up to the embedding
-    LayerNorm's epsilon (it divides the scale out; measured: 5e-4 on hidden values up to 6), so
-    only the logits' projection part grows."""
-    folder = conditions.get("pt128-scaled-sim")(tmp_path)
+@pytest.mark.parametrize(("name", "row_norm"), [("pt128-scaled-sim", 2.553),
+                                               ("pt128-bert-scale-sim", 0.682)])
+def test_pt128_scaled_changes_the_head_scale_of_a_real_language_model(tmp_path, name, row_norm):
+    """modernbert-pt128 with its tied embeddings multiplied to row norm 2.553 (ModernBERT-base's)
+    or 0.682 (the real BERT-tiny's): every other tensor is the real one, and the encoder's last
+    hidden states are unchanged up to the embedding LayerNorm's epsilon (it divides the scale
+    out; measured: 5e-4 on hidden values up to 6), so only the logits' projection part moves."""
+    folder = conditions.get(name)(tmp_path)
     sim = checkpoint.load(checkpoint.resolve(str(folder)))
     real = checkpoint.load(checkpoint.resolve(str(assets.local("modernbert-pt128"))))
     entry = json.loads((folder / "config.json").read_text())[simulate.CONFIG_KEY]
     assert entry["where"] == "tied-scale" and entry["simulation"] is True
     assert entry["changed"] == ["decoder.weight", "model.embeddings.tok_embeddings.weight"]
     w = find_head(sim.model).decoder_weight.detach().double().numpy()  # (V, E)
-    assert np.linalg.norm(w, axis=1).mean() == pytest.approx(2.553, abs=1e-4)
+    assert np.linalg.norm(w, axis=1).mean() == pytest.approx(row_norm, abs=1e-4)
     scale = entry["projection_scale"]
-    assert scale == pytest.approx(2.553 / 1.3198, rel=1e-3)
+    assert scale == pytest.approx(row_norm / 1.3198, rel=1e-3)
     original = real.model.state_dict()
     for name, tensor in sim.model.state_dict().items():
         if name in entry["changed"]:
