@@ -68,7 +68,6 @@ class ShippedRule:
     rule: str  # "bands" | "paper" | "constant"
     k: float | None = None  # the constant's k (rule "constant")
     scale_bias: bool = False  # the constant divides the output bias too
-    decided: bool = False  # False: no verdict yet, the bands stay the default
 
 
 @functools.cache
@@ -83,7 +82,7 @@ def shipped_rule() -> ShippedRule:
         return ShippedRule("bands")
     k = ships.get("k")
     return ShippedRule(ships["rule"], None if k is None else float(k),
-                       bool(ships.get("scale_bias", False)), decided=True)
+                       bool(ships.get("scale_bias", False)))
 
 
 def judged_row_norms() -> tuple[float, float] | None:

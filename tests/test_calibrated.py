@@ -182,11 +182,11 @@ def _with_verdict(monkeypatch, ships, row_norms=(1.32, 2.553)):
 
 def test_the_shipped_rule_is_the_verdict_and_the_bands_while_pending(monkeypatch):
     _with_verdict(monkeypatch, None)
-    assert calibrated.shipped_rule() == calibrated.ShippedRule("bands", decided=False)
+    assert calibrated.shipped_rule() == calibrated.ShippedRule("bands")
     _with_verdict(monkeypatch, {"rule": "constant", "k": 16.0, "scale_bias": True})
-    assert calibrated.shipped_rule() == calibrated.ShippedRule("constant", 16.0, True, True)
+    assert calibrated.shipped_rule() == calibrated.ShippedRule("constant", 16.0, True)
     _with_verdict(monkeypatch, {"rule": "paper"})
-    assert calibrated.shipped_rule() == calibrated.ShippedRule("paper", None, False, True)
+    assert calibrated.shipped_rule() == calibrated.ShippedRule("paper")
     assert calibrated.judged_row_norms() == (1.32, 2.553)
     _with_verdict(monkeypatch, None, row_norms=())
     assert calibrated.judged_row_norms() is None
