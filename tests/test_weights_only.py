@@ -495,10 +495,20 @@ def test_one_answer_per_model_on_the_real_bert_tiny(runner, bert_tiny_dir):
         "Error: --weights-only cannot judge max_k (max_k: the report is weights-only")
 
 
-def test_check_rule_paper_one_answer_weights_only_and_full(runner, bert_tiny_dir):
-    """Under the shipped verdict (a constant), `check --rule paper` asks for the paper rule by
-    name: the weights-only form reads the same row norm the full inspection does, so it judges
-    max_k, and both forms give the real BERT-tiny (row norm 0.682, below 1.5) k = 1."""
+def _constant_verdict(monkeypatch):
+    """The shipped evidence with a constant verdict (k = 16, bias kept), in process."""
+    from headscope import calibrated
+
+    data = dict(calibrated._data(), ships={"rule": "constant", "k": 16.0, "scale_bias": False},
+                verdict="k = 16, bias kept")
+    monkeypatch.setattr(calibrated, "_data", lambda: data)
+
+
+def test_check_rule_paper_one_answer_weights_only_and_full(runner, bert_tiny_dir, monkeypatch):
+    """Under a shipped verdict that is a constant, `check --rule paper` asks for the paper rule
+    by name: the weights-only form reads the same row norm the full inspection does, so it
+    judges max_k, and both forms give the real BERT-tiny (row norm 0.682, below 1.5) k = 1."""
+    _constant_verdict(monkeypatch)
     checked = {}
     for form in (["--weights-only"], ["--n-pairs", "16"]):
         result = runner.invoke(main, ["check", *form, "--rule", "paper", str(bert_tiny_dir),
@@ -514,7 +524,8 @@ def test_check_rule_paper_one_answer_weights_only_and_full(runner, bert_tiny_dir
     assert result.exit_code == 1, result.stderr
 
 
-def test_check_rule_refusals(runner, bert_tiny_dir, tmp_path):
+def test_check_rule_refusals(runner, bert_tiny_dir, tmp_path, monkeypatch):
+    _constant_verdict(monkeypatch)
     result = runner.invoke(main, ["check", "--weights-only", "--rule", "bands",
                                   str(bert_tiny_dir), "--max-row-norm", "1"])
     assert result.exit_code == 2 and result.stdout == ""
