@@ -148,8 +148,9 @@ def counts_sentence() -> str:
     if data["verdict"] is None:
         return text + (f" The decision rule needs {data['needed']} such conditions: its "
                        "verdict is pending.")
-    return text + (f" The decision rule, written before those runs, chose {data['verdict']} "
-                   "as the default.")
+    chosen = "the bands rule" if data["verdict"] == BANDS_RULE else data["verdict"]
+    return text + (f" The decision rule, written before those runs, chose {chosen} as the "
+                   "default.")
 
 
 def _arms(tied: tuple[TiedArm, ...]) -> str:

@@ -105,6 +105,8 @@ def _counts(**inside: tuple[int, int]) -> dict:
 @pytest.mark.parametrize(("complete", "verdict", "tail"), [
     (4, None, " The decision rule needs 4 such conditions: its verdict is pending."),
     (4, "paper", " The decision rule, written before those runs, chose paper as the default."),
+    (4, "bands (shipped)", " The decision rule, written before those runs, chose the bands rule "
+     "as the default."),
 ])
 def test_counts_sentence_by_hand(monkeypatch, complete, verdict, tail):
     counts = _counts(**{"bands (shipped)": (1, 3), "paper": (2, 2), "k = 4, bias kept": (1, 2),
