@@ -1129,22 +1129,31 @@ def rule_counts(outcomes: dict[tuple, str], complete: list[str]) -> dict[tuple[s
             for r in RULE_NAMES for d in ("in", "out")}
 
 
-def verdict(outcomes: dict[tuple, str], complete: list[str]) -> str | None:
-    """The rule docs/calibration/decision-rule.md ships, judged on the pre-registered block;
-    None while the block is too small for a verdict."""
+def _decision(outcomes: dict[tuple, str], complete: list[str]) -> tuple[str, str] | None:
+    """(the rule docs/calibration/decision-rule.md ships, the step that chose it: "beats" (2),
+    "as good" (3, a simpler rule as good as the bands) or "largest total" (3, none is)); None
+    while the pre-registered block is too small for a verdict (1)."""
     if len(complete) < MIN_PREREGISTERED:
         return None
     count = rule_counts(outcomes, complete)
     bands = "bands (shipped)"
     others = [r for r in RULE_NAMES if r != bands]
     if all(count[bands, d] > count[r, d] for r in others for d in ("in", "out")):
-        return bands
+        return bands, "beats"
     simplest = ["k = 1", *(r for r in RULE_NAMES if r.startswith("k = ") and r != "k = 1"),
                 "paper", bands]
     as_good = [r for r in simplest if all(count[r, d] >= count[bands, d] for d in ("in", "out"))]
     if as_good and as_good[0] != bands:
-        return as_good[0]
-    return max(simplest, key=lambda r: (count[r, "in"] + count[r, "out"], -simplest.index(r)))
+        return as_good[0], "as good"
+    return max(simplest, key=lambda r: (count[r, "in"] + count[r, "out"], -simplest.index(r))), \
+        "largest total"
+
+
+def verdict(outcomes: dict[tuple, str], complete: list[str]) -> str | None:
+    """The rule docs/calibration/decision-rule.md ships, judged on the pre-registered block;
+    None while the block is too small for a verdict."""
+    decision = _decision(outcomes, complete)
+    return None if decision is None else decision[0]
 
 
 def shipped(choice: str | None) -> dict | None:
@@ -1162,18 +1171,25 @@ def shipped(choice: str | None) -> dict | None:
 
 def decide(outcomes: dict[tuple, str], complete: list[str]) -> str:
     """The verdict of docs/calibration/decision-rule.md on the pre-registered block, in words."""
-    choice = verdict(outcomes, complete)
-    if choice is None:
+    decision = _decision(outcomes, complete)
+    if decision is None:
         return (f"No verdict yet: the pre-registered block has {len(complete)} condition(s) with "
                 f"complete grids in both domains, and the decision rule needs "
                 f"{MIN_PREREGISTERED}. The product keeps its current default (the bands rule) "
                 "and says the out-of-sample verdict is pending.")
-    if choice == "bands (shipped)":
+    choice, step = decision
+    if step == "beats":
         return "The bands rule beats every other rule in both domains: it ships as the default."
     count = rule_counts(outcomes, complete)
-    return (f"The bands rule does not beat every other rule in both domains; the simplest rule "
-            f"that does as well ships: **{choice}** ({count[choice, 'in']} in domain, "
-            f"{count[choice, 'out']} out of domain, of {len(complete)}).")
+    counts = (f"({count[choice, 'in']} in domain, {count[choice, 'out']} out of domain, of "
+              f"{len(complete)})")
+    if step == "as good":
+        return (f"The bands rule does not beat every other rule in both domains; the simplest "
+                f"rule that does as well ships: **{choice}** {counts}.")
+    name = "the bands rule" if choice == "bands (shipped)" else choice
+    return (f"The bands rule does not beat every other rule in both domains, and no simpler rule "
+            f"does as well as it in both; the rule with the largest total count (in + out) "
+            f"ships: **{name}** {counts}.")
 
 
 def rules_section(groups: list[dict], registry: dict[str, dict]) -> list[str]:

@@ -421,6 +421,21 @@ def test_outcomes_and_verdict_by_hand(calibrate):
     outcomes = calibrate.rule_outcomes(groups, registry)
     assert calibrate.decide(outcomes, names) == ("The bands rule beats every other rule in both "
                                                  "domains: it ships as the default.")
+    # Beaten in domain by a constant that is not as good out of domain, and no simpler rule as
+    # good in both: the largest total count ships (decision-rule.md, step 3), and the words say
+    # which step chose it.
+    outcomes = {("pre-registered", n, d, r): "worse" for n in names for d in ("in", "out")
+                for r in calibrate.RULE_NAMES}
+    for n in names:
+        outcomes["pre-registered", n, "out", "bands (shipped)"] = "tied"
+    outcomes["pre-registered", "a", "in", "bands (shipped)"] = "tied"
+    for n, d in (("a", "in"), ("b", "in"), ("a", "out")):
+        outcomes["pre-registered", n, d, "k = 16, bias divided"] = "tied"
+    assert calibrate.verdict(outcomes, names) == "bands (shipped)"
+    assert calibrate.decide(outcomes, names) == (
+        "The bands rule does not beat every other rule in both domains, and no simpler rule does "
+        "as well as it in both; the rule with the largest total count (in + out) ships: **the "
+        "bands rule** (1 in domain, 4 out of domain, of 4).")
     # A constant arm that was not run is "not run", not a miss.
     short = [_group("a", "boolq", ["k=1", "k=8/bias kept"], ["k=8/bias kept"])]
     assert calibrate.rule_outcomes(short, {"a": _entry(8.0, False, 0.7)})[
