@@ -377,7 +377,7 @@ def _check_command() -> click.Command:
         weights-only check refuses (exit 2) the keys it cannot judge: the per-k maxima,
         require_passing_k, and max_k when the weights-only k can differ from the full
         inspection's (the paper rule standing in for the bands; a constant rule, or --rule paper
-        under a shipped verdict, is judged).
+        while the shipped verdict is not the bands, is judged).
         """
         from headscope import api
 
