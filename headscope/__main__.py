@@ -1,16 +1,17 @@
 """The `headscope` command (the console script and `python -m headscope`).
 
 Signals are handled from this module's first statement, before the CLI and its dependencies are
-imported (about a second): SIGTERM and SIGHUP then raise `Terminated` like Ctrl-C raises
-KeyboardInterrupt, so a signal at any moment ends the command with one line and 128 + its
-number (`errors.EXIT_CODES`). While a command runs, `cli.plumbing.handle_errors` handles it
+imported (about a second): SIGTERM, SIGHUP and Ctrl-C then raise `Terminated` in the main thread
+at the first moment it is outside torch's code and the import machinery (`interrupts`), so a
+signal at any moment ends the command with one line and 128 + its number
+(`errors.EXIT_CODES`). While a command runs, `cli.plumbing.handle_errors` handles it
 (cleanup, then its line); a signal that comes before (importing, parsing the flags) says that
 nothing was written. Either way the process then leaves with `os._exit` once its output is flushed:
 the cleanup has run, and a normal interpreter exit would destroy native thread pools (torch's)
 that may still be running, which aborts the process (std::terminate, SIGABRT) instead of
 giving the documented code. Only the interpreter's own start-up, before this module runs, is
-outside this (a few hundredths of a second). Once a command has finished, SIGTERM and SIGHUP
-are ignored: the work is done, and its exit code stands.
+outside this (a few hundredths of a second). Once a command has finished, the signals are
+ignored: the work is done, and its exit code stands.
 """
 
 from __future__ import annotations
@@ -19,28 +20,20 @@ import os
 import signal
 import sys
 
+from headscope import interrupts
 from headscope.errors import (
     EXIT_HUNG_UP,
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
-    Terminated,
     stopped_message,
 )
 
 _SIGNAL_EXITS = (EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED)
-_HANDLED = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
-def _terminated(signum, frame):
-    for sig in _HANDLED:  # a second one waits: the first one's unwinding finishes
-        signal.signal(sig, signal.SIG_IGN)
-    raise Terminated(signum)
 
 
 def run() -> None:
     """Run the CLI with signals handled from the start (see the module docstring)."""
-    for sig in _HANDLED:
-        signal.signal(sig, _terminated)
+    interrupts.install()
     try:
         from headscope.cli import main
 
@@ -61,8 +54,7 @@ def _finished() -> None:
     """The command is over (its outputs written, its code known): a signal now would only
     interrupt the interpreter's teardown, where raising aborts the process (std::terminate
     under torch's threads). It is ignored: the work it would stop is done."""
-    for sig in _HANDLED:
-        signal.signal(sig, signal.SIG_IGN)
+    interrupts.ignore()
 
 
 def _leave(code: int) -> None:

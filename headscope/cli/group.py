@@ -71,7 +71,11 @@ class OneLineErrors(click.Group):
         except click.ClickException as exc:
             click.echo(f"Error: {one_line(exc.format_message())}", err=True)
             sys.exit(exc.exit_code)
-        except click.exceptions.Abort:
+        except click.exceptions.Abort as exc:
+            if isinstance(exc.__cause__, KeyboardInterrupt):
+                # A signal while click parsed, before any command ran: the entry point says so
+                # with the signal's code (click would print "Aborted!" and exit 1).
+                raise exc.__cause__ from None
             click.echo("Aborted.", err=True)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)

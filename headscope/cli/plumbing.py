@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import traceback
 import warnings
 from collections.abc import Callable
@@ -18,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from headscope import interrupts
 from headscope.errors import (
     EXIT_INTERNAL,
     HeadscopeError,
     HeadscopeWarning,
     ModelErrors,
-    Terminated,
     stopped_message,
 )
 
@@ -61,29 +60,15 @@ stderr = _LazyConsole(stderr=True, soft_wrap=True, highlight=False)
 
 
 
-_HANDLED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
-                         if hasattr(signal, name))
-
-
 @contextmanager
 def signals_as_interrupts():
-    """Within the block, SIGTERM and SIGHUP raise `Terminated` (the main thread only: Python
-    runs signal handlers there). A second one is ignored so that the cleanup can finish."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        for sig in _HANDLED_SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
-        raise Terminated(signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in _HANDLED_SIGNALS}
+    """Within the block, SIGTERM, SIGHUP and Ctrl-C raise `Terminated` in the main thread where
+    raising is safe (`interrupts`); a second one is ignored so that the cleanup can finish."""
+    previous = interrupts.install()
     try:
         yield
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        interrupts.restore(previous)
 
 
 @contextmanager
