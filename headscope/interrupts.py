@@ -39,32 +39,36 @@ RETRY_S = 0.002
 _NATIVE_PACKAGES = ("torch", "functorch")
 
 _pending: int | None = None  # a signal waiting for a safe moment
-_raised = False  # the command is unwinding: later signals are ignored
+_over = False  # the command is unwinding, or has ended: later signals are ignored
 _redelivering: threading.Thread | None = None
 
 
 def install() -> dict[int, object]:
     """Handle the signals with `handler` from now on (the main thread only: Python runs
-    handlers there); the state of an earlier command is forgotten. Returns the previous
-    handlers (for `restore`); {} outside the main thread."""
-    global _pending, _raised
+    handlers there); a signal still waiting (it came before, inside torch) stays pending.
+    Returns the previous handlers (for `restore`); {} outside the main thread."""
+    global _over
     if threading.current_thread() is not threading.main_thread():
         return {}
-    _pending, _raised = None, False
+    _over = False
     return {sig: signal.signal(sig, handler) for sig in HANDLED}
 
 
 def restore(previous: dict[int, object]) -> None:
-    """Put back the handlers `install` returned."""
+    """The command is over: a signal still waiting is dropped (the work it would stop is done,
+    and raising now would report a stop of work that finished), `handler` ignores the ones
+    after it, and the handlers `install` returned are put back."""
+    global _pending, _over
+    _pending, _over = None, True
     for sig, old in previous.items():
         signal.signal(sig, old)  # type: ignore[arg-type]
 
 
 def ignore() -> None:
-    """From now on the signals are ignored (the command is over: its outputs are written and
+    """From now on the signals are ignored (the process is over: its outputs are written and
     its exit code is known); a pending one is dropped."""
-    global _pending, _raised
-    _pending, _raised = None, True
+    global _pending, _over
+    _pending, _over = None, True
     for sig in HANDLED:
         signal.signal(sig, signal.SIG_IGN)
 
@@ -72,15 +76,15 @@ def ignore() -> None:
 def handler(signum: int, frame: FrameType | None) -> None:
     """Raise `Terminated` for the first signal now if the main thread's stack is clear of
     torch, else leave it pending and make sure it is delivered again."""
-    global _pending, _raised
-    if _raised:  # a signal sent before the unwinding began, delivered after it
+    global _pending, _over
+    if _over:  # the command is unwinding or has ended (a signal sent again arriving late)
         return
     first = _pending if _pending is not None else signum
     if in_native_callbacks(frame):
         _pending = first
         _redeliver_soon()
         return
-    _pending, _raised = None, True
+    _pending, _over = None, True
     for sig in HANDLED:  # a second signal waits: the first one's unwinding finishes
         signal.signal(sig, signal.SIG_IGN)
     raise Terminated(first)

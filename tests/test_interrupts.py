@@ -71,27 +71,42 @@ def test_a_signal_inside_torch_is_raised_once_the_main_thread_is_out_of_it():
     assert {s: signal.getsignal(s) for s in previous} == previous
 
 
-def test_a_signal_in_plain_code_raises_at_once_and_ignore_drops_a_pending_one():
+def test_a_signal_in_plain_code_raises_at_once():
     previous = interrupts.install()
     try:
         with pytest.raises(Terminated) as raised:
             interrupts.handler(signal.SIGTERM, sys._getframe())
         assert raised.value.signum == signal.SIGTERM
-
-        interrupts.install()  # a new command: the state of the last one is forgotten
-        torch.no_grad()(lambda: interrupts.handler(signal.SIGHUP, sys._getframe()))()
-        interrupts.ignore()  # the command finished before a safe moment: nothing is raised
-        time.sleep(20 * interrupts.RETRY_S)
-        assert all(signal.getsignal(s) is signal.SIG_IGN for s in interrupts.HANDLED)
     finally:
         interrupts.restore(previous)
+
+
+@pytest.mark.parametrize("end", ["restore", "ignore"])
+def test_a_signal_still_waiting_when_the_command_ends_is_dropped(end):
+    """The command's work ended inside torch with a signal pending: its end (the CLI's
+    `restore` as the command returns, the entry point's `ignore`) drops it, so it is never
+    raised afterwards as a stop of work that finished."""
+    outer = {s: signal.getsignal(s) for s in interrupts.HANDLED}
+    previous = interrupts.install()
+    try:
+        torch.no_grad()(lambda: interrupts.handler(signal.SIGHUP, sys._getframe()))()
+        if end == "restore":
+            interrupts.restore({s: interrupts.handler for s in interrupts.HANDLED})
+            interrupts.handler(signal.SIGTERM, sys._getframe())  # arriving after: ignored
+        else:
+            interrupts.ignore()
+            assert all(signal.getsignal(s) is signal.SIG_IGN for s in interrupts.HANDLED)
+        time.sleep(50 * interrupts.RETRY_S)  # a redelivery would raise here
+    finally:
+        interrupts.restore(previous)
+    assert {s: signal.getsignal(s) for s in interrupts.HANDLED} == outer
 
 
 def test_a_signal_while_click_parses_reaches_the_entry_point_with_its_number(monkeypatch):
     """Raised while click resolves the command (outside the command's own handling), the
     signal is not click's "Aborted." and exit 1: it goes on to the entry point, which says
     that nothing was written and leaves with 128 + its number."""
-    from headscope.cli import group
+    import headscope.cli.group as group
 
     def resolving(self, ctx, name):
         raise Terminated(signal.SIGHUP)
@@ -108,3 +123,18 @@ def test_a_signal_while_click_parses_reaches_the_entry_point_with_its_number(mon
     with pytest.raises(SystemExit) as left:
         group.main.main(["fix"], prog_name="headscope")
     assert left.value.code == 1
+
+
+def test_a_command_started_while_a_signal_waits_still_gets_it():
+    """A signal that came while the entry point imported torch (before the command) is still
+    raised once the command's handler is installed and the stack is clear."""
+    previous = interrupts.install()
+    try:
+        torch.no_grad()(lambda: interrupts.handler(signal.SIGTERM, sys._getframe()))()
+        inner = interrupts.install()  # the command's handler, as the CLI installs it
+        with pytest.raises(Terminated) as raised:
+            time.sleep(30)
+        assert raised.value.signum == signal.SIGTERM
+        interrupts.restore(inner)
+    finally:
+        interrupts.restore(previous)

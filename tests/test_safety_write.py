@@ -397,14 +397,14 @@ def test_a_signal_before_the_command_runs_is_one_line_and_its_code(bert_tiny_dir
 
 @pytest.mark.slow  # 12 fixes of BERT-tiny, 10-30 s each
 def test_signals_at_any_moment_of_the_write_and_verification(bert_tiny_dir, tmp_path):
-    """SIGHUP during verification aborted with SIGABRT (std::terminate: the interpreter's
-    teardown under a running forward pass) 1 time in 4. Later, with that fixed, a signal
-    raised inside Python code that torch's C++ had called (the import of torch.distributed)
-    aborted rarely (1 of 12 in one CI run, 1 of 69 in a sweep here, 0 of 400 in
-    benchmarks/bench_signals.py); `interrupts` now waits until the stack is clear of torch. Twelve fixes, each signalled at a spread moment after its lock
-    appears (imports and loading, the write, then the verification with torch running on
-    threads), alternately SIGHUP and SIGTERM: a 1-in-4 failure passes all twelve with
-    probability 0.75 ** 12 = 3%; the rarer one needs hundreds of fixes to see."""
+    """SIGHUP during verification aborted with SIGABRT (std::terminate: the interpreter's teardown
+    under a running forward pass) 1 time in 4. Later, with that fixed, a signal raised inside
+    Python code that torch's C++ had called (the import of torch.distributed) aborted rarely (1
+    of 12 in one CI run, 1 of 69 in a sweep here, 0 of 400 in benchmarks/bench_signals.py);
+    `interrupts` now waits until the stack is clear of torch. Twelve fixes, each signalled at a
+    spread moment after its lock appears (imports and loading, the write, then the verification
+    with torch running on threads), alternately SIGHUP and SIGTERM: a 1-in-4 failure passes all
+    twelve with probability 0.75 ** 12 = 3%; the rarer one needs hundreds of fixes to see."""
     import random
 
     from headscope.errors import stopped_message
