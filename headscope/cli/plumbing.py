@@ -63,7 +63,8 @@ stderr = _LazyConsole(stderr=True, soft_wrap=True, highlight=False)
 @contextmanager
 def signals_as_interrupts():
     """Within the block, SIGTERM, SIGHUP and Ctrl-C raise `Terminated` in the main thread where
-    raising is safe (`interrupts`); a second one is ignored so that the cleanup can finish."""
+    raising is safe (`interrupts`); a second one is ignored so that the cleanup can finish, and
+    one still waiting when the block ends is dropped (the command's work is done)."""
     previous = interrupts.install()
     try:
         yield
