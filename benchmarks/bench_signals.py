@@ -13,7 +13,14 @@ and counts the outcomes:
   exited (then the signal is ignored);
 - wrong: anything else (an abort, a traceback, a leftover), printed in full.
 
+With --import-torch it measures the failure itself, side by side: N fresh interpreters each
+import torch and transformers' masked-LM class (what every command that loads a model does
+first) and get SIGTERM at a spread moment of that import, half with `headscope.interrupts`
+installed and half with a handler that raises wherever the main thread is (the one before
+it), in turn; it counts the runs of each that end with 143 and the ones that abort.
+
     python benchmarks/bench_signals.py [--runs 200] [--step 0.031] [--span 1.5] [--load]
+    python benchmarks/bench_signals.py --import-torch [--runs 400] [--span 3.0] [--load]
 """
 
 from __future__ import annotations
@@ -41,6 +48,60 @@ def _default_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
+# A child for --import-torch: its handler, then the import, then a wait the signal ends.
+_CHILD = """
+import os, signal, sys, time
+sys.path.insert(0, {root!r})
+from headscope import interrupts
+from headscope.errors import Terminated
+
+def anywhere(signum, frame):
+    for sig in interrupts.HANDLED:
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signum)
+
+if sys.argv[1] == "interrupts":
+    interrupts.install()
+else:
+    signal.signal(signal.SIGTERM, anywhere)
+print("ready", flush=True)
+try:
+    import torch
+    from transformers import AutoModelForMaskedLM
+    time.sleep(60)
+except Terminated:
+    os._exit(143)
+"""
+
+
+def _import_torch(args) -> int:
+    """The --import-torch comparison (see the module docstring)."""
+    arms = ("interrupts", "anywhere")
+    counts = {arm: {"143": 0, "aborted": 0, "other": 0} for arm in arms}
+    child = _CHILD.format(root=str(ROOT))
+    for run in range(args.runs):
+        arm = arms[run % 2]
+        delay = ((run // 2) * args.step) % args.span
+        proc = subprocess.Popen([sys.executable, "-c", child, arm], text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=_default_signals)
+        assert proc.stdout is not None
+        proc.stdout.readline()  # "ready": the handler is installed
+        time.sleep(delay)
+        proc.send_signal(signal.SIGTERM)
+        _stdout, stderr = proc.communicate(timeout=300)
+        outcome = ("143" if proc.returncode == 143 else
+                   "aborted" if proc.returncode == -signal.SIGABRT else "other")
+        counts[arm][outcome] += 1
+        if outcome != "143":
+            print(f"run {run} ({arm}, {delay:.3f} s): exit {proc.returncode}\n"
+                  f"{stderr[-2000:]}", flush=True)
+    for arm in arms:
+        print(f"{arm}: {args.runs // 2} imports signalled 0-{args.span} s in: "
+              + ", ".join(f"{n} {name}" for name, n in counts[arm].items()))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=200)
@@ -48,6 +109,8 @@ def main() -> int:
     parser.add_argument("--span", type=float, default=1.5)
     parser.add_argument("--load", action="store_true",
                         help="keep all cores but one busy (timings of a loaded CI machine)")
+    parser.add_argument("--import-torch", action="store_true",
+                        help="compare the two handlers on signals during torch's import")
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
@@ -59,6 +122,12 @@ def main() -> int:
             for _ in range(max(0, (os.cpu_count() or 1) - 1) if args.load else 0)]
     for hog in hogs:
         hog.start()
+    if args.import_torch:
+        try:
+            return _import_torch(args)
+        finally:
+            for hog in hogs:
+                hog.terminate()
     counts = {"stopped": 0, "finished": 0, "wrong": 0}
     try:
         with tempfile.TemporaryDirectory() as tmp:

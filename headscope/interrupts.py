@@ -5,8 +5,11 @@ and Ctrl-C stops a program by raising there. That is unsafe when the bytecode be
 code that torch's C++ called: an import that torch's extension runs while it initialises, a
 function mode, an operator written in Python. The exception then crosses C++ that cannot carry
 it and the process aborts (std::terminate, SIGABRT) instead of cleaning up. Seen in `fix`: a
-SIGTERM during the import of `torch.distributed` (1 of 68 signals sent in the first 1.5 s of
-a fix on a loaded machine), a SIGHUP on the CI machine (`python_error`).
+SIGTERM during the import of `torch.distributed` (1 of 69 signals sent in the first 1.5 s of
+a fix on a loaded machine), a SIGHUP on the CI machine (`python_error`). Or the code it lands in
+swallows it: 4 of 150 SIGTERMs sent during torch's import were raised inside `typing` code that
+the import ran, lost there, and the process went on to exit 0
+(`benchmarks/bench_signals.py --import-torch`).
 
 So the handler raises `errors.Terminated` only when no frame of the main thread's stack belongs
 to torch (its imports included). Otherwise the signal waits: a thread looks at the main
