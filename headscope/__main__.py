@@ -8,10 +8,10 @@ the command with one line and 128 + its number (`errors.EXIT_CODES`). While a co
 (importing, parsing the flags) says that nothing was written. Either way the process then leaves
 with `os._exit` once its output is flushed: the cleanup has run, and a normal interpreter exit
 would destroy native thread pools (torch's) that may still be running, which aborts the process
-(std::terminate, SIGABRT) instead of giving the documented code. Only the interpreter's own start-
-up, before this module runs, is outside this (a few hundredths of a second). Once a command has
-finished, the signals are ignored, and one still waiting for torch to return is dropped: the work
-is done, and its exit code stands.
+(std::terminate, SIGABRT) instead of giving the documented code. Only the interpreter's own
+start-up, before this module runs, is outside this (a few hundredths of a second). Once a command
+has finished, the signals are ignored, and one still waiting for torch to return is dropped: the
+work is done, and its exit code stands.
 """
 
 from __future__ import annotations
