@@ -102,6 +102,49 @@ def _import_torch(args) -> int:
     return 0
 
 
+def _fixes(args) -> int:
+    """The signalled fixes (see the module docstring)."""
+    sys.path.insert(0, str(ROOT))
+    from headscope import assets
+    from headscope.errors import stopped_message
+
+    source = str(assets.fetch("bert-tiny-splade"))
+    counts = {"stopped": 0, "finished": 0, "wrong": 0}
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in range(args.runs):
+            sig = (signal.SIGHUP, signal.SIGTERM)[run % 2]
+            parent = Path(tmp) / f"run{run}"
+            parent.mkdir()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "headscope", "fix", source, "--k", "4", "--n-pairs",
+                 "4", "--out", str(parent / "fixed")], cwd=ROOT, text=True,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_signals)
+            while proc.poll() is None and not any(parent.glob(".fixed.headscope-*")):
+                time.sleep(0.002)
+            delay = (run * args.step) % args.span
+            time.sleep(delay)
+            if proc.poll() is None:
+                proc.send_signal(sig)
+            _stdout, stderr = proc.communicate(timeout=300)
+            left = sorted(p.name for p in parent.iterdir())
+            if proc.returncode == 0 and left == ["fixed"] and \
+                    (parent / "fixed" / "headscope.json").is_file():
+                outcome = "finished"
+            elif proc.returncode == 128 + sig and not left and \
+                    stderr.splitlines()[-1:] == [stopped_message(sig)] and \
+                    "Traceback" not in stderr and "terminate called" not in stderr:
+                outcome = "stopped"
+            else:
+                outcome = "wrong"
+                print(f"run {run}: {sig.name} after {delay:.3f} s: exit {proc.returncode}, "
+                      f"left {left}\n{stderr}", flush=True)
+            counts[outcome] += 1
+    print(f"{args.runs} fixes, signalled 0-{args.span} s after the lock appeared "
+          f"(step {args.step} s){', other cores busy' if args.load else ''}: "
+          + ", ".join(f"{n} {name}" for name, n in counts.items()))
+    return 1 if counts["wrong"] else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=200)
@@ -113,59 +156,15 @@ def main() -> int:
                         help="compare the two handlers on signals during torch's import")
     args = parser.parse_args()
 
-    sys.path.insert(0, str(ROOT))
-    from headscope import assets
-    from headscope.errors import stopped_message
-
-    source = str(assets.fetch("bert-tiny-splade"))
     hogs = [multiprocessing.Process(target=_busy, daemon=True)
             for _ in range(max(0, (os.cpu_count() or 1) - 1) if args.load else 0)]
     for hog in hogs:
         hog.start()
-    if args.import_torch:
-        try:
-            return _import_torch(args)
-        finally:
-            for hog in hogs:
-                hog.terminate()
-    counts = {"stopped": 0, "finished": 0, "wrong": 0}
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for run in range(args.runs):
-                sig = (signal.SIGHUP, signal.SIGTERM)[run % 2]
-                parent = Path(tmp) / f"run{run}"
-                parent.mkdir()
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "headscope", "fix", source, "--k", "4", "--n-pairs",
-                     "4", "--out", str(parent / "fixed")], cwd=ROOT, text=True,
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_signals)
-                while proc.poll() is None and not any(parent.glob(".fixed.headscope-*")):
-                    time.sleep(0.002)
-                delay = (run * args.step) % args.span
-                time.sleep(delay)
-                if proc.poll() is None:
-                    proc.send_signal(sig)
-                _stdout, stderr = proc.communicate(timeout=300)
-                left = sorted(p.name for p in parent.iterdir())
-                if proc.returncode == 0 and left == ["fixed"] and \
-                        (parent / "fixed" / "headscope.json").is_file():
-                    outcome = "finished"
-                elif proc.returncode == 128 + sig and not left and \
-                        stderr.splitlines()[-1:] == [stopped_message(sig)] and \
-                        "Traceback" not in stderr and "terminate called" not in stderr:
-                    outcome = "stopped"
-                else:
-                    outcome = "wrong"
-                    print(f"run {run}: {sig.name} after {delay:.3f} s: exit {proc.returncode}, "
-                          f"left {left}\n{stderr}", flush=True)
-                counts[outcome] += 1
+        return _import_torch(args) if args.import_torch else _fixes(args)
     finally:
         for hog in hogs:
             hog.terminate()
-    print(f"{args.runs} fixes, signalled 0-{args.span} s after the lock appeared "
-          f"(step {args.step} s){', other cores busy' if args.load else ''}: "
-          + ", ".join(f"{n} {name}" for name, n in counts.items()))
-    return 1 if counts["wrong"] else 0
 
 
 if __name__ == "__main__":

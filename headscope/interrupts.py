@@ -62,6 +62,8 @@ def restore(previous: dict[int, object]) -> None:
     and raising now would report a stop of work that finished), `handler` ignores the ones
     after it, and the handlers `install` returned are put back."""
     global _pending, _over
+    if not previous:  # `install` outside the main thread: nothing was installed
+        return
     _pending, _over = None, True
     for sig, old in previous.items():
         signal.signal(sig, old)  # type: ignore[arg-type]
@@ -79,7 +81,7 @@ def ignore() -> None:
 def handler(signum: int, frame: FrameType | None) -> None:
     """Raise `Terminated` for the first signal now if the main thread's stack is clear of
     torch, else leave it pending and make sure it is delivered again."""
-    global _pending, _over
+    global _pending
     if _over:  # the command is unwinding or has ended (a signal sent again arriving late)
         return
     first = _pending if _pending is not None else signum
@@ -87,9 +89,7 @@ def handler(signum: int, frame: FrameType | None) -> None:
         _pending = first
         _redeliver_soon()
         return
-    _pending, _over = None, True
-    for sig in HANDLED:  # a second signal waits: the first one's unwinding finishes
-        signal.signal(sig, signal.SIG_IGN)
+    ignore()  # a second signal waits: the first one's unwinding finishes
     raise Terminated(first)
 
 

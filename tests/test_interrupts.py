@@ -132,6 +132,7 @@ def test_a_command_started_while_a_signal_waits_still_gets_it():
     try:
         torch.no_grad()(lambda: interrupts.handler(signal.SIGTERM, sys._getframe()))()
         inner = interrupts.install()  # the command's handler, as the CLI installs it
+        interrupts.restore({})  # a command run off the main thread installed nothing: no effect
         with pytest.raises(Terminated) as raised:
             time.sleep(30)
         assert raised.value.signum == signal.SIGTERM
