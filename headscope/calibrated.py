@@ -148,9 +148,15 @@ def counts_sentence() -> str:
     if data["verdict"] is None:
         return text + (f" The decision rule needs {data['needed']} such conditions: its "
                        "verdict is pending.")
-    chosen = "the bands rule" if data["verdict"] == BANDS_RULE else data["verdict"]
-    return text + (f" The decision rule, written before those runs, chose {chosen} as the "
-                   "default.")
+    return text + (f" The decision rule, written before those runs, chose "
+                   f"{rule_in_words(data['verdict'])} as the default.")
+
+
+def rule_in_words(rule: str) -> str:
+    """A rule's name in the counts as a sentence names it: the fitted rule's label
+    ("bands (shipped)") reads as "the bands rule"; the others ("paper", "k = 16, bias kept")
+    as they are."""
+    return "the bands rule" if rule == BANDS_RULE else rule
 
 
 def _arms(tied: tuple[TiedArm, ...]) -> str:
@@ -186,4 +192,5 @@ def model_sentences(evidence: ModelEvidence, k: float | None, scale_bias: bool) 
 
 
 __all__ = ["DATA_FILE", "DomainEvidence", "ModelEvidence", "ShippedRule", "TiedArm",
-           "counts_sentence", "identify", "judged_row_norms", "model_sentences", "shipped_rule"]
+           "counts_sentence", "identify", "judged_row_norms", "model_sentences", "rule_in_words",
+           "shipped_rule"]

@@ -1186,10 +1186,11 @@ def decide(outcomes: dict[tuple, str], complete: list[str]) -> str:
     if step == "as good":
         return (f"The bands rule does not beat every other rule in both domains; the simplest "
                 f"rule that does as well ships: **{choice}** {counts}.")
-    name = "the bands rule" if choice == "bands (shipped)" else choice
+    from headscope.calibrated import rule_in_words
+
     return (f"The bands rule does not beat every other rule in both domains, and no simpler rule "
             f"does as well as it in both; the rule with the largest total count (in + out) "
-            f"ships: **{name}** {counts}.")
+            f"ships: **{rule_in_words(choice)}** {counts}.")
 
 
 def rules_section(groups: list[dict], registry: dict[str, dict]) -> list[str]:
