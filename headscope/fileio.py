@@ -8,12 +8,12 @@ file gets the user's umask (it is created with mode 0o666, as ``open`` does; not
 leaves an older file at the destination as it was; an ``OSError`` becomes `OutputWriteError`
 (exit 2) naming the destination.
 
-`sha256_file` is the one hash of a file's bytes (provenance, the assets' pins, the calibration
-evidence). `check_writable` and `check_writable_folder` let a command refuse an unwritable
-destination before any slow work; `build_folder` builds a cached folder (an asset, a
-simulation) in a temporary sibling and renames it into place (`build_once`: unless a marker file
-inside says it is built); `read_json_object` is the one reader of the JSON objects headscope
-reads from a checkpoint folder. Standard library only (no numpy, no torch):
+`sha256_file` is the one hash of a file's bytes (the assets' pins, the calibration evidence;
+`digests` remembers it for weight files). `check_writable` and `check_writable_folder` let a
+command refuse an unwritable destination before any slow work; `build_folder` builds a cached
+folder (an asset, a simulation) in a temporary sibling and renames it into place (`build_once`:
+unless a marker file inside says it is built); `read_json_object` is the one reader of the JSON
+objects headscope reads from a checkpoint folder. Standard library only (no numpy, no torch):
 every layer may use it.
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -71,6 +72,31 @@ def fsync_file(path: PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_writeback: list = []  # sync_file_range from the C library, once looked up ([None]: absent)
+
+
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing the dirty pages of the open file `fd` to disk now, without
+    waiting for them (Linux's ``sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)``, as dpkg does
+    while it unpacks): the disk then works while the writer goes on, and the fsync that must
+    follow waits for less. Advice only: where the call does not exist, or fails, nothing
+    happens, and the fsync still flushes everything."""
+    if not _writeback:
+        function = None
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            try:
+                function = ctypes.CDLL(None, use_errno=True).sync_file_range
+                function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+                function.restype = ctypes.c_int
+            except (OSError, AttributeError):
+                function = None
+        _writeback.append(function)
+    if _writeback[0] is not None:
+        _writeback[0](fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE; errors ignored (advice)
 
 
 def write_bytes(path: PathLike, data: bytes, *, sync: bool = True) -> Path:
@@ -287,13 +313,28 @@ def build_folder(target: PathLike, build: Callable[[Path], object]) -> Path:
 
 
 def sha256_file(path: PathLike) -> str:
-    """The sha256 (hex) of a file's bytes, read 16 MiB at a time."""
+    """The sha256 (hex) of a file's bytes, 16 MiB at a time: memory-mapped (no copy into the
+    process; each piece's pages are dropped from the mapping once hashed, so the process does
+    not grow by the file's size), or read where the file cannot be mapped (an empty file)."""
     import hashlib
+    import mmap
 
+    chunk = 1 << 24
     digest = hashlib.sha256()
     with Path(path).open("rb") as fh:
-        while chunk := fh.read(1 << 24):
-            digest.update(chunk)
+        try:
+            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except (ValueError, OSError):
+            while piece := fh.read(chunk):
+                digest.update(piece)
+            return digest.hexdigest()
+    with mapped:
+        for at in range(0, len(mapped), chunk):
+            size = min(chunk, len(mapped) - at)
+            with memoryview(mapped)[at : at + size] as view:
+                digest.update(view)
+            if hasattr(mmap, "MADV_DONTNEED"):
+                mapped.madvise(mmap.MADV_DONTNEED, at, size)
     return digest.hexdigest()
 
 
@@ -317,4 +358,4 @@ def read_json_object(path: PathLike) -> dict:
 
 __all__ = ["atomic_open", "build_folder", "build_once", "check_writable",
            "check_writable_folder", "exchange", "fsync_dir", "make_temp_dir", "read_json_object",
-           "sha256_file", "umask", "write_bytes", "write_text"]
+           "sha256_file", "start_writeback", "umask", "write_bytes", "write_text"]

@@ -44,13 +44,13 @@ LAST_INSPECTION_MAX_AGE_HOURS = 24
 
 
 def weight_file_hashes(ckpt) -> dict[str, str] | None:
-    """sha256 of the checkpoint's weight files by name; None for a Hub snapshot (its revision
-    names it)."""
+    """sha256 of the checkpoint's weight files by name (remembered ones are not read again,
+    see `digests`); None for a Hub snapshot (its revision names it)."""
     if ckpt.revision:
         return None
-    from headscope.fileio import sha256_file
+    from headscope.digests import file_hashes
 
-    return {p.name: sha256_file(p) for p in ckpt.weight_files}
+    return file_hashes(ckpt.weight_files)
 
 
 def remember_inspection(report: Report, source_files: dict[str, str] | None = None) -> None:

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from headscope import __version__
 from headscope.errors import InputError
-from headscope.fileio import sha256_file
 from headscope.save.background import in_background
 
 if TYPE_CHECKING:
@@ -29,8 +28,11 @@ PROVENANCE_FILE = "headscope.json"
 
 
 def hash_in_background(paths: Sequence[Path]) -> Callable[[], dict[str, str]]:
-    """sha256 of `paths` on a thread: {file name: hex} when the returned function is called."""
-    return in_background(lambda: {p.name: sha256_file(p) for p in paths}, "headscope-sha256")
+    """sha256 of `paths` on a thread (remembered ones are not read again, see `digests`):
+    {file name: hex} when the returned function is called."""
+    from headscope.digests import file_hashes
+
+    return in_background(lambda: file_hashes(paths), "headscope-sha256")
 
 
 def jsonable(value: Any, what: str) -> Any:
