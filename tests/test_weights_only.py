@@ -653,3 +653,20 @@ def test_api_names_resolve_lazily_and_demo_stays_the_verb():
     assert "headscope.api.summaries" not in first
     assert ok == [True, True, "headscope.api.fixing", "headscope.api.training",
                   "module 'headscope.api' has no attribute 'nothing'"]
+
+
+def test_api_check_of_a_saved_report_refuses_another_rule(tmp_path, bert_tiny_dir):
+    """The API says what the CLI says: a rule asked of a saved report is refused, not ignored
+    (the report's k was made by the rule it records)."""
+    saved = tmp_path / "r.json"
+    report_mod.write_json(api.inspect(str(bert_tiny_dir),
+                                      options=api.InspectOptions(weights_only=True)), saved)
+    with pytest.raises(InputError) as err:
+        api.check(report_path=str(saved), overrides={"max_row_norm": 1.0},
+                  options=api.InspectOptions(rule="paper"))
+    assert str(err.value) == (
+        "--rule paper has no effect with --report, whose recommendation was made by the rule "
+        "recorded in the report; drop --rule, or check the model itself (headscope check MODEL "
+        "--rule paper).")
+    checked = api.check(report_path=str(saved), overrides={"max_row_norm": 1.0})
+    assert checked.report.model.source == str(bert_tiny_dir)

@@ -371,6 +371,8 @@ def check(source: str | None = None, *, report_path: str | None = None,
 
     if (source is None) == (report_path is None):
         raise InputError("Pass either MODEL or --report R.json to check, not both or neither.")
+    if report_path is not None and options.rule != InspectOptions.rule:
+        refuse_rule_with_report(options.rule)
     policy = guard.load_policy(policy_path, overrides, search_dir)
     if report_path is not None:
         rep = report_mod.read_json(report_path)
@@ -387,6 +389,14 @@ def check(source: str | None = None, *, report_path: str | None = None,
         rep = inspect(source, load_options=load_options, probe_config=probe_config,
                       options=options, progress=progress)
     return CheckOutcome(rep, guard.evaluate(rep, policy))
+
+
+def refuse_rule_with_report(rule: str) -> None:
+    """InputError: a saved report's recommendation was made by the rule it records; another
+    rule asked of `check --report` would change nothing, so it is refused, not ignored."""
+    raise InputError(f"--rule {rule} has no effect with --report, whose recommendation was made "
+                     "by the rule recorded in the report; drop --rule, or check the model itself "
+                     f"(headscope check MODEL --rule {rule}).")
 
 
 def refuse_weights_only_policy(policy, what: str, remedy: str, *, rule: str) -> None:

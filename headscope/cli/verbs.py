@@ -384,12 +384,10 @@ def _check_command() -> click.Command:
         writable(json_dest)
         if weights_only:
             refuse_probe_flags_with_weights_only()
-        if report_path is not None and flag_given("rule"):
-            from headscope.errors import InputError
+        if report_path is not None and flag_given("rule"):  # even the default, said aloud
+            from headscope.api.inspecting import refuse_rule_with_report
 
-            raise InputError(f"--rule {rule} has no effect with --report, whose recommendation "
-                             "was made by the rule recorded in the report; drop --rule, or "
-                             f"check the model itself (headscope check MODEL --rule {rule}).")
+            refuse_rule_with_report(rule)
         overrides = {k: (tuple(v) if isinstance(v, tuple) else v) for k, v in policy.items()
                      if v is not None and v != ()}
         options = api.InspectOptions(weights_only=weights_only, probe_file=probe_file, rule=rule)
