@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -72,31 +71,6 @@ def fsync_file(path: PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-_writeback: list = []  # sync_file_range from the C library, once looked up ([None]: absent)
-
-
-def start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing the dirty pages of the open file `fd` to disk now, without
-    waiting for them (Linux's ``sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)``, as dpkg does
-    while it unpacks): the disk then works while the writer goes on, and the fsync that must
-    follow waits for less. Advice only: where the call does not exist, or fails, nothing
-    happens, and the fsync still flushes everything."""
-    if not _writeback:
-        function = None
-        if sys.platform.startswith("linux"):
-            import ctypes
-
-            try:
-                function = ctypes.CDLL(None, use_errno=True).sync_file_range
-                function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-                function.restype = ctypes.c_int
-            except (OSError, AttributeError):
-                function = None
-        _writeback.append(function)
-    if _writeback[0] is not None:
-        _writeback[0](fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE; errors ignored (advice)
 
 
 def write_bytes(path: PathLike, data: bytes, *, sync: bool = True) -> Path:
@@ -358,4 +332,4 @@ def read_json_object(path: PathLike) -> dict:
 
 __all__ = ["atomic_open", "build_folder", "build_once", "check_writable",
            "check_writable_folder", "exchange", "fsync_dir", "make_temp_dir", "read_json_object",
-           "sha256_file", "start_writeback", "umask", "write_bytes", "write_text"]
+           "sha256_file", "umask", "write_bytes", "write_text"]

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -800,44 +798,3 @@ def test_every_written_file_is_flushed_before_the_rename(bert_tiny, tmp_path, mo
     save_fixed(bert_tiny, RescaleSpec(4), tmp_path / "o", verify_texts=TEXTS)
     assert seen_at_install
 
-
-def test_the_disk_is_started_on_every_piece_as_it_is_written(tmp_path, monkeypatch):
-    """The writer asks for write-back after each piece (copied or from memory), so the flush
-    before the rename has little left: at each request the file has grown by at most one
-    piece since the last, and the last request comes once the data is all written."""
-    src = save_tiny("bert", tmp_path / "src")
-    piece = 4096
-    monkeypatch.setattr(writer, "_COPY_CHUNK", piece)
-    sizes: list[int] = []
-    real = writer.fileio.start_writeback
-
-    def recording(fd):
-        sizes.append(os.fstat(fd).st_size)
-        real(fd)
-
-    monkeypatch.setattr(writer.fileio, "start_writeback", recording)
-    save_fixed(_load(src), RescaleSpec(4, "untie"), tmp_path / "o", verify_texts=TEXTS)
-    out = tmp_path / "o" / "model.safetensors"
-    assert sizes[-1] == out.stat().st_size
-    header_end = out.stat().st_size - len(_data_section(out)[1])
-    steps = [b - a for a, b in zip([header_end, *sizes[:-1]], sizes, strict=True)]
-    assert all(0 < s <= piece for s in steps), steps
-    assert len(sizes) >= (out.stat().st_size - header_end) // piece
-
-
-def test_start_writeback_is_advice_that_never_fails(tmp_path):
-    from headscope import fileio
-
-    path = tmp_path / "f"
-    with path.open("wb") as fh:
-        fh.write(b"x" * 10000)
-        fh.flush()
-        fileio.start_writeback(fh.fileno())
-    read, write = os.pipe()  # not a file: the kernel refuses the advice, nothing is raised
-    try:
-        fileio.start_writeback(write)
-    finally:
-        os.close(read)
-        os.close(write)
-    if sys.platform.startswith("linux"):
-        assert fileio._writeback[0] is not None  # found in the C library

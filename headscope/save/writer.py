@@ -2,12 +2,10 @@
 
 Tensors keep the source file's order (when that keeps each aligned to its element size), so a
 safetensors source's unchanged tensors are copied as a few long byte ranges, in the kernel where
-it can (copy_file_range), never held in memory. The disk is asked to start on every 16 MiB as
-soon as it is written (`fileio.start_writeback`), so the flush before the rename has little left
-to wait for. `write_checkpoint` writes every file of the output folder: the weights (flushed to
-disk on a thread), their index when sharded, config.json (with ``tie_word_embeddings``
-explicit, so that transformers 4.x does not re-tie an untied decoder on load) and the source's
-other files.
+it can (copy_file_range), never held in memory. `write_checkpoint` writes every file of the
+output folder: the weights (flushed to disk on a thread), their index when sharded, config.json
+(with ``tie_word_embeddings`` explicit, so that transformers 4.x does not re-tie an untied
+decoder on load) and the source's other files.
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ from headscope.save.plan import Entry, Plan, mlm_folder
 if TYPE_CHECKING:
     from headscope.rescale import RescaleSpec
 
-_COPY_CHUNK = 1 << 24  # 16 MiB per copy (and per start of the write-back) of raw tensor bytes
+_COPY_CHUNK = 1 << 24  # 16 MiB per read when copying raw tensor bytes
 INDEX = "model.safetensors.index.json"
 
 
@@ -93,12 +91,11 @@ def copy_range(file: Path, begin: int, end: int, out, on_bytes: Callable[[int], 
             try:
                 while offset < end:
                     got = os.copy_file_range(src.fileno(), out.fileno(),
-                                             min(end - offset, _COPY_CHUNK), offset)
+                                             min(end - offset, 1 << 30), offset)
                     if not got:
                         raise ended()
                     offset += got
                     on_bytes(got)
-                    fileio.start_writeback(out.fileno())
             except OSError:  # e.g. across file systems on old kernels: the buffer below
                 pass
             out.seek(0, os.SEEK_END)
@@ -112,8 +109,6 @@ def copy_range(file: Path, begin: int, end: int, out, on_bytes: Callable[[int], 
             out.write(view[:got])
             offset += got
             on_bytes(got)
-            out.flush()
-            fileio.start_writeback(out.fileno())
 
 
 def write_safetensors(path: Path, entries: list[Entry], metadata: dict[str, str],
@@ -137,11 +132,7 @@ def write_safetensors(path: Path, entries: list[Entry], metadata: dict[str, str]
                 copy_range(*run, out, on_bytes)
             else:
                 t = run.tensor if run.tensor is not None else run.stored.tensor  # type: ignore[union-attr]
-                data = tensor_bytes(t)
-                for at in range(0, len(data), _COPY_CHUNK):
-                    out.write(data[at : at + _COPY_CHUNK])
-                    out.flush()
-                    fileio.start_writeback(out.fileno())
+                out.write(tensor_bytes(t))
                 on_bytes(run.nbytes)
     return 8 + len(raw) + offset
 
