@@ -10,9 +10,12 @@ scale and above, and peak memory <= 2x the model's weight bytes. Models:
 - the same shape re-saved in 100 MB shards;
 - with --large, BERT-large's shape (24 layers, hidden 1,024, ~1.34 GB, one file).
 
-Each measurement runs in a fresh child process. Two baselines: a copy of the weight files
-(shutil.copyfile, page cache warm) and a durable copy (the same, then an fsync of each file, as
-fix must flush its files before it renames the folder into place); each starts after os.sync().
+Each model is measured twice, each time in a fresh child process with an empty headscope cache:
+once as a first fix of its files (fix reads them to record their sha256), once with their sha256
+remembered (hashed by the child before the timing, as an `inspect` of the same files or an
+earlier fix leaves it). Two baselines, each after os.sync() with the page cache warm: a copy of
+the weight files (shutil.copyfile) and a durable copy (the same, then an fsync of each file, as
+fix must flush its files before it renames the folder into place).
 Time and memory are reported for the whole `save_fixed` call and for its two phases: "write"
 (plan, stream the shards) and "verify" (byte checks, reload with AutoModelForMaskedLM, forward
 passes, provenance, rename), with the CPU time of all the process's threads. Memory: the peak
@@ -26,6 +29,7 @@ Torch runs on --threads threads (default 1): on a shared machine two OpenMP thre
 with other processes made one BERT-base forward pass 5x slower than one thread did.
 
     python benchmarks/bench_fix.py [--strategy untie] [--skip-large] [--large] [--threads 1]
+    python benchmarks/bench_fix.py --side-by-side 8   # remembered vs read sha256, one process
 """
 
 from __future__ import annotations
@@ -104,8 +108,10 @@ def _copy(files: list[Path], dst: Path, durable: bool) -> float:
     return time.perf_counter() - t0
 
 
-def child(source: str, strategy: str, threads: int) -> dict:
-    """Run in a fresh process: load, then time and measure save_fixed."""
+def child(source: str, strategy: str, threads: int, remembered: bool) -> dict:
+    """Run in a fresh process: load, then time and measure save_fixed. `remembered`: the
+    source files' sha256 is in headscope's cache already (as after an `inspect` of them, or an
+    earlier fix); else the cache is empty and fix reads them to hash them."""
     import torch
 
     torch.set_num_threads(threads)
@@ -119,6 +125,10 @@ def child(source: str, strategy: str, threads: int) -> dict:
     t0 = time.perf_counter()
     loaded = checkpoint.load(checkpoint.resolve(source))
     load_s = time.perf_counter() - t0
+    if remembered:
+        from headscope.digests import file_hashes
+
+        file_hashes(loaded.checkpoint.weight_files)
     # transformers may map the weight files lazily: touch every tensor once so that the baseline
     # holds the whole loaded model, and what is measured below is save_fixed's own memory.
     for tensor in loaded.model.state_dict().values():
@@ -173,6 +183,7 @@ def child(source: str, strategy: str, threads: int) -> dict:
         "load_s": load_s,
         "copy_s": copy_s,
         "durable_copy_s": durable_s,
+        "remembered": remembered,
         "fix_s": total_s,
         "fix_cpu_s": cpu_s,
         "write_s": marks["verify"] - t0,
@@ -187,6 +198,45 @@ def child(source: str, strategy: str, threads: int) -> dict:
     }
 
 
+def side_by_side(source: str, pairs: int, threads: int) -> dict:
+    """In one process: `pairs` fixes with the source's sha256 remembered and `pairs` reading it,
+    alternating (which comes first alternates too), after one fix that is not counted; medians
+    of the wall and CPU times."""
+    import statistics
+
+    import torch
+
+    torch.set_num_threads(threads)
+    from headscope import checkpoint
+    from headscope.digests import file_hashes
+    from headscope.rescale import RescaleSpec
+    from headscope.save import save_fixed
+
+    loaded = checkpoint.load(checkpoint.resolve(source))
+    work = Path(tempfile.mkdtemp(prefix="bench-fix-"))
+    remembered_cache = str(work / "cache")
+    os.environ["HEADSCOPE_CACHE"] = remembered_cache
+    file_hashes(loaded.checkpoint.weight_files)
+    times: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    try:
+        for i in range(pairs + 1):
+            for remembered in ((True, False) if i % 2 else (False, True)):
+                os.environ["HEADSCOPE_CACHE"] = (remembered_cache if remembered
+                                                 else tempfile.mkdtemp(dir=work))
+                os.sync()
+                t0, cpu0 = time.perf_counter(), time.process_time()
+                save_fixed(loaded, RescaleSpec(16, "untie"), work / "fixed", verify_texts=TEXTS)
+                if i:  # the first pair warms the process up
+                    times[remembered].append((time.perf_counter() - t0,
+                                              time.process_time() - cpu0))
+                shutil.rmtree(work / "fixed")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {("remembered" if k else "read"): {
+        "wall_s": statistics.median(t for t, _ in v), "cpu_s": statistics.median(c for _, c in v),
+        "all_wall_s": [round(t, 3) for t, _ in v]} for k, v in times.items()}
+
+
 def build_sharded(path: Path) -> Path:
     """The BERT-base checkpoint of benchmarks/checkpoints.py re-saved in 100 MB shards."""
     from transformers import BertForMaskedLM
@@ -197,12 +247,14 @@ def build_sharded(path: Path) -> Path:
     return with_tokenizer(path)
 
 
-def run_child(source: Path, strategy: str, threads: int) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", str(source), "--strategy", strategy,
-         "--threads", str(threads)],
-        capture_output=True, text=True, check=False,
-    )
+def run_child(source: Path, strategy: str, threads: int, remembered: bool) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-fix-cache-") as cache:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", str(source), "--strategy", strategy,
+             "--threads", str(threads), *(["--remembered"] if remembered else [])],
+            capture_output=True, text=True, check=False,
+            env={**os.environ, "HEADSCOPE_CACHE": cache},  # no digest remembered from before
+        )
     if proc.returncode != 0:
         raise SystemExit(f"child failed for {source}:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -211,16 +263,17 @@ def run_child(source: Path, strategy: str, threads: int) -> dict:
 def show(row: dict) -> None:
     name = Path(row["source"]).name
     weights = row["weights_mb"]
-    print(f"\n{name} ({row['strategy']}): {row['shards']} shard(s), weights "
-          f"{weights:.1f} MB, largest shard {row['largest_shard_mb']:.1f} MB, "
+    sha = "remembered" if row["remembered"] else "read (not remembered)"
+    print(f"\n{name} ({row['strategy']}), source sha256 {sha}: {row['shards']} shard(s), "
+          f"weights {weights:.1f} MB, largest shard {row['largest_shard_mb']:.1f} MB, "
           f"written {row['written_mb']:.1f} MB; load {row['load_s']:.2f} s (not counted)")
     print(f"  time   copy {row['copy_s']:.3f} s, durable copy (+ fsync) "
           f"{row['durable_copy_s']:.3f} s | fix {row['fix_s']:.3f} s "
           f"(write {row['write_s']:.3f} s + verify {row['verify_s']:.3f} s)")
     print(f"         CPU time of fix, all threads: {row['fix_cpu_s']:.3f} s "
           f"({row['fix_cpu_s'] / row['fix_s']:.2f} cores busy on average)")
-    print(f"         fix/copy {row['fix_s'] / row['copy_s']:.1f}x, fix/durable copy "
-          f"{row['fix_s'] / row['durable_copy_s']:.1f}x (target <= 3x); write/copy "
+    print(f"         fix/copy {row['fix_s'] / row['copy_s']:.1f}x (target <= 3x), fix/durable "
+          f"copy {row['fix_s'] / row['durable_copy_s']:.1f}x; write/copy "
           f"{row['write_s'] / row['copy_s']:.1f}x")
     interp = row["interpreter_mb"]
     print(f"  memory peak above the loaded model: write {row['peak_write_mb']:.1f} MB, verify "
@@ -244,19 +297,31 @@ def main() -> None:
     parser.add_argument("--large", action="store_true",
                         help="also BERT-large's shape (1.34 GB, built once)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--remembered", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--side-by-side", type=int, metavar="PAIRS",
+                        help="only this: BERT-base fixed PAIRS times with the sha256 remembered "
+                             "and PAIRS times reading it, alternating in one process")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.strategy, args.threads)))
+        print(json.dumps(child(args.child, args.strategy, args.threads, args.remembered)))
+        return
+    if args.side_by_side:
+        result = side_by_side(str(bert_base()), args.side_by_side, args.threads)
+        for name, r in result.items():
+            print(f"sha256 {name}: median {r['wall_s']:.3f} s wall, {r['cpu_s']:.3f} s CPU "
+                  f"({', '.join(map(str, r['all_wall_s']))})")
         return
     from headscope import assets
 
-    rows = [run_child(assets.fetch("bert-tiny-splade"), args.strategy, args.threads)]
+    sources = [assets.fetch("bert-tiny-splade")]
     if not args.skip_large:
-        rows.append(run_child(bert_base(), args.strategy, args.threads))
-        rows.append(run_child(build_sharded(ROOT / "bert-base-random-sharded"), args.strategy,
-                              args.threads))
+        sources += [bert_base(), build_sharded(ROOT / "bert-base-random-sharded")]
         if args.large:
-            rows.append(run_child(bert_large(), args.strategy, args.threads))
+            sources.append(bert_large())
+    # Each source twice, in fresh processes: its files' sha256 read by fix (a first fix of
+    # them), then remembered (after an inspect of the same files, or an earlier fix).
+    rows = [run_child(source, args.strategy, args.threads, remembered)
+            for source in sources for remembered in (False, True)]
     for row in rows:
         show(row)
 
