@@ -433,6 +433,47 @@ def test_fix_without_arguments_reuses_the_last_inspections_statistics(tiny_long,
     assert record["stats_after"] == {"probe_predicted": None}
 
 
+def test_inspect_then_fix_reads_each_weight_file_once(tiny_long, tmp_path, monkeypatch):
+    """The sha256 that `inspect` records is remembered (headscope.digests): the `fix` without
+    MODEL that follows matches the files and writes its provenance without reading them again;
+    once a file is rewritten, the next fix reads it and records its new hash."""
+    import dataclasses
+    import hashlib
+    import shutil
+    import time
+
+    from headscope import digests, fileio
+
+    monkeypatch.setattr(digests, "SETTLED_NS", 0)  # the copy below is milliseconds old
+    reads: list[str] = []
+    real = fileio.sha256_file
+    monkeypatch.setattr(digests.fileio, "sha256_file",
+                        lambda path: (reads.append(Path(path).name), real(path))[1])
+    src = tmp_path / "src"
+    shutil.copytree(tiny_long("bert"), src)
+    weights = src / "model.safetensors"
+    rep = api.inspect(str(src), probe_config=dataclasses.replace(SMALL, ks=(1.0, 2.0, 4.0)),
+                      remember=True)
+    assert reads == ["model.safetensors"]
+    options = api.FixOptions(k=4.0, scale_bias=rep.recommendation.scale_bias)
+    api.fix(None, str(tmp_path / "fixed"), options=options)
+    assert reads == ["model.safetensors"]  # matched and recorded without a second reading
+    record = json.loads((tmp_path / "fixed" / "headscope.json").read_text())
+    assert record["source_files"] == {
+        "model.safetensors": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    assert record["stats_before"]["probe_at_k1"] is not None  # the inspection's, reused
+
+    time.sleep(0.05)  # past the clock's tick, as production's SETTLED_NS is
+    data = bytearray(weights.read_bytes())
+    data[-4:] = bytes(4)
+    weights.write_bytes(bytes(data))
+    api.fix(None, str(tmp_path / "fixed-2"), options=options)
+    assert reads == ["model.safetensors", "model.safetensors"]  # read once more, then known
+    record = json.loads((tmp_path / "fixed-2" / "headscope.json").read_text())
+    assert record["source_files"] == {"model.safetensors": hashlib.sha256(data).hexdigest()}
+    assert record["stats_before"]["probe_at_k1"] is None  # not the files inspected
+
+
 @pytest.mark.usefixtures("bands_default")
 def test_fix_follows_the_last_inspection(tiny_long, tmp_path):
     import dataclasses
