@@ -433,6 +433,31 @@ def test_fix_without_arguments_reuses_the_last_inspections_statistics(tiny_long,
     assert record["stats_after"] == {"probe_predicted": None}
 
 
+def test_fix_verifies_on_a_small_batch(tiny_long, tmp_path, monkeypatch):
+    """`fix` checks the written checkpoint on VERIFY_PASSAGES built-in probe passages cut at
+    VERIFY_MAX_TOKENS tokens (a model with room for more), and says how many it used."""
+    from headscope import save
+    from headscope.api.fixing import VERIFY_PASSAGES
+    from headscope.save.verify import VERIFY_MAX_TOKENS
+
+    shapes = []
+    real = save.encode_texts
+
+    def recording(loaded, texts):
+        inputs = real(loaded, texts)
+        shapes.append(tuple(inputs["input_ids"].shape))
+        return inputs
+
+    monkeypatch.setattr(save, "encode_texts", recording)
+    outcome = api.fix(str(tiny_long("bert")), str(tmp_path / "fixed"),
+                      options=api.FixOptions(k=4.0, scale_bias=False))
+    assert (VERIFY_PASSAGES, VERIFY_MAX_TOKENS) == (2, 64)
+    assert shapes == [(2, 64)]  # the passages are longer than 64 tokens: cut there
+    assert outcome.result.verification.n_texts == 2
+    assert json.loads((tmp_path / "fixed" / "headscope.json").read_text())[
+        "verification"]["n_texts"] == 2
+
+
 def test_inspect_then_fix_reads_each_weight_file_once(tiny_long, tmp_path, monkeypatch):
     """The sha256 that `inspect` records is remembered (headscope.digests): the `fix` without
     MODEL that follows matches the files and writes its provenance without reading them again;

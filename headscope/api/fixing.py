@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from headscope.rescale import RescaleSpec
     from headscope.save import FixResult
 
+# `fix` verifies the written checkpoint on this many built-in probe passages (each cut at
+# save.verify.VERIFY_MAX_TOKENS tokens): one small batch, every logit compared.
+VERIFY_PASSAGES = 2
+
 @dataclass(frozen=True)
 class FixOptions:
     """How `fix` rescales. The CLI reads its defaults from here.
@@ -265,9 +269,9 @@ def fix(source: str | None, out: str, *, options: FixOptions = FixOptions(), loa
             from headscope.sparse_layout import sparse_encoder_files
 
             extra = sparse_encoder_files(ckpt.path)
+        texts = [p.passage for p in probe_set(None, VERIFY_PASSAGES).pairs]
         result = save.save_fixed(loaded, spec, out, head=head, overwrite=options.overwrite,
-                                 dry_run=options.dry_run,
-                                 verify_texts=[p.passage for p in probe_set(None, 8).pairs],
+                                 dry_run=options.dry_run, verify_texts=texts,
                                  stats_before=to_dict({"weights": weights,
                                                        "probe_at_k1": stats_before}),
                                  stats_after=to_dict({"probe_predicted": stats_after}),

@@ -8,10 +8,10 @@
   loaded dtype), so a model changed in memory after loading is refused;
 - one reload with plain ``AutoModelForMaskedLM.from_pretrained``: no missing or mismatched keys;
   the tie state; each changed tensor as reloaded equals its planned value; and one forward pass
-  on the verification texts: the logits equal `expected_logits` of the original's within dtype
-  tolerance (for ``tied``: equal the in-memory rescaled model's, with the departure from
-  `expected_logits` reported); last hidden states unchanged for untie and fold (drift reported
-  for tied) (`verify_model`).
+  on the verification texts (cut at VERIFY_MAX_TOKENS tokens): the logits equal
+  `expected_logits` of the original's within dtype tolerance (for ``tied``: equal the in-memory
+  rescaled model's, with the departure from `expected_logits` reported); last hidden states
+  unchanged for untie and fold (drift reported for tied) (`verify_model`).
 Comparing bytes with the source instead of comparing every reloaded tensor with the model in
 memory reads each tensor once from each side and never materialises a second model's unchanged
 tensors. A failure raises VerificationError.
@@ -61,13 +61,21 @@ class Probe:
     mask: Any  # (B, T) bool
 
 
+# The verification texts are cut at this many tokens: every logit of every position is
+# compared over the whole vocabulary, and a loader's mistake (a re-tied or dropped decoder, a
+# missing key) shows at any length; longer texts only made the forward passes dearer.
+VERIFY_MAX_TOKENS = 64
+
+
 def encode_texts(loaded: LoadedModel, texts: Sequence[str]) -> dict[str, Any]:
+    """The verification inputs: `texts` tokenized and cut at VERIFY_MAX_TOKENS (and at what the
+    model's position table embeds); without a tokenizer, 32 fixed pseudo-random ids per text."""
     import torch
 
     from headscope.splade.encode import tokenize
 
     if loaded.tokenizer is not None:
-        return dict(tokenize(loaded.model, loaded.tokenizer, texts, 128))
+        return dict(tokenize(loaded.model, loaded.tokenizer, texts, VERIFY_MAX_TOKENS))
     # Without a tokenizer: fixed pseudo-random ids, one row per text.
     gen = torch.Generator().manual_seed(0)
     vocab = int(loaded.model.config.vocab_size)
