@@ -207,7 +207,7 @@ def child(source: str, strategy: str, threads: int, remembered: bool) -> dict:
     }
 
 
-def side_by_side(source: str, pairs: int, threads: int) -> dict:
+def side_by_side(source: str, strategy: str, pairs: int, threads: int) -> dict:
     """In one process: `pairs` fixes with the source's sha256 remembered and `pairs` reading it,
     alternating (which comes first alternates too), after one fix that is not counted; medians
     of the wall and CPU times."""
@@ -234,7 +234,7 @@ def side_by_side(source: str, pairs: int, threads: int) -> dict:
                                                  else tempfile.mkdtemp(dir=work))
                 os.sync()
                 t0, cpu0 = time.perf_counter(), time.process_time()
-                save_fixed(loaded, RescaleSpec(16, "untie"), work / "fixed", verify_texts=TEXTS)
+                save_fixed(loaded, RescaleSpec(16, strategy), work / "fixed", verify_texts=TEXTS)
                 if i:  # the first pair warms the process up
                     times[remembered].append((time.perf_counter() - t0,
                                               time.process_time() - cpu0))
@@ -318,7 +318,7 @@ def main() -> None:
         print(json.dumps(child(args.child, args.strategy, args.threads, args.remembered)))
         return
     if args.side_by_side:
-        result = side_by_side(str(bert_base()), args.side_by_side, args.threads)
+        result = side_by_side(str(bert_base()), args.strategy, args.side_by_side, args.threads)
         for name, r in result.items():
             print(f"sha256 {name}: median {r['wall_s']:.3f} s wall, {r['cpu_s']:.3f} s CPU "
                   f"({', '.join(map(str, r['all_wall_s']))})")

@@ -1,8 +1,8 @@
 """The sha256 of a weight file, read once per version of the file.
 
 `fix` records the sha256 of every source weight file (provenance), and `inspect` records it
-with the statistics a following `fix` may reuse. Hashing BERT-base's 440 MB costs about 0.35 s
-of CPU, a third of all the CPU work of its `fix` (docs/benchmarks.md). A digest is therefore
+with the statistics a following `fix` may reuse. Hashing BERT-base's 440 MB costs about 0.4 s
+of CPU, a quarter of all the CPU work of its `fix` (docs/benchmarks.md). A digest is therefore
 remembered in headscope's cache, one small JSON file per file (``sha256/<device>-<inode>.json``),
 beside the file's identity when it was read: device, inode, size, modification time and change
 time, all in nanoseconds. A file whose identity is unchanged is not read again; any write to it,

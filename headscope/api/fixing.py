@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 # save.verify.VERIFY_MAX_TOKENS tokens): one small batch, every logit compared.
 VERIFY_PASSAGES = 2
 
+
 @dataclass(frozen=True)
 class FixOptions:
     """How `fix` rescales. The CLI reads its defaults from here.
